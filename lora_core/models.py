@@ -1,0 +1,188 @@
+"""Load a base Stable Diffusion 1.x pipeline: hub id, local folder, single-file checkpoint, or the tiny default.
+
+Pipelines are cached per process, so the later jobs of a sweep that run in the same process reuse the
+weights instead of loading them again. Callers must leave the cached pipeline as they found it (no
+adapters left attached, no fused weights); the trainer and the renderer do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_core.errors import UserInputError
+from lora_core.tiny_model import TinyModelSpec, ensure_tiny_model
+
+log = logging.getLogger(__name__)
+
+TINY = "tiny"
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+           "bfloat16": "bfloat16", "bf16": "bfloat16"}  # fmt: skip
+_SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the base model comes from and how to hold it.
+
+    Attributes:
+        path: ``"tiny"`` (the embedded default), a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``),
+            a local diffusers folder, or a single ``.safetensors``/``.ckpt`` checkpoint.
+        revision: Hub revision (branch, tag or commit); None for the default.
+        variant: Weight variant on the hub (``fp16``) to download less; None for full weights.
+        dtype: ``auto`` (float16 on CUDA, float32 on CPU), ``float32``, ``float16`` or ``bfloat16``.
+        device: ``auto`` (CUDA when there is one, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        single_file_config: For a single-file checkpoint: a diffusers folder or hub id whose component
+            configs describe it (needed offline; by default diffusers infers one and may download it).
+        local_files_only: Never touch the network (what this machine needs; hub ids must be cached).
+        tiny: Sizes of the tiny model when ``path == "tiny"``.
+        cache_dir: Where the tiny model is built; None for the default cache.
+    """
+
+    path: str = TINY
+    revision: str | None = None
+    variant: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    single_file_config: str | None = None
+    local_files_only: bool = False
+    tiny: TinyModelSpec = field(default_factory=TinyModelSpec)
+    cache_dir: str | None = None
+
+
+def resolve_device(device: str) -> str:
+    """Turn ``auto`` into ``cuda`` or ``cpu`` and check that a named CUDA device exists.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns:
+        A torch device string.
+
+    Raises:
+        UserInputError: CUDA was asked for and is not available.
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"model.device={device}: no CUDA device is available here; use model.device=cpu or auto.")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UserInputError(f"model.device={device}: expected auto, cpu, cuda or cuda:N.")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """Turn a dtype name into a torch dtype; ``auto`` is float16 on CUDA and float32 on CPU.
+
+    Args:
+        dtype: ``auto`` or a name from ``float32/fp32, float16/fp16, bfloat16/bf16``.
+        device: The resolved device.
+
+    Returns:
+        A ``torch.dtype``.
+
+    Raises:
+        UserInputError: Unknown name, or float16 asked for on the CPU (too slow and imprecise to use).
+    """
+    import torch
+
+    if dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if dtype not in _DTYPES:
+        raise UserInputError(f"model.dtype={dtype}: expected auto, float32, float16 or bfloat16.")
+    if _DTYPES[dtype] == "float16" and device == "cpu":
+        raise UserInputError("model.dtype=float16 on the CPU is not supported; use float32 or bfloat16.")
+    return getattr(torch, _DTYPES[dtype])
+
+
+def model_identity(source: ModelSource) -> str:
+    """A string that identifies the base weights, for cache keys (class images, reuse of trainings).
+
+    Args:
+        source: The model source.
+
+    Returns:
+        ``tiny-<fingerprint>``, or the path/hub id with its revision and variant.
+    """
+    if source.path == TINY:
+        return f"tiny-{source.tiny.fingerprint()}"
+    local = Path(source.path).expanduser()
+    path = str(local.resolve()) if local.exists() else source.path
+    return f"{path}@{source.revision or 'main'}:{source.variant or 'full'}"
+
+
+_PIPELINES: dict[tuple, object] = {}
+
+
+def load_pipeline(source: ModelSource):
+    """Load (or reuse from this process's cache) a ``StableDiffusionPipeline`` with no safety checker.
+
+    Args:
+        source: What to load and where to put it.
+
+    Returns:
+        The pipeline on ``source.device`` in ``source.dtype``, progress bars off.
+
+    Raises:
+        UserInputError: The path is neither a folder, a checkpoint file nor a reachable hub id, or the
+            folder is not a Stable Diffusion pipeline.
+    """
+    device = resolve_device(source.device)
+    dtype = resolve_dtype(source.dtype, device)
+    key = (model_identity(source), str(dtype), device, source.single_file_config)
+    if key not in _PIPELINES:
+        pipe = _load_uncached(source, dtype)
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        _PIPELINES[key] = pipe
+    return _PIPELINES[key]
+
+
+def clear_pipeline_cache() -> None:
+    """Forget every cached pipeline (frees their memory once no one else holds them)."""
+    _PIPELINES.clear()
+
+
+def _load_uncached(source: ModelSource, dtype):
+    from diffusers import StableDiffusionPipeline
+
+    path = source.path
+    if path == TINY:
+        path = str(ensure_tiny_model(source.tiny, source.cache_dir))
+    local = Path(path).expanduser()
+    common = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    try:
+        if local.is_file() or path.endswith(_SINGLE_FILE_SUFFIXES):
+            if not local.is_file():
+                raise UserInputError(f"model.path={path}: no such checkpoint file.")
+            log.info("Loading single-file checkpoint %s", local)
+            return StableDiffusionPipeline.from_single_file(
+                str(local),
+                config=source.single_file_config,
+                local_files_only=source.local_files_only,
+                **common,
+            )
+        if local.is_dir() and not (local / "model_index.json").is_file():
+            raise UserInputError(
+                f"model.path={path}: the folder has no model_index.json, so it is not a diffusers pipeline "
+                "folder. Point it at the folder that holds model_index.json, unet/, vae/, text_encoder/."
+            )
+        log.info("Loading pipeline %s", path)
+        return StableDiffusionPipeline.from_pretrained(
+            str(local) if local.is_dir() else path,
+            revision=source.revision,
+            variant=source.variant,
+            local_files_only=source.local_files_only,
+            **common,
+        )
+    except (OSError, ValueError) as err:
+        hint = (
+            "Check the hub id and your network/HF_TOKEN, or download the model and pass its local folder."
+            if not local.exists()
+            else "The files may be incomplete or not a Stable Diffusion 1.x model."
+        )
+        raise UserInputError(f"model.path={path}: could not load the pipeline ({err}). {hint}") from err

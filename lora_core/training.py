@@ -1,0 +1,728 @@
+"""DreamBooth-style LoRA training of a Stable Diffusion 1.x pipeline (diffusers + peft + accelerate).
+
+The trainer has named stages — ``setup``, ``train``, ``save_checkpoint``, ``save_final``, ``cleanup`` —
+and ``train_lora`` runs them. What makes it fast is what the best trainers do: the VAE latents of the
+pictures are encoded once (both orientations when flipping, so no augmentation needs re-encoding), the
+prompt embeddings are encoded once while the text encoder is frozen, and the step loop does nothing but
+the forward, backward and optimizer step. Everything random in a step (picture order, flips, latent
+sampling, noise, timesteps) is drawn from state that the training checkpoint saves, so a resumed run ends
+with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from lora_core.adapters import KOHYA_FILE, LORA_FILE, peft_state_dict, save_diffusers_lora, save_kohya_lora
+from lora_core.atomic import atomic_dir, write_text_atomic
+from lora_core.errors import UserInputError
+from lora_core.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+ADAPTER_NAME = "lora_sweeps_train"
+CHECKPOINTS = "checkpoints"
+_TRAINABLE_FILE = "trainable_params.safetensors"
+_SETTINGS_FILE = "train_settings.json"
+LOSS_LOG = "loss_log.jsonl"
+RESULT_FILE = "train_result.json"
+
+
+@dataclass
+class StepRecord:
+    """What the trainer reports after each optimizer step.
+
+    Attributes:
+        step: Optimizer steps done (1-based).
+        loss: Mean denoising loss of the step (prior loss included, weighted).
+        lr: UNet learning rate used for the step.
+        text_encoder_lr: Text-encoder learning rate used, or None when it is frozen.
+        seconds: Wall time since training (this process) started.
+    """
+
+    step: int
+    loss: float
+    lr: float
+    text_encoder_lr: float | None
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """What a finished training produced.
+
+    Attributes:
+        output_dir: The training folder.
+        lora_path: Diffusers-format LoRA file.
+        kohya_path: Kohya-format export.
+        checkpoints: Step to checkpoint folder (each holds a diffusers-format LoRA file).
+        loss_history: Loss of every step from 1 to ``max_train_steps`` (resumed runs included).
+        lr_history: UNet learning rate of every step.
+        steps_per_second: Steady-state speed in this process (first step excluded).
+        first_step_seconds: Time of the first step in this process (warm-up).
+        peak_memory_mb: Peak GPU memory allocated, or the process's peak RSS on the CPU.
+        memory_kind: ``cuda_allocated`` or ``process_rss``.
+        resumed_from_step: Step the run continued from (0 for a fresh run).
+        train_seconds: Wall time of the step loop in this process.
+    """
+
+    output_dir: Path
+    lora_path: Path
+    kohya_path: Path
+    checkpoints: dict[int, Path] = field(default_factory=dict)
+    loss_history: list[float] = field(default_factory=list)
+    lr_history: list[float] = field(default_factory=list)
+    steps_per_second: float = 0.0
+    first_step_seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    memory_kind: str = "process_rss"
+    resumed_from_step: int = 0
+    train_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        """JSON-friendly summary (histories left out; they live in the loss log)."""
+        skip = {"loss_history", "lr_history"}
+        out = {k: v for k, v in self.__dict__.items() if k not in skip}
+        out["output_dir"], out["lora_path"], out["kohya_path"] = map(str, (self.output_dir, self.lora_path, self.kohya_path))
+        out["checkpoints"] = {str(k): str(v) for k, v in self.checkpoints.items()}
+        out["final_loss"] = self.loss_history[-1] if self.loss_history else None
+        return out
+
+
+def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
+    """Folder of the checkpoint at ``step`` (``checkpoints/step-000200``)."""
+    return Path(output_dir) / CHECKPOINTS / f"step-{step:06d}"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> dict[int, Path]:
+    """Complete checkpoints of a training folder, by step.
+
+    Args:
+        output_dir: A training folder.
+
+    Returns:
+        Step to folder, for folders that hold both the LoRA file and the training state.
+    """
+    root = Path(output_dir) / CHECKPOINTS
+    found = {}
+    for folder in root.glob("step-*") if root.is_dir() else ():
+        if (folder / LORA_FILE).is_file() and (folder / _TRAINABLE_FILE).is_file():
+            found[int(folder.name.split("-")[1])] = folder
+    return dict(sorted(found.items()))
+
+
+def read_checkpoint_settings(folder: str | os.PathLike) -> TrainSettings:
+    """The settings a checkpoint was trained under."""
+    return TrainSettings.from_dict(json.loads((Path(folder) / _SETTINGS_FILE).read_text()))
+
+
+@lru_cache(maxsize=64)
+def _epoch_order(seed: int, epoch: int, n: int) -> tuple[int, ...]:
+    import torch
+
+    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist())
+
+
+def picture_indices(micro_step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """Pictures of one micro-batch: each epoch visits every picture once, in a seeded order.
+
+    A pure function of the step, so a resumed run sees the same pictures as an uninterrupted one.
+
+    Args:
+        micro_step: Index of the micro-batch since step 0.
+        batch_size: Pictures per micro-batch.
+        n: Number of pictures.
+        seed: Training seed.
+
+    Returns:
+        ``batch_size`` picture indices.
+    """
+    out = []
+    for k in range(micro_step * batch_size, (micro_step + 1) * batch_size):
+        epoch, position = divmod(k, n)
+        out.append(_epoch_order(seed, epoch, n)[position])
+    return out
+
+
+class _Progress:
+    """Step counter and the training's own random generator, saved with every checkpoint."""
+
+    def __init__(self, seed: int):
+        import torch
+
+        self.step = 0
+        self.generator = torch.Generator("cpu").manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+
+
+class LoraTrainer:
+    """Trains one LoRA on a loaded pipeline, in stages.
+
+    The pipeline is borrowed: ``cleanup`` removes the adapter and restores the models' modes, so a
+    process-wide cached pipeline can serve the next job unchanged.
+
+    Args:
+        pipe: A ``StableDiffusionPipeline`` (no adapter active).
+        images: Subject pictures, already at ``settings.resolution``.
+        settings: Validated training settings.
+        output_dir: Training folder (LoRA files, checkpoints, loss log).
+        class_images: Class pictures at ``settings.resolution`` when prior preservation is on.
+        on_step: Called with a ``StepRecord`` every ``settings.log_every`` steps and at the end.
+        on_checkpoint: Called with (step, folder) after each checkpoint is written.
+        metadata: Extra values stored with the LoRA files (e.g. base model id, data folder).
+    """
+
+    def __init__(
+        self,
+        pipe,
+        images: list,
+        settings: TrainSettings,
+        output_dir: str | os.PathLike,
+        class_images: list | None = None,
+        on_step: Callable[[StepRecord], None] | None = None,
+        on_checkpoint: Callable[[int, Path], None] | None = None,
+        metadata: dict | None = None,
+    ):
+        settings.validate()
+        if settings.with_prior_preservation and not class_images:
+            raise UserInputError("train.with_prior_preservation is on but no class images were given.")
+        self.pipe, self.images, self.settings = pipe, images, settings
+        self.class_images = class_images if settings.with_prior_preservation else None
+        self.output_dir = Path(output_dir)
+        self.on_step, self.on_checkpoint = on_step, on_checkpoint
+        self.metadata = metadata or {}
+        self.losses: dict[int, float] = {}
+        self.lrs: dict[int, float] = {}
+        self._timing: dict[str, float] = {}
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def setup(self, resume_from: str | os.PathLike | None = None) -> None:
+        """Attach the LoRA adapters, build the optimizer and schedule, cache latents and embeddings.
+
+        Args:
+            resume_from: A checkpoint folder to continue from, ``"latest"`` for this training folder's
+                newest compatible checkpoint (fresh start when there is none), or None.
+
+        Raises:
+            UserInputError: The checkpoint was trained under incompatible settings.
+        """
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+        from diffusers import DDPMScheduler
+
+        s, pipe = self.settings, self.pipe
+        self.device = pipe.unet.device
+        self.mixed_precision = self._mixed_precision()
+        self.accelerator = Accelerator(mixed_precision=self.mixed_precision, cpu=self.device.type == "cpu")
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        set_seed(s.seed)  # the LoRA init draws from the global generator
+        self._attach_adapters()
+        self._cache_inputs()
+        self.optimizer = self._make_optimizer()
+        self.lr_schedule = self._make_schedule()
+        self.optimizer, self.lr_schedule = self.accelerator.prepare(self.optimizer, self.lr_schedule)
+        self.progress = _Progress(s.seed)
+        self.accelerator.register_for_checkpointing(self.progress)
+        start = self._find_resume_point(resume_from)
+        if start is not None:
+            self._load_checkpoint(start)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _mixed_precision(self) -> str:
+        import torch
+
+        by_dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "no"}
+        model_mp = by_dtype[self.pipe.unet.dtype]
+        wanted = self.settings.mixed_precision
+        if wanted == "auto":
+            return model_mp
+        if wanted == "fp16" and self.device.type != "cuda":
+            raise UserInputError("train.mixed_precision=fp16 needs a CUDA device; use no or bf16 on the CPU.")
+        if model_mp != "no" and wanted != model_mp:
+            raise UserInputError(
+                f"train.mixed_precision={wanted} does not match the model's dtype {self.pipe.unet.dtype}; "
+                f"set model.dtype to float32 or train.mixed_precision to {model_mp} (or auto)."
+            )
+        return wanted
+
+    def _attach_adapters(self) -> None:
+        import torch
+        from diffusers.training_utils import cast_training_params
+        from peft import LoraConfig
+
+        s, pipe = self.settings, self.pipe
+        for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+            model.requires_grad_(False)
+        self.unet_config = LoraConfig(
+            r=s.rank, lora_alpha=s.lora_alpha, lora_dropout=s.dropout,
+            init_lora_weights="gaussian", target_modules=list(s.unet_target_modules),
+        )  # fmt: skip
+        _add_adapter(pipe.unet, self.unet_config, "train.unet_target_modules")
+        self.models = [pipe.unet]
+        self.text_config = None
+        if s.trains_text_encoder:
+            self.text_config = LoraConfig(
+                r=s.rank, lora_alpha=s.lora_alpha, lora_dropout=s.dropout,
+                init_lora_weights="gaussian", target_modules=list(s.text_target_modules),
+            )  # fmt: skip
+            _add_adapter(pipe.text_encoder, self.text_config, "train.text_target_modules")
+            self.models.append(pipe.text_encoder)
+        if pipe.unet.dtype != torch.float32:
+            cast_training_params(self.models, dtype=torch.float32)  # trainable LoRA weights stay fp32
+        if s.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
+            if s.trains_text_encoder:
+                pipe.text_encoder.gradient_checkpointing_enable()
+        for model in self.models:
+            model.train()
+
+    def _cache_inputs(self) -> None:
+        """Encode pictures to latent distributions and prompts to embeddings, once."""
+        import torch
+
+        s = self.settings
+        pictures = list(self.images) + list(self.class_images or [])
+        self.n_instance = len(self.images)
+        orientations = (False, True) if s.random_flip else (False,)
+        self.latent_mean, self.latent_std = self._encode_pictures(pictures, orientations)
+        tok = self.pipe.tokenizer
+        prompts = [s.instance_prompt] + ([s.class_prompt] if self.class_images else [])
+        self.prompt_ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids.to(self.device)  # fmt: skip
+        self.prompt_embeds = None
+        if not s.trains_text_encoder:
+            with torch.no_grad():
+                self.prompt_embeds = self.pipe.text_encoder(self.prompt_ids)[0]
+
+    def _encode_pictures(self, pictures: list, orientations: tuple[bool, ...]):
+        import torch
+
+        from lora_core.subject import to_tensor
+
+        vae = self.pipe.vae
+        means, stds = [], []
+        with torch.no_grad():
+            for flip in orientations:
+                batch = torch.stack([to_tensor(p) for p in pictures])
+                if flip:
+                    batch = batch.flip(-1)
+                m, sd = [], []
+                for chunk in batch.split(8):
+                    dist = vae.encode(chunk.to(self.device, vae.dtype)).latent_dist
+                    m.append(dist.mean)
+                    sd.append(dist.std)
+                means.append(torch.cat(m))
+                stds.append(torch.cat(sd))
+        # shape: (orientations, pictures, C, H, W)
+        return torch.stack(means), torch.stack(stds)
+
+    def _make_optimizer(self):
+        import torch
+
+        s = self.settings
+        groups = [{"params": _trainable(self.pipe.unet), "lr": s.learning_rate}]
+        if s.trains_text_encoder:
+            groups.append({"params": _trainable(self.pipe.text_encoder), "lr": s.text_encoder_lr})
+        self.trainable_params = [p for group in groups for p in group["params"]]
+        # foreach: one kernel per op over all the small LoRA tensors instead of one per tensor.
+        return torch.optim.AdamW(
+            groups, betas=(s.adam_beta1, s.adam_beta2), weight_decay=s.adam_weight_decay, eps=s.adam_epsilon,
+            foreach=True,
+        )  # fmt: skip
+
+    def _make_schedule(self):
+        from diffusers.optimization import get_scheduler
+
+        s = self.settings
+        return get_scheduler(
+            s.lr_scheduler, optimizer=self.optimizer, num_warmup_steps=s.lr_warmup_steps,
+            num_training_steps=s.max_train_steps, num_cycles=s.lr_num_cycles, power=s.lr_power,
+        )  # fmt: skip
+
+    # ---- resume ------------------------------------------------------------------------------------------
+    def _find_resume_point(self, resume_from) -> Path | None:
+        if resume_from is None:
+            return None
+        if str(resume_from) != "latest":
+            folder = Path(resume_from)
+            if not (folder / _TRAINABLE_FILE).is_file():
+                raise UserInputError(f"{folder}: not a training checkpoint (no {_TRAINABLE_FILE}).")
+            self._check_compatible(folder)
+            return folder
+        usable = [
+            (step, folder)
+            for step, folder in list_checkpoints(self.output_dir).items()
+            if step <= self.settings.max_train_steps and self.settings.can_continue_from(read_checkpoint_settings(folder))
+        ]
+        return usable[-1][1] if usable else None
+
+    def _check_compatible(self, folder: Path) -> None:
+        saved = read_checkpoint_settings(folder)
+        if not self.settings.can_continue_from(saved):
+            diff = {k: (v, self.settings.weights_key().get(k)) for k, v in saved.weights_key().items()
+                    if self.settings.weights_key().get(k) != v}  # fmt: skip
+            raise UserInputError(
+                f"{folder}: this checkpoint was trained with other settings ({diff}, saved vs now); "
+                "continuing it would not give the run you asked for. Start fresh or match the settings."
+            )
+        step = int(folder.name.split("-")[-1]) if folder.name.startswith("step-") else 0
+        if step > self.settings.max_train_steps:
+            raise UserInputError(f"{folder}: checkpoint is past train.max_train_steps={self.settings.max_train_steps}.")
+
+    def _load_checkpoint(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        saved = load_file(str(folder / _TRAINABLE_FILE), device=str(self.device))
+        for index, model in enumerate(self.models):
+            params = dict(model.named_parameters())
+            prefix = f"{index}."
+            for name, value in saved.items():
+                if name.startswith(prefix):
+                    params[name[len(prefix) :]].data.copy_(value)
+        self.accelerator.load_state(str(folder))
+        log_path = folder / LOSS_LOG
+        if log_path.is_file():
+            for line in log_path.read_text().splitlines():
+                row = json.loads(line)
+                self.losses[row["step"]], self.lrs[row["step"]] = row["loss"], row["lr"]
+        # Drop what an interrupted run logged after this checkpoint.
+        lines = [json.dumps({"step": k, "loss": self.losses[k], "lr": self.lrs[k]}) for k in sorted(self.losses)]
+        write_text_atomic(self.output_dir / LOSS_LOG, "".join(line + "\n" for line in lines))
+        log.info("Resumed from %s at step %d", folder, self.progress.step)
+
+    # ---- train -------------------------------------------------------------------------------------------
+    def train(self) -> None:
+        """Run optimizer steps from the current step to ``max_train_steps``, saving checkpoints on the way."""
+        from tqdm.auto import tqdm
+
+        s = self.settings
+        self.start_step = self.progress.step
+        bar = tqdm(total=s.max_train_steps, initial=self.start_step, desc="train", unit="step",
+                   disable=not s.progress_bar, dynamic_ncols=True)  # fmt: skip
+        pending: list = []
+        started = time.perf_counter()
+        first_done = None
+        while self.progress.step < s.max_train_steps:
+            loss = self.training_step()
+            self.progress.step += 1
+            step = self.progress.step
+            pending.append((step, loss.detach(), self.lr_schedule.get_last_lr()))
+            if first_done is None:
+                first_done = time.perf_counter()
+            if len(pending) >= s.log_every or step == s.max_train_steps or self._is_checkpoint_step(step):
+                self._report(pending, started, bar)
+                pending = []
+            if self._is_checkpoint_step(step):
+                self.save_checkpoint(step)
+        bar.close()
+        end = time.perf_counter()
+        steps = self.progress.step - self.start_step
+        self._timing = {
+            "train_seconds": end - started,
+            "first_step_seconds": (first_done - started) if first_done else 0.0,
+            "steps_per_second": (steps - 1) / (end - first_done) if first_done and steps > 1 and end > first_done else 0.0,
+        }
+
+    def training_step(self):
+        """One optimizer step (all micro-batches). Returns the mean loss as a tensor."""
+        s = self.settings
+        total = 0.0
+        for micro in range(s.gradient_accumulation_steps):
+            micro_step = self.progress.step * s.gradient_accumulation_steps + micro
+            loss = self._loss(micro_step) / s.gradient_accumulation_steps
+            self.accelerator.backward(loss)
+            total = total + loss.detach()
+        if s.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.trainable_params, s.max_grad_norm)
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def _loss(self, micro_step: int):
+        import torch
+        import torch.nn.functional as F
+
+        s, gen = self.settings, self.progress.generator
+        latents, prompt_index = self._sample_latents(micro_step)
+        noise = torch.randn(latents.shape, generator=gen)
+        if s.noise_offset:
+            noise += s.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=gen)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+        noise, timesteps = noise.to(self.device), timesteps.to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        with self.accelerator.autocast():
+            embeds = self._prompt_embeddings(prompt_index)
+            pred = self.pipe.unet(noisy.to(self.pipe.unet.dtype), timesteps, embeds.to(self.pipe.unet.dtype)).sample
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if s.snr_gamma is not None:
+            per_sample = per_sample * self._snr_weights(timesteps)
+        if self.class_images:
+            half = per_sample.shape[0] // 2
+            return per_sample[:half].mean() + s.prior_loss_weight * per_sample[half:].mean()
+        return per_sample.mean()
+
+    def _sample_latents(self, micro_step: int):
+        """Latents of one micro-batch (instance pictures, then as many class pictures) from the cache."""
+        import torch
+
+        s, gen = self.settings, self.progress.generator
+        rows = picture_indices(micro_step, s.train_batch_size, self.n_instance, s.seed)
+        prompt_index = [0] * len(rows)
+        if self.class_images:
+            n_class = len(self.class_images)
+            rows += [self.n_instance + (micro_step * s.train_batch_size + k) % n_class for k in range(s.train_batch_size)]
+            prompt_index += [1] * s.train_batch_size
+        flips = torch.randint(0, 2, (len(rows),), generator=gen).tolist() if s.random_flip else [0] * len(rows)
+        mean = self.latent_mean[flips, rows]
+        std = self.latent_std[flips, rows]
+        eps = torch.randn(mean.shape, generator=gen).to(self.device, mean.dtype)
+        latents = (mean + std * eps) * self.pipe.vae.config.scaling_factor
+        return latents.float(), prompt_index
+
+    def _prompt_embeddings(self, prompt_index: list[int]):
+        if self.prompt_embeds is not None:
+            return self.prompt_embeds[prompt_index]
+        return self.pipe.text_encoder(self.prompt_ids[prompt_index])[0]
+
+    def _snr_weights(self, timesteps):
+        import torch
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(self.noise_scheduler, timesteps)
+        clipped = torch.clamp(snr, max=self.settings.snr_gamma)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            return clipped / (snr + 1)
+        return clipped / snr
+
+    def _is_checkpoint_step(self, step: int) -> bool:
+        s = self.settings
+        return step in s.checkpoint_steps or (s.checkpoint_every > 0 and step % s.checkpoint_every == 0)
+
+    def _report(self, pending: list, started: float, bar) -> None:
+        import torch
+
+        losses = torch.stack([loss for _, loss, _ in pending]).float().tolist()  # one device sync per report
+        rows = []
+        for (step, _, lrs), loss in zip(pending, losses, strict=True):
+            self.losses[step], self.lrs[step] = loss, lrs[0]
+            text_lr = lrs[1] if len(lrs) > 1 else None
+            record = StepRecord(step, loss, lrs[0], text_lr, time.perf_counter() - started)
+            rows.append({"step": step, "loss": loss, "lr": lrs[0], "text_encoder_lr": text_lr})
+            if self.on_step:
+                self.on_step(record)
+        with (self.output_dir / LOSS_LOG).open("a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        bar.update(len(pending))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{pending[-1][2][0]:.2e}", refresh=False)
+
+    # ---- save --------------------------------------------------------------------------------------------
+    def training_metadata(self) -> dict:
+        """Every training hyperparameter, plus the caller's metadata, as stored in the LoRA files."""
+        return {**self.settings.to_dict(), "alpha": self.settings.lora_alpha, **self.metadata}
+
+    def _write_lora(self, folder: Path, kohya: bool) -> None:
+        unet_peft = peft_state_dict(self.pipe.unet, ADAPTER_NAME)
+        text_peft = peft_state_dict(self.pipe.text_encoder, ADAPTER_NAME) if self.text_config else None
+        meta = {**self.training_metadata(), "trained_steps": self.progress.step}
+        save_diffusers_lora(
+            folder, unet_peft, text_peft, self.unet_config.to_dict(),
+            self.text_config.to_dict() if self.text_config else None, meta,
+        )  # fmt: skip
+        if kohya:
+            save_kohya_lora(folder / KOHYA_FILE, unet_peft, text_peft, self.settings.lora_alpha, meta)
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Write the LoRA weights and the full training state at ``step`` (atomically).
+
+        Args:
+            step: The step just finished.
+
+        Returns:
+            The checkpoint folder.
+        """
+        from safetensors.torch import save_file
+
+        target = checkpoint_dir(self.output_dir, step)
+        with atomic_dir(target) as tmp:
+            self._write_lora(tmp, kohya=False)
+            trainable = {f"{i}.{name}": p.detach().contiguous() for i, model in enumerate(self.models)
+                         for name, p in model.named_parameters() if p.requires_grad}  # fmt: skip
+            save_file(trainable, str(tmp / _TRAINABLE_FILE))
+            self.accelerator.save_state(str(tmp))
+            (tmp / _SETTINGS_FILE).write_text(json.dumps(self.settings.to_dict(), indent=2))
+            lines = [json.dumps({"step": k, "loss": self.losses[k], "lr": self.lrs[k]}) for k in sorted(self.losses)]
+            (tmp / LOSS_LOG).write_text("".join(line + "\n" for line in lines))
+        if self.on_checkpoint:
+            self.on_checkpoint(step, target)
+        return target
+
+    def save_final(self) -> TrainResult:
+        """Write the final LoRA (diffusers and kohya formats), the loss log and ``train_result.json``.
+
+        Returns:
+            The result, with paths, histories, speed and peak memory.
+        """
+        import torch
+
+        s = self.settings
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._write_lora(self.output_dir, kohya=True)
+        steps = range(1, s.max_train_steps + 1)
+        lines = [json.dumps({"step": k, "loss": self.losses.get(k), "lr": self.lrs.get(k)}) for k in steps]
+        write_text_atomic(self.output_dir / LOSS_LOG, "".join(line + "\n" for line in lines))
+        if self.device.type == "cuda":
+            peak, kind = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_allocated"
+        else:
+            peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_rss"
+        result = TrainResult(
+            output_dir=self.output_dir,
+            lora_path=self.output_dir / LORA_FILE,
+            kohya_path=self.output_dir / KOHYA_FILE,
+            checkpoints=list_checkpoints(self.output_dir),
+            loss_history=[self.losses.get(k, float("nan")) for k in steps],
+            lr_history=[self.lrs.get(k, float("nan")) for k in steps],
+            peak_memory_mb=peak,
+            memory_kind=kind,
+            resumed_from_step=getattr(self, "start_step", 0),
+            **self._timing,
+        )
+        write_text_atomic(self.output_dir / RESULT_FILE, json.dumps(result.to_json(), indent=2))
+        return result
+
+    # ---- cleanup -----------------------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """Remove the training adapter and restore the borrowed pipeline's state."""
+        from accelerate.state import AcceleratorState, GradientState
+
+        pipe = self.pipe
+        for model in (pipe.unet, pipe.text_encoder):
+            if ADAPTER_NAME in (getattr(model, "peft_config", None) or {}):
+                _delete_adapter(model)
+        if self.settings.gradient_checkpointing:
+            pipe.unet.disable_gradient_checkpointing()
+            pipe.text_encoder.gradient_checkpointing_disable()
+        for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+            model.requires_grad_(False)
+            model.eval()
+        # Accelerate keeps one process-wide state and refuses a second Accelerator with another precision;
+        # the next job in this process may train with other settings.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
+
+def _add_adapter(model, config, key: str) -> None:
+    try:
+        model.add_adapter(config, adapter_name=ADAPTER_NAME)
+    except ValueError as err:
+        raise UserInputError(f"{key}={list(config.target_modules)}: no such module in the model ({err}).") from err
+
+
+def _delete_adapter(model) -> None:
+    if hasattr(model, "delete_adapters"):
+        model.delete_adapters(ADAPTER_NAME)  # diffusers models
+    else:
+        model.delete_adapter(ADAPTER_NAME)  # transformers models
+
+
+def _trainable(model) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train_lora(
+    pipe,
+    images: list,
+    settings: TrainSettings,
+    output_dir: str | os.PathLike,
+    resume_from: str | os.PathLike | None = None,
+    class_images: list | None = None,
+    on_step: Callable[[StepRecord], None] | None = None,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
+    metadata: dict | None = None,
+) -> TrainResult:
+    """Train a LoRA on ``pipe`` with the subject ``images`` and save it to ``output_dir``.
+
+    Args:
+        pipe: A loaded ``StableDiffusionPipeline`` (borrowed; left as found).
+        images: Subject pictures at ``settings.resolution``.
+        settings: Training settings.
+        output_dir: Training folder.
+        resume_from: Checkpoint folder, ``"latest"``, or None for a fresh start.
+        class_images: Class pictures for prior preservation.
+        on_step: Per-step report callback.
+        on_checkpoint: Called after each checkpoint.
+        metadata: Extra values for the LoRA files' metadata.
+
+    Returns:
+        The ``TrainResult``.
+    """
+    trainer = LoraTrainer(pipe, images, settings, output_dir, class_images, on_step, on_checkpoint, metadata)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        trainer.setup(resume_from)
+        if trainer.progress.step == 0:
+            (Path(output_dir) / LOSS_LOG).unlink(missing_ok=True)
+        trainer.train()
+        return trainer.save_final()
+    finally:
+        trainer.cleanup()
+
+
+def denoising_loss(pipe, images: list, prompt: str, seed: int = 0, samples_per_image: int = 4) -> float:
+    """Mean denoising loss of ``pipe`` on ``images`` under fixed noise and timesteps.
+
+    The same seed gives the same noise, timesteps and latent samples, so two calls compare models, not
+    luck: the loss before and after training tells whether training fitted the pictures.
+
+    Args:
+        pipe: A pipeline (any adapters active are used).
+        images: Pictures at the training resolution.
+        prompt: The prompt the pictures are scored under.
+        seed: Seed of the noise and timesteps.
+        samples_per_image: (noise, timestep) draws per picture.
+
+    Returns:
+        The mean squared error of the predicted noise (or velocity).
+    """
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+
+    from lora_core.subject import to_tensor
+
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    gen = torch.Generator("cpu").manual_seed(seed)
+    ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids.to(device)  # fmt: skip
+    with torch.no_grad():
+        embeds = pipe.text_encoder(ids)[0]
+        pixels = torch.stack([to_tensor(img) for img in images]).repeat(samples_per_image, 1, 1, 1)
+        dist = pipe.vae.encode(pixels.to(device, dtype)).latent_dist
+        eps = torch.randn(dist.mean.shape, generator=gen).to(device, dtype)
+        latents = (dist.mean + dist.std * eps) * pipe.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=gen).to(device, dtype)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(device)
+        pred = pipe.unet(scheduler.add_noise(latents, noise, t), t, embeds.expand(latents.shape[0], -1, -1)).sample
+        target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+        return F.mse_loss(pred.float(), target.float()).item()

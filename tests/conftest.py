@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny model built offline, the drawn subject, and small training settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Never reach for the network in tests: the tiny model and the drawn subject are built locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache folder for the session (tiny model, drawn subject, class images); subprocesses share it."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["LORA_SWEEPS_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_source(cache_dir):
+    from lora_core.models import ModelSource
+
+    return ModelSource(path="tiny", device="cpu", cache_dir=str(cache_dir))
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_source):
+    """The process-wide cached tiny pipeline (tests must leave it as they found it)."""
+    from lora_core.models import load_pipeline
+
+    return load_pipeline(tiny_source)
+
+
+@pytest.fixture(scope="session")
+def subject_dir(cache_dir) -> Path:
+    from lora_core.drawn_subject import ensure_drawn_subject
+
+    return ensure_drawn_subject(cache_dir, count=5, seed=0, size=128)
+
+
+@pytest.fixture(scope="session")
+def subject_images(subject_dir):
+    from lora_core.subject import load_subject_images
+
+    return load_subject_images(subject_dir, 64)
+
+
+@pytest.fixture
+def settings():
+    """Factory of small, fast training settings at 64 px (overrides as keyword arguments)."""
+    from lora_core.settings import TrainSettings
+
+    def make(**overrides) -> TrainSettings:
+        values = dict(
+            instance_prompt="a photo of ktn cat", resolution=64, learning_rate=1e-3, max_train_steps=8,
+            rank=4, seed=3, progress_bar=False, log_every=1,
+        )  # fmt: skip
+        values.update(overrides)
+        return TrainSettings(**values)
+
+    return make
+
+
+def render(pipe, prompt: str = "a photo of ktn cat", seed: int = 7, steps: int = 4):
+    """One 64 px image as a float array in [0, 1]."""
+    import torch
+
+    return pipe(
+        prompt, num_inference_steps=steps, height=64, width=64, guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(seed), output_type="np",
+    ).images[0]  # fmt: skip
