@@ -34,7 +34,12 @@ class TinyModelSpec:
         text_heads: CLIP text encoder attention heads.
         text_intermediate: CLIP text encoder MLP width.
         vae_channels: VAE block widths; the VAE downsamples by 2 ** (len - 1).
+        vae_layers_per_block: ResNet layers per VAE block.
         resolution: Default image size in pixels.
+        sd_layout: Use Stable Diffusion's block order (cross-attention in every block but the deepest)
+            instead of diffusers' tiny-test order (cross-attention in every block but the first).
+        vocab_size: Text-embedding rows; None for exactly the byte-level vocabulary (514). Only the first
+            514 rows are ever used by the byte-level tokenizer; more rows give a real-size embedding table.
     """
 
     seed: int = 0
@@ -46,12 +51,32 @@ class TinyModelSpec:
     text_heads: int = 4
     text_intermediate: int = 37
     vae_channels: tuple[int, ...] = (32, 64)
+    vae_layers_per_block: int = 1
     resolution: int = 64
+    sd_layout: bool = False
+    vocab_size: int | None = None
 
     def fingerprint(self) -> str:
         """Short hash of the spec and the saved-layout version; names the cache folder."""
         payload = json.dumps({**asdict(self), "format": _FORMAT_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def sd15_shaped_spec(seed: int = 0) -> TinyModelSpec:
+    """The real Stable Diffusion 1.5 architecture (UNet 860M, VAE 84M, CLIP ViT-L/14 text 123M) with random
+    weights: for measuring speed and memory at real size without downloading anything.
+
+    Args:
+        seed: Seed of the random weights.
+
+    Returns:
+        A spec that builds an SD-1.5-shaped pipeline (512 px).
+    """
+    return TinyModelSpec(
+        seed=seed, unet_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8,
+        cross_attention_dim=768, text_layers=12, text_heads=12, text_intermediate=3072,
+        vae_channels=(128, 256, 512, 512), vae_layers_per_block=2, resolution=512, sd_layout=True, vocab_size=49408,
+    )  # fmt: skip
 
 
 def default_cache_dir() -> Path:
@@ -95,7 +120,13 @@ def build_tiny_pipeline(spec: TinyModelSpec):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab = byte_level_vocab()
-    n_up = len(spec.unet_channels)
+    n_attn = len(spec.unet_channels) - 1
+    if spec.sd_layout:
+        down = ("CrossAttnDownBlock2D",) * n_attn + ("DownBlock2D",)
+        up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * n_attn
+    else:
+        down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * n_attn
+        up = ("CrossAttnUpBlock2D",) * n_attn + ("UpBlock2D",)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         unet = UNet2DConditionModel(
@@ -104,8 +135,8 @@ def build_tiny_pipeline(spec: TinyModelSpec):
             out_channels=4,
             block_out_channels=spec.unet_channels,
             layers_per_block=spec.layers_per_block,
-            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n_up - 1),
-            up_block_types=("CrossAttnUpBlock2D",) * (n_up - 1) + ("UpBlock2D",),
+            down_block_types=down,
+            up_block_types=up,
             cross_attention_dim=spec.cross_attention_dim,
             attention_head_dim=spec.attention_head_dim,
             norm_num_groups=min(32, min(spec.unet_channels)),
@@ -117,12 +148,13 @@ def build_tiny_pipeline(spec: TinyModelSpec):
             down_block_types=("DownEncoderBlock2D",) * len(spec.vae_channels),
             up_block_types=("UpDecoderBlock2D",) * len(spec.vae_channels),
             latent_channels=4,
+            layers_per_block=spec.vae_layers_per_block,
             norm_num_groups=min(32, min(spec.vae_channels)),
             sample_size=spec.resolution,
         )
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
-                vocab_size=len(vocab),
+                vocab_size=spec.vocab_size or len(vocab),
                 hidden_size=spec.cross_attention_dim,
                 intermediate_size=spec.text_intermediate,
                 num_hidden_layers=spec.text_layers,
