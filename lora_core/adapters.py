@@ -64,7 +64,9 @@ def save_diffusers_lora(
         StableDiffusionPipeline.save_lora_weights(
             tmp,
             unet_lora_layers=convert_state_dict_to_diffusers(unet_peft),
-            text_encoder_lora_layers=convert_state_dict_to_diffusers(text_encoder_peft) if text_encoder_peft else None,
+            text_encoder_lora_layers=convert_state_dict_to_diffusers(text_encoder_peft)
+            if text_encoder_peft
+            else None,
             unet_lora_adapter_metadata=_jsonable(unet_config),
             text_encoder_lora_adapter_metadata=_jsonable(text_encoder_config) if text_encoder_peft else None,
         )
@@ -104,7 +106,10 @@ def save_kohya_lora(
             name = f"{prefix}_{module.replace('.', '_')}"
             tensors[f"{name}.{kind}.weight"] = value.detach().contiguous()
             tensors[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
-    metadata = {TRAINING_METADATA_KEY: json.dumps(training_metadata, sort_keys=True), **_kohya_ss_metadata(training_metadata)}
+    metadata = {
+        TRAINING_METADATA_KEY: json.dumps(training_metadata, sort_keys=True),
+        **_kohya_ss_metadata(training_metadata),
+    }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", **metadata})
     return Path(path)

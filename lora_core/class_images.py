@@ -61,7 +61,9 @@ class ClassImageSpec:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def ensure_class_images(pipe, spec: ClassImageSpec, model_identity: str, cache_dir: str | os.PathLike) -> list[Path]:
+def ensure_class_images(
+    pipe, spec: ClassImageSpec, model_identity: str, cache_dir: str | os.PathLike
+) -> list[Path]:
     """Return ``spec.count`` class images, generating only the ones the cache does not hold yet.
 
     Args:

@@ -62,14 +62,16 @@ def _background(rng: random.Random, big: int) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for y in range(big):
         t = y / (big - 1)
-        draw.line([(0, y), (big, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)))
+        draw.line(
+            [(0, y), (big, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True))
+        )
     for _ in range(rng.randint(3, 8)):  # soft blobs: out-of-focus scenery
         r = rng.uniform(0.05, 0.2) * big
         x, y = rng.uniform(0, big), rng.uniform(0, big)
-        tint = tuple(min(255, c + rng.randint(-40, 40)) for c in top) + (110,)
+        tint = (*tuple(min(255, c + rng.randint(-40, 40)) for c in top), 110)
         draw.ellipse([x - r, y - r, x + r, y + r], fill=tint)
     floor = rng.uniform(0.68, 0.82) * big
-    draw.rectangle([0, floor, big, big], fill=tuple(max(0, c - 50) for c in bottom) + (255,))
+    draw.rectangle([0, floor, big, big], fill=(*tuple(max(0, c - 50) for c in bottom), 255))
     return img.filter(ImageFilter.GaussianBlur(big / 200))
 
 

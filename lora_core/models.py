@@ -8,7 +8,6 @@ adapters left attached, no fused weights); the trainer and the renderer do.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +68,9 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"model.device={device}: no CUDA device is available here; use model.device=cpu or auto.")
+        raise UserInputError(
+            f"model.device={device}: no CUDA device is available here; use model.device=cpu or auto."
+        )
     if device != "cpu" and not device.startswith("cuda"):
         raise UserInputError(f"model.device={device}: expected auto, cpu, cuda or cuda:N.")
     return device
@@ -149,6 +150,7 @@ def clear_pipeline_cache() -> None:
 
 def _load_uncached(source: ModelSource, dtype):
     from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     path = source.path
     if path == TINY:
@@ -159,6 +161,12 @@ def _load_uncached(source: ModelSource, dtype):
         if local.is_file() or path.endswith(_SINGLE_FILE_SUFFIXES):
             if not local.is_file():
                 raise UserInputError(f"model.path={path}: no such checkpoint file.")
+            if source.local_files_only and source.single_file_config is None:
+                # Without a config diffusers fetches stable-diffusion-v1-5's, ignoring local_files_only.
+                raise UserInputError(
+                    f"model.path={path}: a single-file checkpoint needs model.single_file_config offline: "
+                    "a diffusers folder (or cached hub id) whose configs describe it, such as its base model."
+                )
             log.info("Loading single-file checkpoint %s", local)
             return StableDiffusionPipeline.from_single_file(
                 str(local),
@@ -179,6 +187,11 @@ def _load_uncached(source: ModelSource, dtype):
             local_files_only=source.local_files_only,
             **common,
         )
+    except SingleFileComponentError as err:
+        raise UserInputError(
+            f"model.path={path}: {err.message.splitlines()[0]} Use a checkpoint with the UNet, VAE and text "
+            "encoder, or set model.single_file_config to a diffusers folder that holds the missing weights."
+        ) from err
     except (OSError, ValueError) as err:
         hint = (
             "Check the hub id and your network/HF_TOKEN, or download the model and pass its local folder."

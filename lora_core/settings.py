@@ -157,7 +157,9 @@ class TrainSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise UserInputError(f"train.{unknown[0]}: not a training setting. Known: {', '.join(sorted(known))}.")
+            raise UserInputError(
+                f"train.{unknown[0]}: not a training setting. Known: {', '.join(sorted(known))}."
+            )
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def validate(self, prefix: str = "train") -> None:
@@ -199,7 +201,10 @@ class TrainSettings:
         if not 0 <= self.dropout < 1:
             yield "dropout", "must be in [0, 1)."
         if not self.unet_target_modules:
-            yield "unet_target_modules", "must name at least one UNet module (e.g. to_q, to_k, to_v, to_out.0)."
+            yield (
+                "unet_target_modules",
+                "must name at least one UNet module (e.g. to_q, to_k, to_v, to_out.0).",
+            )
         if self.trains_text_encoder and not self.text_target_modules:
             yield "text_target_modules", "must name at least one module when text_encoder_lr > 0."
         if self.mixed_precision not in MIXED_PRECISION:
@@ -217,7 +222,10 @@ class TrainSettings:
         if self.prior_loss_weight < 0:
             yield "prior_loss_weight", "must be >= 0."
         if any(s < 1 or s > self.max_train_steps for s in self.checkpoint_steps):
-            yield "checkpoint_steps", f"every step must be between 1 and max_train_steps ({self.max_train_steps})."
+            yield (
+                "checkpoint_steps",
+                f"every step must be between 1 and max_train_steps ({self.max_train_steps}).",
+            )
         if self.checkpoint_every < 0:
             yield "checkpoint_every", "must be >= 0 (0: no periodic checkpoints)."
         for key in ("adam_beta1", "adam_beta2"):

@@ -33,12 +33,16 @@ def list_subject_images(folder: str | os.PathLike) -> list[Path]:
     """
     root = Path(folder).expanduser()
     if not root.exists():
-        raise UserInputError(f"data.instance_dir={folder}: no such folder. Point it at a folder of 3-5 subject images.")
+        raise UserInputError(
+            f"data.instance_dir={folder}: no such folder. Point it at a folder of 3-5 subject images."
+        )
     if not root.is_dir():
         raise UserInputError(f"data.instance_dir={folder}: this is a file, not a folder of images.")
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     if not entries:
-        raise UserInputError(f"data.instance_dir={folder}: the folder is empty. Put 3-5 jpg/png/webp images of the subject in it.")
+        raise UserInputError(
+            f"data.instance_dir={folder}: the folder is empty. Put 3-5 jpg/png/webp images of the subject in it."
+        )
     images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     for skipped in sorted(set(entries) - set(images)):
         log.warning("Skipping %s: not a %s image file.", skipped, "/".join(s[1:] for s in IMAGE_SUFFIXES))
@@ -117,7 +121,9 @@ def fit_to_resolution(img: Image.Image, resolution: int, center_crop: bool = Tru
     return ImageOps.fit(img, (resolution, resolution), Image.Resampling.BICUBIC, centering=(0.5, 0.5))
 
 
-def load_subject_images(folder: str | os.PathLike, resolution: int, center_crop: bool = True) -> list[Image.Image]:
+def load_subject_images(
+    folder: str | os.PathLike, resolution: int, center_crop: bool = True
+) -> list[Image.Image]:
     """Read and check every image of a subject folder before any training starts.
 
     Args:

@@ -63,8 +63,10 @@ class TinyModelSpec:
 
 
 def sd15_shaped_spec(seed: int = 0) -> TinyModelSpec:
-    """The real Stable Diffusion 1.5 architecture (UNet 860M, VAE 84M, CLIP ViT-L/14 text 123M) with random
-    weights: for measuring speed and memory at real size without downloading anything.
+    """The real Stable Diffusion 1.5 architecture with random weights.
+
+    UNet 860M, VAE 84M and CLIP ViT-L/14 text encoder 123M parameters: for measuring speed and memory at
+    real size without downloading anything.
 
     Args:
         seed: Seed of the random weights.
@@ -99,7 +101,11 @@ def byte_level_vocab() -> dict[str, int]:
         Token to id: 256 characters, the same 256 with ``</w>``, then ``<|startoftext|>`` and
         ``<|endoftext|>``.
     """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     extra = iter(range(256, 512))
     chars = [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]

@@ -91,7 +91,9 @@ class TrainResult:
         """JSON-friendly summary (histories left out; they live in the loss log)."""
         skip = {"loss_history", "lr_history"}
         out = {k: v for k, v in self.__dict__.items() if k not in skip}
-        out["output_dir"], out["lora_path"], out["kohya_path"] = map(str, (self.output_dir, self.lora_path, self.kohya_path))
+        out["output_dir"], out["lora_path"], out["kohya_path"] = map(
+            str, (self.output_dir, self.lora_path, self.kohya_path)
+        )
         out["checkpoints"] = {str(k): str(v) for k, v in self.checkpoints.items()}
         out["final_loss"] = self.loss_history[-1] if self.loss_history else None
         return out
@@ -122,6 +124,34 @@ def list_checkpoints(output_dir: str | os.PathLike) -> dict[int, Path]:
 def read_checkpoint_settings(folder: str | os.PathLike) -> TrainSettings:
     """The settings a checkpoint was trained under."""
     return TrainSettings.from_dict(json.loads((Path(folder) / _SETTINGS_FILE).read_text()))
+
+
+def find_checkpoint(training_dirs: list[Path], settings: TrainSettings) -> Path | None:
+    """The furthest checkpoint, in any of ``training_dirs``, that ``settings`` can continue from.
+
+    This is how an interrupted run resumes and how a sweep over ``max_train_steps`` reuses work: a
+    checkpoint at exactly ``max_train_steps`` (from a longer run under a step-independent schedule) means
+    nothing is left to train; one below it means the run continues from there.
+
+    Args:
+        training_dirs: Training folders to search (the run's own first: it wins ties).
+        settings: The settings of the run to be trained.
+
+    Returns:
+        A checkpoint folder, or None.
+    """
+    best: tuple[int, Path] | None = None
+    for folder in training_dirs:
+        for step, checkpoint in list_checkpoints(folder).items():
+            if step > settings.max_train_steps or (best is not None and step <= best[0]):
+                continue
+            try:
+                saved = read_checkpoint_settings(checkpoint)
+            except (OSError, ValueError, UserInputError):
+                continue
+            if settings.can_continue_from(saved):
+                best = (step, checkpoint)
+    return best[1] if best else None
 
 
 @lru_cache(maxsize=64)
@@ -368,7 +398,8 @@ class LoraTrainer:
         usable = [
             (step, folder)
             for step, folder in list_checkpoints(self.output_dir).items()
-            if step <= self.settings.max_train_steps and self.settings.can_continue_from(read_checkpoint_settings(folder))
+            if step <= self.settings.max_train_steps
+            and self.settings.can_continue_from(read_checkpoint_settings(folder))
         ]
         return usable[-1][1] if usable else None
 
@@ -383,7 +414,9 @@ class LoraTrainer:
             )
         step = int(folder.name.split("-")[-1]) if folder.name.startswith("step-") else 0
         if step > self.settings.max_train_steps:
-            raise UserInputError(f"{folder}: checkpoint is past train.max_train_steps={self.settings.max_train_steps}.")
+            raise UserInputError(
+                f"{folder}: checkpoint is past train.max_train_steps={self.settings.max_train_steps}."
+            )
 
     def _load_checkpoint(self, folder: Path) -> None:
         from safetensors.torch import load_file
@@ -402,7 +435,9 @@ class LoraTrainer:
                 row = json.loads(line)
                 self.losses[row["step"]], self.lrs[row["step"]] = row["loss"], row["lr"]
         # Drop what an interrupted run logged after this checkpoint.
-        lines = [json.dumps({"step": k, "loss": self.losses[k], "lr": self.lrs[k]}) for k in sorted(self.losses)]
+        lines = [
+            json.dumps({"step": k, "loss": self.losses[k], "lr": self.lrs[k]}) for k in sorted(self.losses)
+        ]
         write_text_atomic(self.output_dir / LOSS_LOG, "".join(line + "\n" for line in lines))
         log.info("Resumed from %s at step %d", folder, self.progress.step)
 
@@ -436,7 +471,9 @@ class LoraTrainer:
         self._timing = {
             "train_seconds": end - started,
             "first_step_seconds": (first_done - started) if first_done else 0.0,
-            "steps_per_second": (steps - 1) / (end - first_done) if first_done and steps > 1 and end > first_done else 0.0,
+            "steps_per_second": (steps - 1) / (end - first_done)
+            if first_done and steps > 1 and end > first_done
+            else 0.0,
         }
 
     def training_step(self):
@@ -464,12 +501,16 @@ class LoraTrainer:
         noise = torch.randn(latents.shape, generator=gen)
         if s.noise_offset:
             noise += s.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=gen)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen
+        )
         noise, timesteps = noise.to(self.device), timesteps.to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         with self.accelerator.autocast():
             embeds = self._prompt_embeddings(prompt_index)
-            pred = self.pipe.unet(noisy.to(self.pipe.unet.dtype), timesteps, embeds.to(self.pipe.unet.dtype)).sample
+            pred = self.pipe.unet(
+                noisy.to(self.pipe.unet.dtype), timesteps, embeds.to(self.pipe.unet.dtype)
+            ).sample
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
@@ -491,9 +532,14 @@ class LoraTrainer:
         prompt_index = [0] * len(rows)
         if self.class_images:
             n_class = len(self.class_images)
-            rows += [self.n_instance + (micro_step * s.train_batch_size + k) % n_class for k in range(s.train_batch_size)]
+            rows += [
+                self.n_instance + (micro_step * s.train_batch_size + k) % n_class
+                for k in range(s.train_batch_size)
+            ]
             prompt_index += [1] * s.train_batch_size
-        flips = torch.randint(0, 2, (len(rows),), generator=gen).tolist() if s.random_flip else [0] * len(rows)
+        flips = (
+            torch.randint(0, 2, (len(rows),), generator=gen).tolist() if s.random_flip else [0] * len(rows)
+        )
         mean = self.latent_mean[flips, rows]
         std = self.latent_std[flips, rows]
         eps = torch.randn(mean.shape, generator=gen).to(self.device, mean.dtype)
@@ -571,7 +617,10 @@ class LoraTrainer:
             save_file(trainable, str(tmp / _TRAINABLE_FILE))
             self.accelerator.save_state(str(tmp))
             (tmp / _SETTINGS_FILE).write_text(json.dumps(self.settings.to_dict(), indent=2))
-            lines = [json.dumps({"step": k, "loss": self.losses[k], "lr": self.lrs[k]}) for k in sorted(self.losses)]
+            lines = [
+                json.dumps({"step": k, "loss": self.losses[k], "lr": self.lrs[k]})
+                for k in sorted(self.losses)
+            ]
             (tmp / LOSS_LOG).write_text("".join(line + "\n" for line in lines))
         if self.on_checkpoint:
             self.on_checkpoint(step, target)
@@ -616,9 +665,10 @@ class LoraTrainer:
         from accelerate.state import AcceleratorState, GradientState
 
         pipe = self.pipe
-        for model in (pipe.unet, pipe.text_encoder):
-            if ADAPTER_NAME in (getattr(model, "peft_config", None) or {}):
-                _delete_adapter(model)
+        if any(
+            ADAPTER_NAME in (getattr(m, "peft_config", None) or {}) for m in (pipe.unet, pipe.text_encoder)
+        ):
+            pipe.unload_lora_weights()  # removes the LoRA layers themselves, not just the adapter
         if self.settings.gradient_checkpointing:
             pipe.unet.disable_gradient_checkpointing()
             pipe.text_encoder.gradient_checkpointing_disable()
@@ -635,14 +685,9 @@ def _add_adapter(model, config, key: str) -> None:
     try:
         model.add_adapter(config, adapter_name=ADAPTER_NAME)
     except ValueError as err:
-        raise UserInputError(f"{key}={list(config.target_modules)}: no such module in the model ({err}).") from err
-
-
-def _delete_adapter(model) -> None:
-    if hasattr(model, "delete_adapters"):
-        model.delete_adapters(ADAPTER_NAME)  # diffusers models
-    else:
-        model.delete_adapter(ADAPTER_NAME)  # transformers models
+        raise UserInputError(
+            f"{key}={list(config.target_modules)}: no such module in the model ({err})."
+        ) from err
 
 
 def _trainable(model) -> list:
@@ -722,7 +767,15 @@ def denoising_loss(pipe, images: list, prompt: str, seed: int = 0, samples_per_i
         eps = torch.randn(dist.mean.shape, generator=gen).to(device, dtype)
         latents = (dist.mean + dist.std * eps) * pipe.vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=gen).to(device, dtype)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(device)
-        pred = pipe.unet(scheduler.add_noise(latents, noise, t), t, embeds.expand(latents.shape[0], -1, -1)).sample
-        target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(
+            device
+        )
+        pred = pipe.unet(
+            scheduler.add_noise(latents, noise, t), t, embeds.expand(latents.shape[0], -1, -1)
+        ).sample
+        target = (
+            scheduler.get_velocity(latents, noise, t)
+            if scheduler.config.prediction_type == "v_prediction"
+            else noise
+        )
         return F.mse_loss(pred.float(), target.float()).item()

@@ -20,12 +20,15 @@ def test_local_folder_loads_like_a_hub_model(pipe, tiny_source, tmp_path):
     pipe.save_pretrained(folder)
     loaded = load_pipeline(ModelSource(path=str(folder), device="cpu"))
     assert loaded is not pipe
-    assert all(torch.equal(a, b) for a, b in zip(loaded.unet.state_dict().values(), pipe.unet.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.unet.state_dict().values(), pipe.unet.state_dict().values(), strict=True)
+    )
 
 
 def test_folder_that_is_not_a_pipeline_is_named(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
-    with pytest.raises(UserInputError, match="model_index.json") as err:
+    with pytest.raises(UserInputError, match=r"model_index\.json") as err:
         load_pipeline(ModelSource(path=str(tmp_path), device="cpu"))
     assert str(tmp_path) in str(err.value)
 

@@ -37,7 +37,7 @@ def test_defaults_are_valid():
 
 
 def test_unknown_key_is_an_error():
-    with pytest.raises(UserInputError, match="train.learning_rte"):
+    with pytest.raises(UserInputError, match=r"train\.learning_rte"):
         TrainSettings.from_dict({"learning_rte": 1e-4})
 
 

@@ -35,7 +35,15 @@ def test_exif_orientation_is_applied(tmp_path):
         (lambda: Image.new("I;16", (8, 8), 65535), (255, 255, 255)),
         (lambda: Image.new("I;16", (8, 8), 32896), (128, 128, 128)),
     ],
-    ids=["grayscale", "grayscale-alpha", "transparent-rgba", "opaque-rgba", "cmyk", "16bit-white", "16bit-mid"],
+    ids=[
+        "grayscale",
+        "grayscale-alpha",
+        "transparent-rgba",
+        "opaque-rgba",
+        "cmyk",
+        "16bit-white",
+        "16bit-mid",
+    ],
 )
 def test_every_mode_becomes_rgb_with_the_right_colour(tmp_path, make, expected):
     img = make()
@@ -103,7 +111,7 @@ def test_non_image_files_are_skipped_with_a_warning(tmp_path, caplog):
 def test_corrupt_image_is_named(tmp_path):
     _save(Image.new("RGB", (64, 64)), tmp_path / "good.png")
     (tmp_path / "bad.png").write_bytes(b"not an image at all")
-    with pytest.raises(UserInputError, match="bad.png"):
+    with pytest.raises(UserInputError, match=r"bad\.png"):
         load_subject_images(tmp_path, 64)
 
 

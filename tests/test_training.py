@@ -94,7 +94,9 @@ def test_alpha_other_than_rank_round_trips_exactly(pipe, subject_images, setting
     _load(pipe, tmp_path)
     try:
         scalings = {m.scaling["t"] for m in pipe.unet.modules() if hasattr(m, "scaling") and "t" in m.scaling}
-        text_scalings = {m.scaling["t"] for m in pipe.text_encoder.modules() if hasattr(m, "scaling") and "t" in m.scaling}
+        text_scalings = {
+            m.scaling["t"] for m in pipe.text_encoder.modules() if hasattr(m, "scaling") and "t" in m.scaling
+        }
     finally:
         _unload(pipe)
     assert scalings == {0.5} and text_scalings == {0.5}
@@ -106,7 +108,10 @@ def test_alpha_other_than_rank_round_trips_exactly(pipe, subject_images, setting
 def test_kohya_export_uses_sd1_names(pipe, subject_images, settings, tmp_path):
     train_lora(pipe, subject_images, settings(text_encoder_lr=1e-3), tmp_path)
     keys = _weights_of(tmp_path / KOHYA_FILE).keys()
-    assert any(k.startswith("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.lora_down") for k in keys)
+    assert any(
+        k.startswith("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.lora_down")
+        for k in keys
+    )
     assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up") for k in keys)
     assert {k.rsplit(".", 2)[-2] for k in keys if not k.endswith(".alpha")} == {"lora_down", "lora_up"}
 
@@ -123,7 +128,11 @@ def test_every_hyperparameter_is_in_the_safetensors_metadata(pipe, subject_image
 
     with safe_open(str(tmp_path / KOHYA_FILE), "pt") as f:
         ss = f.metadata()
-    assert ss["ss_network_dim"] == "4" and ss["ss_text_encoder_lr"] == "3e-05" and ss["ss_lr_scheduler"] == "cosine"
+    assert (
+        ss["ss_network_dim"] == "4"
+        and ss["ss_text_encoder_lr"] == "3e-05"
+        and ss["ss_lr_scheduler"] == "cosine"
+    )
 
 
 def test_resumed_training_ends_with_the_same_weights(pipe, subject_images, settings, tmp_path):
@@ -147,7 +156,9 @@ def test_resumed_training_ends_with_the_same_weights(pipe, subject_images, setti
     _assert_same_weights(_weights_of(full.lora_path), _weights_of(resumed.lora_path))
     assert len(resumed.loss_history) == 10
     np.testing.assert_allclose(resumed.loss_history[4:], full.loss_history[4:], rtol=1e-5)
-    log_steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / LOSS_LOG).read_text().splitlines()]
+    log_steps = [
+        json.loads(line)["step"] for line in (tmp_path / "resumed" / LOSS_LOG).read_text().splitlines()
+    ]
     assert log_steps == list(range(1, 11))
 
 
@@ -173,8 +184,12 @@ def test_learning_rates_reach_their_parameter_groups(pipe, subject_images, setti
         text_b = {n: p.detach().clone() for n, p in pipe.text_encoder.named_parameters() if "lora_B" in n}
         trainer.training_step()
         # Adam's first update moves each weight by about lr (sign of the gradient), whatever its size.
-        unet_step = max((p - unet_b[n]).abs().max().item() for n, p in pipe.unet.named_parameters() if n in unet_b)
-        text_step = max((p - text_b[n]).abs().max().item() for n, p in pipe.text_encoder.named_parameters() if n in text_b)
+        unet_step = max(
+            (p - unet_b[n]).abs().max().item() for n, p in pipe.unet.named_parameters() if n in unet_b
+        )
+        text_step = max(
+            (p - text_b[n]).abs().max().item() for n, p in pipe.text_encoder.named_parameters() if n in text_b
+        )
         groups = [g["lr"] for g in trainer.optimizer.param_groups]
     finally:
         trainer.cleanup()
@@ -219,7 +234,9 @@ def test_checkpoints_hold_loadable_lora_weights(pipe, subject_images, settings, 
 
 def test_result_reports_speed_memory_and_histories(pipe, subject_images, settings, tmp_path):
     records = []
-    result = train_lora(pipe, subject_images, settings(max_train_steps=6, log_every=4), tmp_path, on_step=records.append)
+    result = train_lora(
+        pipe, subject_images, settings(max_train_steps=6, log_every=4), tmp_path, on_step=records.append
+    )
     assert [r.step for r in records] == [1, 2, 3, 4, 5, 6]
     assert [r.loss for r in records] == result.loss_history
     assert all(r.lr == 1e-3 for r in records) and records[0].text_encoder_lr is None

@@ -1,0 +1,276 @@
+"""Render inference grids of a LoRA: prompt × UNet scale × text-encoder scale × guidance × seed.
+
+What a user would write is one ``set_adapters`` and one pipeline call per cell. This renders the same
+pictures faster:
+
+- the adapter is loaded once;
+- prompt embeddings are encoded once per (prompt, text-encoder scale) — the text encoder's LoRA scale only
+  changes the embeddings, so cells that differ in UNet scale or guidance share them;
+- cells with the same (UNet scale, guidance) go through the pipeline together, in batches;
+- the UNet LoRA is fused into the weights at each UNet scale (an unfused LoRA adds its own matmuls to every
+  attention projection at every step), and the exact base weights are put back afterwards, so a cached
+  pipeline serves the next job bit-for-bit unchanged;
+- each picture's starting noise comes from its own seed, exactly as a single-image call with
+  ``generator=torch.Generator().manual_seed(seed)`` draws it, so a cell's picture does not depend on which
+  other cells share its batch.
+
+Per-component scales go through ``set_adapters(..., adapter_weights=[{"unet": u, "text_encoder": t}])``;
+``cross_attention_kwargs={"scale": ...}`` would reset them (see ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+
+from lora_core.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+ADAPTER_NAME = "lora_sweeps_render"
+
+# Names users write -> diffusers scheduler classes (and options), for render.scheduler.
+SCHEDULERS = {
+    "default": None,
+    "pndm": ("PNDMScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+}
+
+
+@dataclass(frozen=True)
+class RenderCell:
+    """One picture to render.
+
+    Attributes:
+        prompt: The full prompt.
+        unet_scale: UNet LoRA scale.
+        text_scale: Text-encoder LoRA scale.
+        guidance: Classifier-free guidance scale (<= 1 turns guidance off).
+        seed: Seed of the starting noise.
+        index: Which of the cell's ``count`` pictures this is.
+        count: Pictures drawn from this seed (as ``num_images_per_prompt`` would).
+    """
+
+    prompt: str
+    unet_scale: float
+    text_scale: float
+    guidance: float
+    seed: int = 0
+    index: int = 0
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Settings shared by every cell of a grid.
+
+    Attributes:
+        num_inference_steps: Sampling steps.
+        resolution: Side in pixels.
+        negative_prompt: Negative prompt ('' for none).
+        scheduler: A key of ``SCHEDULERS``.
+        batch_size: Pictures per pipeline call (0: 16 on the CPU, 8 on a GPU).
+        fuse: Fuse the UNet LoRA per scale (faster); False keeps it unfused (same pictures, within float
+            rounding).
+    """
+
+    num_inference_steps: int = 25
+    resolution: int = 512
+    negative_prompt: str = ""
+    scheduler: str = "default"
+    batch_size: int = 0
+    fuse: bool = True
+
+    def validate(self, prefix: str = "render") -> None:
+        """Check the values; the first problem raises ``UserInputError`` naming the key."""
+        if not 1 <= self.num_inference_steps <= 1000:
+            raise UserInputError(f"{prefix}.num_inference_steps={self.num_inference_steps}: must be 1-1000.")
+        if self.resolution < 8 or self.resolution % 8:
+            raise UserInputError(f"{prefix}.resolution={self.resolution}: must be a positive multiple of 8.")
+        if self.scheduler not in SCHEDULERS:
+            raise UserInputError(f"{prefix}.scheduler={self.scheduler}: use one of {', '.join(SCHEDULERS)}.")
+        if self.batch_size < 0:
+            raise UserInputError(f"{prefix}.batch_size={self.batch_size}: must be >= 0 (0: automatic).")
+
+
+def initial_noise(cell: RenderCell, shape: tuple[int, ...]):
+    """The starting latents of a cell's picture: what a single pipeline call with this seed draws.
+
+    Args:
+        cell: The cell.
+        shape: Latent shape of one picture (C, H, W).
+
+    Returns:
+        A float32 CPU tensor of ``shape``; with ``count`` pictures per seed, picture ``index`` of one
+        ``(count, *shape)`` draw.
+    """
+    import torch
+
+    generator = torch.Generator("cpu").manual_seed(cell.seed)
+    return torch.randn((cell.count, *shape), generator=generator)[cell.index]
+
+
+class GridRenderer:
+    """Renders cells with one LoRA on a borrowed pipeline; use as a context manager.
+
+    Args:
+        pipe: A ``StableDiffusionPipeline`` with no adapter loaded.
+        lora: Folder or file of a diffusers- or kohya-format LoRA; None renders the base model.
+        options: Shared render settings.
+    """
+
+    def __init__(self, pipe, lora: str | os.PathLike | None, options: RenderOptions):
+        options.validate()
+        self.pipe, self.lora, self.options = pipe, lora, options
+        self._snapshot: dict | None = None
+        self._fused_at: float | None = None
+        self._scheduler = None
+
+    def __enter__(self) -> GridRenderer:
+        pipe = self.pipe
+        if self.lora is not None:
+            path = Path(self.lora)
+            if path.is_dir():
+                pipe.load_lora_weights(str(path), adapter_name=ADAPTER_NAME)
+            else:
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER_NAME)
+        self._scheduler = pipe.scheduler
+        spec = SCHEDULERS[self.options.scheduler]
+        if spec is not None:
+            import diffusers
+
+            cls_name, extra = spec
+            pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._unfuse()
+        self.pipe.scheduler = self._scheduler
+        if self.lora is not None:
+            self.pipe.unload_lora_weights()
+
+    # ---- public ------------------------------------------------------------------------------------------
+    def render(self, cells: Iterable[RenderCell]) -> Iterator[tuple[RenderCell, object]]:
+        """Render cells, grouped for speed; yields (cell, PIL image) as each batch finishes.
+
+        Args:
+            cells: The cells (any order).
+
+        Yields:
+            Each cell with its picture.
+        """
+        cells = list(cells)
+        embeds = self._prompt_embeddings(cells)
+        key = lambda c: (c.unet_scale, c.guidance)  # noqa: E731
+        for (unet_scale, guidance), group in groupby(sorted(cells, key=key), key=key):
+            self._set_unet_scale(unet_scale)
+            group = list(group)
+            size = self._batch_size()
+            for start in range(0, len(group), size):
+                batch = group[start : start + size]
+                yield from zip(batch, self._render_batch(batch, guidance, embeds), strict=True)
+
+    # ---- prompt embeddings -------------------------------------------------------------------------------
+    def _prompt_embeddings(self, cells: list[RenderCell]) -> dict:
+        """(prompt, text scale) -> (positive, negative) embeddings, each encoded once."""
+        import torch
+
+        pipe, out = self.pipe, {}
+        for text_scale in sorted({c.text_scale for c in cells}):
+            prompts = sorted({c.prompt for c in cells if c.text_scale == text_scale})
+            self._set_text_scale(text_scale)
+            with torch.no_grad():
+                positive, negative = pipe.encode_prompt(
+                    prompts,
+                    pipe.device,
+                    1,
+                    True,
+                    negative_prompt=[self.options.negative_prompt] * len(prompts),
+                )
+            for i, prompt in enumerate(prompts):
+                out[(prompt, text_scale)] = (positive[i], negative[i])
+        return out
+
+    def _set_scales(self, unet: float, text: float) -> None:
+        """``set_adapters`` with a weight for each component the LoRA has (a UNet-only LoRA has no text part)."""
+        parts = {part for part, names in self.pipe.get_list_adapters().items() if ADAPTER_NAME in names}
+        weights = {part: w for part, w in (("unet", unet), ("text_encoder", text)) if part in parts}
+        self.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[weights])
+
+    def _set_text_scale(self, text_scale: float) -> None:
+        if self.lora is not None:
+            self._set_scales(1.0, text_scale)
+
+    # ---- UNet scale --------------------------------------------------------------------------------------
+    def _set_unet_scale(self, unet_scale: float) -> None:
+        if self.lora is None:
+            return
+        if not self.options.fuse:
+            self._set_scales(unet_scale, 0.0)
+            return
+        if self._fused_at == unet_scale:
+            return
+        self._unfuse()
+        if self._snapshot is None:
+            self._snapshot = _lora_base_weights(self.pipe.unet)
+        self._set_scales(unet_scale, 0.0)
+        # fuse_lora multiplies lora_scale with the weight set_adapters gave the UNet.
+        self.pipe.fuse_lora(components=["unet"], lora_scale=1.0, adapter_names=[ADAPTER_NAME])
+        self._fused_at = unet_scale
+
+    def _unfuse(self) -> None:
+        if self._fused_at is None:
+            return
+        self.pipe.unfuse_lora(components=["unet"])
+        _restore_base_weights(self.pipe.unet, self._snapshot)  # undo the rounding of fuse + unfuse
+        self._fused_at = None
+
+    # ---- batches -----------------------------------------------------------------------------------------
+    def _batch_size(self) -> int:
+        if self.options.batch_size:
+            return self.options.batch_size
+        return 8 if self.pipe.device.type == "cuda" else 16
+
+    def _render_batch(self, batch: list[RenderCell], guidance: float, embeds: dict) -> list:
+        import torch
+
+        pipe, opts = self.pipe, self.options
+        latent_side = opts.resolution // pipe.vae_scale_factor
+        shape = (pipe.unet.config.in_channels, latent_side, latent_side)
+        latents = torch.stack([initial_noise(c, shape) for c in batch]).to(pipe.device, pipe.unet.dtype)
+        positive = torch.stack([embeds[(c.prompt, c.text_scale)][0] for c in batch])
+        negative = torch.stack([embeds[(c.prompt, c.text_scale)][1] for c in batch])
+        # One generator per picture, for schedulers that add noise while sampling (euler_a).
+        generators = [torch.Generator("cpu").manual_seed(c.seed + 7919 * c.index) for c in batch]
+        with torch.no_grad():
+            return pipe(
+                prompt_embeds=positive, negative_prompt_embeds=negative, latents=latents,
+                guidance_scale=guidance, num_inference_steps=opts.num_inference_steps,
+                height=opts.resolution, width=opts.resolution, generator=generators,
+            ).images  # fmt: skip
+
+
+def _lora_base_weights(model) -> dict:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {name: module.get_base_layer().weight.detach().clone()
+            for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)}  # fmt: skip
+
+
+def _restore_base_weights(model, snapshot: dict | None) -> None:
+    if not snapshot:
+        return
+    modules = dict(model.named_modules())
+    for name, weight in snapshot.items():
+        modules[name].get_base_layer().weight.data.copy_(weight)

@@ -1,0 +1,4 @@
+from sweeper.app import main
+
+if __name__ == "__main__":
+    main()

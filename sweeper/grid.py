@@ -1,0 +1,176 @@
+"""Plan the inference grid of a run: which cells to render and what each picture is called."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import product
+
+from lora_core.errors import UserInputError
+from lora_core.render import RenderCell
+from sweeper.naming import check_short_name, image_stem, short_names
+
+# Sensible ranges; outside them a value is far more likely a typo than an experiment.
+SCALE_RANGE = (-1.0, 3.0)
+GUIDANCE_RANGE = (0.0, 50.0)
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One picture of the grid.
+
+    Attributes:
+        prompt_name: Short name of the prompt (``sf``).
+        prompt: The prompt with ``{token}``/``{class}`` filled in.
+        unet_scale: UNet LoRA scale.
+        text_scale: Text-encoder LoRA scale.
+        guidance: Guidance scale.
+        seed: Seed of the starting noise.
+        index: Picture index within the cell.
+        count: Pictures per cell.
+        stem: File stem (``sf_0.9;0.5;3.6``).
+    """
+
+    prompt_name: str
+    prompt: str
+    unet_scale: float
+    text_scale: float
+    guidance: float
+    seed: int
+    index: int
+    count: int
+    stem: str
+
+    @property
+    def file_name(self) -> str:
+        """``<stem>.png``."""
+        return f"{self.stem}.png"
+
+    def render_cell(self) -> RenderCell:
+        """The lora_core cell to render."""
+        return RenderCell(
+            self.prompt, self.unet_scale, self.text_scale, self.guidance, self.seed, self.index, self.count
+        )
+
+
+def fill_prompt(template: str, token: str, class_name: str) -> str:
+    """Replace ``{token}`` and ``{class}`` (other braces are left alone)."""
+    return template.replace("{token}", token).replace("{class}", class_name)
+
+
+def resolve_prompts(prompts, token: str, class_name: str) -> dict[str, str]:
+    """Short name -> filled prompt.
+
+    Args:
+        prompts: ``render.prompts``: a list whose items are plain prompts (short name derived: initials of
+            the content words) or single-entry ``{name: prompt}`` mappings; a ``{name: prompt}`` mapping
+            is accepted too.
+        token: The identifier (``data.token``).
+        class_name: The class noun (``data.class_name``).
+
+    Returns:
+        Ordered mapping of short name to prompt.
+
+    Raises:
+        UserInputError: Empty prompt list, an empty prompt, or an unsafe or repeated short name.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if isinstance(prompts, Mapping):
+        prompts = [{k: v} for k, v in prompts.items()]
+    if not isinstance(prompts, Sequence):
+        raise UserInputError(f"render.prompts: expected a list of prompts, got {prompts!r}.")
+    given = [(next(iter(p)), str(next(iter(p.values())))) if isinstance(p, Mapping) and len(p) == 1 else (None, p)
+             for p in prompts]  # fmt: skip
+    for name, text in given:
+        if not isinstance(text, str) or not text.strip():
+            key = f"render.prompts.{name}" if name is not None else "render.prompts"
+            raise UserInputError(f"{key}: {text!r} is not a prompt; each item is a prompt or {{name: prompt}}.")
+    derived = iter(short_names([fill_prompt(t, token, class_name) for n, t in given if n is None]))
+    named: dict[str, str] = {}
+    for name, text in given:
+        name = check_short_name(name, f"render.prompts.{name}") if name is not None else next(derived)
+        if name in named:
+            raise UserInputError(f"render.prompts.{name}: two prompts have this short name; give them different ones.")
+        named[name] = fill_prompt(text, token, class_name)
+    if not named:
+        raise UserInputError("render.prompts: no prompt given; add at least one (e.g. render.prompts=['a photo of {token}']).")
+    return named
+
+
+def _check_range(key: str, values, low: float, high: float) -> list[float]:
+    values = [float(v) for v in values]
+    if not values:
+        raise UserInputError(f"{key}: empty list; give at least one value.")
+    for v in values:
+        if not low <= v <= high:
+            raise UserInputError(f"{key}: {v} is outside the sensible range [{low}, {high}].")
+    return values
+
+
+def _explicit_cells(cells, prompts: dict[str, str]) -> list[tuple[str, float, float, float]]:
+    if not isinstance(cells, Mapping):
+        raise UserInputError(
+            "render.cells: expected {prompt_name: [{unet: .., text: .., guidance: ..}, ...]}."
+        )
+    out = []
+    for name, entries in cells.items():
+        if name not in prompts:
+            raise UserInputError(
+                f"render.cells.{name}: no prompt with this short name (known: {', '.join(prompts)})."
+            )
+        for i, entry in enumerate(entries or []):
+            key = f"render.cells.{name}[{i}]"
+            if not isinstance(entry, Mapping) or set(entry) != {"unet", "text", "guidance"}:
+                raise UserInputError(
+                    f"{key}: each cell is {{unet: .., text: .., guidance: ..}}, got {entry!r}."
+                )
+            (u,) = _check_range(f"{key}.unet", [entry["unet"]], *SCALE_RANGE)
+            (t,) = _check_range(f"{key}.text", [entry["text"]], *SCALE_RANGE)
+            (g,) = _check_range(f"{key}.guidance", [entry["guidance"]], *GUIDANCE_RANGE)
+            out.append((name, u, t, g))
+    return out
+
+
+def plan_cells(render, token: str, class_name: str) -> list[GridCell]:
+    """Every picture of a run's grid: the full product, or the explicit cells per prompt.
+
+    Args:
+        render: The composed ``render`` config (prompts, scales, guidance, seeds, cells, ...).
+        token: The identifier.
+        class_name: The class noun.
+
+    Returns:
+        The cells, prompts in config order.
+
+    Raises:
+        UserInputError: Bad values, or two cells that would share a file name.
+    """
+    prompts = resolve_prompts(render.prompts, token, class_name)
+    seeds = [int(s) for s in render.seeds]
+    if not seeds:
+        raise UserInputError("render.seeds: empty list; give at least one seed.")
+    if render.images_per_cell < 1:
+        raise UserInputError(f"render.images_per_cell={render.images_per_cell}: must be at least 1.")
+    if render.cells:
+        combos = _explicit_cells(render.cells, prompts)
+    else:
+        unet = _check_range("render.unet_scales", render.unet_scales, *SCALE_RANGE)
+        text = _check_range("render.text_scales", render.text_scales, *SCALE_RANGE)
+        guidance = _check_range("render.guidance_scales", render.guidance_scales, *GUIDANCE_RANGE)
+        combos = [(p, u, t, g) for p in prompts for u, t, g in product(unet, text, guidance)]
+    count = render.images_per_cell
+    cells, seen = [], {}
+    for (name, u, t, g), seed, index in product(combos, seeds, range(count)):
+        stem = image_stem(render.image_name, name, u, t, g, seed if len(seeds) > 1 else None,
+                          index if count > 1 else None)  # fmt: skip
+        cell = GridCell(name, prompts[name], u, t, g, seed, index, count, stem)
+        if stem in seen:
+            if seen[stem] == cell:
+                continue  # the same cell listed twice: render it once
+            raise UserInputError(
+                f"render: two cells would both be written to {stem}.png; make the names differ."
+            )
+        seen[stem] = cell
+        cells.append(cell)
+    return cells

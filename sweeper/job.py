@@ -1,0 +1,279 @@
+"""One job of a sweep: train one LoRA, render its grid, draw its sheets, mirror it to MLflow.
+
+The run folder is the source of truth and every stage skips what is already there: a rerun of a sweep
+skips finished trainings and pictures, resumes an interrupted training from its last checkpoint, and
+takes the LoRA of a shorter run from a longer run's checkpoint (step-axis reuse). Nothing finished is
+rewritten; a folder holding work done under other settings is an error, not an overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from lora_core.adapters import LORA_FILE, read_training_metadata
+from lora_core.atomic import atomic_path, write_text_atomic
+from lora_core.errors import UserInputError
+from lora_core.models import load_pipeline, model_identity
+from lora_core.render import GridRenderer
+from lora_core.training import LOSS_LOG, RESULT_FILE, find_checkpoint, train_lora
+from sweeper.job_config import JobSpec, build_job
+from sweeper.plan import SweepPlan
+from sweeper.tracking import StepLogger, Tracker, default_uri
+
+log = logging.getLogger(__name__)
+
+RECORD_FILE = "run.json"
+RENDER_FILE = "render.json"
+LORA_DIR = "lora"
+
+
+@dataclass
+class JobResult:
+    """What a job produced (also saved as ``run.json`` in the run folder).
+
+    Attributes:
+        run_dir: The run folder.
+        trained: Whether this job trained (False: reused or already done).
+        resumed_from: Checkpoint the training continued from, if any.
+        images_rendered: Pictures rendered by this job.
+        images_total: Pictures in the grid.
+        sheets: Contact sheets written.
+        mlflow_run_id: The job's MLflow run.
+        timings: Seconds per stage.
+        objective: A number to maximise (metric-driven search), or None.
+    """
+
+    run_dir: Path
+    trained: bool = False
+    resumed_from: str | None = None
+    images_rendered: int = 0
+    images_total: int = 0
+    sheets: list[str] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+    timings: dict = field(default_factory=dict)
+    objective: float | None = None
+
+
+class Job:
+    """Runs the stages of one job.
+
+    Args:
+        cfg: The job's composed config.
+        overrides: The job's Hydra overrides (recorded with the run).
+    """
+
+    def __init__(self, cfg: DictConfig, overrides: list[str] | None = None):
+        self.cfg = cfg
+        self.overrides = list(overrides or [])
+        self.spec: JobSpec = build_job(cfg)
+        self.plan = SweepPlan.load(self.spec.sweep_dir)
+        varying = self.plan.varying if self.plan else []
+        self.run_dir = self.spec.run_dir(cfg.sweep.run_dir_template, varying)
+        entry = self.plan.jobs.get(self.run_dir.name, {}) if self.plan else {}
+        extra = [s for s in entry.get("extra_checkpoint_steps", []) if s <= self.spec.settings.max_train_steps]
+        if extra:
+            s = self.spec.settings
+            s.checkpoint_steps = tuple(sorted(set(s.checkpoint_steps) | set(extra)))
+        self.lora_dir = self.run_dir / LORA_DIR
+        self.result = JobResult(run_dir=self.run_dir, images_total=len(self.spec.cells))
+        self.tracker: Tracker | None = None
+        self.mlflow_run: str | None = None
+
+    # ---- the stages --------------------------------------------------------------------------------------
+    def run(self) -> JobResult:
+        """Train (or reuse), render, draw sheets and log; returns the result."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._check_folder_matches()
+        self._write_config()
+        already_logged = self._start_tracking()
+        started = time.perf_counter()
+        pipe = load_pipeline(self.spec.model)
+        self.result.timings["load_seconds"] = time.perf_counter() - started
+        self.train(pipe)
+        self.render(pipe)
+        self.draw_sheets()
+        self._save_record("done")
+        if not already_logged:
+            self.log_to_mlflow()
+        return self.result
+
+    def train(self, pipe) -> None:
+        """Train the LoRA unless a finished one with the same settings is in the run folder."""
+        if (self.lora_dir / RESULT_FILE).is_file() and (self.lora_dir / LORA_FILE).is_file():
+            log.info("%s: LoRA already trained, skipping training.", self.run_dir.name)
+            return
+        from lora_core.subject import load_subject_images
+
+        started = time.perf_counter()
+        images = load_subject_images(self._instance_dir(), self.spec.settings.resolution, self.spec.settings.center_crop)
+        class_images = self._class_images(pipe)
+        checkpoint = find_checkpoint(self._training_dirs(), self.spec.settings)
+        steps = StepLogger(self.tracker, self.mlflow_run) if self.tracker else None
+        if checkpoint is not None:
+            log.info("%s: continuing from %s", self.run_dir.name, checkpoint)
+            self.result.resumed_from = str(checkpoint)
+            if steps:
+                steps.add_history(_read_jsonl(checkpoint / LOSS_LOG))
+        train_lora(
+            pipe, images, self.spec.settings, self.lora_dir, resume_from=checkpoint, class_images=class_images,
+            on_step=steps, metadata=self._lora_metadata(),
+        )  # fmt: skip
+        if steps:
+            steps.flush()
+        self.result.trained = True
+        self.result.timings["train_seconds"] = time.perf_counter() - started
+
+    def render(self, pipe) -> None:
+        """Render the grid's missing pictures (existing ones are kept as they are)."""
+        self._check_render_settings()
+        missing = [c for c in self.spec.cells if not (self.run_dir / c.file_name).is_file()]
+        if not missing:
+            return
+        started = time.perf_counter()
+        with (
+            GridRenderer(pipe, self.lora_dir, self.spec.render) as renderer,
+            tqdm(total=len(missing), desc=f"render {self.run_dir.name}", unit="img", dynamic_ncols=True) as bar,
+        ):
+            by_render_cell = {c.render_cell(): c for c in missing}
+            for render_cell, image in renderer.render(by_render_cell):
+                with atomic_path(self.run_dir / by_render_cell[render_cell].file_name) as tmp:
+                    image.save(tmp, format="PNG")
+                bar.update(1)
+        seconds = time.perf_counter() - started
+        self.result.images_rendered = len(missing)
+        self.result.timings.update(render_seconds=seconds, images_per_second=len(missing) / seconds)
+
+    def draw_sheets(self) -> None:
+        """One contact sheet per prompt and guidance: rows UNet scale, columns text-encoder scale."""
+        from sweeper.contact import draw_run_sheets
+
+        self.result.sheets = [str(p) for p in draw_run_sheets(self.run_dir, self.spec.cells, self.cfg.render.sheet_thumb)]
+
+    # ---- helpers -----------------------------------------------------------------------------------------
+    def _instance_dir(self) -> Path:
+        if self.spec.instance_dir is not None:
+            return self.spec.instance_dir
+        from lora_core.drawn_subject import ensure_drawn_subject
+        from lora_core.tiny_model import default_cache_dir
+
+        data = self.cfg.data
+        return ensure_drawn_subject(default_cache_dir(), count=data.drawn_count, seed=data.drawn_seed)
+
+    def _class_images(self, pipe) -> list | None:
+        spec = self.spec.class_images
+        if spec is None:
+            return None
+        from lora_core.class_images import ensure_class_images
+        from lora_core.subject import load_subject_images
+        from lora_core.tiny_model import default_cache_dir
+
+        paths = ensure_class_images(pipe, spec, model_identity(self.spec.model), default_cache_dir())
+        return load_subject_images(paths[0].parent, spec.resolution)[: spec.count]
+
+    def _training_dirs(self) -> list[Path]:
+        """This run's training folder first, then the other runs' of the sweep (for step-axis reuse)."""
+        others = sorted(p.parent for p in self.spec.sweep_dir.glob(f"*/{LORA_DIR}/checkpoints") if p.parent != self.lora_dir)
+        return [self.lora_dir, *others] if self.cfg.sweep.reuse_steps else [self.lora_dir]
+
+    def _lora_metadata(self) -> dict:
+        return {
+            "base_model": self.spec.model.path,
+            "base_model_identity": model_identity(self.spec.model),
+            "instance_dir": str(self.spec.instance_dir or "drawn default subject"),
+            "token": self.cfg.data.token,
+            "class_name": self.cfg.data.class_name,
+            "sweep": self.cfg.sweep.name,
+            "run_dir": self.run_dir.name,
+        }
+
+    def _check_folder_matches(self) -> None:
+        """Refuse to mix work of other settings into a folder that already holds a trained LoRA."""
+        lora = self.lora_dir / LORA_FILE
+        if not lora.is_file():
+            return
+        saved = read_training_metadata(lora)
+        wanted = self.spec.settings.weights_key()
+        differs = {k: (saved.get(k), v) for k, v in wanted.items() if k in saved and saved[k] != v}
+        if differs:
+            key, (was, now) = next(iter(differs.items()))
+            raise UserInputError(
+                f"{self.run_dir}: holds a LoRA trained with train.{key}={was!r}, not {now!r}. "
+                "Nothing was changed; choose another sweep.name or move that folder away."
+            )
+
+    def _check_render_settings(self) -> None:
+        wanted = {**self.spec.render.__dict__, "model": model_identity(self.spec.model)}
+        path = self.run_dir / RENDER_FILE
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            differs = [k for k in wanted if saved.get(k) != wanted[k]]
+            has_images = any(self.run_dir.glob("*.png"))
+            if differs and has_images:
+                key = differs[0]
+                raise UserInputError(
+                    f"{self.run_dir}: its pictures were rendered with render.{key}={saved.get(key)!r}, not "
+                    f"{wanted[key]!r}. Nothing was changed; choose another sweep.name or move the pictures away."
+                )
+        write_text_atomic(path, json.dumps(wanted, indent=2))
+
+    def _write_config(self) -> None:
+        cfg = OmegaConf.to_container(self.cfg, resolve=True)
+        cfg.pop("hydra", None)
+        write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
+        write_text_atomic(self.run_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(self.overrides)))
+
+    def _save_record(self, status: str) -> None:
+        record = {
+            "status": status,
+            "run_dir": self.run_dir.name,
+            "sweep": self.cfg.sweep.name,
+            "overrides": self.overrides,
+            "settings": self.spec.settings.to_dict(),
+            "cells": [c.__dict__ for c in self.spec.cells],
+            "result": {k: str(v) if isinstance(v, Path) else v for k, v in self.result.__dict__.items()},
+            "mlflow": {"uri": self._uri(), "run_id": self.mlflow_run},
+        }
+        write_text_atomic(self.run_dir / RECORD_FILE, json.dumps(record, indent=2, default=str))
+
+    # ---- MLflow ------------------------------------------------------------------------------------------
+    def _uri(self) -> str:
+        return self.cfg.tracking.uri or default_uri(self.cfg.sweep.root)
+
+    def _start_tracking(self) -> bool:
+        """Open the child run; returns True when a finished run for this folder is already logged."""
+        if not self.cfg.tracking.enabled:
+            return True
+        t = self.cfg.tracking
+        self.tracker = Tracker(self._uri(), t.experiment or self.cfg.sweep.name, self.spec.sweep_dir, t.connect_timeout)
+        parent = (self.plan.tracking.get("parent_run_id") if self.plan else None) or None
+        tags = {"sweep": self.cfg.sweep.name, "experiment_preset": str(self.cfg.experiment)}
+        self.mlflow_run, finished = self.tracker.child_run(parent, self.run_dir.name, tags)
+        self.result.mlflow_run_id = self.mlflow_run
+        return finished
+
+    def log_to_mlflow(self) -> None:
+        """Mirror the run folder into the job's MLflow run, then close it."""
+        from sweeper.mirror import log_run_folder
+
+        if self.tracker is None or not self.tracker.active or not self.mlflow_run:
+            return
+        # Steps trained by this job went out live; a reused or already-trained LoRA's come from disk.
+        log_run_folder(self.tracker, self.mlflow_run, self.run_dir, with_steps=not self.result.trained,
+                       log_images=self.cfg.tracking.log_images, log_adapters=self.cfg.tracking.log_adapters)  # fmt: skip
+        self.tracker.finish(self.mlflow_run)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def run_job(cfg: DictConfig, overrides: list[str] | None = None) -> JobResult:
+    """Run one job (see ``Job``)."""
+    return Job(cfg, overrides).run()

@@ -1,0 +1,167 @@
+"""Turn one composed Hydra config into checked lora_core values — before any model loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lora_core.class_images import ClassImageSpec
+from lora_core.errors import UserInputError
+from lora_core.models import ModelSource
+from lora_core.render import RenderOptions
+from lora_core.settings import TrainSettings
+from lora_core.tiny_model import TinyModelSpec, default_cache_dir
+from sweeper.grid import GridCell, fill_prompt, plan_cells
+from sweeper.naming import check_safe_name, run_dir_name
+
+# TrainConfig keys that are not TrainSettings fields (they configure class-image generation).
+_CLASS_IMAGE_KEYS = ("class_sample_steps", "class_guidance")
+DATA_KINDS = ("object", "live")
+
+
+@dataclass
+class JobSpec:
+    """Everything one job needs, checked.
+
+    Attributes:
+        model: Base model source.
+        instance_dir: Subject picture folder (None: the drawn default subject).
+        settings: Training settings.
+        class_images: What to generate for prior preservation, or None.
+        render: Shared render settings.
+        cells: The grid.
+        sweep_dir: ``<sweep.root>/<sweep.name>``.
+        train_values: The ``train`` section as plain values.
+        name_values: Every value that can name a run folder: train keys by their short name, the rest as
+            ``section.key`` (paths by their last component).
+    """
+
+    model: ModelSource
+    instance_dir: Path | None
+    settings: TrainSettings
+    class_images: ClassImageSpec | None
+    render: RenderOptions
+    cells: list[GridCell]
+    sweep_dir: Path
+    train_values: dict
+    name_values: dict
+
+    def run_dir(self, template: str, varying: list[str]) -> Path:
+        """This job's run folder inside the sweep folder."""
+        return self.sweep_dir / run_dir_name(template, self.name_values, varying)
+
+
+def sweep_dir_of(cfg: DictConfig) -> Path:
+    """``<sweep.root>/<sweep.name>``, with the name checked to stay a single folder."""
+    check_safe_name(cfg.sweep.name, "sweep.name")
+    return Path(cfg.sweep.root) / cfg.sweep.name
+
+
+def build_job(cfg: DictConfig) -> JobSpec:
+    """Check and convert a composed config.
+
+    Args:
+        cfg: The job's composed config (``sweeper.schema.Config``).
+
+    Returns:
+        The ``JobSpec``.
+
+    Raises:
+        UserInputError: The first bad value, named by its key.
+    """
+    model = _model_source(cfg)
+    if cfg.data.kind not in DATA_KINDS:
+        raise UserInputError(f"data.kind={cfg.data.kind}: use object or live.")
+    if not cfg.data.token.strip():
+        raise UserInputError("data.token: the identifier must not be empty (e.g. ktn).")
+    train_values = OmegaConf.to_container(cfg.train, resolve=True)
+    resolution = train_values["resolution"] or cfg.model.resolution
+    settings = TrainSettings.from_dict(
+        {k: v for k, v in train_values.items() if k not in _CLASS_IMAGE_KEYS}
+        | {
+            "resolution": resolution,
+            "instance_prompt": fill_prompt(cfg.data.instance_prompt, cfg.data.token, cfg.data.class_name),
+            "class_prompt": fill_prompt(cfg.data.class_prompt, cfg.data.token, cfg.data.class_name),
+            "center_crop": cfg.data.center_crop,
+            "unet_target_modules": list(cfg.lora.unet_target_modules),
+            "text_target_modules": list(cfg.lora.text_target_modules),
+        }
+    )
+    settings.validate()
+    render = RenderOptions(
+        num_inference_steps=cfg.render.num_inference_steps,
+        resolution=cfg.render.resolution or resolution,
+        negative_prompt=cfg.render.negative_prompt,
+        scheduler=cfg.render.scheduler,
+        batch_size=cfg.render.batch_size,
+        fuse=cfg.render.fuse,
+    )
+    render.validate()
+    cells = plan_cells(cfg.render, cfg.data.token, cfg.data.class_name) if cfg.render.enabled else []
+    return JobSpec(
+        model=model,
+        instance_dir=Path(cfg.data.instance_dir).expanduser() if cfg.data.instance_dir else None,
+        settings=settings,
+        class_images=_class_spec(cfg, settings),
+        render=render,
+        cells=cells,
+        sweep_dir=sweep_dir_of(cfg),
+        train_values=train_values,
+        name_values=naming_values(cfg),
+    )
+
+
+# Config sections whose values never change what is trained or rendered.
+_IGNORED_SECTIONS = ("tracking", "sweep", "experiment", "eval", "hydra")
+_PATH_KEYS = ("data.instance_dir", "model.path", "model.single_file_config")
+
+
+def naming_values(cfg: DictConfig) -> dict:
+    """Values that can vary between the jobs of a sweep and so may name their folders.
+
+    Args:
+        cfg: A job's composed config.
+
+    Returns:
+        ``{"learning_rate": 1e-4, ..., "lora.name": "attn", "data.instance_dir": "dog", ...}``.
+    """
+    values = OmegaConf.to_container(cfg, resolve=True)
+    flat: dict = {}
+    for section, content in values.items():
+        if section in _IGNORED_SECTIONS or not isinstance(content, dict):
+            continue
+        for key, value in content.items():
+            name = key if section == "train" else f"{section}.{key}"
+            flat[name] = Path(value).name if name in _PATH_KEYS and value else value
+    return flat
+
+
+def _model_source(cfg: DictConfig) -> ModelSource:
+    m = cfg.model
+    if not str(m.path).strip():
+        raise UserInputError(
+            "model.path: empty; give a hub id, a local folder, a .safetensors file or 'tiny'."
+        )
+    if m.resolution < 8 or m.resolution % 8:
+        raise UserInputError(f"model.resolution={m.resolution}: must be a positive multiple of 8.")
+    return ModelSource(
+        path=m.path, revision=m.revision, variant=m.variant, dtype=m.dtype, device=m.device,
+        single_file_config=m.single_file_config, local_files_only=m.local_files_only,
+        tiny=TinyModelSpec(seed=m.tiny_seed),
+        cache_dir=str(default_cache_dir()),
+    )  # fmt: skip
+
+
+def _class_spec(cfg: DictConfig, settings: TrainSettings) -> ClassImageSpec | None:
+    if not settings.with_prior_preservation:
+        return None
+    return ClassImageSpec(
+        prompt=settings.class_prompt,
+        count=settings.num_class_images,
+        resolution=settings.resolution,
+        num_inference_steps=cfg.train.class_sample_steps,
+        guidance_scale=cfg.train.class_guidance,
+        seed=settings.seed,
+    )

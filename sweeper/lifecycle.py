@@ -1,0 +1,96 @@
+"""Hydra callback around a sweep: plan and check before any job, close up and summarise after the last.
+
+Runs in the launching process, whichever launcher runs the jobs (in-process, joblib, submitit/SLURM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from lora_core.errors import UserInputError
+from sweeper.job_config import sweep_dir_of
+from sweeper.plan import SweepPlan, expand_jobs, plan_sweep
+from sweeper.tracking import Tracker, default_uri
+
+log = logging.getLogger(__name__)
+
+_BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+@contextlib.contextmanager
+def exit_on_user_error():
+    """Print a ``UserInputError`` as one line (no traceback) and exit with status 2."""
+    try:
+        yield
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def tracking_uri(config: DictConfig) -> str:
+    """The sweep's tracking URI (``tracking.uri`` or the SQLite store under ``sweep.root``)."""
+    return config.tracking.uri or default_uri(config.sweep.root)
+
+
+def searched_train_keys(config: DictConfig) -> list[str]:
+    """Keys a non-basic sweeper (Optuna) searches over, as they name run folders."""
+    params = config.hydra.sweeper.get("params") or {}
+    return [k.removeprefix("train.") for k in params if k.startswith("train.")]
+
+
+class SweepCallback(Callback):
+    """Plans the multirun, opens its MLflow parent run, and closes and summarises it at the end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """Check every job and write ``sweep.json`` before the launcher starts any of them."""
+        with exit_on_user_error():
+            sweep_dir = sweep_dir_of(config)
+            if config.hydra.sweeper._target_ == _BASIC_SWEEPER:
+                jobs = expand_jobs(config)
+                plan = plan_sweep(config, jobs)
+                log.info("Sweep %s: %d jobs, folders %s", config.sweep.name, len(jobs), ", ".join(plan.jobs))
+            else:
+                plan = SweepPlan(name=config.sweep.name, varying=searched_train_keys(config))
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            plan.tracking = self._open_parent(config, sweep_dir, SweepPlan.load(sweep_dir))
+            plan.save(sweep_dir)
+
+    def _open_parent(self, config: DictConfig, sweep_dir: Path, previous: SweepPlan | None) -> dict:
+        if not config.tracking.enabled:
+            return {}
+        uri = tracking_uri(config)
+        tracker = Tracker(uri, config.tracking.experiment or config.sweep.name, sweep_dir, config.tracking.connect_timeout)
+        reuse = previous.tracking.get("parent_run_id") if previous and previous.tracking.get("uri") == uri else None
+        parent = tracker.parent_run(reuse, config.sweep.name, {"sweep": config.sweep.name})
+        return {"uri": uri, "experiment_id": tracker.experiment_id, "parent_run_id": parent}
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        """Sweep-wide sheets, the parent run closed with them, and where to look."""
+        from sweeper.contact import draw_sweep_sheets
+        from sweeper.summary import print_summary
+
+        sweep_dir = sweep_dir_of(config)
+        sheets = draw_sweep_sheets(sweep_dir, config.render.sheet_thumb)
+        plan = SweepPlan.load(sweep_dir)
+        parent = plan.tracking.get("parent_run_id") if plan else None
+        if parent and config.tracking.enabled:
+            tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.sweep.name, sweep_dir)
+            for sheet in sheets:
+                tracker.log_artifact(parent, sheet, "sheets")
+            tracker.log_artifact(parent, sweep_dir / "sweep.json")
+            tracker.finish(parent)
+        if config.sweep.print_summary:
+            print_summary(config, sweep_dir, sheets)
+
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        """A single run (no ``-m``): say where its results are."""
+        from sweeper.summary import print_summary
+
+        if config.sweep.print_summary:
+            print_summary(config, sweep_dir_of(config), [])

@@ -1,0 +1,85 @@
+"""Mirror a run folder (or a whole finished sweep folder) into MLflow, from disk.
+
+Used by every job at its end, and by ``python -m sweeper.log <sweep folder>`` to log a sweep that ran
+while the tracking server could not be reached.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lora_core.adapters import KOHYA_FILE, LORA_FILE
+from lora_core.training import LOSS_LOG, RESULT_FILE
+from sweeper.tracking import Tracker, flatten
+
+SHEETS_DIR = "sheets"
+
+
+def run_params(run_dir: Path) -> dict[str, str]:
+    """Every config value of a run, flattened (``train.learning_rate`` ...), from its ``config.yaml``."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    return flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+
+
+def run_summary_metrics(run_dir: Path) -> list[tuple[str, float, int]]:
+    """Speed, memory and render-time metrics of a run, from its ``train_result.json`` and ``run.json``."""
+    rows: list[tuple[str, float, int]] = []
+    result = run_dir / "lora" / RESULT_FILE
+    if result.is_file():
+        train = json.loads(result.read_text())
+        for key in ("steps_per_second", "first_step_seconds", "peak_memory_mb", "train_seconds", "final_loss"):
+            if isinstance(train.get(key), int | float) and train[key]:
+                rows.append((key, train[key], 0))
+    record = run_dir / "run.json"
+    if record.is_file():
+        timings = json.loads(record.read_text()).get("result", {}).get("timings", {})
+        rows += [(k, v, 0) for k, v in timings.items() if isinstance(v, int | float)]
+    return rows
+
+
+def step_metrics(run_dir: Path) -> list[tuple[str, float, int]]:
+    """Loss and learning rate per step from the run's loss log."""
+    path = run_dir / "lora" / LOSS_LOG
+    rows: list[tuple[str, float, int]] = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        row = json.loads(line)
+        rows += [("loss", row["loss"], row["step"]), ("lr", row["lr"], row["step"])]
+    return rows
+
+
+def log_run_folder(
+    tracker: Tracker, run_id: str, run_dir: Path, with_steps: bool, log_images: bool = True, log_adapters: bool = True
+) -> None:
+    """Log params, metrics, pictures, sheets, adapters and config of a run folder to ``run_id``.
+
+    Pictures keep the folder's layout as artifacts (``<run_dir>/<pr>_<u>;<t>;<g>.png``) and are also logged
+    as MLflow images (keys without ``;``), which the UI shows and compares across runs.
+
+    Args:
+        tracker: The tracker.
+        run_id: The job's MLflow run.
+        run_dir: The run folder.
+        with_steps: Also log loss/lr per step (when they were not sent live).
+        log_images: Log the pictures as MLflow images too.
+        log_adapters: Upload the LoRA files.
+    """
+    tracker.log_params(run_id, run_params(run_dir))
+    tracker.log_metrics(run_id, run_summary_metrics(run_dir) + (step_metrics(run_dir) if with_steps else []))
+    pictures = sorted(run_dir.glob("*.png"))
+    for picture in pictures:
+        tracker.log_artifact(run_id, picture, run_dir.name)
+        if log_images:
+            tracker.log_image(run_id, picture, picture.stem)
+    tracker.log_artifact(run_id, run_dir / SHEETS_DIR, SHEETS_DIR)
+    for name in ("config.yaml", "overrides.yaml", "run.json", "render.json", "scores.csv"):
+        tracker.log_artifact(run_id, run_dir / name, "config" if name.endswith(".yaml") else None)
+    lora = run_dir / "lora"
+    tracker.log_artifact(run_id, lora / LOSS_LOG, "lora")
+    if log_adapters:
+        for name in (LORA_FILE, KOHYA_FILE, RESULT_FILE):
+            tracker.log_artifact(run_id, lora / name, "lora")

@@ -1,0 +1,178 @@
+"""The naming contract: run folders ``3e-4;1e-5[;...]``, images ``<pr>_<u>;<t>;<g>.png``, prompt short names.
+
+Numbers get their shortest stable form (``0.9``, ``3``, ``3.6``, ``1e-4``): the same value always gives
+the same name, whichever way it was typed. Every name is checked to stay inside the output folder.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from lora_core.errors import UserInputError
+
+# Words that carry no content in a prompt's short name ("sitting in the pub" -> "sp").
+STOP_WORDS = frozenset(
+    ["a", "an", "the", "of", "in", "on", "at", "to", "from", "for", "with", "and", "or", "is", "are", "was", "were", "be", "being", "been", "by", "as", "into", "onto", "over", "under", "his", "her", "its", "their", "my", "your", "our", "this", "that", "these", "those"]
+)
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.+=-]+")
+
+
+def format_number(value: float | int) -> str:
+    """Shortest stable text for a number: ``0.9``, ``3``, ``3.6``, ``5000``, ``1e-4``, ``2.5e-4``.
+
+    Below 1 the scientific form is used when it is shorter (``0.0001`` -> ``1e-4``; ``0.01`` stays).
+
+    Args:
+        value: An int or float (bools are not numbers here).
+
+    Returns:
+        The text; equal values give equal text.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    plain = np.format_float_positional(value, trim="-")  # shortest digits that round-trip
+    scientific = np.format_float_scientific(value, trim="-", exp_digits=1)
+    return scientific if abs(value) < 1 and len(scientific) < len(plain) else plain
+
+
+def format_value(value) -> str:
+    """Text of any config value in a name: numbers by ``format_number``, lists joined with ``+``."""
+    if isinstance(value, bool | int | float):
+        return format_number(value)
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return "+".join(format_value(v) for v in value)
+    return _UNSAFE_CHARS.sub("_", str(value)).strip("._") or "_"
+
+
+def run_dir_name(template: str, values: Mapping, varying: Iterable[str]) -> str:
+    """Name of a training configuration's folder.
+
+    Args:
+        template: Format string with ``{<train key>}`` placeholders and ``{varying}``, which becomes
+            ``;<value>`` for each varying key not already in the template.
+        values: The job's naming values (train keys by short name, others as ``section.key``).
+        varying: Keys whose value differs between the jobs of this sweep, in order.
+
+    Returns:
+        The folder name, e.g. ``1e-4;1e-5;5000``.
+
+    Raises:
+        UserInputError: The template names an unknown key or makes an unsafe name.
+    """
+    used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    rest = "".join(f";{format_value(values[k])}" for k in varying if k not in used)
+    formatted = {k: format_value(v) for k, v in values.items() if "." not in k}
+    try:
+        name = template.format(**formatted, varying=rest)
+    except KeyError as err:
+        raise UserInputError(f"sweep.run_dir_template={template!r}: {err} is not a train key.") from err
+    return check_safe_name(name, "sweep.run_dir_template")
+
+
+def image_stem(template: str, prompt_name: str, unet: float, text: float, guidance: float,
+               seed: int | None = None, index: int | None = None) -> str:  # fmt: skip
+    """File stem of one image: ``sf_0.9;0.5;3.6`` (``_<seed>`` and ``-<k>`` added when there are several).
+
+    Args:
+        template: Format string with ``{pr} {unet} {text} {guidance}`` (and optionally ``{seed}``).
+        prompt_name: Short name of the prompt.
+        unet: UNet LoRA scale.
+        text: Text-encoder LoRA scale.
+        guidance: Guidance scale.
+        seed: Appended as ``_<seed>`` when the grid has several seeds (unless the template has ``{seed}``).
+        index: Appended as ``-<k>`` when a cell has several images.
+
+    Returns:
+        The stem (no ``.png``).
+    """
+    stem = template.format(pr=prompt_name, unet=format_number(unet), text=format_number(text),
+                           guidance=format_number(guidance), seed="" if seed is None else seed)  # fmt: skip
+    if seed is not None and "{seed}" not in template:
+        stem += f"_{seed}"
+    if index is not None:
+        stem += f"-{index}"
+    return check_safe_name(stem, "render.image_name")
+
+
+def prompt_short_name(prompt: str) -> str:
+    """Initials of the content words: ``smile face`` -> ``sf``, ``A ktn is sitting in the pub`` -> ``ksp``."""
+    words = re.findall(r"[A-Za-z0-9]+", prompt.lower())
+    content = [w for w in words if w not in STOP_WORDS] or words
+    return "".join(w[0] for w in content) or "p"
+
+
+def short_names(prompts: list[str]) -> list[str]:
+    """Short names for a plain prompt list, made unique by a number suffix (``sf``, ``sf2``)."""
+    names: list[str] = []
+    for prompt in prompts:
+        base = prompt_short_name(prompt)
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}{k}", k + 1
+        names.append(name)
+    return names
+
+
+def check_safe_name(name: str, key: str) -> str:
+    """Refuse names that could leave the output folder or confuse a file system.
+
+    Args:
+        name: A single path component (``;`` is allowed: it is part of the contract).
+        key: Config key to name in the message.
+
+    Returns:
+        The name, unchanged.
+
+    Raises:
+        UserInputError: Slashes, ``..``, control characters, leading dots or an empty name.
+    """
+    bad = (
+        not name
+        or name in (".", "..")
+        or name.startswith((".", "-"))
+        or any(c in name for c in '/\\:*?"<>|\0')
+        or any(ord(c) < 32 for c in name)
+        or len(name) > 200
+    )
+    if bad:
+        raise UserInputError(
+            f"{key}: {name!r} is not a safe file name (no slashes, '..', control characters or leading dots)."
+        )
+    return name
+
+
+def check_short_name(name: str, key: str) -> str:
+    """A user-given prompt short name: letters, digits, ``_ . + -`` only."""
+    if not _SAFE_NAME.match(str(name)) or len(str(name)) > 40:
+        raise UserInputError(
+            f"{key}: prompt short name {name!r} must be letters, digits, '_', '.', '+' or '-' "
+            "(at most 40 characters, no slashes)."
+        )
+    return str(name)
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """Join ``parts`` under ``root`` and check the result stays inside ``root``.
+
+    Raises:
+        UserInputError: The path would leave ``root``.
+    """
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise UserInputError(f"{'/'.join(parts)}: this name would write outside {root}.")
+    return path

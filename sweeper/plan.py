@@ -1,0 +1,211 @@
+"""Plan a multirun before any job starts: compose every job's config, check it, name its folder.
+
+Run in the launching process (from the sweep callback), so every mistake — a bad value in one job, a
+missing subject folder, two jobs that would write the same folder — stops the sweep before any training,
+whichever launcher runs the jobs. The plan is written to ``<sweep>/sweep.json``; each job reads the keys
+that vary (for its folder name) and the steps it should checkpoint for the others (step-axis reuse).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from lora_core.atomic import write_text_atomic
+from lora_core.errors import UserInputError
+from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS
+from sweeper.job_config import JobSpec, build_job
+from sweeper.schema import TrainConfig
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "sweep.json"
+_TRAIN_ORDER = [f.name for f in fields(TrainConfig)]
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass
+class SweepPlan:
+    """What the launching process decided for the jobs of one multirun.
+
+    Attributes:
+        name: Sweep name.
+        varying: Config keys whose value differs between jobs (``train.`` keys by their short name).
+        jobs: Run folder name -> {"overrides": [...], "extra_checkpoint_steps": [...]}.
+        tracking: MLflow ids (uri, experiment_id, parent_run_id), filled by the callback.
+    """
+
+    name: str
+    varying: list[str]
+    jobs: dict[str, dict] = field(default_factory=dict)
+    tracking: dict = field(default_factory=dict)
+
+    def save(self, sweep_dir: Path) -> None:
+        """Write ``sweep.json`` atomically."""
+        write_text_atomic(sweep_dir / PLAN_FILE, json.dumps(self.__dict__, indent=2))
+
+    @classmethod
+    def load(cls, sweep_dir: Path) -> SweepPlan | None:
+        """Read ``sweep.json``, or None when the folder has none."""
+        path = Path(sweep_dir) / PLAN_FILE
+        return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def expand_jobs(config: DictConfig) -> list[list[str]]:
+    """The override lists of every job, as Hydra's basic sweeper will launch them (same order).
+
+    Args:
+        config: The multirun's master config (with its ``hydra`` node).
+
+    Returns:
+        One override list per job.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def compose_job(config: DictConfig, overrides: list[str]) -> DictConfig:
+    """Compose one job's config exactly as the launcher will."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    return GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
+
+
+def plan_sweep(config: DictConfig, job_overrides: list[list[str]]) -> SweepPlan:
+    """Check every job and name its folder.
+
+    Args:
+        config: The multirun's master config.
+        job_overrides: Each job's overrides (``expand_jobs``).
+
+    Returns:
+        The plan (not yet saved).
+
+    Raises:
+        UserInputError: A bad value in any job (the message names the job), a missing model or subject
+            folder, or two jobs that would write the same folder.
+    """
+    composed, specs = [], []
+    for index, overrides in enumerate(job_overrides):
+        cfg = compose_job(config, overrides)
+        try:
+            specs.append(build_job(cfg))
+        except UserInputError as err:
+            raise UserInputError(f"job {index} ({' '.join(overrides) or 'no overrides'}): {err}") from None
+        composed.append(cfg)
+    check_inputs(specs)
+    varying = varying_keys([spec.name_values for spec in specs])
+    _refuse_render_only_differences(varying)
+    sweep = composed[0].sweep if composed else config.sweep
+    names = [spec.run_dir(sweep.run_dir_template, varying).name for spec in specs]
+    _refuse_collisions(names, job_overrides)
+    extra = _extra_checkpoints(specs) if sweep.reuse_steps else [[] for _ in specs]
+    jobs = {
+        name: {"overrides": ov, "extra_checkpoint_steps": ex}
+        for name, ov, ex in zip(names, job_overrides, extra, strict=True)
+    }
+    return SweepPlan(name=str(sweep.name), varying=varying, jobs=jobs)
+
+
+def varying_keys(job_values: list[dict]) -> list[str]:
+    """Keys whose value differs between jobs: train keys in schema order, then the others sorted.
+
+    A LoRA target set varies by its preset name (``lora.name``), not by its module lists.
+
+    Args:
+        job_values: Each job's comparable values.
+
+    Returns:
+        The varying keys.
+    """
+    if len(job_values) < 2:
+        return []
+    keys = {k for values in job_values for k in values}
+    differ = {k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in job_values}) > 1}
+    if "lora.name" in differ:
+        differ -= {"lora.unet_target_modules", "lora.text_target_modules"}
+    train = [k for k in _TRAIN_ORDER if k in differ]
+    return train + sorted(differ - set(train))
+
+
+def _refuse_render_only_differences(varying: list[str]) -> None:
+    render = [k for k in varying if k.startswith("render.")]
+    if render:
+        raise UserInputError(
+            f"{render[0]} differs between the jobs of this sweep, but render settings belong in one job's grid "
+            "(render.unet_scales=[..], render.guidance_scales=[..]) or in separate sweeps (sweep.name=...): "
+            "sweeping them would train the same LoRA again for every value."
+        )
+
+
+def _refuse_collisions(names: list[str], job_overrides: list[list[str]]) -> None:
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in first:
+            other = first[name]
+            raise UserInputError(
+                f"jobs {other} ({' '.join(job_overrides[other])}) and {index} ({' '.join(job_overrides[index])}) "
+                f"would both write {name}/. Add the differing key to sweep.run_dir_template."
+            )
+        first[name] = index
+
+
+def check_inputs(specs: list[JobSpec]) -> None:
+    """Check models and subject folders once per distinct value, before anything trains.
+
+    Raises:
+        UserInputError: A local model path that does not exist, a malformed hub id, or a subject folder
+            that is missing, empty, or holds an unreadable picture.
+    """
+    from lora_core.subject import load_subject_images
+
+    for path in sorted({spec.model.path for spec in specs}):
+        if path == "tiny" or Path(path).expanduser().exists():
+            continue
+        if (
+            path.startswith((".", "/", "~"))
+            or path.endswith((".safetensors", ".ckpt"))
+            or not _HUB_ID.match(path)
+        ):
+            raise UserInputError(f"model.path={path}: no such file or folder, and not a hub id (owner/name).")
+    seen = set()
+    for spec in specs:
+        key = (spec.instance_dir, spec.settings.resolution)
+        if spec.instance_dir is not None and key not in seen:
+            seen.add(key)
+            load_subject_images(spec.instance_dir, spec.settings.resolution, spec.settings.center_crop)
+
+
+def _extra_checkpoints(specs: list[JobSpec]) -> list[list[int]]:
+    """For each job, the step counts of its step group up to its own, to save checkpoints at.
+
+    A step group is the jobs that differ only in ``max_train_steps`` under a step-independent schedule:
+    a longer run passes through the shorter runs' final states. Each job checkpoints at the group's step
+    counts up to its own, so a shorter job takes its LoRA from a longer one's checkpoint without training,
+    and a longer job continues from a shorter one's final state, whichever runs first.
+    """
+    groups: dict[str, set[int]] = {}
+    keys = []
+    for spec in specs:
+        key = None
+        if spec.settings.lr_scheduler in STEP_INDEPENDENT_SCHEDULERS:
+            weights = {k: v for k, v in spec.settings.weights_key().items() if k != "max_train_steps"}
+            key = json.dumps([weights, spec.model.path, str(spec.instance_dir)], sort_keys=True, default=str)
+            groups.setdefault(key, set()).add(spec.settings.max_train_steps)
+        keys.append(key)
+    return [
+        sorted(s for s in groups[key] if s <= spec.settings.max_train_steps) if key and len(groups[key]) > 1 else []
+        for spec, key in zip(specs, keys, strict=True)
+    ]

@@ -1,0 +1,172 @@
+"""Typed config schema: one dataclass per config group, registered in Hydra's ConfigStore.
+
+The YAML files in ``conf/`` extend these (``defaults: [base_config, ...]``), so a typo in a YAML file or on
+the command line (``train.lerning_rate=...``) or a wrong type (``train.max_train_steps=abc``) is an error
+before anything runs. Value ranges are checked in ``sweeper.job_config`` before any model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from lora_core.settings import TEXT_ATTENTION, UNET_ATTENTION
+
+
+@dataclass
+class ModelConfig:
+    """Base model (``model=tiny|sd15``)."""
+
+    name: str = "tiny"
+    path: str = "tiny"  # "tiny", a hub id, a local diffusers folder, or a .safetensors checkpoint
+    revision: str | None = None
+    variant: str | None = None
+    dtype: str = "auto"  # auto: float16 on CUDA, float32 on CPU
+    device: str = "auto"
+    single_file_config: str | None = None
+    local_files_only: bool = False
+    resolution: int = 64  # native resolution; train/render default to it
+    tiny_seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Subject pictures and the words that name the subject."""
+
+    instance_dir: str | None = None  # None: the drawn default subject
+    token: str = "ktn"
+    class_name: str = "cat"
+    kind: str = "object"  # object | live (DreamBooth prompt set)
+    instance_prompt: str = "a photo of {token} {class}"
+    class_prompt: str = "a photo of a {class}"
+    center_crop: bool = True
+    drawn_count: int = 5
+    drawn_seed: int = 0
+
+
+@dataclass
+class LoraTargetsConfig:
+    """Which layers get LoRA (``lora=attn|attn_ff``)."""
+
+    name: str = "attn"
+    unet_target_modules: list[str] = field(default_factory=lambda: list(UNET_ATTENTION))
+    text_target_modules: list[str] = field(default_factory=lambda: list(TEXT_ATTENTION))
+
+
+@dataclass
+class TrainConfig:
+    """Training hyperparameters; every one of them can be swept (see lora_core.settings.TrainSettings)."""
+
+    learning_rate: float = 1e-4
+    text_encoder_lr: float = 1e-5  # 0 keeps the text encoder frozen
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    lr_num_cycles: int = 1
+    lr_power: float = 1.0
+    max_train_steps: int = 500
+    train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    rank: int = 4
+    alpha: float | None = None
+    dropout: float = 0.0
+    seed: int = 0
+    resolution: int | None = None  # None: model.resolution
+    random_flip: bool = False
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    noise_offset: float = 0.0
+    snr_gamma: float | None = None
+    with_prior_preservation: bool = False
+    num_class_images: int = 100
+    prior_loss_weight: float = 1.0
+    class_sample_steps: int = 25
+    class_guidance: float = 7.5
+    checkpoint_steps: list[int] = field(default_factory=list)
+    checkpoint_every: int = 0
+    log_every: int = 10
+
+
+@dataclass
+class RenderConfig:
+    """The inference grid rendered for every trained LoRA."""
+
+    # A list of prompts, each plain (short name derived) or {short_name: prompt}; {token}/{class} filled in.
+    prompts: Any = field(default_factory=lambda: [{"ph": "a photo of {token} {class}"}])
+    unet_scales: list[float] = field(default_factory=lambda: [1.0])
+    text_scales: list[float] = field(default_factory=lambda: [1.0])
+    guidance_scales: list[float] = field(default_factory=lambda: [7.5])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # Instead of the full product: {short_name: [{unet: .., text: .., guidance: ..}, ...]}
+    cells: Any = None
+    num_inference_steps: int = 25
+    scheduler: str = "default"
+    resolution: int | None = None  # None: the training resolution
+    negative_prompt: str = ""
+    images_per_cell: int = 1
+    batch_size: int = 0  # images per pipeline call; 0: automatic
+    fuse: bool = True  # fuse the UNet LoRA at each scale (faster; same pictures)
+    image_name: str = "{pr}_{unet};{text};{guidance}"
+    sheet_thumb: int = 256
+    enabled: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow."""
+
+    enabled: bool = True
+    uri: str | None = None  # None: sqlite:///<sweep.root>/mlflow.db
+    experiment: str | None = None  # None: sweep.name
+    log_images: bool = True
+    log_adapters: bool = True
+    connect_timeout: float = 5.0
+
+
+@dataclass
+class EvalConfig:
+    """DreamBooth metrics (DINO, CLIP-I, CLIP-T)."""
+
+    enabled: bool = False
+    dino_model: str = "facebook/dino-vits16"
+    clip_model: str = "openai/clip-vit-base-patch32"
+    local_files_only: bool = False
+    batch_size: int = 16
+    objective: str = "dino+clip_t"
+
+
+@dataclass
+class SweepConfig:
+    """Where a sweep writes and how its folders are named."""
+
+    name: str = "default"
+    root: str = "outputs"
+    run_dir_template: str = "{learning_rate};{text_encoder_lr}{varying}"
+    reuse_steps: bool = True  # sweeps over max_train_steps train once under step-independent schedules
+    print_summary: bool = True
+
+
+@dataclass
+class Config:
+    """The whole composed config of one job."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraTargetsConfig = field(default_factory=LoraTargetsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    experiment: str | None = None  # name of the preset in use (set by each experiment file)
+
+
+def register_configs() -> None:
+    """Put the schema into Hydra's ConfigStore (``base_config``); idempotent."""
+    ConfigStore.instance().store(name="base_config", node=Config)

@@ -1,0 +1,295 @@
+"""MLflow mirror of the sweep folder: one experiment per sweep, a parent run per multirun, a child run per job.
+
+Disk is the source of truth; every MLflow write here can be replayed from a finished sweep folder
+(``python -m sweeper.log <sweep folder>``). When the tracking server cannot be reached the sweep goes on
+without MLflow, says so once, and leaves a ``MLFLOW_PENDING`` file naming the command to run later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PENDING_FILE = "MLFLOW_PENDING"
+# A dead server should cost seconds, not MLflow's default minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+_METRIC_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+_PARAM_BATCH = 90  # and at most 100 params
+
+
+def default_uri(root: str | os.PathLike) -> str:
+    """The default store: SQLite at ``<root>/mlflow.db`` (an absolute URI)."""
+    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def unreachable_reason(uri: str, timeout: float) -> str | None:
+    """Why the store cannot be used, or None when it can.
+
+    Args:
+        uri: A tracking URI (``sqlite:///...``, ``http(s)://...``, ``file:...``).
+        timeout: Seconds to wait for a server.
+
+    Returns:
+        A short reason, or None.
+    """
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+                return None if response.status == 200 else f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            return str(getattr(err, "reason", err))
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            return str(err)
+        return None if os.access(folder, os.W_OK) else f"{folder} is not writable"
+    return None
+
+
+def client_for(uri: str):
+    """An ``MlflowClient`` on ``uri``; for SQLite, the database (and its tables) are created here."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments(max_results=1)  # creates and migrates a fresh SQLite store
+    return client
+
+
+def experiment_id(client, name: str, artifact_root: Path | None) -> str:
+    """The experiment named ``name``, created (artifacts under ``artifact_root``) if missing."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def image_key(stem: str) -> str:
+    """An MLflow image key for a picture stem (``sf_0.9;0.5;3.6`` -> ``sf_0.9_0.5_3.6``): keys refuse ``;``."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", stem)
+
+
+def flatten(values: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"train.learning_rate": "0.0001", ...}`` (MLflow params are strings)."""
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            text = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+            out[name] = text[:6000]
+    return out
+
+
+class Tracker:
+    """MLflow writes for one sweep, resilient to a store that disappears.
+
+    Every call swallows MLflow errors after the first warning and switches the tracker off, so training
+    and rendering never stop because of tracking.
+
+    Args:
+        uri: Tracking URI.
+        experiment: Experiment name.
+        sweep_dir: The sweep folder (for the pending note and the SQLite artifact root).
+        timeout: Seconds to wait for a server at start.
+    """
+
+    def __init__(self, uri: str, experiment: str, sweep_dir: Path, timeout: float = 5.0):
+        self.uri, self.experiment, self.sweep_dir = uri, experiment, Path(sweep_dir)
+        self.client = None
+        self.experiment_id: str | None = None
+        self.warned = False
+        reason = unreachable_reason(uri, timeout)
+        if reason:
+            self._disable(f"cannot reach the MLflow store {uri} ({reason})")
+            return
+        try:
+            self.client = client_for(uri)
+            root = self.sweep_dir.parent / "mlartifacts" if uri.startswith("sqlite") else None
+            self.experiment_id = experiment_id(self.client, experiment, root)
+        except Exception as err:
+            self._disable(f"MLflow store {uri} failed: {err}")
+
+    @property
+    def active(self) -> bool:
+        """Whether MLflow calls are being made."""
+        return self.client is not None
+
+    def _disable(self, why: str) -> None:
+        self.client = None
+        if self.warned:
+            return
+        self.warned = True
+        command = f"python -m sweeper.log {self.sweep_dir} --tracking-uri {self.uri}"
+        log.warning(
+            "MLflow: %s. The sweep goes on and writes everything to disk; log it later with: %s", why, command
+        )
+        try:
+            self.sweep_dir.mkdir(parents=True, exist_ok=True)
+            (self.sweep_dir / PENDING_FILE).write_text(
+                f"{why}\nLog this sweep to MLflow with:\n  {command}\n"
+            )
+        except OSError:
+            pass
+
+    def call(self, what: str, fn, *args, **kwargs):
+        """Run ``fn`` on the client; on failure warn once, switch off and return None."""
+        if self.client is None:
+            return None
+        try:
+            return fn(self.client, *args, **kwargs)
+        except Exception as err:
+            self._disable(f"{what} failed ({type(err).__name__}: {err})")
+            return None
+
+    # ---- runs --------------------------------------------------------------------------------------------
+    def parent_run(self, run_id: str | None, name: str, tags: dict) -> str | None:
+        """Reuse ``run_id`` if it still exists (a rerun of the sweep), else create the parent run."""
+
+        def fn(client):
+            if run_id:
+                try:
+                    run = client.get_run(run_id)
+                    if run.info.lifecycle_stage == "active":
+                        client.update_run(run_id, status="RUNNING")
+                        return run_id
+                except Exception:
+                    pass
+            return client.create_run(
+                self.experiment_id, tags={**tags, "sweep_role": "parent"}, run_name=name
+            ).info.run_id
+
+        return self.call("creating the parent run", fn)
+
+    def child_run(self, parent_id: str | None, run_dir_name: str, tags: dict) -> tuple[str | None, bool]:
+        """The job's child run: an existing finished one is reported (skip), unfinished ones are replaced.
+
+        Returns:
+            (run id, already finished).
+        """
+
+        def fn(client):
+            for run in self.find_children(parent_id, run_dir_name):
+                if run.info.status == "FINISHED":
+                    return run.info.run_id, True
+                client.delete_run(run.info.run_id)  # an interrupted attempt: its data is replayed from disk
+            all_tags = {**tags, "run_dir": run_dir_name, "sweep_role": "job"}
+            if parent_id:
+                all_tags["mlflow.parentRunId"] = parent_id
+            return client.create_run(
+                self.experiment_id, tags=all_tags, run_name=run_dir_name
+            ).info.run_id, False
+
+        return self.call("creating the job's run", fn) or (None, False)
+
+    def find_children(self, parent_id: str | None, run_dir_name: str) -> list:
+        """Runs of this experiment tagged with ``run_dir_name`` (under ``parent_id`` when given)."""
+        quoted = run_dir_name.replace("'", "\\'")
+        query = f"tags.run_dir = '{quoted}'"
+        if parent_id:
+            query += f" and tags.mlflow.parentRunId = '{parent_id}'"
+        return self.call("searching runs", lambda c: c.search_runs([self.experiment_id], query)) or []
+
+    def finish(self, run_id: str | None, status: str = "FINISHED") -> None:
+        """Mark a run finished (or FAILED/KILLED)."""
+        if run_id:
+            self.call("closing a run", lambda c: c.set_terminated(run_id, status=status))
+
+    # ---- data --------------------------------------------------------------------------------------------
+    def log_params(self, run_id: str | None, params: dict[str, str]) -> None:
+        """Log params in batches (values as strings)."""
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], v) for k, v in params.items()]
+        for i in range(0, len(items), _PARAM_BATCH):
+            self.call(
+                "logging params", lambda c, b=items[i : i + _PARAM_BATCH]: c.log_batch(run_id, params=b)
+            )
+
+    def log_metrics(self, run_id: str | None, rows: Iterable[tuple[str, float, int]]) -> None:
+        """Log (key, value, step) metrics in batches."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(s)) for k, v, s in rows if v is not None and v == v]
+        for i in range(0, len(metrics), _METRIC_BATCH):
+            self.call(
+                "logging metrics", lambda c, b=metrics[i : i + _METRIC_BATCH]: c.log_batch(run_id, metrics=b)
+            )
+
+    def log_artifact(self, run_id: str | None, path: Path, artifact_path: str | None = None) -> None:
+        """Upload a file or a folder."""
+        if not run_id or not Path(path).exists():
+            return
+        if Path(path).is_dir():
+            self.call("uploading artifacts", lambda c: c.log_artifacts(run_id, str(path), artifact_path))
+        else:
+            self.call("uploading an artifact", lambda c: c.log_artifact(run_id, str(path), artifact_path))
+
+    def log_image(self, run_id: str | None, image_path: Path, key: str) -> None:
+        """Log a picture under ``key`` so the UI shows and compares it across runs."""
+        from PIL import Image
+
+        if not run_id:
+            return
+        with Image.open(image_path) as img:
+            img.load()
+            self.call("logging an image", lambda c: c.log_image(run_id, img, key=image_key(key), step=0))
+
+    def set_tags(self, run_id: str | None, tags: dict) -> None:
+        """Set tags on a run."""
+        for k, v in tags.items():
+            self.call("tagging a run", lambda c, k=k, v=v: c.set_tag(run_id, k, v))
+
+
+class StepLogger:
+    """Buffers per-step training metrics and sends them every ``every`` seconds (and at ``flush``).
+
+    Args:
+        tracker: The tracker.
+        run_id: The job's run.
+        every: Seconds between sends.
+    """
+
+    def __init__(self, tracker: Tracker, run_id: str | None, every: float = 10.0):
+        self.tracker, self.run_id, self.every = tracker, run_id, every
+        self.rows: list[tuple[str, float, int]] = []
+        self.sent = time.monotonic()
+
+    def __call__(self, record) -> None:
+        """Take a ``lora_core.training.StepRecord``."""
+        self.rows += [("loss", record.loss, record.step), ("lr", record.lr, record.step)]
+        if record.text_encoder_lr is not None:
+            self.rows.append(("text_encoder_lr", record.text_encoder_lr, record.step))
+        if time.monotonic() - self.sent > self.every:
+            self.flush()
+
+    def add_history(self, rows: Iterable[dict]) -> None:
+        """Queue steps a resumed or reused training did not redo (from a checkpoint's loss log)."""
+        for row in rows:
+            self.rows += [("loss", row["loss"], row["step"]), ("lr", row["lr"], row["step"])]
+
+    def flush(self) -> None:
+        """Send what is buffered."""
+        if self.rows and self.run_id:
+            self.tracker.log_metrics(self.run_id, self.rows)
+        self.rows = []
+        self.sent = time.monotonic()

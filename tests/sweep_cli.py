@@ -1,0 +1,62 @@
+"""Run ``python -m sweeper`` the way a user does, in a subprocess, for the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# Small enough to keep each sweep to seconds on 2 CPU cores, large enough to exercise every stage.
+FAST = [
+    "train.max_train_steps=6",
+    "train.log_every=2",
+    "render.num_inference_steps=3",
+    "render.sheet_thumb=64",
+]
+
+
+@dataclass
+class Result:
+    """A finished command."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(module: str, *args: str, timeout: float = 600, env: dict | None = None) -> Result:
+    """Run ``python -m <module> args...`` from the repository root with the test environment."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def sweep(root: Path, *args: str, multirun: bool = True, timeout: float = 600, env: dict | None = None) -> Result:
+    """``python -m sweeper [-m] args... sweep.root=<root>``."""
+    flags = ["-m"] if multirun else []
+    return run_cli("sweeper", *flags, *args, f"sweep.root={root}", timeout=timeout, env=env)
+
+
+def run_records(sweep_dir: Path) -> dict[str, dict]:
+    """Each run folder's ``run.json``, by folder name."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/run.json"))}
+
+
+def mlflow_runs(root: Path, experiment: str) -> list:
+    """Every run of an experiment in the sweep root's SQLite store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment}"
+    return client.search_runs([found.experiment_id])

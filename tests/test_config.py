@@ -1,0 +1,123 @@
+"""The config schema and every preset, composed the way Hydra composes a job."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from lora_core.errors import UserInputError
+from sweeper.app import CONF_DIR
+from sweeper.job_config import build_job
+
+PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+LAUNCHERS = sorted(p.stem for p in (Path(CONF_DIR) / "launcher").glob("*.yaml"))
+
+
+def _compose(*overrides, hydra=False):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def test_there_are_presets_for_the_study_and_the_quickstart():
+    assert {"quickstart", "study1", "study2", "study3", "study4"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_and_validates(preset):
+    cfg = _compose(f"experiment={preset}")
+    job = build_job(cfg)
+    assert cfg.sweep.name == preset and cfg.experiment == preset
+    assert job.cells, "every preset renders a grid"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_runs_on_another_model_and_subject(preset, tmp_path):
+    cfg = _compose(f"experiment={preset}", "model=sd15", f"data.instance_dir={tmp_path}", "data.token=sks")
+    job = build_job(cfg)
+    assert job.model.path == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert job.settings.resolution == 512 and job.instance_dir == tmp_path
+    assert not any("ktn" in c.prompt for c in job.cells)
+
+
+def _cells(job):
+    return {(c.prompt_name, c.unet_scale, c.text_scale, c.guidance) for c in job.cells}
+
+
+def test_study1_matches_the_reference_study():
+    job = build_job(_compose("experiment=study1"))
+    s = job.settings
+    assert (s.learning_rate, s.text_encoder_lr, s.lr_scheduler, s.max_train_steps) == (3e-4, 1e-5, "constant", 1000)
+    assert (s.rank, s.train_batch_size, s.seed) == (16, 1, 123)
+    assert {c.prompt for c in job.cells} == {"smile face", "falling from the cliff", "sitting in the pub",
+                                              "A ktn is smiling", "A ktn is falling from the cliff",
+                                              "A ktn is sitting in the pub"}  # fmt: skip
+    smiling = {(1, .9, .5), (3.6, .9, .6), (4, .9, .5), (3, .9, .2), (2, .7, .3), (3.4, .9, .6)}
+    cliff = {(3.2, 1, 1), (3, .9, .6), (3.6, 1, 1)}
+    pub = {(3, 1, 1), (5, 1, 1), (9, 1, 1)}
+    expected = {(p, u, t, g) for ps, cells in ((("sf", "ksm"), smiling), (("fc", "kfc"), cliff), (("sp", "ksp"), pub))
+                for p in ps for g, u, t in cells}  # fmt: skip
+    assert _cells(job) == expected
+    assert {c.seed for c in job.cells} == {123}
+
+
+def test_study2_is_study1_with_a_linear_schedule_and_three_more_cliff_cells():
+    one, two = build_job(_compose("experiment=study1")), build_job(_compose("experiment=study2"))
+    assert (two.settings.learning_rate, two.settings.text_encoder_lr, two.settings.lr_scheduler) == (1e-4, 1e-5, "linear")
+    extra = {(p, u, t, g) for p in ("fc", "kfc") for g, u, t in ((2.6, 1, 1), (3.8, 1, 1), (3, .8, .2))}
+    assert _cells(two) == _cells(one) | extra
+
+
+@pytest.mark.parametrize(("preset", "lrs", "steps"), [("study3", (4e-4, 5e-5), 1000), ("study4", (1e-4, 1e-5), 5000)])
+def test_studies_3_and_4_render_the_full_scale_grid(preset, lrs, steps):
+    job = build_job(_compose(f"experiment={preset}"))
+    assert (job.settings.learning_rate, job.settings.text_encoder_lr) == lrs
+    assert job.settings.max_train_steps == steps and job.settings.lr_scheduler == "constant"
+    scales = {0, 0.2, 0.4, 0.6, 0.8, 1}
+    assert {c.unet_scale for c in job.cells} == scales == {c.text_scale for c in job.cells}
+    assert {c.guidance for c in job.cells} == {2, 3, 4.5}
+    assert len(job.cells) == 6 * 6 * 3 * 6
+
+
+def test_quickstart_sweeps_two_by_two_learning_rates():
+    cfg = _compose("experiment=quickstart", hydra=True)
+    params = cfg.hydra.sweeper.params
+    assert len(params["train.learning_rate"].split(",")) == 2 and len(params["train.text_encoder_lr"].split(",")) == 2
+    assert cfg.model.path == "tiny" and cfg.data.instance_dir is None
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_every_launcher_preset_composes(launcher):
+    cfg = _compose(f"launcher={launcher}", hydra=True)
+    assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()
+
+
+def test_unknown_key_is_an_error():
+    with pytest.raises(ConfigCompositionException, match="lerning_rate"):
+        _compose("train.lerning_rate=1e-4")
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError)):
+        _compose("train.max_train_steps=many")
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("train.learning_rate=0", "train.learning_rate"), ("train.lr_scheduler=cosin", "train.lr_scheduler"),
+     ("render.guidance_scales=[100]", "render.guidance_scales"), ("render.unet_scales=[]", "render.unet_scales"),
+     ("render.prompts=[]", "render.prompts"), ("render.scheduler=fast", "render.scheduler"),
+     ("data.kind=animal", "data.kind"), ("model.resolution=100", "model.resolution"),
+     ("sweep.name=../up", "sweep.name"), ("render.num_inference_steps=0", "render.num_inference_steps")],
+)  # fmt: skip
+def test_bad_values_are_refused_before_any_model_loads(override, key):
+    with pytest.raises(UserInputError) as err:
+        build_job(_compose(override))
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_prompts_fill_the_token_and_class():
+    job = build_job(_compose("data.token=sks", "data.class_name=dog", "render.prompts=[{a: 'a {token} {class} on a beach'}]"))
+    assert [c.prompt for c in job.cells] == ["a sks dog on a beach"]
+    assert job.settings.instance_prompt == "a photo of sks dog"
