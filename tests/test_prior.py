@@ -12,7 +12,9 @@ from lora_core.training import LoraTrainer, train_lora
 
 @pytest.fixture
 def spec():
-    return ClassImageSpec(prompt="a photo of a cat", count=3, resolution=64, num_inference_steps=2, seed=4, batch_size=2)
+    return ClassImageSpec(
+        prompt="a photo of a cat", count=3, resolution=64, num_inference_steps=2, seed=4, batch_size=2
+    )
 
 
 @pytest.fixture
@@ -56,7 +58,12 @@ def test_the_cache_key_holds_what_determines_the_pictures(spec):
 
 
 def _prior_weights(pipe, subject_images, settings, class_pictures, out, weight):
-    s = settings(with_prior_preservation=True, class_prompt="a photo of a cat", num_class_images=3, prior_loss_weight=weight)
+    s = settings(
+        with_prior_preservation=True,
+        class_prompt="a photo of a cat",
+        num_class_images=3,
+        prior_loss_weight=weight,
+    )
     return load_file(str(train_lora(pipe, subject_images, s, out, class_images=class_pictures).lora_path))
 
 

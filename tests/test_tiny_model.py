@@ -11,13 +11,19 @@ def _weights(pipe):
 
 
 def test_same_seed_builds_identical_weights():
-    a, b = _weights(build_tiny_pipeline(TinyModelSpec(seed=5))), _weights(build_tiny_pipeline(TinyModelSpec(seed=5)))
+    a, b = (
+        _weights(build_tiny_pipeline(TinyModelSpec(seed=5))),
+        _weights(build_tiny_pipeline(TinyModelSpec(seed=5))),
+    )
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_other_seed_builds_other_weights():
-    a, b = _weights(build_tiny_pipeline(TinyModelSpec(seed=5))), _weights(build_tiny_pipeline(TinyModelSpec(seed=6)))
+    a, b = (
+        _weights(build_tiny_pipeline(TinyModelSpec(seed=5))),
+        _weights(build_tiny_pipeline(TinyModelSpec(seed=6))),
+    )
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
