@@ -237,6 +237,7 @@ class LoraTrainer:
         self.metadata = metadata or {}
         self.losses: dict[int, float] = {}
         self.lrs: dict[int, float] = {}
+        self.text_lrs: dict[int, float | None] = {}
         self._timing: dict[str, float] = {}
 
     # ---- setup -------------------------------------------------------------------------------------------
@@ -433,12 +434,12 @@ class LoraTrainer:
         if log_path.is_file():
             for line in log_path.read_text().splitlines():
                 row = json.loads(line)
-                self.losses[row["step"]], self.lrs[row["step"]] = row["loss"], row["lr"]
-        # Drop what an interrupted run logged after this checkpoint.
-        lines = [
-            json.dumps({"step": k, "loss": self.losses[k], "lr": self.lrs[k]}) for k in sorted(self.losses)
-        ]
-        write_text_atomic(self.output_dir / LOSS_LOG, "".join(line + "\n" for line in lines))
+                step = row["step"]
+                self.losses[step], self.lrs[step] = row["loss"], row["lr"]
+                self.text_lrs[step] = row.get("text_encoder_lr")
+        write_text_atomic(
+            self.output_dir / LOSS_LOG, self._loss_log()
+        )  # drops what came after the checkpoint
         log.info("Resumed from %s at step %d", folder, self.progress.step)
 
     # ---- train -------------------------------------------------------------------------------------------
@@ -571,8 +572,8 @@ class LoraTrainer:
         losses = torch.stack([loss for _, loss, _ in pending]).float().tolist()  # one device sync per report
         rows = []
         for (step, _, lrs), loss in zip(pending, losses, strict=True):
-            self.losses[step], self.lrs[step] = loss, lrs[0]
             text_lr = lrs[1] if len(lrs) > 1 else None
+            self.losses[step], self.lrs[step], self.text_lrs[step] = loss, lrs[0], text_lr
             record = StepRecord(step, loss, lrs[0], text_lr, time.perf_counter() - started)
             rows.append({"step": step, "loss": loss, "lr": lrs[0], "text_encoder_lr": text_lr})
             if self.on_step:
@@ -583,6 +584,12 @@ class LoraTrainer:
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{pending[-1][2][0]:.2e}", refresh=False)
 
     # ---- save --------------------------------------------------------------------------------------------
+    def _loss_log(self) -> str:
+        """The loss log (one JSON object per step) of every step reported so far."""
+        rows = [{"step": k, "loss": self.losses[k], "lr": self.lrs[k], "text_encoder_lr": self.text_lrs.get(k)}
+                for k in sorted(self.losses)]  # fmt: skip
+        return "".join(json.dumps(row) + "\n" for row in rows)
+
     def training_metadata(self) -> dict:
         """Every training hyperparameter, plus the caller's metadata, as stored in the LoRA files."""
         return {**self.settings.to_dict(), "alpha": self.settings.lora_alpha, **self.metadata}
@@ -617,11 +624,7 @@ class LoraTrainer:
             save_file(trainable, str(tmp / _TRAINABLE_FILE))
             self.accelerator.save_state(str(tmp))
             (tmp / _SETTINGS_FILE).write_text(json.dumps(self.settings.to_dict(), indent=2))
-            lines = [
-                json.dumps({"step": k, "loss": self.losses[k], "lr": self.lrs[k]})
-                for k in sorted(self.losses)
-            ]
-            (tmp / LOSS_LOG).write_text("".join(line + "\n" for line in lines))
+            (tmp / LOSS_LOG).write_text(self._loss_log())
         if self.on_checkpoint:
             self.on_checkpoint(step, target)
         return target
@@ -638,8 +641,7 @@ class LoraTrainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._write_lora(self.output_dir, kohya=True)
         steps = range(1, s.max_train_steps + 1)
-        lines = [json.dumps({"step": k, "loss": self.losses.get(k), "lr": self.lrs.get(k)}) for k in steps]
-        write_text_atomic(self.output_dir / LOSS_LOG, "".join(line + "\n" for line in lines))
+        write_text_atomic(self.output_dir / LOSS_LOG, self._loss_log())
         if self.device.type == "cuda":
             peak, kind = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_allocated"
         else:

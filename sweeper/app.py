@@ -6,6 +6,7 @@ A thin ``@hydra.main`` around ``run(cfg)``: everything else takes plain values.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -29,8 +30,30 @@ def _gpus_per_job(wanted: int = 1) -> int:
 # conf/ sits beside the packages (the project is installed editable); an absolute path works however
 # the entry point is started (python -m sweeper, a launcher's worker, a test).
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _safe_name(name: str) -> str:
+    """``${safe_name:${sweep.name}}``: the sweep name made harmless for Hydra's own log folder.
+
+    Hydra creates that folder before any of our code runs; an unsafe name (``../x``) is then refused with
+    a clear message by the sweep itself, and Hydra's folder never lands outside ``sweep.root``.
+    """
+    from sweeper.naming import format_value
+
+    return format_value(str(name))
+
+
 register_configs()
 OmegaConf.register_new_resolver("gpus_per_job", _gpus_per_job, replace=True)
+OmegaConf.register_new_resolver("safe_name", _safe_name, replace=True)
+
+
+def _parallel_jobs(hydra_cfg) -> int:
+    """Jobs the launcher runs at once on this node (joblib's n_jobs; 1 otherwise)."""
+    if hydra_cfg is None or "joblib" not in str(hydra_cfg.launcher.get("_target_", "")).lower():
+        return 1
+    n_jobs = int(hydra_cfg.launcher.get("n_jobs") or 1)
+    return n_jobs if n_jobs > 0 else os.cpu_count() or 1
 
 
 def _quiet_libraries() -> None:
@@ -51,15 +74,15 @@ def run(cfg: DictConfig) -> float | None:
     Returns:
         The job's objective (for metric-driven search), or None.
     """
-    from sweeper.gpu import pin_gpu
     from sweeper.job import run_job
+    from sweeper.placement import place_job
 
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     overrides = list(hydra_cfg.overrides.task) if hydra_cfg else []
     in_process = hydra_cfg is None or "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
     _quiet_libraries()
     try:
-        pin_gpu(cfg)
+        place_job(cfg, _parallel_jobs(hydra_cfg))
         return run_job(cfg, overrides).objective
     except UserInputError as err:
         if not in_process:

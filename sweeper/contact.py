@@ -36,9 +36,11 @@ def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Pa
     for (name, guidance), group in groups.items():
         unet = list(dict.fromkeys(c.unet_scale for c in group))
         text = sorted({c.text_scale for c in group})
-        pictures = {(unet.index(c.unet_scale), text.index(c.text_scale)): run_dir / c.file_name for c in group}
+        pictures = {
+            (unet.index(c.unet_scale), text.index(c.text_scale)): run_dir / c.file_name for c in group
+        }
         pictures = {k: p if p.is_file() else None for k, p in pictures.items()}
-        title = f'"{group[0].prompt}" — {run_dir.name} — guidance {format_number(guidance)}'
+        title = f'"{group[0].prompt}" | {run_dir.name} | guidance {format_number(guidance)}'
         sheet = grid_sheet(
             title=title,
             row_labels=[f"unet {format_number(u)}" for u in unet],
@@ -85,12 +87,18 @@ def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
     for name, keys in columns.items():
         pictures = {}
         for row, (run_dir, cells) in enumerate(runs):
-            by_key = {(c.unet_scale, c.text_scale, c.guidance): c for c in _first_images(cells) if c.prompt_name == name}
+            by_key = {
+                (c.unet_scale, c.text_scale, c.guidance): c
+                for c in _first_images(cells)
+                if c.prompt_name == name
+            }
             for col, key in enumerate(keys):
                 cell = by_key.get(key)
-                pictures[(row, col)] = run_dir / cell.file_name if cell and (run_dir / cell.file_name).is_file() else None
+                pictures[(row, col)] = (
+                    run_dir / cell.file_name if cell and (run_dir / cell.file_name).is_file() else None
+                )
         sheet = grid_sheet(
-            title=f'"{prompts[name]}" — every run of {Path(sweep_dir).name}',
+            title=f'"{prompts[name]}" | every run of {Path(sweep_dir).name} | columns: unet;text;guidance',
             row_labels=[run_dir.name for run_dir, _ in runs],
             col_labels=[";".join(format_number(v) for v in key) for key in keys],
             cells=pictures,

@@ -77,7 +77,9 @@ class Job:
         varying = self.plan.varying if self.plan else []
         self.run_dir = self.spec.run_dir(cfg.sweep.run_dir_template, varying)
         entry = self.plan.jobs.get(self.run_dir.name, {}) if self.plan else {}
-        extra = [s for s in entry.get("extra_checkpoint_steps", []) if s <= self.spec.settings.max_train_steps]
+        extra = [
+            s for s in entry.get("extra_checkpoint_steps", []) if s <= self.spec.settings.max_train_steps
+        ]
         if extra:
             s = self.spec.settings
             s.checkpoint_steps = tuple(sorted(set(s.checkpoint_steps) | set(extra)))
@@ -112,7 +114,9 @@ class Job:
         from lora_core.subject import load_subject_images
 
         started = time.perf_counter()
-        images = load_subject_images(self._instance_dir(), self.spec.settings.resolution, self.spec.settings.center_crop)
+        images = load_subject_images(
+            self._instance_dir(), self.spec.settings.resolution, self.spec.settings.center_crop
+        )
         class_images = self._class_images(pipe)
         checkpoint = find_checkpoint(self._training_dirs(), self.spec.settings)
         steps = StepLogger(self.tracker, self.mlflow_run) if self.tracker else None
@@ -139,7 +143,9 @@ class Job:
         started = time.perf_counter()
         with (
             GridRenderer(pipe, self.lora_dir, self.spec.render) as renderer,
-            tqdm(total=len(missing), desc=f"render {self.run_dir.name}", unit="img", dynamic_ncols=True) as bar,
+            tqdm(
+                total=len(missing), desc=f"render {self.run_dir.name}", unit="img", dynamic_ncols=True
+            ) as bar,
         ):
             by_render_cell = {c.render_cell(): c for c in missing}
             for render_cell, image in renderer.render(by_render_cell):
@@ -154,7 +160,9 @@ class Job:
         """One contact sheet per prompt and guidance: rows UNet scale, columns text-encoder scale."""
         from sweeper.contact import draw_run_sheets
 
-        self.result.sheets = [str(p) for p in draw_run_sheets(self.run_dir, self.spec.cells, self.cfg.render.sheet_thumb)]
+        self.result.sheets = [
+            str(p) for p in draw_run_sheets(self.run_dir, self.spec.cells, self.cfg.render.sheet_thumb)
+        ]
 
     # ---- helpers -----------------------------------------------------------------------------------------
     def _instance_dir(self) -> Path:
@@ -179,7 +187,11 @@ class Job:
 
     def _training_dirs(self) -> list[Path]:
         """This run's training folder first, then the other runs' of the sweep (for step-axis reuse)."""
-        others = sorted(p.parent for p in self.spec.sweep_dir.glob(f"*/{LORA_DIR}/checkpoints") if p.parent != self.lora_dir)
+        others = sorted(
+            p.parent
+            for p in self.spec.sweep_dir.glob(f"*/{LORA_DIR}/checkpoints")
+            if p.parent != self.lora_dir
+        )
         return [self.lora_dir, *others] if self.cfg.sweep.reuse_steps else [self.lora_dir]
 
     def _lora_metadata(self) -> dict:
@@ -199,7 +211,7 @@ class Job:
         if not lora.is_file():
             return
         saved = read_training_metadata(lora)
-        wanted = self.spec.settings.weights_key()
+        wanted = {**self.spec.settings.weights_key(), "alpha": self.spec.settings.lora_alpha}
         differs = {k: (saved.get(k), v) for k, v in wanted.items() if k in saved and saved[k] != v}
         if differs:
             key, (was, now) = next(iter(differs.items()))
@@ -224,10 +236,12 @@ class Job:
         write_text_atomic(path, json.dumps(wanted, indent=2))
 
     def _write_config(self) -> None:
-        cfg = OmegaConf.to_container(self.cfg, resolve=True)
-        cfg.pop("hydra", None)
+        cfg = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+               for k, v in self.cfg.items() if k != "hydra"}  # fmt: skip
         write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
-        write_text_atomic(self.run_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(self.overrides)))
+        write_text_atomic(
+            self.run_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(self.overrides))
+        )
 
     def _save_record(self, status: str) -> None:
         record = {
@@ -251,7 +265,9 @@ class Job:
         if not self.cfg.tracking.enabled:
             return True
         t = self.cfg.tracking
-        self.tracker = Tracker(self._uri(), t.experiment or self.cfg.sweep.name, self.spec.sweep_dir, t.connect_timeout)
+        self.tracker = Tracker(
+            self._uri(), t.experiment or self.cfg.sweep.name, self.spec.sweep_dir, t.connect_timeout
+        )
         parent = (self.plan.tracking.get("parent_run_id") if self.plan else None) or None
         tags = {"sweep": self.cfg.sweep.name, "experiment_preset": str(self.cfg.experiment)}
         self.mlflow_run, finished = self.tracker.child_run(parent, self.run_dir.name, tags)

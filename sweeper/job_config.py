@@ -127,12 +127,11 @@ def naming_values(cfg: DictConfig) -> dict:
     Returns:
         ``{"learning_rate": 1e-4, ..., "lora.name": "attn", "data.instance_dir": "dog", ...}``.
     """
-    values = OmegaConf.to_container(cfg, resolve=True)
     flat: dict = {}
-    for section, content in values.items():
-        if section in _IGNORED_SECTIONS or not isinstance(content, dict):
+    for section in cfg:
+        if section in _IGNORED_SECTIONS or not OmegaConf.is_dict(cfg[section]):
             continue
-        for key, value in content.items():
+        for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
             name = key if section == "train" else f"{section}.{key}"
             flat[name] = Path(value).name if name in _PATH_KEYS and value else value
     return flat

@@ -24,13 +24,20 @@ _BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 @contextlib.contextmanager
-def exit_on_user_error():
-    """Print a ``UserInputError`` as one line (no traceback) and exit with status 2."""
+def exit_on_error():
+    """Stop the whole command on an error here: Hydra only warns about exceptions raised in callbacks.
+
+    A ``UserInputError`` is printed as one line (no traceback), exit status 2; anything else with its
+    traceback, exit status 1. Either way no job starts.
+    """
     try:
         yield
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except Exception:
+        log.exception("Planning the sweep failed; no job was started.")
+        sys.exit(1)
 
 
 def tracking_uri(config: DictConfig) -> str:
@@ -49,7 +56,7 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """Check every job and write ``sweep.json`` before the launcher starts any of them."""
-        with exit_on_user_error():
+        with exit_on_error():
             sweep_dir = sweep_dir_of(config)
             if config.hydra.sweeper._target_ == _BASIC_SWEEPER:
                 jobs = expand_jobs(config)
@@ -65,8 +72,14 @@ class SweepCallback(Callback):
         if not config.tracking.enabled:
             return {}
         uri = tracking_uri(config)
-        tracker = Tracker(uri, config.tracking.experiment or config.sweep.name, sweep_dir, config.tracking.connect_timeout)
-        reuse = previous.tracking.get("parent_run_id") if previous and previous.tracking.get("uri") == uri else None
+        tracker = Tracker(
+            uri, config.tracking.experiment or config.sweep.name, sweep_dir, config.tracking.connect_timeout
+        )
+        reuse = (
+            previous.tracking.get("parent_run_id")
+            if previous and previous.tracking.get("uri") == uri
+            else None
+        )
         parent = tracker.parent_run(reuse, config.sweep.name, {"sweep": config.sweep.name})
         return {"uri": uri, "experiment_id": tracker.experiment_id, "parent_run_id": parent}
 
@@ -80,7 +93,9 @@ class SweepCallback(Callback):
         plan = SweepPlan.load(sweep_dir)
         parent = plan.tracking.get("parent_run_id") if plan else None
         if parent and config.tracking.enabled:
-            tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.sweep.name, sweep_dir)
+            tracker = Tracker(
+                tracking_uri(config), config.tracking.experiment or config.sweep.name, sweep_dir
+            )
             for sheet in sheets:
                 tracker.log_artifact(parent, sheet, "sheets")
             tracker.log_artifact(parent, sweep_dir / "sweep.json")

@@ -32,7 +32,13 @@ def run_summary_metrics(run_dir: Path) -> list[tuple[str, float, int]]:
     result = run_dir / "lora" / RESULT_FILE
     if result.is_file():
         train = json.loads(result.read_text())
-        for key in ("steps_per_second", "first_step_seconds", "peak_memory_mb", "train_seconds", "final_loss"):
+        for key in (
+            "steps_per_second",
+            "first_step_seconds",
+            "peak_memory_mb",
+            "train_seconds",
+            "final_loss",
+        ):
             if isinstance(train.get(key), int | float) and train[key]:
                 rows.append((key, train[key], 0))
     record = run_dir / "run.json"
@@ -49,11 +55,18 @@ def step_metrics(run_dir: Path) -> list[tuple[str, float, int]]:
     for line in path.read_text().splitlines() if path.is_file() else []:
         row = json.loads(line)
         rows += [("loss", row["loss"], row["step"]), ("lr", row["lr"], row["step"])]
+        if row.get("text_encoder_lr") is not None:
+            rows.append(("text_encoder_lr", row["text_encoder_lr"], row["step"]))
     return rows
 
 
 def log_run_folder(
-    tracker: Tracker, run_id: str, run_dir: Path, with_steps: bool, log_images: bool = True, log_adapters: bool = True
+    tracker: Tracker,
+    run_id: str,
+    run_dir: Path,
+    with_steps: bool,
+    log_images: bool = True,
+    log_adapters: bool = True,
 ) -> None:
     """Log params, metrics, pictures, sheets, adapters and config of a run folder to ``run_id``.
 

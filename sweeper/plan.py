@@ -103,7 +103,8 @@ def plan_sweep(config: DictConfig, job_overrides: list[list[str]]) -> SweepPlan:
         try:
             specs.append(build_job(cfg))
         except UserInputError as err:
-            raise UserInputError(f"job {index} ({' '.join(overrides) or 'no overrides'}): {err}") from None
+            own = [o for o in overrides if not all(o in other for other in job_overrides)] or overrides
+            raise UserInputError(f"job {index} ({' '.join(own) or 'no overrides'}): {err}") from None
         composed.append(cfg)
     check_inputs(specs)
     varying = varying_keys([spec.name_values for spec in specs])
@@ -155,9 +156,11 @@ def _refuse_collisions(names: list[str], job_overrides: list[list[str]]) -> None
     for index, name in enumerate(names):
         if name in first:
             other = first[name]
+            a, b = job_overrides[other], job_overrides[index]
+            only_a, only_b = [o for o in a if o not in b], [o for o in b if o not in a]
             raise UserInputError(
-                f"jobs {other} ({' '.join(job_overrides[other])}) and {index} ({' '.join(job_overrides[index])}) "
-                f"would both write {name}/. Add the differing key to sweep.run_dir_template."
+                f"jobs {other} ({' '.join(only_a)}) and {index} ({' '.join(only_b)}) would both write {name}/. "
+                "Add the differing key to sweep.run_dir_template (or keep {varying} in it)."
             )
         first[name] = index
 
@@ -206,6 +209,8 @@ def _extra_checkpoints(specs: list[JobSpec]) -> list[list[int]]:
             groups.setdefault(key, set()).add(spec.settings.max_train_steps)
         keys.append(key)
     return [
-        sorted(s for s in groups[key] if s <= spec.settings.max_train_steps) if key and len(groups[key]) > 1 else []
+        sorted(s for s in groups[key] if s <= spec.settings.max_train_steps)
+        if key and len(groups[key]) > 1
+        else []
         for spec, key in zip(specs, keys, strict=True)
     ]

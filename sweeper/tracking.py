@@ -286,6 +286,8 @@ class StepLogger:
         """Queue steps a resumed or reused training did not redo (from a checkpoint's loss log)."""
         for row in rows:
             self.rows += [("loss", row["loss"], row["step"]), ("lr", row["lr"], row["step"])]
+            if row.get("text_encoder_lr") is not None:
+                self.rows.append(("text_encoder_lr", row["text_encoder_lr"], row["step"]))
 
     def flush(self) -> None:
         """Send what is buffered."""

@@ -141,16 +141,12 @@ def test_resumed_training_ends_with_the_same_weights(pipe, subject_images, setti
                   gradient_accumulation_steps=2, lr_scheduler="cosine", lr_warmup_steps=3, noise_offset=0.1)  # fmt: skip
     full = train_lora(pipe, subject_images, settings(**common), tmp_path / "full")
     part = settings(**common, checkpoint_steps=(4,))
-    trainer = LoraTrainer(pipe, subject_images, part, tmp_path / "resumed")
-    try:  # interrupted right after the checkpoint at step 4
-        trainer.setup()
-        while trainer.progress.step < 4:
-            trainer.training_step()
-            trainer.progress.step += 1
-        trainer.save_checkpoint(4)
-        trainer.training_step()  # work lost in the "crash"
-    finally:
-        trainer.cleanup()
+
+    def killed(step, folder):
+        raise KeyboardInterrupt  # the process dies right after writing the checkpoint at step 4
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(pipe, subject_images, part, tmp_path / "resumed", on_checkpoint=killed)
     resumed = train_lora(pipe, subject_images, part, tmp_path / "resumed", resume_from="latest")
     assert resumed.resumed_from_step == 4
     _assert_same_weights(_weights_of(full.lora_path), _weights_of(resumed.lora_path))

@@ -1,8 +1,10 @@
-"""One GPU per worker when a launcher runs several jobs at once on a multi-GPU node.
+"""Where a job runs when a launcher runs several at once on one node: its own GPU, a fair share of CPU.
 
 joblib's loky workers are long-lived processes; each claims the first free GPU index with an exclusive
 file lock that it holds until it exits, and every job it runs uses that GPU. Jobs launched one per
 process with their own ``CUDA_VISIBLE_DEVICES`` (submitit, SLURM) see one GPU and need nothing here.
+On the CPU, n jobs at once each get cores / n threads: two jobs each running torch's default thread pool
+on the same cores spin against each other and run many times slower than one after the other.
 """
 
 from __future__ import annotations
@@ -47,11 +49,19 @@ def claim_gpu(lock_dir: Path, count: int) -> int | None:
     return None
 
 
-def pin_gpu(cfg: DictConfig) -> None:
-    """Point ``model.device`` at this worker's GPU when several GPUs are visible and the device is auto."""
+def place_job(cfg: DictConfig, parallel_jobs: int) -> None:
+    """Pin this worker to a GPU (several visible, device auto) and share the CPU between parallel jobs.
+
+    Args:
+        cfg: The job's config (``model.device`` is set to the claimed GPU).
+        parallel_jobs: Jobs the launcher runs at once on this node (1 for in-process launchers).
+    """
+    import torch
+
+    if parallel_jobs > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel_jobs))
     if cfg.model.device != "auto":
         return
-    import torch
 
     count = torch.cuda.device_count()
     if count < 2:

@@ -1,0 +1,298 @@
+"""End to end, as a user runs it: ``python -m sweeper -m experiment=quickstart ...`` in a subprocess."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from sweep_cli import FAST, REPO, mlflow_runs, run_records, sweep
+
+from sweeper.sheets import plan_layout
+
+pytestmark = pytest.mark.slow
+
+RUNS = {"1e-3;1e-4", "1e-3;3e-4", "3e-3;1e-4", "3e-3;3e-4"}
+PICTURES = {f"{p}_{u};{t};3.png" for p in ("ph", "sm") for u in ("0.5", "1") for t in ("0.5", "1")}
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory, cache_dir):
+    """The quickstart's 2 x 2 sweep (shortened), run once for the tests of this module."""
+    root = tmp_path_factory.mktemp("quick")
+    result = sweep(root, "experiment=quickstart", *FAST)
+    assert result.returncode == 0, result.output
+    return root, result
+
+
+def test_the_2x2_sweep_writes_the_exact_folder_and_file_names(quickstart):
+    root, _ = quickstart
+    sweep_dir = root / "quickstart"
+    assert {
+        p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))
+    } == RUNS | {"sheets"}
+    for run in RUNS:
+        assert {p.name for p in (sweep_dir / run).glob("*.png")} == PICTURES
+        assert (sweep_dir / run / "lora" / "pytorch_lora_weights.safetensors").is_file()
+        assert (sweep_dir / run / "lora" / "lora_kohya.safetensors").is_file()
+    assert {p.name for p in (sweep_dir / "sheets").iterdir()} == {"ph.png", "sm.png"}
+    assert not list(sweep_dir.rglob("*.part")), "no half-written files"
+
+
+def test_each_run_trained_with_its_own_learning_rates(quickstart):
+    root, _ = quickstart
+    for name, record in run_records(root / "quickstart").items():
+        lr, text_lr = (float(v) for v in name.split(";"))
+        assert record["settings"]["learning_rate"] == lr and record["settings"]["text_encoder_lr"] == text_lr
+        assert record["status"] == "done" and record["result"]["images_total"] == 8
+
+
+def test_contact_sheets_have_the_layout_size(quickstart):
+    root, _ = quickstart
+    run_sheet = Image.open(root / "quickstart" / "3e-3;1e-4" / "sheets" / "ph_g3.png")
+    layout = plan_layout(
+        '"a photo of ktn cat" | 3e-3;1e-4 | guidance 3', ["unet 0.5", "unet 1"], ["text 0.5", "text 1"], 64
+    )
+    assert run_sheet.size == layout.size
+    sweep_sheet = Image.open(root / "quickstart" / "sheets" / "sm.png")
+    columns = [f"{u};{t};3" for u in ("0.5", "1") for t in ("0.5", "1")]
+    title = '"a ktn cat is smiling" | every run of quickstart | columns: unet;text;guidance'
+    assert sweep_sheet.size == plan_layout(title, sorted(RUNS), columns, 64).size
+
+
+def test_the_summary_says_where_everything_is(quickstart):
+    root, result = quickstart
+    assert "Sweep 'quickstart': 4 finished runs" in result.stdout
+    assert f"sqlite:///{root.resolve() / 'mlflow.db'}" in result.stdout
+    assert "make ui" in result.stdout and "--host 127.0.0.1" in result.stdout
+
+
+def test_mlflow_has_a_parent_and_a_child_run_per_job(quickstart):
+    root, _ = quickstart
+    runs = mlflow_runs(root, "quickstart")
+    parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("sweep_role") == "job"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {r.info.run_name for r in children} == RUNS
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+def test_child_runs_hold_params_metrics_and_artifacts(quickstart):
+    from mlflow.tracking import MlflowClient
+
+    root, _ = quickstart
+    client = MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow.db'}")
+    child = next(r for r in mlflow_runs(root, "quickstart") if r.info.run_name == "3e-3;3e-4")
+    params = child.data.params
+    assert float(params["train.learning_rate"]) == 3e-3 and float(params["train.text_encoder_lr"]) == 3e-4
+    assert params["model.path"] == "tiny" and params["render.num_inference_steps"] == "3"
+    loss = client.get_metric_history(child.info.run_id, "loss")
+    assert sorted(m.step for m in loss) == list(range(1, 7))
+    for key in ("steps_per_second", "peak_memory_mb", "render_seconds", "lr", "text_encoder_lr"):
+        assert key in child.data.metrics, key
+    top = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"3e-3;3e-4", "sheets", "lora", "config", "images"} <= top
+    pictures = {a.path.split("/")[-1] for a in client.list_artifacts(child.info.run_id, "3e-3;3e-4")}
+    assert pictures == PICTURES
+    lora = {a.path for a in client.list_artifacts(child.info.run_id, "lora")}
+    assert {
+        "lora/pytorch_lora_weights.safetensors",
+        "lora/lora_kohya.safetensors",
+        "lora/loss_log.jsonl",
+    } <= lora
+    assert {"config/config.yaml", "config/overrides.yaml"} <= {
+        a.path for a in client.list_artifacts(child.info.run_id, "config")
+    }
+
+
+def test_rerunning_the_sweep_skips_everything_finished(quickstart):
+    root, _ = quickstart
+    sweep_dir = root / "quickstart"
+    files = [
+        p
+        for p in sweep_dir.rglob("*")
+        if p.is_file() and p.suffix in (".png", ".safetensors") and "sheets" not in p.parts
+    ]
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    result = sweep(root, "experiment=quickstart", *FAST)
+    assert result.returncode == 0, result.output
+    assert "LoRA already trained" in result.output and "render " not in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps, "nothing finished is rewritten"
+    children = [r for r in mlflow_runs(root, "quickstart") if r.data.tags.get("sweep_role") == "job"]
+    assert len(children) == 4, "no duplicate MLflow runs"
+
+
+def test_the_mlflow_ui_serves_the_runs_over_http(quickstart, tmp_path):
+    import socket
+    import urllib.request
+
+    root, _ = quickstart
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    store = f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    server = subprocess.Popen(
+        [mlflow, "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow ui did not start"
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=quickstart", method="GET"
+        )
+        experiment = json.load(urllib.request.urlopen(request, timeout=10))["experiment"]
+        body = json.dumps({"experiment_ids": [experiment["experiment_id"]], "max_results": 50}).encode()
+        search = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body, method="POST",
+                                        headers={"Content-Type": "application/json"})  # fmt: skip
+        runs = json.load(urllib.request.urlopen(search, timeout=10))["runs"]
+        names = {r["info"]["run_name"] for r in runs}
+        assert names >= RUNS
+        child = next(r for r in runs if r["info"]["run_name"] == "1e-3;1e-4")
+        params = {p["key"]: p["value"] for p in child["data"]["params"]}
+        assert float(params["train.learning_rate"]) == 1e-3
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _weights(path):
+    return load_file(str(path))
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_step_axis_reuse_equals_separate_training(tmp_path, cache_dir):
+    base = ["experiment=quickstart", *FAST, "render.enabled=false", "tracking.enabled=false",
+            "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4"]  # fmt: skip
+    shared = sweep(tmp_path / "shared", *base, "train.max_train_steps=8,4,12")
+    assert shared.returncode == 0, shared.output
+    records = run_records(tmp_path / "shared" / "quickstart")
+    assert set(records) == {"1e-3;1e-4;4", "1e-3;1e-4;8", "1e-3;1e-4;12"}
+    # 8 trains first and checkpoints at 4; 4 takes that checkpoint; 12 continues from 8's.
+    assert records["1e-3;1e-4;4"]["result"]["resumed_from"].endswith(
+        "1e-3;1e-4;8/lora/checkpoints/step-000004"
+    )
+    assert records["1e-3;1e-4;12"]["result"]["resumed_from"].endswith(
+        "1e-3;1e-4;8/lora/checkpoints/step-000008"
+    )
+    for steps in (4, 12):
+        alone = sweep(
+            tmp_path / f"alone{steps}", *base, f"train.max_train_steps={steps}", "sweep.reuse_steps=false"
+        )
+        assert alone.returncode == 0, alone.output
+        (separate,) = (tmp_path / f"alone{steps}" / "quickstart").glob(
+            "*/lora/pytorch_lora_weights.safetensors"
+        )
+        _assert_same(_weights(tmp_path / "shared" / "quickstart" / f"1e-3;1e-4;{steps}" / "lora" / separate.name),
+                     _weights(separate))  # fmt: skip
+
+
+def test_schedules_that_depend_on_the_total_train_separately(tmp_path, cache_dir):
+    result = sweep(tmp_path, "experiment=quickstart", *FAST, "render.enabled=false", "tracking.enabled=false",
+                   "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4", "train.lr_scheduler=linear",
+                   "train.max_train_steps=4,8")  # fmt: skip
+    assert result.returncode == 0, result.output
+    records = run_records(tmp_path / "quickstart")
+    assert all(r["result"]["resumed_from"] is None and r["result"]["trained"] for r in records.values())
+
+
+def test_a_killed_sweep_resumes_from_its_last_checkpoint(tmp_path, cache_dir):
+    args = ["experiment=quickstart", *FAST, "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4",
+            "train.max_train_steps=400", "train.checkpoint_every=10", "render.enabled=false"]  # fmt: skip
+    command = [sys.executable, "-m", "sweeper", "-m", *args, f"sweep.root={tmp_path}"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    checkpoints = tmp_path / "quickstart" / "1e-3;1e-4" / "lora" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("step-000020")):
+        assert time.monotonic() < deadline and process.poll() is None, "no checkpoint appeared"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (checkpoints.parent / "pytorch_lora_weights.safetensors").exists()
+    resumed = sweep(tmp_path, *args)
+    assert resumed.returncode == 0, resumed.output
+    record = run_records(tmp_path / "quickstart")["1e-3;1e-4"]
+    step = int(record["result"]["resumed_from"].rsplit("-", 1)[1])
+    assert step >= 20 and record["status"] == "done"
+    fresh = sweep(tmp_path / "fresh", *args, "train.checkpoint_every=0")
+    assert fresh.returncode == 0, fresh.output
+    _assert_same(_weights(checkpoints.parent / "pytorch_lora_weights.safetensors"),
+                 _weights(tmp_path / "fresh" / "quickstart" / "1e-3;1e-4" / "lora" / "pytorch_lora_weights.safetensors"))  # fmt: skip
+    # the interrupted attempt's MLflow run was replaced: one finished child run for the folder
+    children = [r for r in mlflow_runs(tmp_path, "quickstart") if r.info.run_name == "1e-3;1e-4"]
+    assert [r.info.status for r in children] == ["FINISHED"]
+
+
+def test_an_unreachable_tracking_server_does_not_stop_the_sweep(tmp_path, cache_dir):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    args = [
+        "experiment=quickstart",
+        *FAST,
+        "train.learning_rate=1e-3",
+        f"tracking.uri=http://127.0.0.1:{port}",
+    ]
+    result = sweep(tmp_path, *args)
+    assert result.returncode == 0, result.output
+    assert "cannot reach the MLflow store" in result.output and "python -m sweeper.log" in result.output
+    sweep_dir = tmp_path / "quickstart"
+    assert (sweep_dir / "MLFLOW_PENDING").is_file()
+    assert len(run_records(sweep_dir)) == 2 and all(
+        len(list((sweep_dir / r).glob("*.png"))) == 8 for r in run_records(sweep_dir)
+    )
+    store = f"sqlite:///{tmp_path.resolve() / 'later.db'}"
+    logged = subprocess.run([sys.executable, "-m", "sweeper.log", str(sweep_dir), "--tracking-uri", store],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert logged.returncode == 0, logged.stdout + logged.stderr
+    assert "Logged 2 runs" in logged.stdout
+    assert not (sweep_dir / "MLFLOW_PENDING").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if r.data.tags.get("sweep_role") == "job"]
+    assert {r.info.run_name for r in children} == {"1e-3;1e-4", "1e-3;3e-4"}
+    assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 6 for r in children)
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_parallel_launchers_complete_a_2_job_sweep(tmp_path, cache_dir, launcher):
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.gpus_per_node=0"]
+    result = sweep(
+        tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", f"launcher={launcher}", *extra
+    )
+    assert result.returncode == 0, result.output
+    records = run_records(tmp_path / "quickstart")
+    assert set(records) == {"1e-3;1e-4", "1e-3;3e-4"} and all(r["status"] == "done" for r in records.values())
+    for name in records:
+        assert {p.name for p in (tmp_path / "quickstart" / name).glob("*.png")} == PICTURES
+    runs = mlflow_runs(tmp_path, "quickstart")
+    children = [r for r in runs if r.data.tags.get("sweep_role") == "job"]
+    assert {r.info.run_name for r in children} == set(records)
+    assert all(r.info.status == "FINISHED" and "loss" in r.data.metrics for r in children)
+    parent = next(r for r in runs if r.data.tags.get("sweep_role") == "parent")
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
