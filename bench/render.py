@@ -1,0 +1,150 @@
+"""Grid rendering benchmark: ``lora_core.render.GridRenderer`` against two baselines in the same run.
+
+A 48-cell grid (3 prompts x 4 UNet scales x 4 text-encoder scales, guidance 3, 25 steps, 64 px, the tiny
+model, one seed) rendered with a LoRA trained for the purpose (UNet and text encoder), in images per
+second:
+
+1. the plain loop a user writes: ``pipe.load_lora_weights`` once, then per cell one
+   ``set_adapters(..., adapter_weights=[{"unet": u, "text_encoder": t}])`` and one pipeline call with
+   ``generator=torch.Generator().manual_seed(seed)``;
+2. the compute floor: only the UNet evaluations the grid needs (cells x steps x 2 for classifier-free
+   guidance), on pre-made tensors, at the batch size the renderer uses (one group of cells sharing a
+   UNet scale and guidance per call), base weights (a fused LoRA costs what the base does).
+
+Every cell's picture is compared with the plain loop's (mean absolute difference, 0-255 scale).
+Targets: at least 1.5x the plain loop and at least 0.9x the floor; differences under 0.5. Contestants
+alternate over ``--repeats`` rounds; medians are printed. Nothing is asserted.
+
+Run::
+
+    python -m bench render            # about 2 minutes on 2 CPU cores
+    python -m bench render --repeats 1 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+PROMPTS = ["a photo of ktn cat", "a ktn cat on the beach", "a ktn cat in a spaceship"]
+SCALES = [0.25, 0.5, 0.75, 1.0]
+
+
+def _train_lora(pipe, folder: Path) -> Path:
+    from lora_core.drawn_subject import ensure_drawn_subject
+    from lora_core.settings import TrainSettings
+    from lora_core.subject import load_subject_images
+    from lora_core.tiny_model import default_cache_dir
+    from lora_core.training import train_lora
+
+    images = load_subject_images(ensure_drawn_subject(default_cache_dir()), 64)
+    settings = TrainSettings(resolution=64, learning_rate=1e-2, text_encoder_lr=1e-3, max_train_steps=30, rank=4,
+                             progress_bar=False)  # fmt: skip
+    return train_lora(pipe, images, settings, folder).output_dir
+
+
+def _cells(guidance: float, seed: int):
+    from lora_core.render import RenderCell
+
+    return [RenderCell(p, u, t, guidance, seed) for p in PROMPTS for u in SCALES for t in SCALES]
+
+
+def run_ours(pipe, lora: Path, cells, steps: int) -> tuple[float, dict]:
+    """Seconds for the renderer (adapter load included), and the pictures by cell."""
+    import numpy as np
+
+    from lora_core.render import GridRenderer, RenderOptions
+
+    started = time.perf_counter()
+    with GridRenderer(pipe, lora, RenderOptions(num_inference_steps=steps, resolution=64)) as renderer:
+        pictures = {cell: np.asarray(image, dtype=np.float64) for cell, image in renderer.render(cells)}
+    return time.perf_counter() - started, pictures
+
+
+def run_plain(pipe, lora: Path, cells, steps: int) -> tuple[float, dict]:
+    """Seconds for the plain per-cell loop (adapter load included), and the pictures by cell."""
+    import numpy as np
+    import torch
+
+    started = time.perf_counter()
+    pipe.load_lora_weights(str(lora), adapter_name="plain")
+    pictures = {}
+    for cell in cells:
+        pipe.set_adapters(["plain"], adapter_weights=[{"unet": cell.unet_scale, "text_encoder": cell.text_scale}])
+        image = pipe(cell.prompt, num_inference_steps=steps, guidance_scale=cell.guidance, height=64, width=64,
+                     generator=torch.Generator().manual_seed(cell.seed)).images[0]  # fmt: skip
+        pictures[cell] = np.asarray(image, dtype=np.float64)
+    seconds = time.perf_counter() - started
+    pipe.unload_lora_weights()
+    return seconds, pictures
+
+
+def run_floor(pipe, cells, steps: int, batch: int) -> float:
+    """Seconds for just the UNet evaluations of the grid, at the renderer's batch size."""
+    import torch
+
+    groups = len({(c.unet_scale, c.guidance) for c in cells})
+    per_group = len(cells) // groups
+    calls = [min(batch, per_group - i) for i in range(0, per_group, batch)]
+    unet = pipe.unet
+    side = 64 // pipe.vae_scale_factor
+    text = torch.randn(1, 77, unet.config.cross_attention_dim)
+    started = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(groups):
+            for size in calls:
+                sample = torch.randn(2 * size, unet.config.in_channels, side, side)
+                embeds = text.expand(2 * size, -1, -1)
+                for step in range(steps):
+                    unet(sample, torch.tensor(999 - step * 40), embeds)
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table."""
+    import numpy as np
+    import torch
+
+    from lora_core.models import ModelSource, load_pipeline
+
+    parser = argparse.ArgumentParser(prog="python -m bench render", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--quick", action="store_true", help="1 round, 10 steps")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.steps = 1, 10
+    import diffusers
+
+    diffusers.utils.logging.disable_progress_bar()
+    pipe = load_pipeline(ModelSource(device="cpu"))
+    cells = _cells(args.guidance, seed=123)
+    batch = 16  # the renderer's CPU default
+    with tempfile.TemporaryDirectory() as tmp:
+        lora = _train_lora(pipe, Path(tmp))
+        run_ours(pipe, lora, cells[:4], 2)  # warm-up: first-call allocations, lazy imports
+        times = {"ours": [], "plain": [], "floor": []}
+        diffs: list[float] = []
+        for _ in range(args.repeats):
+            seconds, ours = run_ours(pipe, lora, cells, args.steps)
+            times["ours"].append(seconds)
+            seconds, plain = run_plain(pipe, lora, cells, args.steps)
+            times["plain"].append(seconds)
+            times["floor"].append(run_floor(pipe, cells, args.steps, batch))
+            diffs = [float(np.abs(ours[c] - plain[c]).mean()) for c in cells]
+    rate = {k: len(cells) / statistics.median(v) for k, v in times.items()}
+    print(f"\nGrid rendering: {len(cells)} cells, {args.steps} steps, 64 px, tiny model, torch threads "
+          f"{torch.get_num_threads()}, {args.repeats} rounds (medians)")  # fmt: skip
+    print(f"  {'contestant':<34}{'images/s':>10}")
+    print(f"  {'ours (GridRenderer)':<34}{rate['ours']:>10.2f}")
+    print(f"  {'plain loop (set_adapters + call)':<34}{rate['plain']:>10.2f}")
+    unet_batch = 2 * min(batch, len(cells) // len({(c.unet_scale, c.guidance) for c in cells}))
+    print(f"  {f'compute floor (UNet, batch {unet_batch})':<34}{rate['floor']:>10.2f}")
+    print(f"  ours / plain loop: {rate['ours'] / rate['plain']:.2f}x   (target >= 1.5x)")
+    print(f"  ours / floor:      {rate['ours'] / rate['floor']:.2f}x   (target >= 0.9x)")
+    print(f"  picture difference vs plain loop: max mean |diff| {max(diffs):.3f} of 255 (target < 0.5)")
+    return 0
