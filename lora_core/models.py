@@ -143,6 +143,34 @@ def load_pipeline(source: ModelSource):
     return _PIPELINES[key]
 
 
+def load_tokenizer(source: ModelSource):
+    """The model's CLIP tokenizer alone (no weights loaded).
+
+    Args:
+        source: The model source (a single-file checkpoint uses its ``single_file_config``).
+
+    Returns:
+        A ``CLIPTokenizer``.
+
+    Raises:
+        UserInputError: The tokenizer cannot be found.
+    """
+    from transformers import CLIPTokenizer
+
+    path = source.path
+    if path == TINY:
+        path = str(ensure_tiny_model(source.tiny, source.cache_dir))
+    elif Path(path).expanduser().is_file() or path.endswith(_SINGLE_FILE_SUFFIXES):
+        path = source.single_file_config or "openai/clip-vit-large-patch14"
+        if not Path(path).is_dir():
+            return CLIPTokenizer.from_pretrained(path, local_files_only=source.local_files_only)
+    try:
+        return CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=source.revision,
+                                             local_files_only=source.local_files_only)  # fmt: skip
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"model.path={source.path}: cannot load its tokenizer ({err}).") from err
+
+
 def clear_pipeline_cache() -> None:
     """Forget every cached pipeline (frees their memory once no one else holds them)."""
     _PIPELINES.clear()
