@@ -85,16 +85,22 @@ def resolve_prompts(prompts, token: str, class_name: str) -> dict[str, str]:
     for name, text in given:
         if not isinstance(text, str) or not text.strip():
             key = f"render.prompts.{name}" if name is not None else "render.prompts"
-            raise UserInputError(f"{key}: {text!r} is not a prompt; each item is a prompt or {{name: prompt}}.")
+            raise UserInputError(
+                f"{key}: {text!r} is not a prompt; each item is a prompt or {{name: prompt}}."
+            )
     derived = iter(short_names([fill_prompt(t, token, class_name) for n, t in given if n is None]))
     named: dict[str, str] = {}
     for name, text in given:
         name = check_short_name(name, f"render.prompts.{name}") if name is not None else next(derived)
         if name in named:
-            raise UserInputError(f"render.prompts.{name}: two prompts have this short name; give them different ones.")
+            raise UserInputError(
+                f"render.prompts.{name}: two prompts have this short name; give them different ones."
+            )
         named[name] = fill_prompt(text, token, class_name)
     if not named:
-        raise UserInputError("render.prompts: no prompt given; add at least one (e.g. render.prompts=['a photo of {token}']).")
+        raise UserInputError(
+            "render.prompts: no prompt given; add at least one (e.g. render.prompts=['a photo of {token}'])."
+        )
     return named
 
 

@@ -40,7 +40,9 @@ def log_sweep_folder(sweep_dir: Path, uri: str | None = None, experiment: str | 
     uri = uri or default_uri(sweep_dir.parent)
     tracker = Tracker(uri, experiment or sweep_dir.name, sweep_dir)
     if not tracker.active:
-        raise UserInputError(f"--tracking-uri {uri}: the store cannot be reached; start it and run this again.")
+        raise UserInputError(
+            f"--tracking-uri {uri}: the store cannot be reached; start it and run this again."
+        )
     plan = SweepPlan.load(sweep_dir) or SweepPlan(name=sweep_dir.name, varying=[])
     previous = plan.tracking.get("parent_run_id") if plan.tracking.get("uri") == uri else None
     parent = tracker.parent_run(previous, sweep_dir.name, {"sweep": sweep_dir.name})
@@ -75,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m sweeper.log", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="the sweep folder, e.g. outputs/quickstart")
-    parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///<sweep folder's parent>/mlflow.db")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="default: sqlite:///<sweep folder's parent>/mlflow.db"
+    )
     parser.add_argument("--experiment", default=None, help="default: the sweep folder's name")
     args = parser.parse_args(argv)
     try:

@@ -18,7 +18,45 @@ from lora_core.errors import UserInputError
 
 # Words that carry no content in a prompt's short name ("sitting in the pub" -> "sp").
 STOP_WORDS = frozenset(
-    ["a", "an", "the", "of", "in", "on", "at", "to", "from", "for", "with", "and", "or", "is", "are", "was", "were", "be", "being", "been", "by", "as", "into", "onto", "over", "under", "his", "her", "its", "their", "my", "your", "our", "this", "that", "these", "those"]
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "from",
+        "for",
+        "with",
+        "and",
+        "or",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "being",
+        "been",
+        "by",
+        "as",
+        "into",
+        "onto",
+        "over",
+        "under",
+        "his",
+        "her",
+        "its",
+        "their",
+        "my",
+        "your",
+        "our",
+        "this",
+        "that",
+        "these",
+        "those",
+    ]
 )
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.+=-]+")

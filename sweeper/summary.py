@@ -29,7 +29,12 @@ def print_summary(config: DictConfig, sweep_dir: Path, sweep_sheets: list[Path])
         f"  run sheets:  {sweep_dir}/<run>/sheets/",
     ]
     if sweep_sheets:
-        lines.append(f"  sweep sheets: {sweep_dir}/sheets/ ({len(sweep_sheets)}: one per prompt, a row per run)")
+        lines.append(
+            f"  sweep sheets: {sweep_dir}/sheets/ ({len(sweep_sheets)}: one per prompt, a row per run)"
+        )
+    if (sweep_dir / "report.md").is_file():
+        lines.append(f"  report:      {sweep_dir}/report.md")
+        lines.append(f"  compare:     file://{(sweep_dir / 'compare.html').resolve()}")
     if not config.tracking.enabled:
         lines.append("  MLflow:      off (tracking.enabled=false)")
     elif (sweep_dir / PENDING_FILE).is_file():

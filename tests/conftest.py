@@ -50,6 +50,17 @@ def subject_images(subject_dir):
     return load_subject_images(subject_dir, 64)
 
 
+@pytest.fixture(scope="session")
+def quickstart_sweep(tmp_path_factory, cache_dir):
+    """The quickstart's 2 x 2 sweep (shortened), run once as a user runs it: (sweep root, result)."""
+    from sweep_cli import FAST, sweep
+
+    root = tmp_path_factory.mktemp("quick")
+    result = sweep(root, "experiment=quickstart", *FAST)
+    assert result.returncode == 0, result.output
+    return root, result
+
+
 @pytest.fixture
 def settings():
     """Factory of small, fast training settings at 64 px (overrides as keyword arguments)."""

@@ -36,12 +36,19 @@ def run_cli(module: str, *args: str, timeout: float = 600, env: dict | None = No
     """Run ``python -m <module> args...`` from the repository root with the test environment."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def sweep(root: Path, *args: str, multirun: bool = True, timeout: float = 600, env: dict | None = None) -> Result:
+def sweep(
+    root: Path, *args: str, multirun: bool = True, timeout: float = 600, env: dict | None = None
+) -> Result:
     """``python -m sweeper [-m] args... sweep.root=<root>``."""
     flags = ["-m"] if multirun else []
     return run_cli("sweeper", *flags, *args, f"sweep.root={root}", timeout=timeout, env=env)

@@ -48,13 +48,18 @@ def _cells(job):
 def test_study1_matches_the_reference_study():
     job = build_job(_compose("experiment=study1"))
     s = job.settings
-    assert (s.learning_rate, s.text_encoder_lr, s.lr_scheduler, s.max_train_steps) == (3e-4, 1e-5, "constant", 1000)
+    assert (s.learning_rate, s.text_encoder_lr, s.lr_scheduler, s.max_train_steps) == (
+        3e-4,
+        1e-5,
+        "constant",
+        1000,
+    )
     assert (s.rank, s.train_batch_size, s.seed) == (16, 1, 123)
     assert {c.prompt for c in job.cells} == {"smile face", "falling from the cliff", "sitting in the pub",
                                               "A ktn is smiling", "A ktn is falling from the cliff",
                                               "A ktn is sitting in the pub"}  # fmt: skip
-    smiling = {(1, .9, .5), (3.6, .9, .6), (4, .9, .5), (3, .9, .2), (2, .7, .3), (3.4, .9, .6)}
-    cliff = {(3.2, 1, 1), (3, .9, .6), (3.6, 1, 1)}
+    smiling = {(1, 0.9, 0.5), (3.6, 0.9, 0.6), (4, 0.9, 0.5), (3, 0.9, 0.2), (2, 0.7, 0.3), (3.4, 0.9, 0.6)}
+    cliff = {(3.2, 1, 1), (3, 0.9, 0.6), (3.6, 1, 1)}
     pub = {(3, 1, 1), (5, 1, 1), (9, 1, 1)}
     expected = {(p, u, t, g) for ps, cells in ((("sf", "ksm"), smiling), (("fc", "kfc"), cliff), (("sp", "ksp"), pub))
                 for p in ps for g, u, t in cells}  # fmt: skip
@@ -64,12 +69,18 @@ def test_study1_matches_the_reference_study():
 
 def test_study2_is_study1_with_a_linear_schedule_and_three_more_cliff_cells():
     one, two = build_job(_compose("experiment=study1")), build_job(_compose("experiment=study2"))
-    assert (two.settings.learning_rate, two.settings.text_encoder_lr, two.settings.lr_scheduler) == (1e-4, 1e-5, "linear")
-    extra = {(p, u, t, g) for p in ("fc", "kfc") for g, u, t in ((2.6, 1, 1), (3.8, 1, 1), (3, .8, .2))}
+    assert (two.settings.learning_rate, two.settings.text_encoder_lr, two.settings.lr_scheduler) == (
+        1e-4,
+        1e-5,
+        "linear",
+    )
+    extra = {(p, u, t, g) for p in ("fc", "kfc") for g, u, t in ((2.6, 1, 1), (3.8, 1, 1), (3, 0.8, 0.2))}
     assert _cells(two) == _cells(one) | extra
 
 
-@pytest.mark.parametrize(("preset", "lrs", "steps"), [("study3", (4e-4, 5e-5), 1000), ("study4", (1e-4, 1e-5), 5000)])
+@pytest.mark.parametrize(
+    ("preset", "lrs", "steps"), [("study3", (4e-4, 5e-5), 1000), ("study4", (1e-4, 1e-5), 5000)]
+)
 def test_studies_3_and_4_render_the_full_scale_grid(preset, lrs, steps):
     job = build_job(_compose(f"experiment={preset}"))
     assert (job.settings.learning_rate, job.settings.text_encoder_lr) == lrs
@@ -83,7 +94,10 @@ def test_studies_3_and_4_render_the_full_scale_grid(preset, lrs, steps):
 def test_quickstart_sweeps_two_by_two_learning_rates():
     cfg = _compose("experiment=quickstart", hydra=True)
     params = cfg.hydra.sweeper.params
-    assert len(params["train.learning_rate"].split(",")) == 2 and len(params["train.text_encoder_lr"].split(",")) == 2
+    assert (
+        len(params["train.learning_rate"].split(",")) == 2
+        and len(params["train.text_encoder_lr"].split(",")) == 2
+    )
     assert cfg.model.path == "tiny" and cfg.data.instance_dir is None
 
 
@@ -118,6 +132,10 @@ def test_bad_values_are_refused_before_any_model_loads(override, key):
 
 
 def test_prompts_fill_the_token_and_class():
-    job = build_job(_compose("data.token=sks", "data.class_name=dog", "render.prompts=[{a: 'a {token} {class} on a beach'}]"))
+    job = build_job(
+        _compose(
+            "data.token=sks", "data.class_name=dog", "render.prompts=[{a: 'a {token} {class} on a beach'}]"
+        )
+    )
     assert [c.prompt for c in job.cells] == ["a sks dog on a beach"]
     assert job.settings.instance_prompt == "a photo of sks dog"

@@ -34,7 +34,12 @@ def test_run_dir_is_learning_rate_then_text_encoder_lr():
 
 
 def test_other_varying_keys_follow_in_order():
-    values = {"learning_rate": 1e-4, "text_encoder_lr": 1e-5, "max_train_steps": 5000, "lr_scheduler": "linear"}
+    values = {
+        "learning_rate": 1e-4,
+        "text_encoder_lr": 1e-5,
+        "max_train_steps": 5000,
+        "lr_scheduler": "linear",
+    }
     template = "{learning_rate};{text_encoder_lr}{varying}"
     assert run_dir_name(template, values, ["max_train_steps", "lr_scheduler"]) == "1e-4;1e-5;5000;linear"
     assert run_dir_name(template, values, ["learning_rate", "max_train_steps"]) == "1e-4;1e-5;5000"
@@ -43,14 +48,17 @@ def test_other_varying_keys_follow_in_order():
 def test_run_dir_template_is_configurable():
     values = {"learning_rate": 1e-4, "text_encoder_lr": 1e-5, "rank": 16}
     assert run_dir_name("lr{learning_rate}_r{rank}", values, ["rank"]) == "lr1e-4_r16"
-    with pytest.raises(UserInputError, match="sweep.run_dir_template"):
+    with pytest.raises(UserInputError, match=r"sweep\.run_dir_template"):
         run_dir_name("{learnin_rate}", values, [])
 
 
 def test_image_names_follow_the_contract():
     assert image_stem("{pr}_{unet};{text};{guidance}", "sf", 0.9, 0.5, 3.6) == "sf_0.9;0.5;3.6"
     assert image_stem("{pr}_{unet};{text};{guidance}", "fc", 1.0, 1.0, 3) == "fc_1;1;3"
-    assert image_stem("{pr}_{unet};{text};{guidance}", "sf", 0.9, 0.5, 3.6, seed=7, index=1) == "sf_0.9;0.5;3.6_7-1"
+    assert (
+        image_stem("{pr}_{unet};{text};{guidance}", "sf", 0.9, 0.5, 3.6, seed=7, index=1)
+        == "sf_0.9;0.5;3.6_7-1"
+    )
 
 
 @pytest.mark.parametrize(
@@ -74,7 +82,7 @@ def test_unsafe_names_are_refused(bad):
 
 @pytest.mark.parametrize("bad", ["../etc", "a b", "x/y", "é", ""])
 def test_unsafe_prompt_short_names_are_refused(bad):
-    with pytest.raises(UserInputError, match="render.prompts"):
+    with pytest.raises(UserInputError, match=r"render\.prompts"):
         check_short_name(bad, "render.prompts")
 
 

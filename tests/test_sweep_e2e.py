@@ -21,13 +21,9 @@ RUNS = {"1e-3;1e-4", "1e-3;3e-4", "3e-3;1e-4", "3e-3;3e-4"}
 PICTURES = {f"{p}_{u};{t};3.png" for p in ("ph", "sm") for u in ("0.5", "1") for t in ("0.5", "1")}
 
 
-@pytest.fixture(scope="module")
-def quickstart(tmp_path_factory, cache_dir):
-    """The quickstart's 2 x 2 sweep (shortened), run once for the tests of this module."""
-    root = tmp_path_factory.mktemp("quick")
-    result = sweep(root, "experiment=quickstart", *FAST)
-    assert result.returncode == 0, result.output
-    return root, result
+@pytest.fixture
+def quickstart(quickstart_sweep):
+    return quickstart_sweep
 
 
 def test_the_2x2_sweep_writes_the_exact_folder_and_file_names(quickstart):

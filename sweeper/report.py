@@ -1,0 +1,232 @@
+"""Decide: the sweep report (``report.md`` + loss curves) and the static compare page (``compare.html``).
+
+``python -m sweeper.report <sweep folder>`` makes both for any sweep folder; a multirun makes them at its
+end. The compare page is one self-contained HTML file (data inlined, no CDN, no server): open it from
+``file://``. Pick a prompt, UNet scale, text scale and guidance and see that cell for every training
+configuration side by side, sorted and coloured by any metric; or pick a configuration and see its
+contact sheets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lora_core.atomic import atomic_path, write_text_atomic
+from lora_core.errors import UserInputError
+from sweeper.naming import format_number
+from sweeper.results import METRICS, RunResult, load_results, varying_keys
+
+REPORT_FILE = "report.md"
+PAGE_FILE = "compare.html"
+LOSS_PLOT = "loss_curves.png"
+_TEMPLATE = Path(__file__).with_name("compare_page.html")
+
+
+# ---- objective ---------------------------------------------------------------------------------------------
+def parse_objective(text: str) -> list[tuple[float, str]]:
+    """``"dino+clip_t"`` or ``"0.5*dino + clip_t"`` -> [(weight, metric), ...].
+
+    Raises:
+        UserInputError: An unknown metric name.
+    """
+    terms = []
+    for part in text.replace(" ", "").split("+"):
+        weight, _, name = part.rpartition("*")
+        if name not in METRICS:
+            raise UserInputError(f"eval.objective={text!r}: {name!r} is not a metric ({', '.join(METRICS)}).")
+        try:
+            terms.append((float(weight) if weight else 1.0, name))
+        except ValueError as err:
+            raise UserInputError(f"eval.objective={text!r}: {weight!r} is not a number.") from err
+    return terms
+
+
+def objective_value(means: dict, terms: list[tuple[float, str]]) -> float | None:
+    """Weighted sum of metric means, or None when a metric is missing."""
+    if any(name not in means for _, name in terms):
+        return None
+    return sum(weight * means[name] for weight, name in terms)
+
+
+# ---- compare page ------------------------------------------------------------------------------------------
+def page_data(sweep_dir: Path, runs: list[RunResult]) -> dict:
+    """Everything the compare page shows, with paths relative to the sweep folder."""
+    keys = varying_keys(runs)
+    cells: dict[str, dict] = {}
+    images: dict[str, dict] = {}
+    for run in runs:
+        images[run.name] = {}
+        for cell in run.cells:
+            if cell.seed != run.cells[0].seed or cell.index != 0:
+                continue
+            cells.setdefault(cell.stem, {"prompt_name": cell.prompt_name, "prompt": cell.prompt, "unet": cell.unet_scale,
+                                         "text": cell.text_scale, "guidance": cell.guidance, "stem": cell.stem})  # fmt: skip
+            if (run.run_dir / cell.file_name).is_file():
+                images[run.name][cell.stem] = f"{run.name}/{cell.file_name}"
+    metric_names = sorted({m for run in runs for m in run.metric_names()}, key=METRICS.index)
+    return {
+        "sweep": sweep_dir.name,
+        "varying": keys,
+        "metric_names": [*metric_names, "final_loss"],
+        "cells": list(cells.values()),
+        "images": images,
+        "scores": {
+            run.name: {Path(r["file"]).stem: {m: r[m] for m in metric_names if m in r} for r in run.scores}
+            for run in runs
+        },  # fmt: skip
+        "runs": [
+            {
+                "name": run.name,
+                "params": {k: run.settings.get(k) for k in keys},
+                "metrics": {**run.means(), "final_loss": run.final_loss},
+                "sheets": [
+                    f"{run.name}/sheets/{p.name}" for p in sorted((run.run_dir / "sheets").glob("*.png"))
+                ],
+            }
+            for run in runs
+        ],
+    }
+
+
+def _scores_by_stem(run: RunResult, metric_names: list[str]) -> dict:
+    return {Path(r["file"]).stem: {m: r[m] for m in metric_names if m in r} for r in run.scores}
+
+
+def write_compare_page(sweep_dir: Path, runs: list[RunResult]) -> Path:
+    """Write ``compare.html`` (self-contained) into the sweep folder."""
+    data = json.dumps(page_data(sweep_dir, runs), allow_nan=False, default=str).replace("</", "<\\/")
+    html = _TEMPLATE.read_text(encoding="utf-8").replace("/*SWEEP_DATA*/", data)
+    path = sweep_dir / PAGE_FILE
+    write_text_atomic(path, html)
+    return path
+
+
+# ---- report ------------------------------------------------------------------------------------------------
+def plot_losses(runs: list[RunResult], path: Path) -> Path | None:
+    """All runs' loss curves (smoothed) in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(run.loss for run in runs):
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+    for run in runs:
+        steps, losses = zip(*run.loss, strict=True) if run.loss else ((), ())
+        window = max(1, len(losses) // 50)
+        smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+                  for i in range(len(losses))]  # fmt: skip
+        ax.plot(steps, smooth, label=run.name, linewidth=1.4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("denoising loss (moving average)")
+    ax.set_title("Training loss of every configuration")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def _best_cell(run: RunResult, prompt: str, terms: list[tuple[float, str]]) -> str:
+    by_cell = {k: v for k, v in run.means("cell").items() if k.startswith(f"{prompt}_")}
+    scored = [(objective_value(v, terms), k) for k, v in by_cell.items()]
+    scored = [(v, k) for v, k in scored if v is not None]
+    if not scored:
+        return "-"
+    value, key = max(scored)
+    return f"`{key.split('_', 1)[1]}` ({value:.3f})"
+
+
+def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot: Path | None) -> str:
+    """The report: a row per configuration, best per metric in bold, best cell per prompt."""
+    terms = parse_objective(objective)
+    keys = varying_keys(runs)
+    metrics = sorted({m for r in runs for m in r.metric_names()}, key=METRICS.index)
+    columns = [*metrics, "final_loss"]
+    values = {r.name: {**r.means(), "final_loss": r.final_loss} for r in runs}
+    best = {}
+    for m in columns:
+        scored = [(values[r.name][m], r.name) for r in runs if values[r.name].get(m) is not None]
+        if scored:
+            best[m] = (min if m == "final_loss" else max)(scored)[1]
+    prompts = list(dict.fromkeys(c.prompt_name for r in runs for c in r.cells))
+    lines = [f"# Sweep report: {sweep_dir.name}", "",
+             f"{len(runs)} finished configurations. Metrics are means over every rendered picture "
+             f"(DreamBooth protocol: DINO and CLIP-I against the subject pictures, CLIP-T against the prompt); "
+             f"final_loss is the mean training loss of the last 10% of steps (lower is better). "
+             f"Best per metric in **bold**. Best cell per prompt by `{objective}` (unet;text;guidance).", ""]  # fmt: skip
+    header = ["configuration", *keys, *columns, *(f"best {p}" for p in prompts)]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        row = [f"`{run.name}`", *(_cell_text(run.settings.get(k)) for k in keys)]
+        for m in columns:
+            text = _cell_text(values[run.name].get(m))
+            row.append(f"**{text}**" if best.get(m) == run.name else text)
+        row += [_best_cell(run, p, terms) if metrics else "-" for p in prompts]
+        lines.append("| " + " | ".join(row) + " |")
+    if not metrics:
+        lines += [
+            "",
+            "No picture scores: evaluation was off or its models were not available (eval.enabled).",
+        ]
+    lines += ["", "Best configuration per metric: " + ", ".join(f"{m}: `{n}`" for m, n in best.items()), ""]
+    if plot is not None:
+        lines += [f"![loss curves]({plot.name})", ""]
+    lines += [f"Side by side: open `{PAGE_FILE}` in a browser.", ""]
+    return "\n".join(lines)
+
+
+def _cell_text(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return format_number(value) if abs(value) < 1e-2 else f"{value:.4f}".rstrip("0")
+    return format_number(value) if isinstance(value, int | float) else str(value)
+
+
+def write_report(sweep_dir: str | Path, objective: str = "dino+clip_t") -> tuple[Path, Path]:
+    """Write ``report.md``, ``loss_curves.png`` and ``compare.html`` for a sweep folder.
+
+    Args:
+        sweep_dir: The sweep folder.
+        objective: How the best cell is chosen (``eval.objective``).
+
+    Returns:
+        (report path, compare page path).
+
+    Raises:
+        UserInputError: Not a sweep folder, or no finished run in it.
+    """
+    sweep_dir = Path(sweep_dir)
+    runs = load_results(sweep_dir)
+    if not runs:
+        raise UserInputError(f"{sweep_dir}: no finished run in it (no */run.json with status done).")
+    plot = plot_losses(runs, sweep_dir / LOSS_PLOT)
+    report = sweep_dir / REPORT_FILE
+    write_text_atomic(report, report_markdown(sweep_dir, runs, objective, plot))
+    return report, write_compare_page(sweep_dir, runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sweeper.report <sweep folder> [--objective dino+clip_t]``."""
+    parser = argparse.ArgumentParser(prog="python -m sweeper.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--objective", default="dino+clip_t")
+    args = parser.parse_args(argv)
+    try:
+        report, page = write_report(args.sweep_dir, args.objective)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report:       {report}\ncompare page: {page}  (open it in a browser: file://{page.resolve()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Read a sweep folder's finished runs back: settings, grid, per-picture scores, loss curve.
+
+The compare page, the report and the sweep sheets all start from here; disk is the source of truth.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_core.errors import UserInputError
+from lora_core.training import LOSS_LOG
+from sweeper.grid import GridCell
+from sweeper.naming import format_number
+
+SCORES_FILE = "scores.csv"
+SCORE_COLUMNS = ("file", "prompt_name", "prompt", "unet_scale", "text_scale", "guidance", "seed", "index")
+METRICS = ("dino", "clip_i", "clip_t")
+
+
+@dataclass
+class RunResult:
+    """One finished run of a sweep.
+
+    Attributes:
+        run_dir: Its folder.
+        settings: Its training settings (``run.json``).
+        cells: Its grid.
+        scores: Per-picture scores (``scores.csv`` rows, numbers parsed), empty when not evaluated.
+        loss: (step, loss) of every step.
+    """
+
+    run_dir: Path
+    settings: dict
+    cells: list[GridCell]
+    scores: list[dict] = field(default_factory=list)
+    loss: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The folder name (``3e-4;1e-5``)."""
+        return self.run_dir.name
+
+    @property
+    def final_loss(self) -> float | None:
+        """Mean loss of the last 10% of steps (a single step's loss is noise)."""
+        if not self.loss:
+            return None
+        tail = [v for _, v in self.loss[-max(1, len(self.loss) // 10) :]]
+        return statistics.fmean(tail)
+
+    def metric_names(self) -> list[str]:
+        """The metrics present in the scores."""
+        return [m for m in METRICS if self.scores and m in self.scores[0]]
+
+    def means(self, group: str | None = None) -> dict:
+        """Mean of every metric: over the run (``group=None``), or per prompt / per cell.
+
+        Args:
+            group: None, ``"prompt"`` or ``"cell"``.
+
+        Returns:
+            ``{metric: mean}``, or ``{key: {metric: mean}}`` when grouped (cell keys are file stems).
+        """
+        if group is None:
+            return {m: statistics.fmean(r[m] for r in self.scores) for m in self.metric_names()}
+        key = {"prompt": lambda r: r["prompt_name"], "cell": cell_key}[group]
+        buckets: dict[str, list[dict]] = {}
+        for row in self.scores:
+            buckets.setdefault(key(row), []).append(row)
+        return {
+            k: {m: statistics.fmean(r[m] for r in rows) for m in self.metric_names()}
+            for k, rows in buckets.items()
+        }
+
+
+def cell_key(row: dict) -> str:
+    """The grid cell a scored picture belongs to, whatever its seed and index: ``sf_0.9;0.5;3.6``."""
+    u, t, g = (format_number(row[k]) for k in ("unet_scale", "text_scale", "guidance"))
+    return f"{row['prompt_name']}_{u};{t};{g}"
+
+
+def read_scores(run_dir: Path) -> list[dict]:
+    """Rows of a run's ``scores.csv``, numbers parsed (empty when the run was not evaluated)."""
+    path = run_dir / SCORES_FILE
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    numeric = {"unet_scale", "text_scale", "guidance", *METRICS}
+    for row in rows:
+        for key in numeric & row.keys():
+            row[key] = float(row[key])
+        row["seed"], row["index"] = int(row["seed"]), int(row["index"])
+    return rows
+
+
+def read_loss(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) pairs of a run's training."""
+    path = run_dir / "lora" / LOSS_LOG
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
+
+
+def load_results(sweep_dir: str | Path) -> list[RunResult]:
+    """Every finished run of a sweep folder, by folder name.
+
+    Raises:
+        UserInputError: The folder does not exist.
+    """
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserInputError(f"{sweep_dir}: no such sweep folder.")
+    runs = []
+    for record_path in sorted(sweep_dir.glob("*/run.json")):
+        record = json.loads(record_path.read_text())
+        if record.get("status") != "done":
+            continue
+        run_dir = record_path.parent
+        cells = [GridCell(**c) for c in record.get("cells", [])]
+        runs.append(
+            RunResult(run_dir, record.get("settings", {}), cells, read_scores(run_dir), read_loss(run_dir))
+        )
+    return runs
+
+
+def varying_keys(runs: list[RunResult]) -> list[str]:
+    """Training settings whose value differs between the runs (learning rates always shown)."""
+    keys = ["learning_rate", "text_encoder_lr"]
+    if runs:
+        for key in runs[0].settings:
+            values = {json.dumps(r.settings.get(key), sort_keys=True) for r in runs}
+            if len(values) > 1 and key not in keys and key not in ("checkpoint_steps",):
+                keys.append(key)
+    return keys

@@ -1,0 +1,104 @@
+"""The compare page and the report, read the way a person reads them (a real headless browser)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sweeper.report import parse_objective, write_report
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "outputs" / "test-artifacts"
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+def test_the_report_has_a_row_per_configuration_and_the_loss_plot(quickstart_sweep):
+    root, _ = quickstart_sweep
+    report, page = write_report(root / "quickstart")
+    text = report.read_text()
+    for run in ("1e-3;1e-4", "1e-3;3e-4", "3e-3;1e-4", "3e-3;3e-4"):
+        assert f"| `{run}` |" in text
+    assert text.count("**") >= 2, "the best configuration is highlighted"
+    assert (root / "quickstart" / "loss_curves.png").stat().st_size > 1000
+    assert page.name == "compare.html" and "http" not in page.read_text().split("<script")[0]
+
+
+def test_objectives_parse_with_weights():
+    assert parse_objective("dino+clip_t") == [(1.0, "dino"), (1.0, "clip_t")]
+    assert parse_objective("0.5*dino + 2*clip_i") == [(0.5, "dino"), (2.0, "clip_i")]
+    with pytest.raises(Exception, match=r"eval\.objective"):
+        parse_objective("dino+beauty")
+
+
+@pytest.fixture
+def browser():
+    if not (BROWSER and DRIVER):
+        pytest.skip("no headless browser: install Debian's chromium and chromium-driver "
+                    "(apt-get install chromium chromium-driver); .ci/run installs them")  # fmt: skip
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1200,900", "--allow-file-access-from-files"):  # fmt: skip
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _shown(driver):
+    from selenium.webdriver.common.by import By
+
+    return [(c.get_attribute("data-run"), c.find_element(By.TAG_NAME, "img").get_attribute("src"))
+            for c in driver.find_elements(By.CSS_SELECTOR, "#cards .card")]  # fmt: skip
+
+
+def _all_images_loaded(driver) -> bool:
+    return driver.execute_script(
+        "return [...document.querySelectorAll('img')].filter(i => i.offsetParent !== null)"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
+
+
+def test_the_compare_page_works_from_file_in_a_browser(quickstart_sweep, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    root, _ = quickstart_sweep
+    _, page = write_report(root / "quickstart")
+    browser.get(page.as_uri())
+    first = _shown(browser)
+    assert len(first) == 4 and all(src.endswith("/ph_0.5%3B0.5%3B3.png") for _, src in first)
+    assert _all_images_loaded(browser)
+
+    Select(browser.find_element(By.ID, "unet")).select_by_value("1")
+    Select(browser.find_element(By.ID, "prompt")).select_by_value("sm")
+    after = _shown(browser)
+    assert all(src.endswith("/sm_1%3B0.5%3B3.png") for _, src in after)
+    assert _all_images_loaded(browser)
+
+    Select(browser.find_element(By.ID, "sort")).select_by_value("name")
+    assert [run for run, _ in _shown(browser)] == ["1e-3;1e-4", "1e-3;3e-4", "3e-3;1e-4", "3e-3;3e-4"]
+    colours = {
+        c.value_of_css_property("background-color") for c in browser.find_elements(By.CSS_SELECTOR, ".card")
+    }
+    assert len(colours) > 1, "cards are coloured by the chosen metric"
+
+    browser.find_element(By.ID, "tab-run").click()
+    Select(browser.find_element(By.ID, "run")).select_by_value("3e-3;3e-4")
+    sheets = browser.find_elements(By.CSS_SELECTOR, "#sheets img")
+    assert [s.get_attribute("alt") for s in sheets] == [
+        "3e-3;3e-4/sheets/ph_g3.png",
+        "3e-3;3e-4/sheets/sm_g3.png",
+    ]
+    assert _all_images_loaded(browser)
+    browser.find_element(By.ID, "tab-cell").click()
+
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "compare_page.png"))
