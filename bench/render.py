@@ -73,7 +73,9 @@ def run_plain(pipe, lora: Path, cells, steps: int) -> tuple[float, dict]:
     pipe.load_lora_weights(str(lora), adapter_name="plain")
     pictures = {}
     for cell in cells:
-        pipe.set_adapters(["plain"], adapter_weights=[{"unet": cell.unet_scale, "text_encoder": cell.text_scale}])
+        pipe.set_adapters(
+            ["plain"], adapter_weights=[{"unet": cell.unet_scale, "text_encoder": cell.text_scale}]
+        )
         image = pipe(cell.prompt, num_inference_steps=steps, guidance_scale=cell.guidance, height=64, width=64,
                      generator=torch.Generator().manual_seed(cell.seed)).images[0]  # fmt: skip
         pictures[cell] = np.asarray(image, dtype=np.float64)

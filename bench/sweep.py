@@ -44,9 +44,13 @@ TEXT_LEARNING_RATES = (1e-5, 5e-5)
 def timed(command: list[str], env: dict | None = None) -> float:
     """Wall seconds of a command (run from the repository root); raises if it fails."""
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:6])} ... failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+        raise RuntimeError(
+            f"{' '.join(command[:6])} ... failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        )
     return time.perf_counter() - started
 
 
@@ -93,16 +97,22 @@ def step_axis(args, root: Path) -> None:
                    for steps in (n, 5 * n))  # fmt: skip
     no_reuse = timed(sweeper(*common, f"train.max_train_steps={n},{5 * n}", "sweep.reuse_steps=false",
                              f"sweep.root={root / 'noreuse'}"))  # fmt: skip
-    print(f"\nStep axis: train.max_train_steps={n},{5 * n}, constant schedule, text encoder trained, tiny model")
+    print(
+        f"\nStep axis: train.max_train_steps={n},{5 * n}, constant schedule, text encoder trained, tiny model"
+    )
     print(f"  one command, reuse on:             {shared:8.1f} s")
-    print(f"  two commands (trained separately): {separate:8.1f} s   ratio {shared / separate:.2f}x (target <= 0.85x)")
+    print(
+        f"  two commands (trained separately): {separate:8.1f} s   ratio {shared / separate:.2f}x (target <= 0.85x)"
+    )
     print(f"  one command, sweep.reuse_steps=false: {no_reuse:5.1f} s   ratio {shared / no_reuse:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sections."""
     parser = argparse.ArgumentParser(prog="python -m bench sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", type=Path, default=None, help="train_dreambooth_lora.py (see bench.train)")
+    parser.add_argument(
+        "--reference", type=Path, default=None, help="train_dreambooth_lora.py (see bench.train)"
+    )
     parser.add_argument("--reference-python", type=Path, default=REPO / "bench/.venv-ref/bin/python")
     parser.add_argument("--steps", type=int, default=200, help="steps per configuration (economy)")
     parser.add_argument("--step-n", type=int, default=100, help="N of the step-axis sweep N,5N")
@@ -114,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.reference is not None:
             economy(args, Path(tmp))
         else:
-            print("\nSweep economy: skipped (give --reference PATH; `python -m bench train --help` says how to get it)")
+            print(
+                "\nSweep economy: skipped (give --reference PATH; `python -m bench train --help` says how to get it)"
+            )
         step_axis(args, Path(tmp))
     return 0

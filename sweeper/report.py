@@ -73,10 +73,7 @@ def page_data(sweep_dir: Path, runs: list[RunResult]) -> dict:
         "metric_names": [*metric_names, "final_loss"],
         "cells": list(cells.values()),
         "images": images,
-        "scores": {
-            run.name: {Path(r["file"]).stem: {m: r[m] for m in metric_names if m in r} for r in run.scores}
-            for run in runs
-        },  # fmt: skip
+        "scores": {run.name: _scores_by_stem(run, metric_names) for run in runs},
         "runs": [
             {
                 "name": run.name,
