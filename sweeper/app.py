@@ -43,8 +43,16 @@ def _safe_name(name: str) -> str:
     return format_value(str(name))
 
 
+def _dreambooth_prompts(kind: str) -> list:
+    """``${dreambooth_prompts:${data.kind}}``: the DreamBooth dataset's 25 evaluation prompts."""
+    from sweeper.dreambooth_prompts import dreambooth_prompts
+
+    return dreambooth_prompts(str(kind))
+
+
 register_configs()
 OmegaConf.register_new_resolver("gpus_per_job", _gpus_per_job, replace=True)
+OmegaConf.register_new_resolver("dreambooth_prompts", _dreambooth_prompts, replace=True)
 OmegaConf.register_new_resolver("safe_name", _safe_name, replace=True)
 
 

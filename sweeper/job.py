@@ -101,6 +101,7 @@ class Job:
         self.train(pipe)
         self.render(pipe)
         self.draw_sheets()
+        self.evaluate()
         self._save_record("done")
         if not already_logged:
             self.log_to_mlflow()
@@ -155,6 +156,17 @@ class Job:
         seconds = time.perf_counter() - started
         self.result.images_rendered = len(missing)
         self.result.timings.update(render_seconds=seconds, images_per_second=len(missing) / seconds)
+
+    def evaluate(self) -> None:
+        """Score every picture not yet in ``scores.csv`` (DINO, CLIP-I, CLIP-T) and set the objective."""
+        from sweeper.evaluation import evaluate_run
+
+        if self.cfg.eval.enabled and self.spec.cells:
+            started = time.perf_counter()
+            self.result.objective = evaluate_run(
+                self.run_dir, self.spec.cells, self._instance_dir(), self.cfg
+            )
+            self.result.timings["eval_seconds"] = time.perf_counter() - started
 
     def draw_sheets(self) -> None:
         """One contact sheet per prompt and guidance: rows UNet scale, columns text-encoder scale."""

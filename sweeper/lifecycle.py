@@ -84,12 +84,15 @@ class SweepCallback(Callback):
         return {"uri": uri, "experiment_id": tracker.experiment_id, "parent_run_id": parent}
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        """Sweep-wide sheets, the parent run closed with them, and where to look."""
+        """Sweep-wide sheets, report and compare page; the parent run closed with them; where to look."""
         from sweeper.contact import draw_sweep_sheets
+        from sweeper.report import LOSS_PLOT, PAGE_FILE, REPORT_FILE, write_report
         from sweeper.summary import print_summary
 
         sweep_dir = sweep_dir_of(config)
         sheets = draw_sweep_sheets(sweep_dir, config.render.sheet_thumb)
+        with exit_on_error():
+            write_report(sweep_dir, config.eval.objective)
         plan = SweepPlan.load(sweep_dir)
         parent = plan.tracking.get("parent_run_id") if plan else None
         if parent and config.tracking.enabled:
@@ -98,7 +101,8 @@ class SweepCallback(Callback):
             )
             for sheet in sheets:
                 tracker.log_artifact(parent, sheet, "sheets")
-            tracker.log_artifact(parent, sweep_dir / "sweep.json")
+            for name in ("sweep.json", REPORT_FILE, LOSS_PLOT, PAGE_FILE):
+                tracker.log_artifact(parent, sweep_dir / name)
             tracker.finish(parent)
         if config.sweep.print_summary:
             print_summary(config, sweep_dir, sheets)

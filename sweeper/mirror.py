@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from lora_core.adapters import KOHYA_FILE, LORA_FILE
 from lora_core.training import LOSS_LOG, RESULT_FILE
-from sweeper.tracking import Tracker, flatten
+from sweeper.tracking import Tracker, flatten, image_key
 
 SHEETS_DIR = "sheets"
 
@@ -45,6 +45,25 @@ def run_summary_metrics(run_dir: Path) -> list[tuple[str, float, int]]:
     if record.is_file():
         timings = json.loads(record.read_text()).get("result", {}).get("timings", {})
         rows += [(k, v, 0) for k, v in timings.items() if isinstance(v, int | float)]
+    return rows
+
+
+def score_metrics(run_dir: Path) -> list[tuple[str, float, int]]:
+    """DreamBooth metric means of a run: overall, per prompt (``dino/ph``) and per cell (``dino/cell/ph_1_1_3``)."""
+    from sweeper.results import RunResult, read_scores
+
+    run = RunResult(run_dir, {}, [], read_scores(run_dir))
+    if not run.scores:
+        return []
+    rows = [(m, v, 0) for m, v in run.means().items()]
+    for prompt, means in run.means("prompt").items():
+        rows += [(f"{m}/{image_key(prompt)}", v, 0) for m, v in means.items()]
+    for cell, means in run.means("cell").items():
+        rows += [(f"{m}/cell/{image_key(cell)}", v, 0) for m, v in means.items()]
+    reference = run_dir / "reference_scores.json"
+    if reference.is_file():
+        real = json.loads(reference.read_text())
+        rows += [(f"real_{m}", real[m], 0) for m in ("dino", "clip_i") if m in real]
     return rows
 
 
@@ -82,14 +101,24 @@ def log_run_folder(
         log_adapters: Upload the LoRA files.
     """
     tracker.log_params(run_id, run_params(run_dir))
-    tracker.log_metrics(run_id, run_summary_metrics(run_dir) + (step_metrics(run_dir) if with_steps else []))
+    metrics = (
+        run_summary_metrics(run_dir) + score_metrics(run_dir) + (step_metrics(run_dir) if with_steps else [])
+    )
+    tracker.log_metrics(run_id, metrics)
     pictures = sorted(run_dir.glob("*.png"))
     for picture in pictures:
         tracker.log_artifact(run_id, picture, run_dir.name)
         if log_images:
             tracker.log_image(run_id, picture, picture.stem)
     tracker.log_artifact(run_id, run_dir / SHEETS_DIR, SHEETS_DIR)
-    for name in ("config.yaml", "overrides.yaml", "run.json", "render.json", "scores.csv"):
+    for name in (
+        "config.yaml",
+        "overrides.yaml",
+        "run.json",
+        "render.json",
+        "scores.csv",
+        "reference_scores.json",
+    ):
         tracker.log_artifact(run_id, run_dir / name, "config" if name.endswith(".yaml") else None)
     lora = run_dir / "lora"
     tracker.log_artifact(run_id, lora / LOSS_LOG, "lora")

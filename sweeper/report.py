@@ -167,16 +167,42 @@ def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot
             row.append(f"**{text}**" if best.get(m) == run.name else text)
         row += [_best_cell(run, p, terms) if metrics else "-" for p in prompts]
         lines.append("| " + " | ".join(row) + " |")
-    if not metrics:
-        lines += [
-            "",
-            "No picture scores: evaluation was off or its models were not available (eval.enabled).",
-        ]
     lines += ["", "Best configuration per metric: " + ", ".join(f"{m}: `{n}`" for m, n in best.items()), ""]
+    if metrics:
+        lines += dreambooth_table(runs)
+    else:
+        lines += [
+            "No picture scores: evaluation was off or its models were not available (eval.enabled).",
+            "",
+        ]
     if plot is not None:
         lines += [f"![loss curves]({plot.name})", ""]
     lines += [f"Side by side: open `{PAGE_FILE}` in a browser.", ""]
     return "\n".join(lines)
+
+
+def dreambooth_table(runs: list[RunResult]) -> list[str]:
+    """The paper's Table 1 layout: real images and DreamBooth (SD) as reported, then this subject and each run."""
+    from sweeper.dreambooth_prompts import PAPER_FIGURES
+
+    lines = ["## DreamBooth metrics (the paper's layout)", "",
+             "| method | DINO ↑ | CLIP-I ↑ | CLIP-T ↑ |", "|---|---|---|---|"]  # fmt: skip
+    rows = dict(PAPER_FIGURES)
+    reference = next(
+        (
+            r.run_dir / "reference_scores.json"
+            for r in runs
+            if (r.run_dir / "reference_scores.json").is_file()
+        ),
+        None,
+    )
+    if reference is not None:
+        rows["Real images (this subject)"] = {**json.loads(reference.read_text()), "clip_t": None}
+    rows.update({f"`{run.name}`": run.means() for run in runs})
+    for name, values in rows.items():
+        cells = [f"{values[m]:.3f}" if values.get(m) is not None else "N/A" for m in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _cell_text(value) -> str:

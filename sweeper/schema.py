@@ -131,14 +131,17 @@ class TrackingConfig:
 
 @dataclass
 class EvalConfig:
-    """DreamBooth metrics (DINO, CLIP-I, CLIP-T)."""
+    """DreamBooth metrics (DINO, CLIP-I, CLIP-T) on every rendered picture."""
 
-    enabled: bool = False
-    dino_model: str = "facebook/dino-vits16"
+    enabled: bool = True
+    dino_model: str = "facebook/dino-vits16"  # hub id, local folder, or "tiny" (random, offline)
     clip_model: str = "openai/clip-vit-base-patch32"
     local_files_only: bool = False
+    device: str = "auto"  # auto: the model's device
     batch_size: int = 16
-    objective: str = "dino+clip_t"
+    objective: str = (
+        "dino+clip_t"  # what "best" means in the report and what a metric-driven search maximises
+    )
 
 
 @dataclass

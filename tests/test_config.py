@@ -139,3 +139,25 @@ def test_prompts_fill_the_token_and_class():
     )
     assert [c.prompt for c in job.cells] == ["a sks dog on a beach"]
     assert job.settings.instance_prompt == "a photo of sks dog"
+
+
+@pytest.mark.parametrize(("kind", "special"), [("object", "a {token} {class} floating in an ocean of milk"),
+                                               ("live", "a {token} {class} in a chef outfit")])  # fmt: skip
+def test_dreambooth_eval_renders_the_papers_25_prompts_4_times(kind, special):
+    job = build_job(
+        _compose("experiment=dreambooth_eval", f"data.kind={kind}", "data.token=sks", "data.class_name=dog")
+    )
+    prompts = {c.prompt for c in job.cells}
+    assert len(prompts) == 25 and special.replace("{token}", "sks").replace("{class}", "dog") in prompts
+    assert len(job.cells) == 100 and {c.count for c in job.cells} == {4}
+    assert {(c.unet_scale, c.text_scale) for c in job.cells} == {(1.0, 1.0)}
+
+
+def test_the_dreambooth_dataset_presets_point_at_the_shared_copy(monkeypatch):
+    monkeypatch.setenv("DREAMBOOTH_DATA", "/data/dreambooth")
+    cfg = _compose("data=dreambooth_dog")
+    assert (
+        cfg.data.instance_dir == "/data/dreambooth/dog"
+        and cfg.data.kind == "live"
+        and cfg.data.class_name == "dog"
+    )

@@ -110,11 +110,10 @@ def test_child_runs_hold_params_metrics_and_artifacts(quickstart):
 def test_rerunning_the_sweep_skips_everything_finished(quickstart):
     root, _ = quickstart
     sweep_dir = root / "quickstart"
-    files = [
-        p
-        for p in sweep_dir.rglob("*")
-        if p.is_file() and p.suffix in (".png", ".safetensors") and "sheets" not in p.parts
-    ]
+    # the finished work: pictures and adapters (sheets, report and compare page are views, redrawn at the end)
+    files = [p for run in RUNS for pattern in ("*.png", "lora/*.safetensors", "scores.csv")
+             for p in (sweep_dir / run).glob(pattern)]  # fmt: skip
+    assert len(files) > 40
     stamps = {p: p.stat().st_mtime_ns for p in files}
     result = sweep(root, "experiment=quickstart", *FAST)
     assert result.returncode == 0, result.output
@@ -292,3 +291,39 @@ def test_parallel_launchers_complete_a_2_job_sweep(tmp_path, cache_dir, launcher
     assert all(r.info.status == "FINISHED" and "loss" in r.data.metrics for r in children)
     parent = next(r for r in runs if r.data.tags.get("sweep_role") == "parent")
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+
+
+def test_every_picture_is_scored_and_the_scores_reach_mlflow_and_the_report(quickstart):
+    import csv
+
+    root, _ = quickstart
+    for run in RUNS:
+        with (root / "quickstart" / run / "scores.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert {r["file"] for r in rows} == PICTURES
+        assert all(0 < float(r["dino"]) <= 1.0001 and -1 <= float(r["clip_t"]) <= 1 for r in rows)
+    child = next(r for r in mlflow_runs(root, "quickstart") if r.info.run_name == "1e-3;1e-4")
+    for key in ("dino", "clip_i", "clip_t", "dino/ph", "clip_t/sm", "dino/cell/ph_1_0.5_3", "real_dino"):
+        assert key in child.data.metrics, key
+    report = (root / "quickstart" / "report.md").read_text()
+    assert (
+        "## DreamBooth metrics" in report
+        and "| DreamBooth, Stable Diffusion (paper) | 0.668 | 0.803 | 0.305 |" in report
+    )
+    parent = next(r for r in mlflow_runs(root, "quickstart") if r.data.tags.get("sweep_role") == "parent")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow.db'}")
+    assert {"report.md", "compare.html", "loss_curves.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
+
+
+def test_missing_evaluation_models_skip_evaluation_with_one_line(tmp_path, cache_dir):
+    result = sweep(tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4",
+                   "eval.dino_model=someone/not-downloaded", "eval.local_files_only=true", multirun=False)  # fmt: skip
+    assert result.returncode == 0, result.output
+    skipped = [line for line in result.output.splitlines() if "evaluation is skipped" in line]
+    assert len(skipped) == 1 and "eval.dino_model=someone/not-downloaded" in skipped[0]
+    run = tmp_path / "quickstart" / "1e-3;1e-4"
+    assert len(list(run.glob("*.png"))) == 8 and not (run / "scores.csv").exists()

@@ -1,0 +1,81 @@
+"""Tiny random evaluation models (a DINO-shaped ViT and a CLIP), built offline from config.
+
+The same role as ``tiny_model`` for the metrics: ``eval.dino_model=tiny`` / ``eval.clip_model=tiny`` run
+the whole evaluation path (``from_pretrained``, processors, batching, arithmetic) with no download. Their
+scores measure nothing about pictures; they exist for tests, benchmarks and the default run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lora_core.atomic import atomic_dir
+from lora_core.tiny_model import byte_level_vocab, default_cache_dir
+
+TINY = "tiny"
+_VERSION = 1
+IMAGE_SIZE = 32
+# The preprocessing of the real models (facebook/dino-vits16, openai/clip-vit-base-patch32), at 32 px.
+_IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+_CLIP = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
+
+
+def ensure_tiny_dino(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """Folder of a tiny ViT with a ViT image processor, built on first use."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    target = Path(cache_dir or default_cache_dir()) / f"tiny-dino-v{_VERSION}-s{seed}"
+    if (target / "config.json").is_file():
+        return target
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ViTModel(ViTConfig(image_size=IMAGE_SIZE, patch_size=16, hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, intermediate_size=37), add_pooling_layer=False)  # fmt: skip
+    processor = ViTImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=_IMAGENET[0],
+                                     image_std=_IMAGENET[1])  # fmt: skip
+    with atomic_dir(target, replace=False) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return target
+
+
+def ensure_tiny_clip(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """Folder of a tiny CLIP (byte-level tokenizer, CLIP image processor), built on first use."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+
+    target = Path(cache_dir or default_cache_dir()) / f"tiny-clip-v{_VERSION}-s{seed}"
+    if (target / "config.json").is_file():
+        return target
+    vocab = byte_level_vocab()
+    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": vocab["<|endoftext|>"]}  # fmt: skip
+    vision = {"image_size": IMAGE_SIZE, "patch_size": 16, "hidden_size": 32, "intermediate_size": 37,
+              "num_hidden_layers": 2, "num_attention_heads": 2}  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, image_mean=_CLIP[0], image_std=_CLIP[1],
+                                      crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})  # fmt: skip
+    with atomic_dir(target, replace=False) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return target
+
+
+def resolve_eval_model(name: str, kind: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """``tiny`` -> the tiny model's folder (built on first use); anything else unchanged.
+
+    Args:
+        name: ``eval.dino_model`` or ``eval.clip_model``.
+        kind: ``dino`` or ``clip``.
+        cache_dir: Cache folder (default: ``default_cache_dir()``).
+    """
+    if name != TINY:
+        return name
+    return str(ensure_tiny_dino(cache_dir) if kind == "dino" else ensure_tiny_clip(cache_dir))
