@@ -91,7 +91,17 @@ def run(cfg: DictConfig) -> float | None:
     _quiet_libraries()
     try:
         place_job(cfg, _parallel_jobs(hydra_cfg))
-        return run_job(cfg, overrides).objective
+        objective = run_job(cfg, overrides).objective
+        if (
+            objective is None
+            and hydra_cfg is not None
+            and "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
+        ):
+            log.warning(
+                "No scores for this trial (evaluation off or its models missing): Optuna records it as failed."
+            )
+            return float("nan")
+        return objective
     except UserInputError as err:
         if not in_process:
             raise  # the launcher reports the failed job

@@ -43,8 +43,10 @@ def run_summary_metrics(run_dir: Path) -> list[tuple[str, float, int]]:
                 rows.append((key, train[key], 0))
     record = run_dir / "run.json"
     if record.is_file():
-        timings = json.loads(record.read_text()).get("result", {}).get("timings", {})
-        rows += [(k, v, 0) for k, v in timings.items() if isinstance(v, int | float)]
+        result = json.loads(record.read_text()).get("result", {})
+        rows += [(k, v, 0) for k, v in result.get("timings", {}).items() if isinstance(v, int | float)]
+        if isinstance(result.get("objective"), int | float):
+            rows.append(("objective", result["objective"], 0))
     return rows
 
 

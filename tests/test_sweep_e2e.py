@@ -327,3 +327,27 @@ def test_missing_evaluation_models_skip_evaluation_with_one_line(tmp_path, cache
     assert len(skipped) == 1 and "eval.dino_model=someone/not-downloaded" in skipped[0]
     run = tmp_path / "quickstart" / "1e-3;1e-4"
     assert len(list(run.glob("*.png"))) == 8 and not (run / "scores.csv").exists()
+
+
+def test_a_metric_driven_search_runs_two_optuna_trials(tmp_path, cache_dir):
+    import yaml
+
+    result = sweep(tmp_path, "experiment=optuna_search", "eval=tiny", "hydra.sweeper.n_trials=2",
+                   "train.max_train_steps=choice(4,6)", "render.num_inference_steps=3", "render.sheet_thumb=64")  # fmt: skip
+    assert result.returncode == 0, result.output
+    records = run_records(tmp_path / "optuna_search")
+    assert 1 <= len(records) <= 2 and all(r["status"] == "done" for r in records.values())
+    objectives = [r["result"]["objective"] for r in records.values()]
+    assert all(isinstance(v, float) for v in objectives)
+    (found,) = (tmp_path / "optuna_search" / "_hydra").glob("multirun-*/optimization_results.yaml")
+    best = yaml.safe_load(found.read_text())
+    assert best["best_value"] == pytest.approx(max(objectives))
+    assert set(best["best_params"]) == {
+        "train.learning_rate",
+        "train.text_encoder_lr",
+        "train.max_train_steps",
+        "train.rank",
+    }
+    children = [r for r in mlflow_runs(tmp_path, "optuna_search") if r.data.tags.get("sweep_role") == "job"]
+    assert {r.info.run_name for r in children} == set(records)
+    assert all("objective" in r.data.metrics for r in children)
