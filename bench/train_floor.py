@@ -1,0 +1,162 @@
+"""The compute floor of one LoRA training step, in a process of its own.
+
+Only what a step cannot do without: the UNet forward and backward on pre-made tensors (latents, noise,
+timesteps, and prompt embeddings or, when the text encoder trains, token ids through its forward and
+backward), gradient clipping and the AdamW step. The LoRA layers and the optimizer are made exactly as
+``lora_core.training.LoraTrainer`` makes them (peft ``LoraConfig`` + ``add_adapter``, AdamW with
+``foreach=True`` and one parameter group per model), so the only difference left is a trainer's overhead.
+
+It imports torch, diffusers, transformers and peft only, so the reference environment can run it too
+(then it measures what that environment's torch costs for the same work). Usage::
+
+    python -m bench.train_floor --model DIR --settings '{"rank": 4, ...}' --steps 60 --warmup 5 --out clock.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bench.step_clock import StepClock
+
+# The timestep of every floor step: any fixed value costs the same.
+_TIMESTEP = 500
+
+
+def _lora_config(settings: dict, targets: list[str]):
+    from peft import LoraConfig
+
+    # As lora_core.training.LoraTrainer._attach_adapters builds it.
+    alpha = float(settings["rank"] if settings.get("alpha") is None else settings["alpha"])
+    return LoraConfig(r=settings["rank"], lora_alpha=alpha, lora_dropout=settings["dropout"],
+                      init_lora_weights="gaussian", target_modules=list(targets))  # fmt: skip
+
+
+def load_models(model_dir: str, settings: dict, device: str):
+    """Load the UNet (and the text encoder when it trains) in float32 and attach the LoRA layers.
+
+    Args:
+        model_dir: A diffusers Stable Diffusion folder.
+        settings: ``TrainSettings.to_dict()`` of the training being compared.
+        device: Torch device.
+
+    Returns:
+        ``(unet, text_encoder)``; ``text_encoder`` is None when it is frozen.
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(settings["seed"])
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet").to(device)
+    unet.requires_grad_(False)
+    unet.add_adapter(_lora_config(settings, settings["unet_target_modules"]))
+    unet.train()
+    text_encoder = None
+    if settings["text_encoder_lr"] > 0:
+        text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder").to(device)
+        text_encoder.requires_grad_(False)
+        text_encoder.add_adapter(_lora_config(settings, settings["text_target_modules"]))
+        text_encoder.train()
+    return unet, text_encoder
+
+
+def make_optimizer(unet, text_encoder, settings: dict):
+    """AdamW exactly as ``lora_core.training.LoraTrainer._make_optimizer`` builds it.
+
+    Args:
+        unet: The UNet with LoRA layers.
+        text_encoder: The text encoder with LoRA layers, or None.
+        settings: ``TrainSettings.to_dict()``.
+
+    Returns:
+        ``(optimizer, trainable parameters)``.
+    """
+    import torch
+
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": settings["learning_rate"]}]
+    if text_encoder is not None:
+        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad],
+                       "lr": settings["text_encoder_lr"]})  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        groups, betas=(settings["adam_beta1"], settings["adam_beta2"]), weight_decay=settings["adam_weight_decay"],
+        eps=settings["adam_epsilon"], foreach=True,
+    )  # fmt: skip
+    return optimizer, [p for group in groups for p in group["params"]]
+
+
+def vae_scale_factor(model_dir: str) -> int:
+    """How many pixels one latent stands for along a side: 8 in SD 1.x, 2 in the tiny model."""
+    from diffusers import AutoencoderKL
+
+    return 2 ** (len(AutoencoderKL.load_config(model_dir, subfolder="vae")["block_out_channels"]) - 1)
+
+
+def make_step(model_dir: str, settings: dict, device: str):
+    """Build the models, pre-made inputs and optimizer, and return a function that runs one step.
+
+    Args:
+        model_dir: A diffusers Stable Diffusion folder.
+        settings: ``TrainSettings.to_dict()``.
+        device: Torch device.
+
+    Returns:
+        A no-argument function doing forward, backward, clipping and the optimizer step.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import CLIPTextConfig
+
+    unet, text_encoder = load_models(model_dir, settings, device)
+    optimizer, params = make_optimizer(unet, text_encoder, settings)
+    side = settings["resolution"] // vae_scale_factor(model_dir)
+    batch = settings["train_batch_size"]
+    noisy = torch.randn(batch, unet.config.in_channels, side, side, device=device)
+    target = torch.randn_like(noisy)
+    timesteps = torch.full((batch,), _TIMESTEP, device=device)
+    text_config = CLIPTextConfig.from_pretrained(model_dir, subfolder="text_encoder")
+    token_ids = torch.randint(0, text_config.vocab_size, (batch, 77), device=device)
+    embeds = torch.randn(batch, 77, unet.config.cross_attention_dim, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def step() -> None:
+        hidden = text_encoder(token_ids)[0] if text_encoder is not None else embeds
+        pred = unet(noisy, timesteps, hidden).sample
+        F.mse_loss(pred.float(), target.float()).backward()
+        if settings["max_grad_norm"] > 0:
+            torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
+        sync()  # so the clock after the optimizer step sees the work done, not just queued
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``--warmup`` + ``--steps`` floor steps and write their step clock.
+
+    Args:
+        argv: Command-line arguments (see the module docstring).
+
+    Returns:
+        0.
+    """
+    parser = argparse.ArgumentParser(prog="python -m bench.train_floor", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="diffusers Stable Diffusion folder")
+    parser.add_argument("--settings", required=True, help="TrainSettings.to_dict() as JSON")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--out", required=True, help="JSON file for the step clock")
+    args = parser.parse_args(argv)
+    clock = StepClock()
+    step = make_step(args.model, json.loads(args.settings), args.device)
+    for _ in range(args.warmup + args.steps):
+        step()
+    clock.write(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
