@@ -51,7 +51,9 @@ def throughput(repeats: int, count: int) -> None:
             seconds[batch].append(time.perf_counter() - started)
     rate = {b: count / statistics.median(s) for b, s in seconds.items()}
     drift = max(abs(a[m] - b[m]) for a, b in zip(scores[1], scores[16], strict=True) for m in a)
-    print(f"\nScoring throughput: {count} pictures, 5 references, tiny DINO + CLIP, {repeats} rounds (medians)")
+    print(
+        f"\nScoring throughput: {count} pictures, 5 references, tiny DINO + CLIP, {repeats} rounds (medians)"
+    )
     print(f"  batched (16):  {rate[16]:8.1f} images/s")
     print(f"  one at a time: {rate[1]:8.1f} images/s")
     print(f"  ratio: {rate[16] / rate[1]:.2f}x; largest score difference between the two: {drift:.2e}")
@@ -65,7 +67,9 @@ def overhead(quick: bool) -> None:
         on = timed([*base, f"sweep.root={Path(tmp) / 'on'}"])
         off = timed([*base, "eval.enabled=false", f"sweep.root={Path(tmp) / 'off'}"])
     print(f"\nEvaluation overhead on the quickstart sweep{' (shortened)' if quick else ''}:")
-    print(f"  eval on (tiny models): {on:6.1f} s   eval off: {off:6.1f} s   overhead {on - off:+.1f} s ({on / off - 1:+.0%})")
+    print(
+        f"  eval on (tiny models): {on:6.1f} s   eval off: {off:6.1f} s   overhead {on - off:+.1f} s ({on / off - 1:+.0%})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
