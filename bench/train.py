@@ -28,7 +28,7 @@ once, ~4.3 GB in the cache) at 512 px: a few steps, seconds per step and peak RS
 
 Run::
 
-    python -m bench train --quick                      # about a minute, no reference
+    python -m bench train --quick                      # about a minute (also with --reference)
     python -m bench train --reference bench/.ref/train_dreambooth_lora.py
     python -m bench train --reference bench/.ref/train_dreambooth_lora.py --real-size
 

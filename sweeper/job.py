@@ -86,6 +86,7 @@ class Job:
         self.lora_dir = self.run_dir / LORA_DIR
         self.result = JobResult(run_dir=self.run_dir, images_total=len(self.spec.cells))
         self.tracker: Tracker | None = None
+        self.new_pictures: list[Path] = []
         self.mlflow_run: str | None = None
 
     # ---- the stages --------------------------------------------------------------------------------------
@@ -105,6 +106,8 @@ class Job:
         self._save_record("done")
         if not already_logged:
             self.log_to_mlflow()
+        elif self.new_pictures:  # a rerun rendered cells added to the grid: add them to the logged run
+            self.log_to_mlflow(pictures=self.new_pictures)
         return self.result
 
     def train(self, pipe) -> None:
@@ -119,7 +122,7 @@ class Job:
             self._instance_dir(), self.spec.settings.resolution, self.spec.settings.center_crop
         )
         class_images = self._class_images(pipe)
-        checkpoint = find_checkpoint(self._training_dirs(), self.spec.settings)
+        checkpoint = find_checkpoint(self._training_dirs(), self.spec.settings, self._identity())
         steps = StepLogger(self.tracker, self.mlflow_run) if self.tracker else None
         if checkpoint is not None:
             log.info("%s: continuing from %s", self.run_dir.name, checkpoint)
@@ -128,7 +131,7 @@ class Job:
                 steps.add_history(_read_jsonl(checkpoint / LOSS_LOG))
         train_lora(
             pipe, images, self.spec.settings, self.lora_dir, resume_from=checkpoint, class_images=class_images,
-            on_step=steps, metadata=self._lora_metadata(),
+            on_step=steps, metadata=self._lora_metadata(), identity=self._identity(),
         )  # fmt: skip
         if steps:
             steps.flush()
@@ -150,8 +153,10 @@ class Job:
         ):
             by_render_cell = {c.render_cell(): c for c in missing}
             for render_cell, image in renderer.render(by_render_cell):
-                with atomic_path(self.run_dir / by_render_cell[render_cell].file_name) as tmp:
+                path = self.run_dir / by_render_cell[render_cell].file_name
+                with atomic_path(path) as tmp:
                     image.save(tmp, format="PNG")
+                self.new_pictures.append(path)
                 bar.update(1)
         seconds = time.perf_counter() - started
         self.result.images_rendered = len(missing)
@@ -206,11 +211,21 @@ class Job:
         )
         return [self.lora_dir, *others] if self.cfg.sweep.reuse_steps else [self.lora_dir]
 
+    def _identity(self) -> dict:
+        """What the weights depend on besides the training settings: base model and pictures."""
+        spec = self.spec.class_images
+        return {
+            "base_model": model_identity(self.spec.model),
+            "instance_dir": str(self._instance_dir().resolve()),
+            "class_images": spec.cache_key(model_identity(self.spec.model), self.spec.model.dtype)
+            if spec
+            else None,
+        }
+
     def _lora_metadata(self) -> dict:
         return {
-            "base_model": self.spec.model.path,
-            "base_model_identity": model_identity(self.spec.model),
-            "instance_dir": str(self.spec.instance_dir or "drawn default subject"),
+            **{f"identity.{k}": v for k, v in self._identity().items()},
+            "base_model_path": self.spec.model.path,
             "token": self.cfg.data.token,
             "class_name": self.cfg.data.class_name,
             "sweep": self.cfg.sweep.name,
@@ -224,11 +239,13 @@ class Job:
             return
         saved = read_training_metadata(lora)
         wanted = {**self.spec.settings.weights_key(), "alpha": self.spec.settings.lora_alpha}
+        wanted |= {f"identity.{k}": v for k, v in self._identity().items()}
         differs = {k: (saved.get(k), v) for k, v in wanted.items() if k in saved and saved[k] != v}
         if differs:
             key, (was, now) = next(iter(differs.items()))
+            name = key.replace("identity.", "") if key.startswith("identity.") else f"train.{key}"
             raise UserInputError(
-                f"{self.run_dir}: holds a LoRA trained with train.{key}={was!r}, not {now!r}. "
+                f"{self.run_dir}: holds a LoRA trained with {name}={was!r}, not {now!r}. "
                 "Nothing was changed; choose another sweep.name or move that folder away."
             )
 
@@ -286,15 +303,16 @@ class Job:
         self.result.mlflow_run_id = self.mlflow_run
         return finished
 
-    def log_to_mlflow(self) -> None:
-        """Mirror the run folder into the job's MLflow run, then close it."""
+    def log_to_mlflow(self, pictures: list[Path] | None = None) -> None:
+        """Mirror the run folder (or just ``pictures`` of it) into the job's MLflow run, then close it."""
         from sweeper.mirror import log_run_folder
 
         if self.tracker is None or not self.tracker.active or not self.mlflow_run:
             return
         # Steps trained by this job went out live; a reused or already-trained LoRA's come from disk.
         log_run_folder(self.tracker, self.mlflow_run, self.run_dir, with_steps=not self.result.trained,
-                       log_images=self.cfg.tracking.log_images, log_adapters=self.cfg.tracking.log_adapters)  # fmt: skip
+                       log_images=self.cfg.tracking.log_images, log_adapters=self.cfg.tracking.log_adapters,
+                       pictures=pictures)  # fmt: skip
         self.tracker.finish(self.mlflow_run)
 
 

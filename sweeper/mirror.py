@@ -88,6 +88,7 @@ def log_run_folder(
     with_steps: bool,
     log_images: bool = True,
     log_adapters: bool = True,
+    pictures: list[Path] | None = None,
 ) -> None:
     """Log params, metrics, pictures, sheets, adapters and config of a run folder to ``run_id``.
 
@@ -101,14 +102,18 @@ def log_run_folder(
         with_steps: Also log loss/lr per step (when they were not sent live).
         log_images: Log the pictures as MLflow images too.
         log_adapters: Upload the LoRA files.
+        pictures: The pictures to log (default: all of the folder's; a rerun that rendered more cells into
+            a run already logged passes just the new ones).
     """
-    tracker.log_params(run_id, run_params(run_dir))
+    if pictures is None:  # MLflow refuses changed params; a run that only gains pictures keeps its own
+        tracker.log_params(run_id, run_params(run_dir))
+    else:
+        tracker.set_tags(run_id, {"grid_extended": "true"})
     metrics = (
         run_summary_metrics(run_dir) + score_metrics(run_dir) + (step_metrics(run_dir) if with_steps else [])
     )
     tracker.log_metrics(run_id, metrics)
-    pictures = sorted(run_dir.glob("*.png"))
-    for picture in pictures:
+    for picture in sorted(run_dir.glob("*.png")) if pictures is None else pictures:
         tracker.log_artifact(run_id, picture, run_dir.name)
         if log_images:
             tracker.log_image(run_id, picture, picture.stem)

@@ -351,3 +351,22 @@ def test_a_metric_driven_search_runs_two_optuna_trials(tmp_path, cache_dir):
     children = [r for r in mlflow_runs(tmp_path, "optuna_search") if r.data.tags.get("sweep_role") == "job"]
     assert {r.info.run_name for r in children} == set(records)
     assert all("objective" in r.data.metrics for r in children)
+
+
+def test_a_rerun_with_more_cells_renders_and_logs_only_the_new_ones(tmp_path, cache_dir):
+    from mlflow.tracking import MlflowClient
+
+    args = ["experiment=quickstart", *FAST, "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4",
+            "render.prompts=[{ph: 'a photo of {token} {class}'}]", "render.unet_scales=[1]", "render.text_scales=[1]"]  # fmt: skip
+    first = sweep(tmp_path, *args, "render.guidance_scales=[3]", multirun=False)
+    assert first.returncode == 0, first.output
+    run = tmp_path / "quickstart" / "1e-3;1e-4"
+    stamp = (run / "ph_1;1;3.png").stat().st_mtime_ns
+    second = sweep(tmp_path, *args, "render.guidance_scales=[3,5]", multirun=False)
+    assert second.returncode == 0, second.output
+    assert "LoRA already trained" in second.output
+    assert (run / "ph_1;1;3.png").stat().st_mtime_ns == stamp and (run / "ph_1;1;5.png").is_file()
+    (child,) = mlflow_runs(tmp_path, "quickstart")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
+    logged = {a.path.split("/")[-1] for a in client.list_artifacts(child.info.run_id, "1e-3;1e-4")}
+    assert logged == {"ph_1;1;3.png", "ph_1;1;5.png"} and child.info.status == "FINISHED"

@@ -12,6 +12,7 @@ from lora_core.training import (
     LOSS_LOG,
     LoraTrainer,
     denoising_loss,
+    find_checkpoint,
     list_checkpoints,
     picture_indices,
     train_lora,
@@ -257,3 +258,21 @@ def test_bad_target_module_is_a_clear_error(pipe, subject_images, settings, tmp_
     with pytest.raises(UserInputError, match="unet_target_modules"):
         train_lora(pipe, subject_images, settings(unet_target_modules=("no_such_layer",)), tmp_path)
     assert not any("lora" in n for n, _ in pipe.unet.named_parameters())
+    assert train_lora(pipe, subject_images, settings(), tmp_path / "next").lora_path.is_file()  # the next job works
+
+
+def test_a_checkpoint_of_another_base_model_or_pictures_is_not_continued(
+    pipe, subject_images, settings, tmp_path
+):
+    identity = {"base_model": "tiny-a", "instance_dir": "/pictures/a"}
+    train_lora(pipe, subject_images, settings(checkpoint_steps=(4,)), tmp_path, identity=identity)
+    other = {**identity, "instance_dir": "/pictures/b"}
+    assert find_checkpoint([tmp_path], settings(), identity) == list_checkpoints(tmp_path)[4]
+    assert find_checkpoint([tmp_path], settings(), other) is None
+    result = train_lora(
+        pipe, subject_images, settings(), tmp_path / "b", resume_from="latest", identity=other
+    )
+    assert result.resumed_from_step == 0
+    with pytest.raises(UserInputError, match="other pictures"):
+        train_lora(pipe, subject_images, settings(), tmp_path / "c", resume_from=list_checkpoints(tmp_path)[4],
+                   identity=other)  # fmt: skip
