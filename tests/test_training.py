@@ -258,7 +258,9 @@ def test_bad_target_module_is_a_clear_error(pipe, subject_images, settings, tmp_
     with pytest.raises(UserInputError, match="unet_target_modules"):
         train_lora(pipe, subject_images, settings(unet_target_modules=("no_such_layer",)), tmp_path)
     assert not any("lora" in n for n, _ in pipe.unet.named_parameters())
-    assert train_lora(pipe, subject_images, settings(), tmp_path / "next").lora_path.is_file()  # the next job works
+    assert train_lora(
+        pipe, subject_images, settings(), tmp_path / "next"
+    ).lora_path.is_file()  # the next job works
 
 
 def test_a_checkpoint_of_another_base_model_or_pictures_is_not_continued(
