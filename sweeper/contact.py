@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from sweeper.grid import GridCell
+from sweeper.grid import GridCell, first_images
 from sweeper.naming import format_number
+from sweeper.results import load_results
 from sweeper.sheets import grid_sheet, save_sheet
 
 SHEETS_DIR = "sheets"
-
-
-def _first_images(cells: list[GridCell]) -> list[GridCell]:
-    """One picture per (prompt, unet, text, guidance): the first seed's first image."""
-    first_seed = cells[0].seed if cells else 0
-    return [c for c in cells if c.seed == first_seed and c.index == 0]
 
 
 def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Path]:
@@ -30,7 +24,7 @@ def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Pa
         The sheet files.
     """
     groups: dict[tuple[str, float], list[GridCell]] = {}
-    for cell in _first_images(cells):
+    for cell in first_images(cells):
         groups.setdefault((cell.prompt_name, cell.guidance), []).append(cell)
     written = []
     for (name, guidance), group in groups.items():
@@ -54,16 +48,6 @@ def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Pa
     return written
 
 
-def finished_runs(sweep_dir: Path) -> list[tuple[Path, list[GridCell]]]:
-    """The sweep's finished run folders with their grids (from each ``run.json``), by name."""
-    runs = []
-    for record in sorted(Path(sweep_dir).glob("*/run.json")):
-        data = json.loads(record.read_text())
-        if data.get("status") == "done":
-            runs.append((record.parent, [GridCell(**c) for c in data.get("cells", [])]))
-    return runs
-
-
 def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
     """One sheet per prompt for the whole sweep: a row per run, a column per grid cell (``u;t;g``).
 
@@ -74,11 +58,11 @@ def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
     Returns:
         The sheet files.
     """
-    runs = finished_runs(sweep_dir)
+    runs = [(run.run_dir, run.cells) for run in load_results(sweep_dir)]
     prompts: dict[str, str] = {}
     columns: dict[str, list[tuple[float, float, float]]] = {}
     for _, cells in runs:
-        for c in _first_images(cells):
+        for c in first_images(cells):
             prompts.setdefault(c.prompt_name, c.prompt)
             key = (c.unet_scale, c.text_scale, c.guidance)
             if key not in columns.setdefault(c.prompt_name, []):
@@ -89,7 +73,7 @@ def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
         for row, (run_dir, cells) in enumerate(runs):
             by_key = {
                 (c.unet_scale, c.text_scale, c.guidance): c
-                for c in _first_images(cells)
+                for c in first_images(cells)
                 if c.prompt_name == name
             }
             for col, key in enumerate(keys):

@@ -180,3 +180,9 @@ def plan_cells(render, token: str, class_name: str) -> list[GridCell]:
         seen[stem] = cell
         cells.append(cell)
     return cells
+
+
+def first_images(cells: list[GridCell]) -> list[GridCell]:
+    """One picture per (prompt, unet, text, guidance): the first seed's first image (for sheets and pages)."""
+    first_seed = cells[0].seed if cells else 0
+    return [c for c in cells if c.seed == first_seed and c.index == 0]

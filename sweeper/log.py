@@ -13,9 +13,10 @@ from pathlib import Path
 
 from lora_core.atomic import write_text_atomic
 from lora_core.errors import UserInputError
-from sweeper.contact import SHEETS_DIR, finished_runs
+from sweeper.contact import SHEETS_DIR
 from sweeper.mirror import log_run_folder
 from sweeper.plan import SweepPlan
+from sweeper.results import load_results
 from sweeper.tracking import PENDING_FILE, Tracker, default_uri
 
 
@@ -34,7 +35,7 @@ def log_sweep_folder(sweep_dir: Path, uri: str | None = None, experiment: str | 
         UserInputError: Not a sweep folder, or the store cannot be reached.
     """
     sweep_dir = Path(sweep_dir)
-    runs = finished_runs(sweep_dir)
+    runs = [run.run_dir for run in load_results(sweep_dir)]
     if not runs:
         raise UserInputError(f"{sweep_dir}: no finished run in it (no */run.json with status done).")
     uri = uri or default_uri(sweep_dir.parent)
@@ -47,7 +48,7 @@ def log_sweep_folder(sweep_dir: Path, uri: str | None = None, experiment: str | 
     previous = plan.tracking.get("parent_run_id") if plan.tracking.get("uri") == uri else None
     parent = tracker.parent_run(previous, sweep_dir.name, {"sweep": sweep_dir.name})
     logged = 0
-    for run_dir, _ in runs:
+    for run_dir in runs:
         run_id, finished = tracker.child_run(parent, run_dir.name, {"sweep": sweep_dir.name})
         if finished or run_id is None:
             continue

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lora_core.atomic import atomic_path, write_text_atomic
 from lora_core.errors import UserInputError
+from sweeper.grid import first_images
 from sweeper.naming import format_number
 from sweeper.results import METRICS, RunResult, load_results, varying_keys
 
@@ -59,9 +60,7 @@ def page_data(sweep_dir: Path, runs: list[RunResult]) -> dict:
     images: dict[str, dict] = {}
     for run in runs:
         images[run.name] = {}
-        for cell in run.cells:
-            if cell.seed != run.cells[0].seed or cell.index != 0:
-                continue
+        for cell in first_images(run.cells):
             cells.setdefault(cell.stem, {"prompt_name": cell.prompt_name, "prompt": cell.prompt, "unet": cell.unet_scale,
                                          "text": cell.text_scale, "guidance": cell.guidance, "stem": cell.stem})  # fmt: skip
             if (run.run_dir / cell.file_name).is_file():

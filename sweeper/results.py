@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_core.errors import UserInputError
+from lora_core.metrics import METRICS
 from lora_core.training import LOSS_LOG
 from sweeper.grid import GridCell
 from sweeper.naming import format_number
 
 SCORES_FILE = "scores.csv"
 SCORE_COLUMNS = ("file", "prompt_name", "prompt", "unet_scale", "text_scale", "guidance", "seed", "index")
-METRICS = ("dino", "clip_i", "clip_t")
 
 
 @dataclass
