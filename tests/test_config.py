@@ -161,3 +161,36 @@ def test_the_dreambooth_dataset_presets_point_at_the_shared_copy(monkeypatch):
         and cfg.data.kind == "live"
         and cfg.data.class_name == "dog"
     )
+
+
+def test_train_schema_and_training_settings_stay_in_step():
+    """TrainConfig mirrors lora_core's TrainSettings (Hydra's schema stays free of lora_core): every
+    setting is either a train.* key or filled from data/lora/model, and every train.* key arrives."""
+    from dataclasses import fields
+
+    from lora_core.settings import BOOKKEEPING_FIELDS, TrainSettings
+    from sweeper.job_config import _CLASS_IMAGE_KEYS
+    from sweeper.schema import TrainConfig
+
+    config_keys = {f.name for f in fields(TrainConfig)} - set(_CLASS_IMAGE_KEYS)
+    filled_by_job = {
+        "instance_prompt",
+        "class_prompt",
+        "center_crop",
+        "unet_target_modules",
+        "text_target_modules",
+    }
+    setting_keys = {f.name for f in fields(TrainSettings)}
+    assert config_keys <= setting_keys, "a train.* key that training would refuse"
+    assert setting_keys - config_keys - filled_by_job <= {"progress_bar"} & BOOKKEEPING_FIELDS, (
+        "a training setting that no config key reaches"
+    )
+    cfg = _compose("train.learning_rate=7e-4", "train.text_encoder_lr=3e-5", "train.rank=8", "train.seed=11",
+                   "train.max_train_steps=17", "train.lr_scheduler=cosine")  # fmt: skip
+    settings = build_job(cfg).settings
+    for key in config_keys - {"resolution"}:
+        value = cfg.train[key]
+        got = getattr(settings, key)
+        assert (list(got) if isinstance(got, tuple) else got) == (
+            list(value) if hasattr(value, "__len__") and not isinstance(value, str) else value
+        ), key
