@@ -7,7 +7,7 @@ from pathlib import Path
 from sweeper.grid import GridCell, first_images
 from sweeper.naming import format_number
 from sweeper.results import load_results
-from sweeper.sheets import grid_sheet, save_sheet
+from sweeper.sheets import run_sheet, save_sheet, sweep_sheet
 
 SHEETS_DIR = "sheets"
 
@@ -30,18 +30,9 @@ def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Pa
     for (name, guidance), group in groups.items():
         unet = list(dict.fromkeys(c.unet_scale for c in group))
         text = sorted({c.text_scale for c in group})
-        pictures = {
-            (unet.index(c.unet_scale), text.index(c.text_scale)): run_dir / c.file_name for c in group
-        }
-        pictures = {k: p if p.is_file() else None for k, p in pictures.items()}
+        pictures = {(c.unet_scale, c.text_scale): _picture(run_dir, c) for c in group}
         title = f'"{group[0].prompt}" | {run_dir.name} | guidance {format_number(guidance)}'
-        sheet = grid_sheet(
-            title=title,
-            row_labels=[f"unet {format_number(u)}" for u in unet],
-            col_labels=[f"text {format_number(t)}" for t in text],
-            cells=pictures,
-            thumb=thumb,
-        )
+        sheet = run_sheet(pictures, unet, text, title, thumb)
         path = run_dir / SHEETS_DIR / f"{name}_g{format_number(guidance)}.png"
         save_sheet(sheet, path)
         written.append(path)
@@ -69,26 +60,21 @@ def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
                 columns[c.prompt_name].append(key)
     written = []
     for name, keys in columns.items():
-        pictures = {}
-        for row, (run_dir, cells) in enumerate(runs):
-            by_key = {
-                (c.unet_scale, c.text_scale, c.guidance): c
-                for c in first_images(cells)
-                if c.prompt_name == name
-            }
-            for col, key in enumerate(keys):
-                cell = by_key.get(key)
-                pictures[(row, col)] = (
-                    run_dir / cell.file_name if cell and (run_dir / cell.file_name).is_file() else None
-                )
-        sheet = grid_sheet(
-            title=f'"{prompts[name]}" | every run of {Path(sweep_dir).name} | columns: unet;text;guidance',
-            row_labels=[run_dir.name for run_dir, _ in runs],
-            col_labels=[";".join(format_number(v) for v in key) for key in keys],
-            cells=pictures,
-            thumb=thumb,
-        )
+        pictures = {
+            (run_dir.name, (c.unet_scale, c.text_scale, c.guidance)): _picture(run_dir, c)
+            for run_dir, cells in runs
+            for c in first_images(cells)
+            if c.prompt_name == name
+        }
+        title = f'"{prompts[name]}" | every run of {Path(sweep_dir).name} | columns: unet;text;guidance'
+        sheet = sweep_sheet(pictures, [run_dir.name for run_dir, _ in runs], keys, title, thumb)
         path = Path(sweep_dir) / SHEETS_DIR / f"{name}.png"
         save_sheet(sheet, path)
         written.append(path)
     return written
+
+
+def _picture(run_dir: Path, cell: GridCell) -> Path | None:
+    """The cell's picture file, or None (a placeholder on the sheet) when it was not rendered."""
+    path = run_dir / cell.file_name
+    return path if path.is_file() else None

@@ -415,11 +415,7 @@ def run_sheet(
     Returns:
         The sheet.
     """
-    cells = {
-        (row, col): images.get((unet_scale, text_scale))
-        for row, unet_scale in enumerate(unet_scales)
-        for col, text_scale in enumerate(text_scales)
-    }
+    cells = _by_position(images, unet_scales, text_scales)
     row_labels = [f"unet {label(scale)}" for scale in unet_scales]
     col_labels = [f"text {label(scale)}" for scale in text_scales]
     return grid_sheet(title, row_labels, col_labels, cells, thumb)
@@ -447,13 +443,14 @@ def sweep_sheet(
     Returns:
         The sheet.
     """
-    cells = {
-        (row, col): images.get((run, column))
-        for row, run in enumerate(runs)
-        for col, column in enumerate(columns)
-    }
+    cells = _by_position(images, runs, columns)
     col_labels = [";".join(label(value) for value in column) for column in columns]
     return grid_sheet(title, list(runs), col_labels, cells, thumb)
+
+
+def _by_position(images: Mapping[tuple, Picture], rows: Sequence, cols: Sequence) -> dict:
+    """(row key, column key) -> picture, re-keyed by (row index, column index) for ``grid_sheet``."""
+    return {(i, j): images.get((row, col)) for i, row in enumerate(rows) for j, col in enumerate(cols)}
 
 
 def save_sheet(image: Image.Image, path: str | os.PathLike) -> Path:
