@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from lora_core.atomic import write_text_atomic
-from lora_core.metrics import METRICS, EvalModels, ImageScorer, clip_t_prompt, try_load_scorer
+from lora_core.metrics import METRICS, EvalModels, ImageScorer, clip_t_prompt, mean_scores, try_load_scorer
 from lora_core.models import resolve_device
 from lora_core.tiny_eval import resolve_eval_model
 from sweeper.grid import GridCell
@@ -88,8 +88,7 @@ def evaluate_run(run_dir: Path, cells: list[GridCell], instance_dir: Path, cfg: 
         _write_scores(run_dir, [rows[c.file_name] for c in cells if c.file_name in rows])
     if not rows:
         return None
-    means = {m: sum(r[m] for r in rows.values()) / len(rows) for m in METRICS}
-    return objective_value(means, parse_objective(cfg.eval.objective))
+    return objective_value(mean_scores(rows.values()), parse_objective(cfg.eval.objective))
 
 
 def _cell_columns(cell: GridCell) -> dict:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_core.errors import UserInputError
-from lora_core.metrics import METRICS
+from lora_core.metrics import METRICS, mean_scores
 from lora_core.training import LOSS_LOG
 from sweeper.grid import GridCell
 from sweeper.naming import format_number
@@ -65,16 +65,8 @@ class RunResult:
         Returns:
             ``{metric: mean}``, or ``{key: {metric: mean}}`` when grouped (cell keys are file stems).
         """
-        if group is None:
-            return {m: statistics.fmean(r[m] for r in self.scores) for m in self.metric_names()}
-        key = {"prompt": lambda r: r["prompt_name"], "cell": cell_key}[group]
-        buckets: dict[str, list[dict]] = {}
-        for row in self.scores:
-            buckets.setdefault(key(row), []).append(row)
-        return {
-            k: {m: statistics.fmean(r[m] for r in rows) for m in self.metric_names()}
-            for k, rows in buckets.items()
-        }
+        by = None if group is None else {"prompt": "prompt_name", "cell": cell_key}[group]
+        return mean_scores(self.scores, by)
 
 
 def cell_key(row: dict) -> str:
