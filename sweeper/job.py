@@ -8,6 +8,7 @@ rewritten; a folder holding work done under other settings is an error, not an o
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -122,7 +123,7 @@ class Job:
             self._instance_dir(), self.spec.settings.resolution, self.spec.settings.center_crop
         )
         class_images = self._class_images(pipe)
-        checkpoint = find_checkpoint(self._training_dirs(), self.spec.settings, self._identity())
+        checkpoint = find_checkpoint(self._training_dirs(), self.spec.settings, self._identity)
         steps = StepLogger(self.tracker, self.mlflow_run) if self.tracker else None
         if checkpoint is not None:
             log.info("%s: continuing from %s", self.run_dir.name, checkpoint)
@@ -131,7 +132,7 @@ class Job:
                 steps.add_history(_read_jsonl(checkpoint / LOSS_LOG))
         train_lora(
             pipe, images, self.spec.settings, self.lora_dir, resume_from=checkpoint, class_images=class_images,
-            on_step=steps, metadata=self._lora_metadata(), identity=self._identity(),
+            on_step=steps, metadata=self._lora_metadata(), identity=self._identity,
         )  # fmt: skip
         if steps:
             steps.flush()
@@ -211,20 +212,19 @@ class Job:
         )
         return [self.lora_dir, *others] if self.cfg.sweep.reuse_steps else [self.lora_dir]
 
+    @functools.cached_property
     def _identity(self) -> dict:
         """What the weights depend on besides the training settings: base model and pictures."""
-        spec = self.spec.class_images
+        spec, base = self.spec.class_images, model_identity(self.spec.model)
         return {
-            "base_model": model_identity(self.spec.model),
+            "base_model": base,
             "instance_dir": str(self._instance_dir().resolve()),
-            "class_images": spec.cache_key(model_identity(self.spec.model), self.spec.model.dtype)
-            if spec
-            else None,
+            "class_images": spec.cache_key(base, self.spec.model.dtype) if spec else None,
         }
 
     def _lora_metadata(self) -> dict:
         return {
-            **{f"identity.{k}": v for k, v in self._identity().items()},
+            **{f"identity.{k}": v for k, v in self._identity.items()},
             "base_model_path": self.spec.model.path,
             "token": self.cfg.data.token,
             "class_name": self.cfg.data.class_name,
@@ -239,7 +239,7 @@ class Job:
             return
         saved = read_training_metadata(lora)
         wanted = {**self.spec.settings.weights_key(), "alpha": self.spec.settings.lora_alpha}
-        wanted |= {f"identity.{k}": v for k, v in self._identity().items()}
+        wanted |= {f"identity.{k}": v for k, v in self._identity.items()}
         differs = {k: (saved.get(k), v) for k, v in wanted.items() if k in saved and saved[k] != v}
         if differs:
             key, (was, now) = next(iter(differs.items()))
