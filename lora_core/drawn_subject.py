@@ -1,8 +1,10 @@
 """The embedded default subject: a cartoon kitten the project draws itself, so a run needs no data.
 
 Five pictures of the same distinctive character (orange head with cream muzzle, teal eyes, a blue scarf
-with a yellow star, a striped tail) in different places, sizes, tilts, poses and backgrounds — the kind of
-variation a person's 3-5 photos of one subject have. Drawn with Pillow from a seed: same seed, same pixels.
+with a yellow star, a striped tail) in different places of the drawn world (``lora_core.world``), sizes,
+tilts and poses — the kind of variation a person's 3-5 photos of one subject have. The world's own cats
+never have these markings, so the embedded world model has never seen this individual. Drawn with Pillow
+from a seed: same seed, same pixels.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFilter
 
 from lora_core.atomic import atomic_dir
+from lora_core.world import PLACES, draw_place
 
-_VERSION = 1  # bump when the drawing changes, so cached folders are redrawn
+_VERSION = 2  # bump when the drawing changes, so cached folders are redrawn
 _SUPERSAMPLE = 2
 
 ORANGE = (236, 132, 46)
@@ -40,7 +43,8 @@ def draw_subject_image(rng: random.Random, size: int = 512) -> Image.Image:
         An RGB image.
     """
     big = size * _SUPERSAMPLE
-    img = _background(rng, big)
+    place = rng.choice(list(PLACES))
+    img = draw_place(place, rng, big)
     layer = Image.new("RGBA", (big, big), (0, 0, 0, 0))
     scale = rng.uniform(0.55, 0.8) * big / 512
     cx = big / 2 + rng.uniform(-0.12, 0.12) * big
@@ -53,26 +57,6 @@ def draw_subject_image(rng: random.Random, size: int = 512) -> Image.Image:
     if rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return img.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
-
-
-def _background(rng: random.Random, big: int) -> Image.Image:
-    top = tuple(rng.randint(150, 240) for _ in range(3))
-    bottom = tuple(max(0, c - rng.randint(30, 90)) for c in top)
-    img = Image.new("RGBA", (big, big))
-    draw = ImageDraw.Draw(img)
-    for y in range(big):
-        t = y / (big - 1)
-        draw.line(
-            [(0, y), (big, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True))
-        )
-    for _ in range(rng.randint(3, 8)):  # soft blobs: out-of-focus scenery
-        r = rng.uniform(0.05, 0.2) * big
-        x, y = rng.uniform(0, big), rng.uniform(0, big)
-        tint = (*tuple(min(255, c + rng.randint(-40, 40)) for c in top), 110)
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=tint)
-    floor = rng.uniform(0.68, 0.82) * big
-    draw.rectangle([0, floor, big, big], fill=(*tuple(max(0, c - 50) for c in bottom), 255))
-    return img.filter(ImageFilter.GaussianBlur(big / 200))
 
 
 def _kitten(draw: ImageDraw.ImageDraw, rng: random.Random, cx: float, cy: float, s: float) -> None:
