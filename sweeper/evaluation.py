@@ -22,7 +22,7 @@ from lora_core.metrics import METRICS, EvalModels, ImageScorer, clip_t_prompt, m
 from lora_core.models import resolve_device
 from lora_core.tiny_eval import resolve_eval_model
 from sweeper.grid import GridCell
-from sweeper.report import objective_value, parse_objective
+from sweeper.objective import objective_value, parse_objective
 from sweeper.results import SCORE_COLUMNS, SCORES_FILE, read_scores
 
 log = logging.getLogger(__name__)

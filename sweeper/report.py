@@ -18,38 +18,13 @@ from lora_core.atomic import atomic_path, write_text_atomic
 from lora_core.errors import UserInputError
 from sweeper.grid import first_images
 from sweeper.naming import format_number
+from sweeper.objective import parse_objective
 from sweeper.results import METRICS, RunResult, load_results, varying_keys
 
 REPORT_FILE = "report.md"
 PAGE_FILE = "compare.html"
 LOSS_PLOT = "loss_curves.png"
 _TEMPLATE = Path(__file__).with_name("compare_page.html")
-
-
-# ---- objective ---------------------------------------------------------------------------------------------
-def parse_objective(text: str) -> list[tuple[float, str]]:
-    """``"dino+clip_t"`` or ``"0.5*dino + clip_t"`` -> [(weight, metric), ...].
-
-    Raises:
-        UserInputError: An unknown metric name.
-    """
-    terms = []
-    for part in text.replace(" ", "").split("+"):
-        weight, _, name = part.rpartition("*")
-        if name not in METRICS:
-            raise UserInputError(f"eval.objective={text!r}: {name!r} is not a metric ({', '.join(METRICS)}).")
-        try:
-            terms.append((float(weight) if weight else 1.0, name))
-        except ValueError as err:
-            raise UserInputError(f"eval.objective={text!r}: {weight!r} is not a number.") from err
-    return terms
-
-
-def objective_value(means: dict, terms: list[tuple[float, str]]) -> float | None:
-    """Weighted sum of metric means, or None when a metric is missing."""
-    if any(name not in means for _, name in terms):
-        return None
-    return sum(weight * means[name] for weight, name in terms)
 
 
 # ---- compare page ------------------------------------------------------------------------------------------
@@ -130,13 +105,8 @@ def plot_losses(runs: list[RunResult], path: Path) -> Path | None:
 
 
 def _best_cell(run: RunResult, prompt: str, terms: list[tuple[float, str]]) -> str:
-    by_cell = {k: v for k, v in run.means("cell").items() if k.startswith(f"{prompt}_")}
-    scored = [(objective_value(v, terms), k) for k, v in by_cell.items()]
-    scored = [(v, k) for v, k in scored if v is not None]
-    if not scored:
-        return "-"
-    value, key = max(scored)
-    return f"`{key.split('_', 1)[1]}` ({value:.3f})"
+    best = run.best_cells(terms).get(prompt)
+    return f"`{best[0]}` ({best[1]:.3f})" if best else "-"
 
 
 def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot: Path | None) -> str:
@@ -151,7 +121,8 @@ def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot
         scored = [(values[r.name][m], r.name) for r in runs if values[r.name].get(m) is not None]
         if scored:
             best[m] = (min if m == "final_loss" else max)(scored)[1]
-    prompts = list(dict.fromkeys(c.prompt_name for r in runs for c in r.cells))
+    # A prompt with one cell has no best cell to pick: no column for it.
+    prompts = [p for p, n in _cells_per_prompt(runs).items() if n > 1]
     lines = [f"# Sweep report: {sweep_dir.name}", "",
              f"{len(runs)} finished configurations. Metrics are means over every rendered picture "
              f"(DreamBooth protocol: DINO and CLIP-I against the subject pictures, CLIP-T against the prompt); "
@@ -178,6 +149,18 @@ def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot
         lines += [f"![loss curves]({plot.name})", ""]
     lines += [f"Side by side: open `{PAGE_FILE}` in a browser.", ""]
     return "\n".join(lines)
+
+
+def _cells_per_prompt(runs: list[RunResult]) -> dict[str, int]:
+    """Prompt short name -> most distinct (unet, text, guidance) cells any run has for it."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        cells: dict[str, set] = {}
+        for c in run.cells:
+            cells.setdefault(c.prompt_name, set()).add((c.unet_scale, c.text_scale, c.guidance))
+        for prompt, found in cells.items():
+            counts[prompt] = max(counts.get(prompt, 0), len(found))
+    return counts
 
 
 def dreambooth_table(runs: list[RunResult]) -> list[str]:

@@ -16,6 +16,7 @@ from lora_core.metrics import METRICS, mean_scores
 from lora_core.training import LOSS_LOG
 from sweeper.grid import GridCell
 from sweeper.naming import format_number
+from sweeper.objective import objective_value
 
 SCORES_FILE = "scores.csv"
 SCORE_COLUMNS = ("file", "prompt_name", "prompt", "unet_scale", "text_scale", "guidance", "seed", "index")
@@ -68,11 +69,32 @@ class RunResult:
         by = None if group is None else {"prompt": "prompt_name", "cell": cell_key}[group]
         return mean_scores(self.scores, by)
 
+    def best_cells(self, terms: list[tuple[float, str]]) -> dict[str, tuple[str, float]]:
+        """Per prompt, the cell (``unet;text;guidance``) whose pictures score highest by ``terms``.
+
+        Prompts are told apart by the short name each score row carries, never by parsing file names
+        (``purple`` is not a prefix match of ``purple_rug``).
+
+        Returns:
+            ``{prompt short name: (cell, objective)}``; prompts without scores are left out.
+        """
+        best: dict[str, tuple[str, float]] = {}
+        by_prompt = mean_scores(self.scores, lambda r: (r["prompt_name"], cell_scales(r)))
+        for (prompt, cell), means in by_prompt.items():
+            value = objective_value(means, terms)
+            if value is not None and (prompt not in best or value > best[prompt][1]):
+                best[prompt] = (cell, value)
+        return best
+
+
+def cell_scales(row: dict) -> str:
+    """A scored picture's cell as ``unet;text;guidance`` (``0.9;0.5;3.6``)."""
+    return ";".join(format_number(row[k]) for k in ("unet_scale", "text_scale", "guidance"))
+
 
 def cell_key(row: dict) -> str:
     """The grid cell a scored picture belongs to, whatever its seed and index: ``sf_0.9;0.5;3.6``."""
-    u, t, g = (format_number(row[k]) for k in ("unet_scale", "text_scale", "guidance"))
-    return f"{row['prompt_name']}_{u};{t};{g}"
+    return f"{row['prompt_name']}_{cell_scales(row)}"
 
 
 def read_scores(run_dir: Path) -> list[dict]:
@@ -110,15 +132,17 @@ def load_results(sweep_dir: str | Path) -> list[RunResult]:
         raise UserInputError(f"{sweep_dir}: no such sweep folder.")
     runs = []
     for record_path in sorted(sweep_dir.glob("*/run.json")):
-        record = json.loads(record_path.read_text())
-        if record.get("status") != "done":
-            continue
-        run_dir = record_path.parent
-        cells = [GridCell(**c) for c in record.get("cells", [])]
-        runs.append(
-            RunResult(run_dir, record.get("settings", {}), cells, read_scores(run_dir), read_loss(run_dir))
-        )
+        if json.loads(record_path.read_text()).get("status") == "done":
+            runs.append(load_run(record_path.parent))
     return runs
+
+
+def load_run(run_dir: Path) -> RunResult:
+    """One run folder's results (whatever its status)."""
+    record_path = run_dir / "run.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    cells = [GridCell(**c) for c in record.get("cells", [])]
+    return RunResult(run_dir, record.get("settings", {}), cells, read_scores(run_dir), read_loss(run_dir))
 
 
 def varying_keys(runs: list[RunResult]) -> list[str]:

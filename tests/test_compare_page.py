@@ -1,15 +1,10 @@
 """The compare page and the report, read the way a person reads them (a real headless browser)."""
 
-import shutil
-from pathlib import Path
-
 import pytest
+from conftest import ARTIFACTS
 
-from sweeper.report import parse_objective, write_report
-
-ARTIFACTS = Path(__file__).resolve().parent.parent / "outputs" / "test-artifacts"
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
+from sweeper.objective import parse_objective
+from sweeper.report import write_report
 
 
 def test_the_report_has_a_row_per_configuration_and_the_loss_plot(quickstart_sweep):
@@ -28,26 +23,6 @@ def test_objectives_parse_with_weights():
     assert parse_objective("0.5*dino + 2*clip_i") == [(0.5, "dino"), (2.0, "clip_i")]
     with pytest.raises(Exception, match=r"eval\.objective"):
         parse_objective("dino+beauty")
-
-
-@pytest.fixture
-def browser():
-    if not (BROWSER and DRIVER):
-        pytest.skip("no headless browser: install Debian's chromium and chromium-driver "
-                    "(apt-get install chromium chromium-driver); .ci/run installs them")  # fmt: skip
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = BROWSER
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1200,900", "--allow-file-access-from-files"):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 def _shown(driver):
