@@ -53,8 +53,8 @@ format: $(VENV)/.installed ## Format the code with ruff
 bench: $(VENV)/.installed ## Run the benchmarks (prints ratios against baselines measured in the same run)
 	$(PY) -m bench $(ARGS)
 
-ui: $(VENV)/.installed ## Open the MLflow UI on 127.0.0.1 for the sweeps' store (STORE=, UI_PORT=)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(STORE)) --host 127.0.0.1 --port $(UI_PORT)
+ui: $(VENV)/.installed ## Print each sweep's MLflow link and open the UI on 127.0.0.1 (STORE=, UI_PORT=)
+	$(PY) -m sweeper.mlflow_ui --store $(STORE) --port $(UI_PORT)
 
 lock: ## Refresh constraints.txt from the current .venv
 	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > $(CONSTRAINTS)

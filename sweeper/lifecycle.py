@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from lora_core.errors import UserInputError
 from sweeper.job_config import sweep_dir_of
+from sweeper.mlflow_ui import describe_sweep, summarise_sweep
 from sweeper.plan import SweepPlan, expand_jobs, plan_sweep
 from sweeper.tracking import Tracker, default_uri
 
@@ -65,6 +66,7 @@ class SweepCallback(Callback):
             else:
                 plan = SweepPlan(name=config.sweep.name, varying=searched_train_keys(config))
             sweep_dir.mkdir(parents=True, exist_ok=True)
+            self._plan = plan
             plan.tracking = self._open_parent(config, sweep_dir, SweepPlan.load(sweep_dir))
             plan.save(sweep_dir)
 
@@ -81,6 +83,7 @@ class SweepCallback(Callback):
             else None
         )
         parent = tracker.parent_run(reuse, config.sweep.name, {"sweep": config.sweep.name})
+        describe_sweep(tracker, parent, config, self._plan)
         return {"uri": uri, "experiment_id": tracker.experiment_id, "parent_run_id": parent}
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -103,13 +106,27 @@ class SweepCallback(Callback):
                 tracker.log_artifact(parent, sheet, "sheets")
             for name in ("sweep.json", REPORT_FILE, LOSS_PLOT, PAGE_FILE):
                 tracker.log_artifact(parent, sweep_dir / name)
+            summarise_sweep(tracker, parent, sweep_dir, config.eval.objective)
             tracker.finish(parent)
         if config.sweep.print_summary:
-            print_summary(config, sweep_dir, sheets)
+            print_summary(config, sweep_dir, sheets, plan.tracking.get("experiment_id") if plan else None)
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
-        """A single run (no ``-m``): say where its results are."""
+        """A single run (no ``-m``): its report and compare page, the MLflow view, and where all of it is."""
+        from sweeper.report import write_report
+        from sweeper.results import load_results
         from sweeper.summary import print_summary
 
+        sweep_dir = sweep_dir_of(config)
+        if not sweep_dir.is_dir() or not load_results(sweep_dir):
+            return  # the run failed and said why
+        with exit_on_error():
+            write_report(sweep_dir, config.eval.objective)
+        experiment = None
+        if config.tracking.enabled:
+            tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.sweep.name, sweep_dir,
+                              config.tracking.connect_timeout)  # fmt: skip
+            describe_sweep(tracker, None, config, SweepPlan(name=config.sweep.name, varying=[]))
+            experiment = tracker.experiment_id
         if config.sweep.print_summary:
-            print_summary(config, sweep_dir_of(config), [])
+            print_summary(config, sweep_dir, [], experiment)

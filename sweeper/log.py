@@ -11,17 +11,26 @@ import json
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from lora_core.atomic import write_text_atomic
 from lora_core.errors import UserInputError
 from sweeper.contact import SHEETS_DIR
 from sweeper.mirror import log_run_folder
-from sweeper.plan import SweepPlan
+from sweeper.mlflow_ui import describe_sweep, experiment_link, summarise_sweep, ui_base
+from sweeper.plan import PLAN_FILE, SweepPlan
+from sweeper.report import LOSS_PLOT, PAGE_FILE, REPORT_FILE
 from sweeper.results import load_results
 from sweeper.tracking import PENDING_FILE, Tracker, default_uri
 
 
-def log_sweep_folder(sweep_dir: Path, uri: str | None = None, experiment: str | None = None) -> int:
-    """Log every finished run of a sweep folder under one parent run.
+def log_sweep_folder(
+    sweep_dir: Path, uri: str | None = None, experiment: str | None = None
+) -> tuple[int, str]:
+    """Log every finished run of a sweep folder beside one parent run, with the experiment's shared view.
+
+    A store logged by an older version (jobs as MLflow child runs, folded under the parent in the UI) is
+    upgraded: its jobs become flat runs, and the view and the parent's summary are written.
 
     Args:
         sweep_dir: ``<sweep.root>/<sweep.name>``.
@@ -29,7 +38,7 @@ def log_sweep_folder(sweep_dir: Path, uri: str | None = None, experiment: str | 
         experiment: Experiment name; default: the sweep's name.
 
     Returns:
-        Number of runs logged now.
+        (number of runs logged now, the link that opens the sweep's jobs in the MLflow UI).
 
     Raises:
         UserInputError: Not a sweep folder, or the store cannot be reached.
@@ -47,6 +56,9 @@ def log_sweep_folder(sweep_dir: Path, uri: str | None = None, experiment: str | 
     plan = SweepPlan.load(sweep_dir) or SweepPlan(name=sweep_dir.name, varying=[])
     previous = plan.tracking.get("parent_run_id") if plan.tracking.get("uri") == uri else None
     parent = tracker.parent_run(previous, sweep_dir.name, {"sweep": sweep_dir.name})
+    tracker.unfold_children(parent)  # a store logged when jobs were MLflow child runs
+    config = OmegaConf.load(runs[-1] / "config.yaml")
+    describe_sweep(tracker, parent, config, plan)
     logged = 0
     for run_dir in runs:
         run_id, finished = tracker.child_run(parent, run_dir.name, {"sweep": sweep_dir.name})
@@ -58,13 +70,16 @@ def log_sweep_folder(sweep_dir: Path, uri: str | None = None, experiment: str | 
         logged += 1
     for sheet in sorted((sweep_dir / SHEETS_DIR).glob("*.png")):
         tracker.log_artifact(parent, sheet, SHEETS_DIR)
+    for name in (PLAN_FILE, REPORT_FILE, LOSS_PLOT, PAGE_FILE):
+        tracker.log_artifact(parent, sweep_dir / name)
+    summarise_sweep(tracker, parent, sweep_dir, OmegaConf.select(config, "eval.objective") or "dino+clip_t")
     tracker.finish(parent)
     if not tracker.active:
         raise UserInputError(f"--tracking-uri {uri}: the store stopped answering; run this again.")
     plan.tracking = {"uri": uri, "experiment_id": tracker.experiment_id, "parent_run_id": parent}
     plan.save(sweep_dir)
     (sweep_dir / PENDING_FILE).unlink(missing_ok=True)
-    return logged
+    return logged, experiment_link(ui_base(uri), tracker.experiment_id)
 
 
 def _record_run_id(run_dir: Path, uri: str, run_id: str) -> None:
@@ -84,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default=None, help="default: the sweep folder's name")
     args = parser.parse_args(argv)
     try:
-        count = log_sweep_folder(args.sweep_dir, args.tracking_uri, args.experiment)
+        count, link = log_sweep_folder(args.sweep_dir, args.tracking_uri, args.experiment)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"Logged {count} runs of {args.sweep_dir} to MLflow.")
+    print(f"Logged {count} runs of {args.sweep_dir} to MLflow.\nThe jobs in the MLflow UI: {link}")
     return 0
 
 

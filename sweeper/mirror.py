@@ -19,11 +19,19 @@ SHEETS_DIR = "sheets"
 
 
 def run_params(run_dir: Path) -> dict[str, str]:
-    """Every config value of a run, flattened (``train.learning_rate`` ...), from its ``config.yaml``."""
+    """Every config value of a run, flattened (``train.learning_rate`` ...), and the base weights.
+
+    The values come from its ``config.yaml``; ``model.identity`` (``world-<content hash>``, a path or hub
+    id) from its ``run.json``.
+    """
     path = run_dir / "config.yaml"
     if not path.is_file():
         return {}
-    return flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    params = flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    record = run_dir / "run.json"
+    if record.is_file() and (base := json.loads(record.read_text()).get("base_model")):
+        params["model.identity"] = str(base)
+    return params
 
 
 def run_summary_metrics(run_dir: Path) -> list[tuple[str, float, int]]:
@@ -81,6 +89,48 @@ def step_metrics(run_dir: Path) -> list[tuple[str, float, int]]:
     return rows
 
 
+def image_chart_steps(run_dir: Path) -> dict[str, tuple[str, int, str, str]]:
+    """Picture stem -> (MLflow image key, step, cell as ``unet;text;guidance``, prompt), from ``run.json``.
+
+    A prompt's pictures take steps 0, 1, ... in grid order.
+    """
+    from sweeper.mlflow_ui import image_chart_key
+    from sweeper.results import cell_scales
+
+    record = run_dir / "run.json"
+    cells = json.loads(record.read_text()).get("cells", []) if record.is_file() else []
+    seen: dict[str, int] = {}
+    steps = {}
+    for cell in cells:
+        prompt = cell["prompt_name"]
+        scales = {
+            "unet_scale": cell["unet_scale"],
+            "text_scale": cell["text_scale"],
+            "guidance": cell["guidance"],
+        }
+        steps[cell["stem"]] = (image_chart_key(prompt), seen.get(prompt, 0), cell_scales(scales), prompt)
+        seen[prompt] = seen.get(prompt, 0) + 1
+    return steps
+
+
+def job_note(run_dir: Path) -> str:
+    """The job run's description: its settings, best cell per prompt, and the image charts' steps."""
+    from sweeper.mlflow_ui import note_for_job
+    from sweeper.objective import parse_objective
+    from sweeper.plan import SweepPlan
+    from sweeper.results import load_run
+
+    run = load_run(run_dir)
+    config = OmegaConf.load(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+    objective = OmegaConf.select(config, "eval.objective", default=None) if config else None
+    plan = SweepPlan.load(run_dir.parent)
+    cells_by_prompt: dict[str, list[str]] = {}
+    for _key, _step, cell, prompt in image_chart_steps(run_dir).values():
+        cells_by_prompt.setdefault(prompt, []).append(cell)
+    best = run.best_cells(parse_objective(objective or "dino+clip_t"))
+    return note_for_job(run_dir.name, run.settings, plan.varying if plan else [], best, cells_by_prompt)
+
+
 def log_run_folder(
     tracker: Tracker,
     run_id: str,
@@ -93,7 +143,9 @@ def log_run_folder(
     """Log params, metrics, pictures, sheets, adapters and config of a run folder to ``run_id``.
 
     Pictures keep the folder's layout as artifacts (``<run_dir>/<pr>_<u>;<t>;<g>.png``) and are also logged
-    as MLflow images (keys without ``;``), which the UI shows and compares across runs.
+    as MLflow images, one key per prompt (``grid/<pr>``) with the cell's position as the step, so one
+    image chart per prompt compares the runs and its slider walks through the cells. The run's
+    description (``mlflow.note.content``) says what the run is, its best cells and which step is which cell.
 
     Args:
         tracker: The tracker.
@@ -113,10 +165,12 @@ def log_run_folder(
         run_summary_metrics(run_dir) + score_metrics(run_dir) + (step_metrics(run_dir) if with_steps else [])
     )
     tracker.log_metrics(run_id, metrics)
+    chart_steps = image_chart_steps(run_dir)
     for picture in sorted(run_dir.glob("*.png")) if pictures is None else pictures:
         tracker.log_artifact(run_id, picture, run_dir.name)
-        if log_images:
-            tracker.log_image(run_id, picture, picture.stem)
+        if log_images and picture.stem in chart_steps:
+            key, step, _cell, _prompt = chart_steps[picture.stem]
+            tracker.log_image(run_id, picture, key, step)
     tracker.log_artifact(run_id, run_dir / SHEETS_DIR, SHEETS_DIR)
     for name in (
         "config.yaml",
@@ -127,6 +181,7 @@ def log_run_folder(
         "reference_scores.json",
     ):
         tracker.log_artifact(run_id, run_dir / name, "config" if name.endswith(".yaml") else None)
+    tracker.set_tags(run_id, {"mlflow.note.content": job_note(run_dir)})
     lora = run_dir / "lora"
     tracker.log_artifact(run_id, lora / LOSS_LOG, "lora")
     if log_adapters:

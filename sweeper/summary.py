@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from sweeper.mlflow_ui import experiment_link, ui_base
 from sweeper.tracking import PENDING_FILE, default_uri
 
 
@@ -14,11 +15,13 @@ def ui_command(uri: str) -> str:
     """The command that opens the MLflow UI on this store (on 127.0.0.1)."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
-    return f"make ui   (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000)"
+    return f"make ui   (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000 --workers 1)"
 
 
-def print_summary(config: DictConfig, sweep_dir: Path, sweep_sheets: list[Path]) -> None:
-    """Print the end-of-sweep summary to stdout."""
+def print_summary(
+    config: DictConfig, sweep_dir: Path, sweep_sheets: list[Path], experiment_id: str | None = None
+) -> None:
+    """Print the end-of-sweep summary to stdout (with the MLflow UI link when ``experiment_id`` is known)."""
     runs = sorted(p.parent for p in sweep_dir.glob("*/run.json"))
     done = [r for r in runs if json.loads((r / "run.json").read_text()).get("status") == "done"]
     uri = config.tracking.uri or default_uri(config.sweep.root)
@@ -42,4 +45,8 @@ def print_summary(config: DictConfig, sweep_dir: Path, sweep_sheets: list[Path])
     else:
         lines += [f"  MLflow:      {uri}  (experiment '{config.tracking.experiment or config.sweep.name}')",
                   f"  open the UI: {ui_command(uri)}"]  # fmt: skip
+        if experiment_id:
+            base = ui_base(uri)
+            lines += [f"  the jobs:    {experiment_link(base, experiment_id)}",
+                      f"  charts:      {experiment_link(base, experiment_id, charts=True)}"]  # fmt: skip
     print("\n".join(lines), flush=True)

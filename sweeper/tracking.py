@@ -68,17 +68,34 @@ def client_for(uri: str):
 
 
 def experiment_id(client, name: str, artifact_root: Path | None) -> str:
-    """The experiment named ``name``, created (artifacts under ``artifact_root``) if missing."""
+    """The experiment named ``name`` (a model-training experiment), created (artifacts under ``artifact_root``) if missing."""
+    from mlflow.exceptions import MlflowException
+
+    from sweeper.mlflow_ui import KIND, KIND_TAG
+
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
+        if found.tags.get(KIND_TAG) != KIND:  # a store logged before experiments were marked
+            client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
         return found.experiment_id
     location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:
+        # A model-training experiment: the UI's runs, charts and images, not GenAI's traces and judges.
+        return client.create_experiment(name, artifact_location=location, tags={KIND_TAG: KIND})
+    except MlflowException:  # another job created it first
         return client.get_experiment_by_name(name).experiment_id
+
+
+def _tracking_errors() -> tuple[type[BaseException], ...]:
+    """What a store that fails raises: MLflow's own errors, and OS/network errors (requests' are OSErrors).
+
+    Anything else is a bug in this project and must surface, not turn into "MLflow failed".
+    """
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, OSError)
 
 
 def image_key(stem: str) -> str:
@@ -125,7 +142,7 @@ class Tracker:
             self.client = client_for(uri)
             root = self.sweep_dir.parent / "mlartifacts" if uri.startswith("sqlite") else None
             self.experiment_id = experiment_id(self.client, experiment, root)
-        except Exception as err:
+        except _tracking_errors() as err:
             self._disable(f"MLflow store {uri} failed: {err}")
 
     @property
@@ -156,7 +173,7 @@ class Tracker:
             return None
         try:
             return fn(self.client, *args, **kwargs)
-        except Exception as err:
+        except _tracking_errors() as err:
             self._disable(f"{what} failed ({type(err).__name__}: {err})")
             return None
 
@@ -166,12 +183,14 @@ class Tracker:
 
         def fn(client):
             if run_id:
+                from mlflow.exceptions import MlflowException
+
                 try:
                     run = client.get_run(run_id)
                     if run.info.lifecycle_stage == "active":
                         client.update_run(run_id, status="RUNNING")
                         return run_id
-                except Exception:
+                except MlflowException:  # gone from this store (deleted, or another store): start anew
                     pass
             return client.create_run(
                 self.experiment_id, tags={**tags, "sweep_role": "parent"}, run_name=name
@@ -192,8 +211,8 @@ class Tracker:
                     return run.info.run_id, True
                 client.delete_run(run.info.run_id)  # an interrupted attempt: its data is replayed from disk
             all_tags = {**tags, "run_dir": run_dir_name, "sweep_role": "job"}
-            if parent_id:
-                all_tags["mlflow.parentRunId"] = parent_id
+            if parent_id:  # not mlflow.parentRunId: the UI would fold the jobs under the parent (mlflow_ui)
+                all_tags["sweep_parent"] = parent_id
             return client.create_run(
                 self.experiment_id, tags=all_tags, run_name=run_dir_name
             ).info.run_id, False
@@ -205,8 +224,32 @@ class Tracker:
         quoted = run_dir_name.replace("'", "\\'")
         query = f"tags.run_dir = '{quoted}'"
         if parent_id:
-            query += f" and tags.mlflow.parentRunId = '{parent_id}'"
+            query += f" and tags.sweep_parent = '{parent_id}'"
         return self.call("searching runs", lambda c: c.search_runs([self.experiment_id], query)) or []
+
+    def unfold_children(self, parent_id: str | None) -> int:
+        """Turn runs logged as MLflow children of ``parent_id`` (before sweeps were flat) into flat job runs.
+
+        Returns:
+            How many runs were changed.
+        """
+
+        def fn(client):
+            query = f"tags.mlflow.parentRunId = '{parent_id}'"
+            runs = client.search_runs([self.experiment_id], query)
+            for run in runs:
+                client.set_tag(run.info.run_id, "sweep_parent", parent_id)
+                client.delete_tag(run.info.run_id, "mlflow.parentRunId")
+            return len(runs)
+
+        return (self.call("unfolding child runs", fn) or 0) if parent_id else 0
+
+    def set_experiment_tags(self, tags: dict[str, str]) -> None:
+        """Set tags on the sweep's experiment (the shared view of ``sweeper.mlflow_ui``)."""
+        for k, v in tags.items():
+            self.call(
+                "tagging the experiment", lambda c, k=k, v=v: c.set_experiment_tag(self.experiment_id, k, v)
+            )
 
     def finish(self, run_id: str | None, status: str = "FINISHED") -> None:
         """Mark a run finished (or FAILED/KILLED)."""
@@ -223,6 +266,23 @@ class Tracker:
             self.call(
                 "logging params", lambda c, b=items[i : i + _PARAM_BATCH]: c.log_batch(run_id, params=b)
             )
+
+    def log_new_params(self, run_id: str | None, params: dict[str, str]) -> None:
+        """Log the params ``run_id`` does not have yet.
+
+        A changed value (a rerun with another space) becomes a tag of the same name: MLflow params
+        cannot change.
+        """
+
+        def fn(client):
+            existing = client.get_run(run_id).data.params
+            self.log_params(run_id, {k: v for k, v in params.items() if k not in existing})
+            for k, v in params.items():
+                if k in existing and existing[k] != v:
+                    client.set_tag(run_id, k, v)
+
+        if run_id and params:
+            self.call("logging the sweep's space", fn)
 
     def log_metrics(self, run_id: str | None, rows: Iterable[tuple[str, float, int]]) -> None:
         """Log (key, value, step) metrics in batches."""
@@ -244,15 +304,15 @@ class Tracker:
         else:
             self.call("uploading an artifact", lambda c: c.log_artifact(run_id, str(path), artifact_path))
 
-    def log_image(self, run_id: str | None, image_path: Path, key: str) -> None:
-        """Log a picture under ``key`` so the UI shows and compares it across runs."""
+    def log_image(self, run_id: str | None, image_path: Path, key: str, step: int = 0) -> None:
+        """Log a picture under ``key`` at ``step`` so the UI's image charts compare it across runs."""
         from PIL import Image
 
         if not run_id:
             return
         with Image.open(image_path) as img:
             img.load()
-            self.call("logging an image", lambda c: c.log_image(run_id, img, key=image_key(key), step=0))
+            self.call("logging an image", lambda c: c.log_image(run_id, img, key=key, step=step))
 
     def set_tags(self, run_id: str | None, tags: dict) -> None:
         """Set tags on a run."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Screenshots the browser tests leave for a person to look at (git-ignored, like all of outputs/).
+ARTIFACTS = Path(__file__).resolve().parent.parent / "outputs" / "test-artifacts"
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +91,24 @@ def render(pipe, prompt: str = "a photo of ktn cat", seed: int = 7, steps: int =
         prompt, num_inference_steps=steps, height=64, width=64, guidance_scale=3.0,
         generator=torch.Generator().manual_seed(seed), output_type="np",
     ).images[0]  # fmt: skip
+
+
+@pytest.fixture
+def browser():
+    """Debian's headless chromium driven by selenium (the compare page and the MLflow UI tests)."""
+    if not (BROWSER and DRIVER):
+        pytest.skip("no headless browser: install Debian's chromium and chromium-driver "
+                    "(apt-get install chromium chromium-driver); .ci/run installs them")  # fmt: skip
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1200,900", "--allow-file-access-from-files"):  # fmt: skip
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
