@@ -1,4 +1,4 @@
-"""Load a base Stable Diffusion 1.x pipeline: hub id, local folder, single-file checkpoint, or the tiny default.
+"""Load a base Stable Diffusion 1.x pipeline: hub id, local folder, single-file checkpoint, world or tiny model.
 
 Pipelines are cached per process, so the later jobs of a sweep that run in the same process reuse the
 weights instead of loading them again. Callers must leave the cached pipeline as they found it (no
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lora_core.errors import UserInputError
 from lora_core.tiny_model import TinyModelSpec, ensure_tiny_model
+from lora_core.world_weights import WORLD, world_hash, world_part
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ class ModelSource:
     """Where the base model comes from and how to hold it.
 
     Attributes:
-        path: ``"tiny"`` (the embedded default), a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``),
+        path: ``"world"`` (the embedded default, pretrained on the drawn world), ``"tiny"`` (random weights,
+            fastest), a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``),
             a local diffusers folder, or a single ``.safetensors``/``.ckpt`` checkpoint.
         revision: Hub revision (branch, tag or commit); None for the default.
         variant: Weight variant on the hub (``fp16``) to download less; None for full weights.
@@ -107,10 +109,15 @@ def model_identity(source: ModelSource) -> str:
         source: The model source.
 
     Returns:
-        ``tiny-<fingerprint>``, or the path/hub id with its revision and variant.
+        ``tiny-<fingerprint>``, ``world-<content hash>``, or the path/hub id with its revision and variant.
+
+    Raises:
+        UserInputError: The world model's files are missing or corrupt.
     """
     if source.path == TINY:
         return f"tiny-{source.tiny.fingerprint()}"
+    if source.path == WORLD:
+        return f"world-{world_hash()}"
     local = Path(source.path).expanduser()
     path = str(local.resolve()) if local.exists() else source.path
     return f"{path}@{source.revision or 'main'}:{source.variant or 'full'}"
@@ -157,10 +164,8 @@ def load_tokenizer(source: ModelSource):
     """
     from transformers import CLIPTokenizer
 
-    path = source.path
-    if path == TINY:
-        path = str(ensure_tiny_model(source.tiny, source.cache_dir))
-    elif Path(path).expanduser().is_file() or path.endswith(_SINGLE_FILE_SUFFIXES):
+    path = _embedded_folder(source)
+    if Path(path).expanduser().is_file() or path.endswith(_SINGLE_FILE_SUFFIXES):
         path = source.single_file_config or "openai/clip-vit-large-patch14"
         if not Path(path).is_dir():
             return CLIPTokenizer.from_pretrained(path, local_files_only=source.local_files_only)
@@ -169,6 +174,15 @@ def load_tokenizer(source: ModelSource):
                                              local_files_only=source.local_files_only)  # fmt: skip
     except (OSError, ValueError) as err:
         raise UserInputError(f"model.path={source.path}: cannot load its tokenizer ({err}).") from err
+
+
+def _embedded_folder(source: ModelSource) -> str:
+    """The folder of ``tiny`` (built on first use) or ``world`` (verified); any other path unchanged."""
+    if source.path == TINY:
+        return str(ensure_tiny_model(source.tiny, source.cache_dir))
+    if source.path == WORLD:
+        return world_part("sd")
+    return source.path
 
 
 def clear_pipeline_cache() -> None:
@@ -180,9 +194,7 @@ def _load_uncached(source: ModelSource, dtype):
     from diffusers import StableDiffusionPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
-    path = source.path
-    if path == TINY:
-        path = str(ensure_tiny_model(source.tiny, source.cache_dir))
+    path = _embedded_folder(source)
     local = Path(path).expanduser()
     common = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lora_core.atomic import atomic_dir
 from lora_core.tiny_model import byte_level_vocab, default_cache_dir
+from lora_core.world_weights import WORLD, world_part
 
 TINY = "tiny"
 _VERSION = 1
@@ -69,13 +70,18 @@ def ensure_tiny_clip(cache_dir: str | os.PathLike | None = None, seed: int = 0) 
 
 
 def resolve_eval_model(name: str, kind: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """``tiny`` -> the tiny model's folder (built on first use); anything else unchanged.
+    """``tiny``/``world`` -> the folder of that evaluation model; anything else unchanged.
+
+    ``tiny`` is built on first use; ``world`` is the world model's identity ViT (``dino``) or world CLIP
+    (``clip``), its files checked.
 
     Args:
         name: ``eval.dino_model`` or ``eval.clip_model``.
         kind: ``dino`` or ``clip``.
         cache_dir: Cache folder (default: ``default_cache_dir()``).
     """
+    if name == WORLD:
+        return world_part("identity" if kind == "dino" else "clip")
     if name != TINY:
         return name
     return str(ensure_tiny_dino(cache_dir) if kind == "dino" else ensure_tiny_clip(cache_dir))

@@ -278,6 +278,7 @@ class Job:
             "run_dir": self.run_dir.name,
             "sweep": self.cfg.sweep.name,
             "overrides": self.overrides,
+            "base_model": self._identity["base_model"],  # the weights' content hash for world / tiny
             "settings": self.spec.settings.to_dict(),
             "cells": [c.__dict__ for c in self.spec.cells],
             "result": {k: str(v) if isinstance(v, Path) else v for k, v in self.result.__dict__.items()},

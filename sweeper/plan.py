@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from lora_core.atomic import write_text_atomic
 from lora_core.errors import UserInputError
 from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS
+from lora_core.world_weights import WORLD, verified_world_dir
 from sweeper.job_config import JobSpec, build_job
 from sweeper.schema import TrainConfig
 
@@ -169,12 +170,15 @@ def check_inputs(specs: list[JobSpec]) -> None:
     """Check models and subject folders once per distinct value, before anything trains.
 
     Raises:
-        UserInputError: A local model path that does not exist, a malformed hub id, or a subject folder
+        UserInputError: The world model's weights missing or corrupt, a local model path that does not exist, a malformed hub id, or a subject folder
             that is missing, empty, or holds an unreadable picture.
     """
     from lora_core.subject import load_subject_images
 
     for path in sorted({spec.model.path for spec in specs}):
+        if path == WORLD:
+            verified_world_dir()  # missing or corrupt weights stop the sweep here, named
+            continue
         if path == "tiny" or Path(path).expanduser().exists():
             continue
         if (

@@ -98,7 +98,7 @@ def test_quickstart_sweeps_two_by_two_learning_rates():
         len(params["train.learning_rate"].split(",")) == 2
         and len(params["train.text_encoder_lr"].split(",")) == 2
     )
-    assert cfg.model.path == "tiny" and cfg.data.instance_dir is None
+    assert cfg.model.path == "world" and cfg.eval.dino_model == "world" and cfg.data.instance_dir is None
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)

@@ -41,10 +41,19 @@ def test_a_rare_single_token_passes(bpe):
     assert identifier_warnings(bpe, "vox") == []
 
 
-def test_the_command_lists_candidates_for_the_configured_model(cache_dir):
+def test_the_world_model_knows_ktn_as_one_rare_token(cache_dir):
     from sweep_cli import run_cli
 
     result = run_cli("sweeper.identifiers", "--count", "3", "data.token=ktn")
+    assert result.returncode == 0, result.output
+    assert "Identifier candidates for world" in result.stdout
+    assert "data.token='ktn' is a single rare token: good." in result.stdout
+
+
+def test_the_command_lists_candidates_for_the_configured_model(cache_dir):
+    from sweep_cli import run_cli
+
+    result = run_cli("sweeper.identifiers", "--count", "3", "data.token=ktn", "model=tiny")
     assert result.returncode == 0, result.output
     assert "Identifier candidates for tiny" in result.stdout
     assert len([line for line in result.stdout.splitlines() if "token " in line and "rank" in line]) == 3

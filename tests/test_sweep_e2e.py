@@ -68,14 +68,14 @@ def test_the_summary_says_where_everything_is(quickstart):
     assert "make ui" in result.stdout and "--host 127.0.0.1" in result.stdout
 
 
-def test_mlflow_has_a_parent_and_a_child_run_per_job(quickstart):
+def test_mlflow_has_a_parent_run_and_a_run_per_job(quickstart):
     root, _ = quickstart
     runs = mlflow_runs(root, "quickstart")
     parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
     children = [r for r in runs if r.data.tags.get("sweep_role") == "job"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert {r.info.run_name for r in children} == RUNS
-    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+    assert all(r.data.tags["sweep_parent"] == parents[0].info.run_id for r in children)
     assert all(r.info.status == "FINISHED" for r in children)
 
 
@@ -87,7 +87,8 @@ def test_child_runs_hold_params_metrics_and_artifacts(quickstart):
     child = next(r for r in mlflow_runs(root, "quickstart") if r.info.run_name == "3e-3;3e-4")
     params = child.data.params
     assert float(params["train.learning_rate"]) == 3e-3 and float(params["train.text_encoder_lr"]) == 3e-4
-    assert params["model.path"] == "tiny" and params["render.num_inference_steps"] == "3"
+    assert params["model.path"] == "world" and params["render.num_inference_steps"] == "3"
+    assert params["model.identity"].startswith("world-"), "the shipped weights' content hash"
     loss = client.get_metric_history(child.info.run_id, "loss")
     assert sorted(m.step for m in loss) == list(range(1, 7))
     for key in ("steps_per_second", "peak_memory_mb", "render_seconds", "lr", "text_encoder_lr"):
@@ -290,7 +291,7 @@ def test_parallel_launchers_complete_a_2_job_sweep(tmp_path, cache_dir, launcher
     assert {r.info.run_name for r in children} == set(records)
     assert all(r.info.status == "FINISHED" and "loss" in r.data.metrics for r in children)
     parent = next(r for r in runs if r.data.tags.get("sweep_role") == "parent")
-    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert all(r.data.tags["sweep_parent"] == parent.info.run_id for r in children)
 
 
 def test_every_picture_is_scored_and_the_scores_reach_mlflow_and_the_report(quickstart):

@@ -1,0 +1,125 @@
+"""What the grid's axes mean, checked on the shipped world model: a subject is learned, scales and guidance do
+what they do on SD 1.5. Fixed seeds on the CPU make every number here the same on every run; the margins
+are directions with room, not timings.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import numpy as np
+import pytest
+
+from lora_core import world
+from lora_core.render import GridRenderer, RenderCell, RenderOptions
+
+pytestmark = pytest.mark.slow
+
+SEEDS = range(8)
+SUBJECT = "a photo of ktn cat"
+
+
+@pytest.fixture(scope="module")
+def world_pipe():
+    from lora_core.models import ModelSource, load_pipeline
+
+    return load_pipeline(ModelSource(path="world", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def world_subject(tmp_path_factory):
+    """The drawn kitten at the world's 64 px, as pictures and as a folder."""
+    from lora_core.drawn_subject import ensure_drawn_subject
+    from lora_core.subject import load_subject_images
+
+    folder = ensure_drawn_subject(tmp_path_factory.mktemp("subject"), count=5, seed=0)
+    return folder, load_subject_images(folder, world.SIZE)
+
+
+@pytest.fixture(scope="module")
+def trained_lora(world_pipe, world_subject, tmp_path_factory):
+    """A LoRA trained as the quickstart trains its best configuration."""
+    from lora_core.settings import TrainSettings
+    from lora_core.training import train_lora
+
+    out = tmp_path_factory.mktemp("lora")
+    settings = TrainSettings(instance_prompt=SUBJECT, resolution=world.SIZE, learning_rate=1e-3,
+                             text_encoder_lr=1e-4, max_train_steps=150, rank=8, seed=123, progress_bar=False)  # fmt: skip
+    train_lora(world_pipe, world_subject[1], settings, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scorer(world_subject):
+    from lora_core.metrics import EvalModels, ImageScorer
+    from lora_core.world_weights import world_part
+
+    models = EvalModels(
+        dino_model=world_part("identity"), clip_model=world_part("clip"), local_files_only=True
+    )
+    scorer = ImageScorer(models)
+    scorer.set_references(world_subject[1])
+    return scorer
+
+
+def _render(pipe, lora, prompt, unet, text, guidance=4.0, seeds=SEEDS):
+    cells = [RenderCell(prompt, unet, text, guidance, seed) for seed in seeds]
+    with GridRenderer(pipe, lora, RenderOptions(num_inference_steps=20, resolution=world.SIZE)) as renderer:
+        by_seed = {cell.seed: image for cell, image in renderer.render(cells)}
+    return [by_seed[s] for s in seeds]
+
+
+def _identity(scorer, images) -> float:
+    return statistics.fmean(row["dino"] for row in scorer.score(images, [SUBJECT] * len(images)))
+
+
+def test_unet_scale_zero_and_text_scale_zero_render_the_base_models_picture(world_pipe, trained_lora):
+    base = _render(world_pipe, None, SUBJECT, 1.0, 1.0, seeds=[0, 1])
+    off = _render(world_pipe, trained_lora, SUBJECT, 0.0, 0.0, seeds=[0, 1])
+    for a, b in zip(base, off, strict=True):
+        assert np.abs(np.asarray(a, float) - np.asarray(b, float)).max() <= 2  # float rounding only
+
+
+def test_the_trained_lora_draws_the_subject_at_least_half_way_from_the_base_model(
+    world_pipe, world_subject, trained_lora, scorer
+):
+    from sweeper.evaluation import reference_scores
+
+    base = _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 0.0, 0.0))
+    learned = _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 1.0, 1.0))
+    real = reference_scores(scorer, world_subject[1])["dino"]  # the subject pictures' own mutual similarity
+    assert learned - base >= 0.5 * (real - base), (base, learned, real)
+
+
+def test_text_scale_changes_how_the_identifier_is_understood(world_pipe, trained_lora, scorer):
+    without = _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 1.0, 0.0))
+    with_text = _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 1.0, 1.0))
+    assert with_text > without + 0.02, (without, with_text)
+
+
+def test_the_subject_keeps_the_prompts_place(world_pipe, trained_lora):
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from lora_core.world_model import zero_shot_read
+    from lora_core.world_weights import world_part
+
+    images = _render(world_pipe, trained_lora, "a ktn cat on the beach", 1.0, 1.0)
+    clip = CLIPModel.from_pretrained(world_part("clip")).eval()
+    places = [
+        p for _, _, p in zero_shot_read(clip, CLIPTokenizer.from_pretrained(world_part("clip")), images)
+    ]
+    assert places.count("beach") / len(places) >= 0.7, places
+
+
+def test_guidance_raises_prompt_adherence(world_pipe, scorer):
+    rng = random.Random(0)
+    captions = [
+        world.caption(world.Scene(*t)) for t in rng.sample(sorted(world.held_out_combinations(0)), 12)
+    ]
+
+    def clip_t(guidance):
+        images = [_render(world_pipe, None, c, 1.0, 1.0, guidance, seeds=[0])[0] for c in captions]
+        return statistics.fmean(row["clip_t"] for row in scorer.score(images, captions))
+
+    assert clip_t(7.0) > clip_t(1.0) + 0.02
