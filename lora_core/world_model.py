@@ -66,7 +66,7 @@ class Recipe:
     identity_batch: int = 64  # individuals per step, two pictures each
     identity_lr: float = 1e-3
     unet_channels: tuple[int, ...] = (32, 64, 128)
-    unet_steps: int = 12000
+    unet_steps: int = 9000
     unet_batch: int = 32
     unet_lr: float = 6e-4
     unet_pool: int = 40000  # pictures encoded once; captions are re-worded every time they are drawn
@@ -74,6 +74,7 @@ class Recipe:
     ema_decay: float = 0.9995
     eval_every: int = 1500
     eval_inference_steps: int = 25
+    judge_steps: int = 1500
 
     def scaled(self, factor: float) -> Recipe:
         """The same recipe with every step count (and the picture pool) multiplied by ``factor``."""
@@ -224,37 +225,100 @@ def _clip_config(recipe: Recipe, tokenizer):
 
 
 def train_clip(recipe: Recipe, out: Path) -> dict:
-    """Stage 2: the world CLIP, contrastive on captions drawn with their pictures."""
+    """Stage 2: the world CLIP, contrastive on captions drawn with their pictures.
+
+    Its text tower is what the UNet conditions on (as SD 1.x conditions on CLIP's).
+    """
     import torch
-    from transformers import CLIPImageProcessorPil, CLIPModel
+    from transformers import CLIPModel
 
     torch.manual_seed(recipe.seed + 1)
-    rng = random.Random(f"clip-{recipe.seed}")
     tokenizer = world_tokenizer()
     model = CLIPModel(_clip_config(recipe, tokenizer))
-    opt = torch.optim.AdamW(model.parameters(), recipe.clip_lr, weight_decay=0.05)
-    sched, started = _schedule(opt, 100, recipe.clip_steps), time.time()
+    rng = random.Random(f"clip-{recipe.seed}")
     held_out = world.held_out_combinations(recipe.seed)
-    for step in range(1, recipe.clip_steps + 1):
-        x, scenes = world_batch(rng, recipe.clip_batch, held_out)
-        tokens = tokenizer([world.caption(s, rng) for s in scenes], padding=True, return_tensors="pt")
+    _contrastive(
+        model,
+        tokenizer,
+        rng,
+        held_out,
+        recipe.clip_steps,
+        recipe.clip_batch,
+        recipe.clip_lr,
+        world.caption,
+        "clip",
+    )
+    return {"steps": recipe.clip_steps, **_save_clip(model, tokenizer, out, recipe)}
+
+
+def train_judge(recipe: Recipe, out: Path, clip_dir: Path, pipeline_parts: tuple) -> dict:
+    """Stage 5: the evaluation CLIP: the stage-2 CLIP trained on, half the captions naming only the object.
+
+    Colour and place are global features a CLIP learns first; shapes come later, and a caption that names
+    only the object makes it the one thing a picture can be told apart by. The UNet keeps the stage-2 text
+    tower it was trained with (``sd/text_encoder``); this CLIP (``clip/``) scores pictures (CLIP-I, CLIP-T)
+    and reads them back for the prompt-following measurement, which it repeats here on the final model.
+    """
+    import torch
+    from transformers import CLIPModel, CLIPTokenizer
+
+    torch.manual_seed(recipe.seed + 4)
+    model, tokenizer = CLIPModel.from_pretrained(clip_dir), CLIPTokenizer.from_pretrained(clip_dir)
+    rng = random.Random(f"judge-{recipe.seed}")
+
+    def caption(scene, rng):
+        return f"a photo of a {scene.obj}" if rng.random() < 0.5 else world.caption(scene, rng)
+
+    held_out = world.held_out_combinations(recipe.seed)
+    _contrastive(
+        model,
+        tokenizer,
+        rng,
+        held_out,
+        recipe.judge_steps,
+        recipe.clip_batch,
+        recipe.clip_lr / 2,
+        caption,
+        "judge",
+    )
+    report = {"steps": recipe.judge_steps, **_save_clip(model, tokenizer, out, recipe)}
+    pipe = assemble_pipeline(*pipeline_parts)
+    return {
+        **report,
+        "prompt_following": prompt_following(pipe, out, recipe.seed, steps=recipe.eval_inference_steps),
+    }
+
+
+def _contrastive(
+    model, tokenizer, rng, held_out, steps: int, batch: int, lr: float, caption, stage: str
+) -> None:
+    """Train ``model`` with CLIP's loss on fresh world pictures (never a held-out combination)."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.05)
+    sched, started = _schedule(opt, 100, steps), time.time()
+    for step in range(1, steps + 1):
+        x, scenes = world_batch(rng, batch, held_out)
+        tokens = tokenizer([caption(s, rng) for s in scenes], padding=True, return_tensors="pt")
         loss = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=x,
                      return_loss=True).loss  # fmt: skip
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-        _progress("clip", step, recipe.clip_steps, loss.item(), started)
+        _progress(stage, step, steps, loss.item(), started)
     model.eval()
+
+
+def _save_clip(model, tokenizer, out: Path, recipe: Recipe) -> dict:
+    from transformers import CLIPImageProcessorPil
+
     processor = CLIPImageProcessorPil(size={"shortest_edge": world.SIZE}, crop_size={"height": world.SIZE,
                                       "width": world.SIZE}, image_mean=_NORM[0], image_std=_NORM[1])  # fmt: skip
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
     real = _real_pictures(recipe.seed)
-    return {
-        "steps": recipe.clip_steps,
-        "zero_shot_on_world_pictures": zero_shot_accuracy(model, tokenizer, *real),
-    }
+    return {"zero_shot_on_world_pictures": zero_shot_accuracy(model, tokenizer, *real)}
 
 
 def train_identity(recipe: Recipe, out: Path) -> dict:
@@ -486,7 +550,10 @@ def prompt_following(pipe, clip_dir: Path, seed: int, guidance: float = 4.0, ste
 # ---------------------------------------------------------------------------------------------- build
 
 
-def build(out: Path, recipe: Recipe, stages: tuple[str, ...] = ("vae", "clip", "identity", "unet")) -> dict:
+STAGES = ("vae", "clip", "identity", "unet", "judge")
+
+
+def build(out: Path, recipe: Recipe, stages: tuple[str, ...] = STAGES) -> dict:
     """Run the recipe's stages into ``out`` (finished stages are kept) and write ``sd/`` and the manifest.
 
     Args:
@@ -506,6 +573,7 @@ def build(out: Path, recipe: Recipe, stages: tuple[str, ...] = ("vae", "clip", "
         "clip": lambda d: train_clip(recipe, d),
         "identity": lambda d: train_identity(recipe, d),
         "unet": lambda d: train_unet(recipe, d, work / "vae", work / "clip"),
+        "judge": lambda d: train_judge(recipe, d, work / "clip", _pipeline_parts(work)),
     }
     for stage in stages:
         if (work / stage / "config.json").is_file():
@@ -518,28 +586,30 @@ def build(out: Path, recipe: Recipe, stages: tuple[str, ...] = ("vae", "clip", "
     return assemble(out, recipe, report)
 
 
+def _pipeline_parts(work: Path) -> tuple:
+    """(UNet, VAE, text encoder, tokenizer) of the finished stages, in ``assemble_pipeline``'s order."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    return (UNet2DConditionModel.from_pretrained(work / "unet"), AutoencoderKL.from_pretrained(work / "vae"),
+            _text_encoder(work / "clip"), CLIPTokenizer.from_pretrained(work / "clip"))  # fmt: skip
+
+
 def assemble(out: Path, recipe: Recipe, report: dict) -> dict:
     """Gather the stages into the shipped layout and write ``manifest.json`` with every file's sha256."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPModel, CLIPTokenizer, ViTModel
+    from transformers import CLIPModel, ViTModel
 
     work = out / "stages"
-    tokenizer = CLIPTokenizer.from_pretrained(work / "clip")
-    pipe = assemble_pipeline(UNet2DConditionModel.from_pretrained(work / "unet"),
-                             AutoencoderKL.from_pretrained(work / "vae"), _text_encoder(work / "clip"), tokenizer)  # fmt: skip
     with atomic_dir(out / "sd") as tmp:
-        pipe.save_pretrained(tmp)
-    for name, cls in (("clip", CLIPModel), ("identity", ViTModel)):
+        assemble_pipeline(*_pipeline_parts(work)).save_pretrained(tmp)
+    judge = work / "judge" if (work / "judge" / "config.json").is_file() else work / "clip"
+    for name, cls, source in (("clip", CLIPModel, judge), ("identity", ViTModel, work / "identity")):
         with atomic_dir(out / name) as tmp:
-            cls.from_pretrained(work / name).save_pretrained(tmp)
-            for extra in (work / name).glob("*.json"):
+            cls.from_pretrained(source).save_pretrained(tmp)
+            for extra in [*source.glob("*.json"), *source.glob("*.txt")]:
                 if extra.name != "config.json":
                     (tmp / extra.name).write_bytes(extra.read_bytes())
-            for extra in (work / name).glob("*.txt"):
-                (tmp / extra.name).write_bytes(extra.read_bytes())
-    files = sorted(
-        p for p in out.rglob("*") if p.is_file() and "stages" not in p.parts and p.name != "manifest.json"
-    )
+    files = sorted(p for part in ("sd", "clip", "identity") for p in (out / part).rglob("*") if p.is_file())
     manifest = {
         "recipe": asdict(recipe),
         "report": report,
@@ -559,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--scale", type=float, default=1.0, help="multiply every step count (tests: 0.002)")
-    b.add_argument("--stages", nargs="+", default=["vae", "clip", "identity", "unet"])
+    b.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     recipe = Recipe(seed=args.seed)

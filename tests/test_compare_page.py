@@ -1,5 +1,7 @@
 """The compare page and the report, read the way a person reads them (a real headless browser)."""
 
+import re
+
 import pytest
 from conftest import ARTIFACTS
 
@@ -7,6 +9,7 @@ from sweeper.objective import parse_objective
 from sweeper.report import write_report
 
 
+@pytest.mark.slow
 def test_the_report_has_a_row_per_configuration_and_the_loss_plot(quickstart_sweep):
     root, _ = quickstart_sweep
     report, page = write_report(root / "quickstart")
@@ -15,7 +18,11 @@ def test_the_report_has_a_row_per_configuration_and_the_loss_plot(quickstart_swe
         assert f"| `{run}` |" in text
     assert text.count("**") >= 2, "the best configuration is highlighted"
     assert (root / "quickstart" / "loss_curves.png").stat().st_size > 1000
-    assert page.name == "compare.html" and "http" not in page.read_text().split("<script")[0]
+    html = page.read_text()
+    external = re.findall(
+        r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*["']?(?:https?:)?//""", html, re.I
+    )
+    assert page.name == "compare.html" and external == [], "the page must open offline"
 
 
 def test_objectives_parse_with_weights():
@@ -39,6 +46,7 @@ def _all_images_loaded(driver) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_the_compare_page_works_from_file_in_a_browser(quickstart_sweep, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select

@@ -194,3 +194,29 @@ def test_train_schema_and_training_settings_stay_in_step():
         assert (list(got) if isinstance(got, tuple) else got) == (
             list(value) if hasattr(value, "__len__") and not isinstance(value, str) else value
         ), key
+
+
+def test_study2_extends_study1_and_study4_extends_study3():
+    study1, study2 = _compose("experiment=study1"), _compose("experiment=study2")
+    assert study2.render.cells.sf == study1.render.cells.sf and study2.render.prompts == study1.render.prompts
+    assert (
+        list(study2.render.cells.fc)[:3] == list(study1.render.cells.fc) and len(study2.render.cells.fc) == 6
+    )
+    assert (study2.train.learning_rate, study2.train.lr_scheduler, study2.sweep.name) == (
+        1e-4,
+        "linear",
+        "study2",
+    )
+    study3, study4 = _compose("experiment=study3"), _compose("experiment=study4")
+    assert (
+        study4.render == study3.render
+        and study4.train.max_train_steps == 5000
+        and study4.sweep.name == "study4"
+    )
+
+
+def test_any_experiment_can_be_searched_with_optuna():
+    cfg = _compose("experiment=study3", "hparams_search=optuna", hydra=True)
+    assert "optuna" in cfg.hydra.sweeper._target_.lower() and cfg.hydra.sweeper.direction == "maximize"
+    assert "train.learning_rate" in cfg.hydra.sweeper.params
+    assert cfg.sweep.name == "study3" and list(cfg.render.unet_scales) == [0, 0.2, 0.4, 0.6, 0.8, 1]

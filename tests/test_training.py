@@ -249,6 +249,23 @@ def test_picture_order_visits_every_picture_each_epoch():
     assert picture_indices(3, 2, 5, seed=1) == seen[3]
 
 
+def test_min_snr_weights_follow_their_formula(pipe, subject_images, settings, tmp_path):
+    """Hang et al. 2023, epsilon prediction: weight = min(SNR, gamma) / SNR, SNR = a / (1 - a)."""
+    from lora_core.training import LoraTrainer
+
+    trainer = LoraTrainer(pipe, subject_images, settings(snr_gamma=5.0), tmp_path)
+    trainer.setup()
+    try:
+        t = torch.tensor([1, 100, 500, 999])
+        alpha_bar = trainer.noise_scheduler.alphas_cumprod[t]
+        snr = alpha_bar / (1 - alpha_bar)
+        expected = torch.minimum(snr, torch.tensor(5.0)) / snr
+        assert torch.allclose(trainer._snr_weights(t), expected)
+        assert expected[0] < 1 and expected[-1] == 1  # low noise is down-weighted, high noise kept
+    finally:
+        trainer.cleanup()
+
+
 def test_min_snr_and_noise_offset_train(pipe, subject_images, settings, tmp_path):
     result = train_lora(pipe, subject_images, settings(snr_gamma=5.0, noise_offset=0.1), tmp_path)
     assert all(np.isfinite(result.loss_history))

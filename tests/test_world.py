@@ -105,7 +105,7 @@ def test_recipe_writes_a_diffusers_pipeline_clip_identity_model_and_manifest(sma
     assert (out / "sd" / "model_index.json").is_file()
     assert {"sd/unet/diffusion_pytorch_model.safetensors", "clip/model.safetensors",
             "identity/model.safetensors"} <= set(manifest["files"])  # fmt: skip
-    assert set(manifest["report"]) == {"vae", "clip", "identity", "unet"}
+    assert set(manifest["report"]) == {"vae", "clip", "identity", "unet", "judge"}
     assert 0 <= manifest["report"]["unet"]["object"] <= 1
 
 
