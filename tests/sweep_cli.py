@@ -11,12 +11,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # Small enough to keep each sweep to seconds on 2 CPU cores, large enough to exercise every stage.
-FAST = [
-    "train.max_train_steps=6",
-    "train.log_every=2",
-    "render.num_inference_steps=3",
-    "render.sheet_thumb=64",
-]
+FAST = ["debug=fast"]  # conf/debug/fast.yaml
 
 
 @dataclass
