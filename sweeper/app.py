@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -15,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
+from sweeper.cli import user_errors
 from sweeper.schema import register_configs
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,11 @@ def run(cfg: DictConfig) -> float | None:
             )
             return float("nan")
         return objective
-    except UserInputError as err:
+    except UserInputError:
         if not in_process:
             raise  # the launcher reports the failed job
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        with user_errors():
+            raise
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

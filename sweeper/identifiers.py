@@ -11,9 +11,9 @@ import sys
 
 from hydra import compose, initialize_config_dir
 
-from lora_core.errors import UserInputError
 from lora_core.identifiers import identifier_warnings, rare_identifiers
 from sweeper.app import CONF_DIR
+from sweeper.cli import user_errors
 from sweeper.job_config import build_job
 
 
@@ -26,15 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=3, help="longest candidate in characters")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for python -m sweeper")
     args = parser.parse_args(argv)
-    try:
+    with user_errors():
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose("config", overrides=args.overrides)
         from lora_core.models import load_tokenizer
 
         tokenizer = load_tokenizer(build_job(cfg).model)
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(f"Identifier candidates for {cfg.model.path} (single rare tokens, rarest first):")
     for c in rare_identifiers(tokenizer, args.count, args.max_length):
         print(f"  {c.text:<6} token {c.token_id:>6}   vocabulary rank {c.rank:.2f}")

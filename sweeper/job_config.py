@@ -72,6 +72,7 @@ def build_job(cfg: DictConfig) -> JobSpec:
         UserInputError: The first bad value, named by its key.
     """
     model = _model_source(cfg)
+    _check_outputs(cfg)
     if cfg.data.kind not in DATA_KINDS:
         raise UserInputError(f"data.kind={cfg.data.kind}: use object or live.")
     if not cfg.data.token.strip():
@@ -135,6 +136,18 @@ def naming_values(cfg: DictConfig) -> dict:
             name = key if section == "train" else f"{section}.{key}"
             flat[name] = Path(value).name if name in _PATH_KEYS and value else value
     return flat
+
+
+def _check_outputs(cfg: DictConfig) -> None:
+    """Values used only after training (scoring, sheets): checked now, so a typo costs seconds, not a run."""
+    from sweeper.objective import parse_objective
+    from sweeper.sheets import MIN_THUMB
+
+    parse_objective(cfg.eval.objective)
+    if cfg.eval.batch_size < 1:
+        raise UserInputError(f"eval.batch_size={cfg.eval.batch_size}: use 1 or more.")
+    if cfg.render.sheet_thumb < MIN_THUMB:
+        raise UserInputError(f"render.sheet_thumb={cfg.render.sheet_thumb}: use {MIN_THUMB} pixels or more.")
 
 
 def _model_source(cfg: DictConfig) -> ModelSource:

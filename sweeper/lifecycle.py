@@ -13,10 +13,10 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from lora_core.errors import UserInputError
-from sweeper.job_config import sweep_dir_of
+from sweeper.cli import user_errors
+from sweeper.job_config import build_job, sweep_dir_of
 from sweeper.mlflow_ui import describe_sweep, summarise_sweep
-from sweeper.plan import SweepPlan, expand_jobs, plan_sweep
+from sweeper.plan import SweepPlan, check_inputs, compose_job, expand_jobs, plan_sweep
 from sweeper.tracking import Tracker, default_uri
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,8 @@ def exit_on_error():
     traceback, exit status 1. Either way no job starts.
     """
     try:
-        yield
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        with user_errors():
+            yield
     except Exception:
         log.exception("Planning the sweep failed; no job was started.")
         sys.exit(1)
@@ -63,7 +61,8 @@ class SweepCallback(Callback):
                 jobs = expand_jobs(config)
                 plan = plan_sweep(config, jobs)
                 log.info("Sweep %s: %d jobs, folders %s", config.sweep.name, len(jobs), ", ".join(plan.jobs))
-            else:
+            else:  # a search: its trials are not known yet; the values outside the search space are
+                check_inputs([build_job(compose_job(config, list(config.hydra.overrides.task)))])
                 plan = SweepPlan(name=config.sweep.name, varying=searched_train_keys(config))
             sweep_dir.mkdir(parents=True, exist_ok=True)
             self._plan = plan

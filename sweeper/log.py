@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from lora_core.atomic import write_text_atomic
 from lora_core.errors import UserInputError
+from sweeper.cli import user_errors
 from sweeper.contact import SHEETS_DIR
 from sweeper.mirror import log_run_folder
 from sweeper.mlflow_ui import describe_sweep, experiment_link, summarise_sweep, ui_base
@@ -98,11 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--experiment", default=None, help="default: the sweep folder's name")
     args = parser.parse_args(argv)
-    try:
+    with user_errors():
         count, link = log_sweep_folder(args.sweep_dir, args.tracking_uri, args.experiment)
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(f"Logged {count} runs of {args.sweep_dir} to MLflow.\nThe jobs in the MLflow UI: {link}")
     return 0
 

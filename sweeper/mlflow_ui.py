@@ -23,6 +23,9 @@ import sys
 import uuid
 from pathlib import Path
 
+from lora_core.errors import UserInputError
+from sweeper.cli import user_errors
+
 VIEW_KEY = "sweep"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
@@ -202,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-only", action="store_true", help="print the links and exit")
     args = parser.parse_args(argv)
     if not args.store.is_file():
-        print(f"error: {args.store}: no MLflow store yet; run a sweep first (make run).", file=sys.stderr)
-        return 2
+        with user_errors():
+            raise UserInputError(f"{args.store}: no MLflow store yet; run a sweep first (make run).")
     uri = f"sqlite:///{args.store.resolve()}"
     for name, link in sweep_links(uri, args.port):
         print(f"{name}: {link}")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lora_core.atomic import atomic_path, write_text_atomic
 from lora_core.errors import UserInputError
+from sweeper.cli import user_errors
 from sweeper.grid import first_images
 from sweeper.naming import format_number
 from sweeper.objective import parse_objective
@@ -224,11 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--objective", default="dino+clip_t")
     args = parser.parse_args(argv)
-    try:
+    with user_errors():
         report, page = write_report(args.sweep_dir, args.objective)
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(f"report:       {report}\ncompare page: {page}  (open it in a browser: file://{page.resolve()})")
     return 0
 

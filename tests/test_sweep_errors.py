@@ -63,3 +63,20 @@ def test_a_corrupt_picture_is_named_before_training(tmp_path):
 def test_a_typo_in_a_key_is_an_error(tmp_path):
     result = sweep(tmp_path, "train.lerning_rate=1e-4", multirun=False)
     assert result.returncode != 0 and "lerning_rate" in result.output
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("eval.objective=dino+beauty", "eval.objective"),
+        ("eval.batch_size=0", "eval.batch_size=0"),
+        ("render.sheet_thumb=3", "render.sheet_thumb=3"),
+        ("data.kind=plant", "data.kind=plant"),
+    ],
+)
+@pytest.mark.parametrize("search", ["experiment=quickstart launcher=joblib", "experiment=optuna_search"])
+def test_values_used_after_training_are_checked_before_any_job(tmp_path, value, named, search):
+    result = sweep(tmp_path, *search.split(), "model=tiny", value, timeout=120)
+    _refused(result, "error:", named)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert not list(tmp_path.rglob("lora"))
