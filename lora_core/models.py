@@ -123,6 +123,17 @@ def model_identity(source: ModelSource) -> str:
     return f"{path}@{source.revision or 'main'}:{source.variant or 'full'}"
 
 
+def dtype_name(source: ModelSource) -> str:
+    """The dtype the pipeline is loaded in, resolved (``auto`` -> ``torch.float16`` on CUDA).
+
+    The pictures a model draws depend on it, so it is part of every identity (class-image cache, reuse).
+
+    Raises:
+        UserInputError: An unknown dtype or device.
+    """
+    return str(resolve_dtype(source.dtype, resolve_device(source.device)))
+
+
 _PIPELINES: dict[tuple, object] = {}
 
 

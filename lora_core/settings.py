@@ -59,7 +59,8 @@ class TrainSettings:
         num_class_images: Number of class pictures.
         prior_loss_weight: Weight of the class-picture loss.
         checkpoint_steps: Steps at which the LoRA weights and the training state are saved.
-        checkpoint_every: Also save every this many steps (0: only ``checkpoint_steps`` and the end).
+        checkpoint_every: Also save a resumable checkpoint every this many steps (0: only at
+            ``checkpoint_steps``; the end of training writes the final LoRA, not a resumable checkpoint).
         log_every: Report loss and learning rate every this many steps (reading the loss syncs the GPU).
         progress_bar: Show a tqdm bar.
     """

@@ -236,7 +236,8 @@ class LoraTrainer:
         settings: Validated training settings.
         output_dir: Training folder (LoRA files, checkpoints, loss log).
         class_images: Class pictures at ``settings.resolution`` when prior preservation is on.
-        on_step: Called with a ``StepRecord`` every ``settings.log_every`` steps and at the end.
+        on_step: Called with a ``StepRecord`` for every step, in bursts: the records of the last
+            ``settings.log_every`` steps together (one device sync each), and the rest at the end.
         on_checkpoint: Called with (step, folder) after each checkpoint is written.
         metadata: Extra values stored with the LoRA files (e.g. base model id, data folder).
         identity: What else the weights depend on (base model, pictures, class pictures), JSON values:

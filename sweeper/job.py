@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from lora_core.adapters import LORA_FILE, read_training_metadata
 from lora_core.atomic import atomic_path, write_text_atomic
 from lora_core.errors import UserInputError
-from lora_core.models import load_pipeline, model_identity
+from lora_core.models import dtype_name, load_pipeline, model_identity
 from lora_core.render import GridRenderer
 from lora_core.training import LOSS_LOG, RESULT_FILE, find_checkpoint, train_lora
 from sweeper.job_config import JobSpec, build_job
@@ -219,7 +219,7 @@ class Job:
         return {
             "base_model": base,
             "instance_dir": str(self._instance_dir().resolve()),
-            "class_images": spec.cache_key(base, self.spec.model.dtype) if spec else None,
+            "class_images": spec.cache_key(base, dtype_name(self.spec.model)) if spec else None,
         }
 
     def _lora_metadata(self) -> dict:

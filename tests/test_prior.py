@@ -94,3 +94,16 @@ def test_prior_preservation_without_class_images_is_an_error(pipe, subject_image
     s = settings(with_prior_preservation=True, class_prompt="a photo of a cat")
     with pytest.raises(UserInputError, match="class images"):
         train_lora(pipe, subject_images, s, tmp_path)
+
+
+def test_class_picture_identity_uses_the_resolved_dtype(pipe, spec, tiny_source, monkeypatch):
+    """The job's identity and the cache folder agree, and fp16 and fp32 class pictures are told apart."""
+    import torch
+
+    from lora_core.models import dtype_name
+
+    assert dtype_name(tiny_source) == str(pipe.unet.dtype) == "torch.float32"  # "auto" on the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    on_gpu = type(tiny_source)(**{**tiny_source.__dict__, "device": "cuda"})
+    assert dtype_name(on_gpu) == "torch.float16"  # "auto" on CUDA
+    assert spec.cache_key("m", dtype_name(on_gpu)) != spec.cache_key("m", dtype_name(tiny_source))
