@@ -90,8 +90,8 @@ def run(cfg: DictConfig) -> float | None:
     in_process = hydra_cfg is None or "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
     _quiet_libraries()
     try:
-        place_job(cfg, _parallel_jobs(hydra_cfg))
-        objective = run_job(cfg, overrides).objective
+        device = place_job(cfg.model.device, Path(cfg.sweep.root) / ".gpu-locks", _parallel_jobs(hydra_cfg))
+        objective = run_job(cfg, overrides, device).objective
         if (
             objective is None
             and hydra_cfg is not None

@@ -31,10 +31,13 @@ REFERENCE_FILE = "reference_scores.json"
 _SCORERS: dict[EvalModels, ImageScorer | None] = {}
 
 
-def scorer_for(cfg: DictConfig) -> ImageScorer | None:
-    """The process's scorer for ``cfg.eval`` (None, after one warning, when its models are missing)."""
+def scorer_for(cfg: DictConfig, model_device: str = "auto") -> ImageScorer | None:
+    """The process's scorer for ``cfg.eval`` (None, after one warning, when its models are missing).
+
+    ``eval.device=auto`` scores on ``model_device``, the device the job was placed on.
+    """
     e = cfg.eval
-    device = resolve_device(cfg.model.device if e.device == "auto" else e.device)
+    device = resolve_device(model_device if e.device == "auto" else e.device)
     models = EvalModels(resolve_eval_model(e.dino_model, "dino"), resolve_eval_model(e.clip_model, "clip"),
                         e.local_files_only, device)  # fmt: skip
     if models not in _SCORERS:
@@ -59,7 +62,9 @@ def reference_scores(scorer: ImageScorer, real: list[Image.Image]) -> dict:
     return {"dino": off_diagonal(dino @ dino.T), "clip_i": off_diagonal(clip @ clip.T), "pictures": n}
 
 
-def evaluate_run(run_dir: Path, cells: list[GridCell], instance_dir: Path, cfg: DictConfig) -> float | None:
+def evaluate_run(
+    run_dir: Path, cells: list[GridCell], instance_dir: Path, cfg: DictConfig, device: str = "auto"
+) -> float | None:
     """Score the run's unscored pictures and return the objective over all of them.
 
     Args:
@@ -67,6 +72,7 @@ def evaluate_run(run_dir: Path, cells: list[GridCell], instance_dir: Path, cfg: 
         cells: The grid (pictures that exist are scored).
         instance_dir: The real subject pictures.
         cfg: The job's config (``eval``, ``data``).
+        device: The device the job runs on (the scorer's, under ``eval.device=auto``).
 
     Returns:
         ``eval.objective`` over the run's mean scores, or None without scores.
@@ -74,7 +80,7 @@ def evaluate_run(run_dir: Path, cells: list[GridCell], instance_dir: Path, cfg: 
     rows = {row["file"]: row for row in read_scores(run_dir)}
     todo = [c for c in cells if c.file_name not in rows and (run_dir / c.file_name).is_file()]
     if todo:
-        scorer = scorer_for(cfg)
+        scorer = scorer_for(cfg, device)
         if scorer is None:
             return None
         real = _real_pictures(instance_dir)

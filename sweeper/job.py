@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -66,14 +66,15 @@ class Job:
     """Runs the stages of one job.
 
     Args:
-        cfg: The job's composed config.
+        spec: The job's checked values (``build_job``), with the device it was placed on.
+        cfg: The job's composed config (for what is recorded and logged with the run).
         overrides: The job's Hydra overrides (recorded with the run).
     """
 
-    def __init__(self, cfg: DictConfig, overrides: list[str] | None = None):
+    def __init__(self, spec: JobSpec, cfg: DictConfig, overrides: list[str] | None = None):
         self.cfg = cfg
         self.overrides = list(overrides or [])
-        self.spec: JobSpec = build_job(cfg)
+        self.spec = spec
         self.plan = SweepPlan.load(self.spec.sweep_dir)
         varying = self.plan.varying if self.plan else []
         self.run_dir = self.spec.run_dir(cfg.sweep.run_dir_template, varying)
@@ -170,7 +171,7 @@ class Job:
         if self.cfg.eval.enabled and self.spec.cells:
             started = time.perf_counter()
             self.result.objective = evaluate_run(
-                self.run_dir, self.spec.cells, self._instance_dir(), self.cfg
+                self.run_dir, self.spec.cells, self._instance_dir(), self.cfg, self.spec.model.device
             )
             self.result.timings["eval_seconds"] = time.perf_counter() - started
 
@@ -321,6 +322,9 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def run_job(cfg: DictConfig, overrides: list[str] | None = None) -> JobResult:
-    """Run one job (see ``Job``)."""
-    return Job(cfg, overrides).run()
+def run_job(cfg: DictConfig, overrides: list[str] | None = None, device: str | None = None) -> JobResult:
+    """Check the config and run one job (see ``Job``); ``device`` overrides ``model.device`` (placement)."""
+    spec = build_job(cfg)
+    if device is not None:
+        spec.model = replace(spec.model, device=device)
+    return Job(spec, cfg, overrides).run()

@@ -14,8 +14,6 @@ import logging
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 log = logging.getLogger(__name__)
 
 _claimed: tuple[int, object] | None = None  # (index, open lock file) for this process's lifetime
@@ -49,26 +47,29 @@ def claim_gpu(lock_dir: Path, count: int) -> int | None:
     return None
 
 
-def place_job(cfg: DictConfig, parallel_jobs: int) -> None:
+def place_job(device: str, lock_dir: Path, parallel_jobs: int) -> str:
     """Pin this worker to a GPU (several visible, device auto) and share the CPU between parallel jobs.
 
     Args:
-        cfg: The job's config (``model.device`` is set to the claimed GPU).
+        device: ``model.device`` as configured.
+        lock_dir: Folder of the GPU claim locks, shared by the sweep's workers.
         parallel_jobs: Jobs the launcher runs at once on this node (1 for in-process launchers).
+
+    Returns:
+        The device the job runs on: ``cuda:N`` for a claimed GPU, else ``device`` unchanged.
     """
     import torch
 
     if parallel_jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel_jobs))
-    if cfg.model.device != "auto":
-        return
-
+    if device != "auto":
+        return device
     count = torch.cuda.device_count()
     if count < 2:
-        return
-    index = claim_gpu(Path(cfg.sweep.root) / ".gpu-locks", count)
+        return device
+    index = claim_gpu(lock_dir, count)
     if index is None:
         log.warning("All %d GPUs are claimed by other workers; this job shares GPU 0.", count)
         index = 0
     torch.cuda.set_device(index)
-    cfg.model.device = f"cuda:{index}"
+    return f"cuda:{index}"
