@@ -17,7 +17,7 @@ from pathlib import Path
 from lora_core.atomic import atomic_dir
 
 # Bump when the saved layout changes, so old caches are rebuilt rather than misread.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,22 @@ def byte_level_vocab() -> dict[str, int]:
     return {token: i for i, token in enumerate(tokens)}
 
 
+def sd15_scheduler():
+    """The scheduler SD 1.5 ships with (PNDM), config and all, so renders go through the same code.
+
+    Its config says ``clip_sample: false`` as SD 1.5's does, although PNDM ignores it: a DDIM or DDPM
+    scheduler made ``from_config`` inherits it, and their default (clip x0 to [-1, 1]) applied to latents
+    wrecks sampling — washed-out averages that follow no prompt.
+    """
+    from diffusers import PNDMScheduler
+
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True,
+                              steps_offset=1)  # fmt: skip
+    scheduler.register_to_config(clip_sample=False)
+    return scheduler
+
+
 def build_tiny_pipeline(spec: TinyModelSpec):
     """Build the tiny pipeline in memory, weights drawn from ``spec.seed``.
 
@@ -122,7 +138,7 @@ def build_tiny_pipeline(spec: TinyModelSpec):
         A ``StableDiffusionPipeline`` (no safety checker) on the CPU in float32.
     """
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab = byte_level_vocab()
@@ -174,16 +190,7 @@ def build_tiny_pipeline(spec: TinyModelSpec):
         )
     # model_max_length=77: without it the pipeline pads prompts to ~1e30 tokens.
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    # The scheduler SD 1.5 ships with, so renders go through the same code.
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        set_alpha_to_one=False,
-        skip_prk_steps=True,
-        steps_offset=1,
-    )
+    scheduler = sd15_scheduler()
     return StableDiffusionPipeline(
         unet=unet,
         vae=vae,

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from lora_core import world
 from lora_core.atomic import atomic_dir
-from lora_core.tiny_model import byte_level_vocab
+from lora_core.tiny_model import byte_level_vocab, sd15_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -472,13 +472,10 @@ def _encode_pool(vae, recipe: Recipe, rng: random.Random):
 
 def assemble_pipeline(unet, vae, text_encoder, tokenizer):
     """A ``StableDiffusionPipeline`` of the world parts, with SD 1.5's inference scheduler (PNDM)."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True,
-                              steps_offset=1)  # fmt: skip
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   scheduler=sd15_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -538,7 +535,7 @@ def prompt_following(pipe, clip_dir: Path, seed: int, guidance: float = 4.0, ste
     triples = sorted(world.held_out_combinations(seed))
     captions = [world.caption(world.Scene(*t)) for t in triples]
     old = pipe.scheduler
-    pipe.scheduler = DDIMScheduler.from_config(old.config)
+    pipe.scheduler = DDIMScheduler.from_config(old.config)  # clip_sample false, from the config
     generator = torch.Generator().manual_seed(seed)
     images = pipe(captions, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
                   height=world.SIZE, width=world.SIZE).images  # fmt: skip

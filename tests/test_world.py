@@ -154,3 +154,14 @@ def test_damaged_world_weights_are_named_with_how_to_restore_them(small_world, t
     monkeypatch.setenv("LORA_SWEEPS_WORLD", str(copy))
     with pytest.raises(UserInputError, match=rf"{weights}.*{damage}.*lora_core.world_model build"):
         verified_world_dir()
+
+
+@pytest.mark.slow
+def test_schedulers_made_from_the_embedded_models_config_never_clip_latents(small_world):
+    """DDIM/DDPM clip x0 by default; in latent space that wrecks sampling (washed-out, prompt ignored)."""
+    import diffusers
+
+    saved = json.loads((small_world[0] / "sd" / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["clip_sample"] is False
+    for name in ("DDIMScheduler", "DDPMScheduler"):
+        assert getattr(diffusers, name).from_config(saved).config.clip_sample is False
