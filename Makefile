@@ -33,10 +33,10 @@ help: ## Show this help
 
 install: $(VENV)/.installed ## Create .venv and install the project with its dev tools
 
-run: $(VENV)/.installed ## Run the quickstart sweep (tiny model, drawn subject); EXPERIMENT=, ARGS= to change
+run: $(VENV)/.installed ## Run the quickstart sweep (world model, drawn kitten); EXPERIMENT=, ARGS= to change
 	$(PY) -m sweeper -m experiment=$(EXPERIMENT) $(ARGS)
 
-test: $(VENV)/.installed ## Run the whole test suite (CPU, tiny offline models)
+test: $(VENV)/.installed ## Run the whole test suite (CPU, shipped world model and tiny offline models)
 	$(PY) -m pytest $(ARGS)
 
 test-fast: $(VENV)/.installed ## Run the tests without the slow end-to-end sweeps

@@ -74,7 +74,7 @@ class Recipe:
     ema_decay: float = 0.9995
     eval_every: int = 1500
     eval_inference_steps: int = 25
-    judge_steps: int = 1500
+    judge_steps: int = 1000
 
     def scaled(self, factor: float) -> Recipe:
         """The same recipe with every step count (and the picture pool) multiplied by ``factor``."""
@@ -236,18 +236,7 @@ def train_clip(recipe: Recipe, out: Path) -> dict:
     tokenizer = world_tokenizer()
     model = CLIPModel(_clip_config(recipe, tokenizer))
     rng = random.Random(f"clip-{recipe.seed}")
-    held_out = world.held_out_combinations(recipe.seed)
-    _contrastive(
-        model,
-        tokenizer,
-        rng,
-        held_out,
-        recipe.clip_steps,
-        recipe.clip_batch,
-        recipe.clip_lr,
-        world.caption,
-        "clip",
-    )
+    _contrastive(model, tokenizer, rng, recipe, recipe.clip_steps, recipe.clip_lr, world.caption, "clip")
     return {"steps": recipe.clip_steps, **_save_clip(model, tokenizer, out, recipe)}
 
 
@@ -269,18 +258,7 @@ def train_judge(recipe: Recipe, out: Path, clip_dir: Path, pipeline_parts: tuple
     def caption(scene, rng):
         return f"a photo of a {scene.obj}" if rng.random() < 0.5 else world.caption(scene, rng)
 
-    held_out = world.held_out_combinations(recipe.seed)
-    _contrastive(
-        model,
-        tokenizer,
-        rng,
-        held_out,
-        recipe.judge_steps,
-        recipe.clip_batch,
-        recipe.clip_lr / 2,
-        caption,
-        "judge",
-    )
+    _contrastive(model, tokenizer, rng, recipe, recipe.judge_steps, recipe.clip_lr / 2, caption, "judge")
     report = {"steps": recipe.judge_steps, **_save_clip(model, tokenizer, out, recipe)}
     pipe = assemble_pipeline(*pipeline_parts)
     return {
@@ -289,16 +267,15 @@ def train_judge(recipe: Recipe, out: Path, clip_dir: Path, pipeline_parts: tuple
     }
 
 
-def _contrastive(
-    model, tokenizer, rng, held_out, steps: int, batch: int, lr: float, caption, stage: str
-) -> None:
+def _contrastive(model, tokenizer, rng, recipe: Recipe, steps: int, lr: float, caption, stage: str) -> None:
     """Train ``model`` with CLIP's loss on fresh world pictures (never a held-out combination)."""
     import torch
 
     opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.05)
     sched, started = _schedule(opt, 100, steps), time.time()
+    held_out = world.held_out_combinations(recipe.seed)
     for step in range(1, steps + 1):
-        x, scenes = world_batch(rng, batch, held_out)
+        x, scenes = world_batch(rng, recipe.clip_batch, held_out)
         tokens = tokenizer([caption(s, rng) for s in scenes], padding=True, return_tensors="pt")
         loss = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=x,
                      return_loss=True).loss  # fmt: skip

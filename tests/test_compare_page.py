@@ -14,7 +14,7 @@ def test_the_report_has_a_row_per_configuration_and_the_loss_plot(quickstart_swe
     root, _ = quickstart_sweep
     report, page = write_report(root / "quickstart")
     text = report.read_text()
-    for run in ("1e-3;1e-4", "1e-3;3e-4", "3e-3;1e-4", "3e-3;3e-4"):
+    for run in ("1e-3;1e-4", "1e-3;1e-5", "1e-4;1e-4", "1e-4;1e-5"):
         assert f"| `{run}` |" in text
     assert text.count("**") >= 2, "the best configuration is highlighted"
     assert (root / "quickstart" / "loss_curves.png").stat().st_size > 1000
@@ -55,28 +55,28 @@ def test_the_compare_page_works_from_file_in_a_browser(quickstart_sweep, browser
     _, page = write_report(root / "quickstart")
     browser.get(page.as_uri())
     first = _shown(browser)
-    assert len(first) == 4 and all(src.endswith("/ph_0.5%3B0.5%3B3.png") for _, src in first)
+    assert len(first) == 4 and all(src.endswith("/ph_0%3B0%3B4.png") for _, src in first)
     assert _all_images_loaded(browser)
 
     Select(browser.find_element(By.ID, "unet")).select_by_value("1")
-    Select(browser.find_element(By.ID, "prompt")).select_by_value("sm")
+    Select(browser.find_element(By.ID, "prompt")).select_by_value("be")
     after = _shown(browser)
-    assert all(src.endswith("/sm_1%3B0.5%3B3.png") for _, src in after)
+    assert all(src.endswith("/be_1%3B0%3B4.png") for _, src in after)
     assert _all_images_loaded(browser)
 
     Select(browser.find_element(By.ID, "sort")).select_by_value("name")
-    assert [run for run, _ in _shown(browser)] == ["1e-3;1e-4", "1e-3;3e-4", "3e-3;1e-4", "3e-3;3e-4"]
+    assert [run for run, _ in _shown(browser)] == ["1e-3;1e-4", "1e-3;1e-5", "1e-4;1e-4", "1e-4;1e-5"]
     colours = {
         c.value_of_css_property("background-color") for c in browser.find_elements(By.CSS_SELECTOR, ".card")
     }
     assert len(colours) > 1, "cards are coloured by the chosen metric"
 
     browser.find_element(By.ID, "tab-run").click()
-    Select(browser.find_element(By.ID, "run")).select_by_value("3e-3;3e-4")
+    Select(browser.find_element(By.ID, "run")).select_by_value("1e-4;1e-5")
     sheets = browser.find_elements(By.CSS_SELECTOR, "#sheets img")
     assert [s.get_attribute("alt") for s in sheets] == [
-        "3e-3;3e-4/sheets/ph_g3.png",
-        "3e-3;3e-4/sheets/sm_g3.png",
+        "1e-4;1e-5/sheets/be_g4.png",
+        "1e-4;1e-5/sheets/ph_g4.png",
     ]
     assert _all_images_loaded(browser)
     browser.find_element(By.ID, "tab-cell").click()

@@ -64,12 +64,12 @@ def _wait_for_text(driver, texts, timeout=60) -> str:
 
 
 def test_the_view_filters_to_the_jobs_and_shows_their_columns_and_charts():
-    state = view_state(["max_train_steps"], ["ph", "sm"])
+    state = view_state(["max_train_steps"], ["ph", "be"])
     assert state["searchFilter"] == JOB_FILTER
     assert "params.`train.max_train_steps`" in state["selectedColumns"]
     assert "metrics.`objective`" in state["selectedColumns"]
     kinds = [(c["type"], c.get("metricKey") or c["imageKeys"][0]) for c in state["compareRunCharts"]]
-    assert ("LINE", "loss") in kinds and ("BAR", "dino") in kinds and ("IMAGE", "grid/sm") in kinds
+    assert ("LINE", "loss") in kinds and ("BAR", "dino") in kinds and ("IMAGE", "grid/be") in kinds
 
 
 def test_the_sweep_experiment_is_model_training_with_flat_job_runs(quickstart_sweep):

@@ -17,8 +17,8 @@ from sweeper.sheets import plan_layout
 
 pytestmark = pytest.mark.slow
 
-RUNS = {"1e-3;1e-4", "1e-3;3e-4", "3e-3;1e-4", "3e-3;3e-4"}
-PICTURES = {f"{p}_{u};{t};3.png" for p in ("ph", "sm") for u in ("0.5", "1") for t in ("0.5", "1")}
+RUNS = {"1e-3;1e-4", "1e-3;1e-5", "1e-4;1e-4", "1e-4;1e-5"}  # the quickstart's learning rates
+PICTURES = {f"{p}_{u};{t};4.png" for p in ("ph", "be") for u in ("0", "0.5", "1") for t in ("0", "1")}
 
 
 @pytest.fixture
@@ -45,19 +45,22 @@ def test_each_run_trained_with_its_own_learning_rates(quickstart):
     for name, record in run_records(root / "quickstart").items():
         lr, text_lr = (float(v) for v in name.split(";"))
         assert record["settings"]["learning_rate"] == lr and record["settings"]["text_encoder_lr"] == text_lr
-        assert record["status"] == "done" and record["result"]["images_total"] == 8
+        assert record["status"] == "done" and record["result"]["images_total"] == 12
 
 
 def test_contact_sheets_have_the_layout_size(quickstart):
     root, _ = quickstart
-    run_sheet = Image.open(root / "quickstart" / "3e-3;1e-4" / "sheets" / "ph_g3.png")
+    run_sheet = Image.open(root / "quickstart" / "1e-4;1e-4" / "sheets" / "ph_g4.png")
     layout = plan_layout(
-        '"a photo of ktn cat" | 3e-3;1e-4 | guidance 3', ["unet 0.5", "unet 1"], ["text 0.5", "text 1"], 64
+        '"a photo of ktn cat" | 1e-4;1e-4 | guidance 4',
+        ["unet 0", "unet 0.5", "unet 1"],
+        ["text 0", "text 1"],
+        64,
     )
     assert run_sheet.size == layout.size
-    sweep_sheet = Image.open(root / "quickstart" / "sheets" / "sm.png")
-    columns = [f"{u};{t};3" for u in ("0.5", "1") for t in ("0.5", "1")]
-    title = '"a ktn cat is smiling" | every run of quickstart | columns: unet;text;guidance'
+    sweep_sheet = Image.open(root / "quickstart" / "sheets" / "be.png")
+    columns = [f"{u};{t};4" for u in ("0", "0.5", "1") for t in ("0", "1")]
+    title = '"a ktn cat on the beach" | every run of quickstart | columns: unet;text;guidance'
     assert sweep_sheet.size == plan_layout(title, sorted(RUNS), columns, 64).size
 
 
@@ -84,9 +87,9 @@ def test_child_runs_hold_params_metrics_and_artifacts(quickstart):
 
     root, _ = quickstart
     client = MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow.db'}")
-    child = next(r for r in mlflow_runs(root, "quickstart") if r.info.run_name == "3e-3;3e-4")
+    child = next(r for r in mlflow_runs(root, "quickstart") if r.info.run_name == "1e-4;1e-5")
     params = child.data.params
-    assert float(params["train.learning_rate"]) == 3e-3 and float(params["train.text_encoder_lr"]) == 3e-4
+    assert float(params["train.learning_rate"]) == 1e-4 and float(params["train.text_encoder_lr"]) == 1e-5
     assert params["model.path"] == "world" and params["render.num_inference_steps"] == "3"
     assert params["model.identity"].startswith("world-"), "the shipped weights' content hash"
     loss = client.get_metric_history(child.info.run_id, "loss")
@@ -94,8 +97,8 @@ def test_child_runs_hold_params_metrics_and_artifacts(quickstart):
     for key in ("steps_per_second", "peak_memory_mb", "render_seconds", "lr", "text_encoder_lr"):
         assert key in child.data.metrics, key
     top = {a.path for a in client.list_artifacts(child.info.run_id)}
-    assert {"3e-3;3e-4", "sheets", "lora", "config", "images"} <= top
-    pictures = {a.path.split("/")[-1] for a in client.list_artifacts(child.info.run_id, "3e-3;3e-4")}
+    assert {"1e-4;1e-5", "sheets", "lora", "config", "images"} <= top
+    pictures = {a.path.split("/")[-1] for a in client.list_artifacts(child.info.run_id, "1e-4;1e-5")}
     assert pictures == PICTURES
     lora = {a.path for a in client.list_artifacts(child.info.run_id, "lora")}
     assert {
@@ -271,7 +274,7 @@ def test_an_unreachable_tracking_server_does_not_stop_the_sweep(tmp_path, cache_
     experiment = client.get_experiment_by_name("quickstart")
     runs = client.search_runs([experiment.experiment_id])
     children = [r for r in runs if r.data.tags.get("sweep_role") == "job"]
-    assert {r.info.run_name for r in children} == {"1e-3;1e-4", "1e-3;3e-4"}
+    assert {r.info.run_name for r in children} == {"1e-3;1e-4", "1e-3;1e-5"}
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 6 for r in children)
 
 
@@ -283,7 +286,7 @@ def test_parallel_launchers_complete_a_2_job_sweep(tmp_path, cache_dir, launcher
     )
     assert result.returncode == 0, result.output
     records = run_records(tmp_path / "quickstart")
-    assert set(records) == {"1e-3;1e-4", "1e-3;3e-4"} and all(r["status"] == "done" for r in records.values())
+    assert set(records) == {"1e-3;1e-4", "1e-3;1e-5"} and all(r["status"] == "done" for r in records.values())
     for name in records:
         assert {p.name for p in (tmp_path / "quickstart" / name).glob("*.png")} == PICTURES
     runs = mlflow_runs(tmp_path, "quickstart")
@@ -304,7 +307,7 @@ def test_every_picture_is_scored_and_the_scores_reach_mlflow_and_the_report(quic
         assert {r["file"] for r in rows} == PICTURES
         assert all(0 < float(r["dino"]) <= 1.0001 and -1 <= float(r["clip_t"]) <= 1 for r in rows)
     child = next(r for r in mlflow_runs(root, "quickstart") if r.info.run_name == "1e-3;1e-4")
-    for key in ("dino", "clip_i", "clip_t", "dino/ph", "clip_t/sm", "dino/cell/ph_1_0.5_3", "real_dino"):
+    for key in ("dino", "clip_i", "clip_t", "dino/ph", "clip_t/be", "dino/cell/ph_1_0_4", "real_dino"):
         assert key in child.data.metrics, key
     report = (root / "quickstart" / "report.md").read_text()
     assert (
@@ -361,6 +364,11 @@ def test_a_rerun_with_more_cells_renders_and_logs_only_the_new_ones(tmp_path, ca
             "render.prompts=[{ph: 'a photo of {token} {class}'}]", "render.unet_scales=[1]", "render.text_scales=[1]"]  # fmt: skip
     first = sweep(tmp_path, *args, "render.guidance_scales=[3]", multirun=False)
     assert first.returncode == 0, first.output
+    # a single run (no -m) ends as a multirun does: report, compare page, and the MLflow link
+    assert (tmp_path / "quickstart" / "report.md").is_file() and (
+        tmp_path / "quickstart" / "compare.html"
+    ).is_file()
+    assert "viewStateShareKey=sweep" in first.stdout
     run = tmp_path / "quickstart" / "1e-3;1e-4"
     stamp = (run / "ph_1;1;3.png").stat().st_mtime_ns
     second = sweep(tmp_path, *args, "render.guidance_scales=[3,5]", multirun=False)
