@@ -45,7 +45,7 @@ def trained_lora(world_pipe, world_subject, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("lora")
     settings = TrainSettings(instance_prompt=SUBJECT, resolution=world.SIZE, learning_rate=1e-3,
-                             text_encoder_lr=1e-4, max_train_steps=150, rank=8, seed=123, progress_bar=False)  # fmt: skip
+                             text_encoder_lr=1e-4, max_train_steps=500, rank=8, seed=123, progress_bar=False)  # fmt: skip
     train_lora(world_pipe, world_subject[1], settings, out)
     return out
 
@@ -89,12 +89,13 @@ def test_the_trained_lora_draws_the_subject_at_least_half_way_from_the_base_mode
     base = _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 0.0, 0.0))
     learned = _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 1.0, 1.0))
     real = reference_scores(scorer, world_subject[1])["dino"]  # the subject pictures' own mutual similarity
-    assert learned - base >= 0.5 * (real - base), (base, learned, real)
+    print(f"identity: base {base:.3f}, LoRA {learned:.3f}, subject pictures {real:.3f}")    assert learned - base >= 0.5 * (real - base), (base, learned, real)
 
 
 def test_text_scale_changes_how_the_identifier_is_understood(world_pipe, trained_lora, scorer):
     without = _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 1.0, 0.0))
     with_text = _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 1.0, 1.0))
+    print(f"identity at unet 1: text scale 0 {without:.3f}, text scale 1 {with_text:.3f}")
     assert with_text > without + 0.02, (without, with_text)
 
 
@@ -109,6 +110,7 @@ def test_the_subject_keeps_the_prompts_place(world_pipe, trained_lora):
     places = [
         p for _, _, p in zero_shot_read(clip, CLIPTokenizer.from_pretrained(world_part("clip")), images)
     ]
+    print(f"place read on 'a ktn cat on the beach': {places}")
     assert places.count("beach") / len(places) >= 0.7, places
 
 
@@ -122,4 +124,6 @@ def test_guidance_raises_prompt_adherence(world_pipe, scorer):
         images = [_render(world_pipe, None, c, 1.0, 1.0, guidance, seeds=[0])[0] for c in captions]
         return statistics.fmean(row["clip_t"] for row in scorer.score(images, captions))
 
-    assert clip_t(7.0) > clip_t(1.0) + 0.02
+    low, high = clip_t(1.0), clip_t(7.0)
+    print(f"CLIP-T on 12 held-out captions: guidance 1 {low:.3f}, guidance 7 {high:.3f}")
+    assert high > low + 0.02
