@@ -98,7 +98,7 @@ def test_the_printed_link_opens_the_jobs_their_curves_and_pictures(
 
     port, printed, summary = mlflow_ui
     root, _ = quickstart_sweep
-    jobs = sorted(r for r in mlflow_runs(root, "quickstart") if r.data.tags.get("sweep_role") == "job")
+    jobs = [r for r in mlflow_runs(root, "quickstart") if r.data.tags.get("sweep_role") == "job"]
     names = sorted(r.info.run_name for r in jobs)
     experiment_id = jobs[0].info.experiment_id
     link = experiment_link(f"http://127.0.0.1:{port}", experiment_id)

@@ -36,7 +36,7 @@ def test_the_2x2_sweep_writes_the_exact_folder_and_file_names(quickstart):
         assert {p.name for p in (sweep_dir / run).glob("*.png")} == PICTURES
         assert (sweep_dir / run / "lora" / "pytorch_lora_weights.safetensors").is_file()
         assert (sweep_dir / run / "lora" / "lora_kohya.safetensors").is_file()
-    assert {p.name for p in (sweep_dir / "sheets").iterdir()} == {"ph.png", "sm.png"}
+    assert {p.name for p in (sweep_dir / "sheets").iterdir()} == {"ph.png", "be.png"}
     assert not list(sweep_dir.rglob("*.part")), "no half-written files"
 
 
@@ -330,7 +330,7 @@ def test_missing_evaluation_models_skip_evaluation_with_one_line(tmp_path, cache
     skipped = [line for line in result.output.splitlines() if "evaluation is skipped" in line]
     assert len(skipped) == 1 and "eval.dino_model=someone/not-downloaded" in skipped[0]
     run = tmp_path / "quickstart" / "1e-3;1e-4"
-    assert len(list(run.glob("*.png"))) == 8 and not (run / "scores.csv").exists()
+    assert len(list(run.glob("*.png"))) == 12 and not (run / "scores.csv").exists()
 
 
 def test_a_metric_driven_search_runs_two_optuna_trials(tmp_path, cache_dir):
