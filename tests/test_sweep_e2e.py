@@ -260,7 +260,7 @@ def test_an_unreachable_tracking_server_does_not_stop_the_sweep(tmp_path, cache_
     sweep_dir = tmp_path / "quickstart"
     assert (sweep_dir / "MLFLOW_PENDING").is_file()
     assert len(run_records(sweep_dir)) == 2 and all(
-        len(list((sweep_dir / r).glob("*.png"))) == 8 for r in run_records(sweep_dir)
+        len(list((sweep_dir / r).glob("*.png"))) == 12 for r in run_records(sweep_dir)
     )
     store = f"sqlite:///{tmp_path.resolve() / 'later.db'}"
     logged = subprocess.run([sys.executable, "-m", "sweeper.log", str(sweep_dir), "--tracking-uri", store],
