@@ -50,6 +50,14 @@ def searched_train_keys(config: DictConfig) -> list[str]:
     return [k.removeprefix("train.") for k in params if k.startswith("train.")]
 
 
+def _fixed_overrides(config: DictConfig) -> list[str]:
+    """The command line's overrides that are one value each (a search's ``choice(...)`` left out)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
 class SweepCallback(Callback):
     """Plans the multirun, opens its MLflow parent run, and closes and summarises it at the end."""
 
@@ -62,7 +70,7 @@ class SweepCallback(Callback):
                 plan = plan_sweep(config, jobs)
                 log.info("Sweep %s: %d jobs, folders %s", config.sweep.name, len(jobs), ", ".join(plan.jobs))
             else:  # a search: its trials are not known yet; the values outside the search space are
-                check_inputs([build_job(compose_job(config, list(config.hydra.overrides.task)))])
+                check_inputs([build_job(compose_job(config, _fixed_overrides(config)))])
                 plan = SweepPlan(name=config.sweep.name, varying=searched_train_keys(config))
             sweep_dir.mkdir(parents=True, exist_ok=True)
             self._plan = plan
