@@ -203,7 +203,7 @@ def training_settings(args: argparse.Namespace, trains_text: bool, steps: int, r
         instance_prompt=PROMPT, resolution=resolution, center_crop=True, random_flip=False,
         learning_rate=args.learning_rate, text_encoder_lr=args.learning_rate if trains_text else 0.0,
         lr_scheduler="constant", max_train_steps=steps, train_batch_size=1, rank=args.rank, alpha=None,
-        seed=0, mixed_precision="no",
+        seed=0, mixed_precision="no", log_every=1,
     )  # fmt: skip
     settings.validate()
     return settings

@@ -22,14 +22,13 @@ BOOKKEEPING_FIELDS = frozenset({"checkpoint_steps", "checkpoint_every", "log_eve
 
 
 @dataclass
-class TrainSettings:
-    """Everything that determines a LoRA training run.
+class Hyperparameters:
+    """The training hyperparameters: the schema of the config's ``train`` node, every field sweepable.
+
+    Hydra's typed config (``sweeper.schema``) uses this class as it is, so a key, its type and its default
+    are defined once, here. ``TrainSettings`` adds what a run takes from the subject and the LoRA targets.
 
     Attributes:
-        instance_prompt: The prompt the subject pictures are trained under (``a photo of ktn cat``).
-        resolution: Training side in pixels.
-        center_crop: Crop pictures to the centre square (else stretch).
-        random_flip: Flip each sampled picture horizontally with probability 0.5.
         learning_rate: UNet LoRA learning rate.
         text_encoder_lr: Text-encoder LoRA learning rate; 0 keeps the text encoder frozen (no LoRA on it).
         lr_scheduler: One of ``SCHEDULERS`` (from ``diffusers.optimization.get_scheduler``).
@@ -47,30 +46,28 @@ class TrainSettings:
         rank: LoRA rank.
         alpha: LoRA alpha (scale = alpha / rank); None means alpha = rank (scale 1).
         dropout: LoRA dropout.
-        unet_target_modules: UNet modules that get LoRA layers.
-        text_target_modules: Text-encoder modules that get LoRA layers (when it trains).
         seed: Seed of the LoRA init, the noise, the timesteps and the picture order.
+        resolution: Training side in pixels; None means the base model's native side (the sweep fills it
+            in; training itself needs a number).
+        random_flip: Flip each sampled picture horizontally with probability 0.5.
         mixed_precision: ``auto`` (follow the model's dtype), ``no``, ``fp16`` or ``bf16``.
         gradient_checkpointing: Trade compute for memory in the UNet (and text encoder).
         noise_offset: Offset noise strength (0 disables); helps very dark or bright pictures.
         snr_gamma: Min-SNR-gamma loss weighting (None disables; 5.0 is the paper's value).
         with_prior_preservation: DreamBooth prior preservation with class pictures.
-        class_prompt: Prompt of the class pictures (``a photo of a cat``).
         num_class_images: Number of class pictures.
         prior_loss_weight: Weight of the class-picture loss.
+        class_sample_steps: Sampler steps when the base model draws the class pictures.
+        class_guidance: Guidance when the base model draws the class pictures.
         checkpoint_steps: Steps at which the LoRA weights and the training state are saved.
-        checkpoint_every: Also save a resumable checkpoint every this many steps (0: only at
-            ``checkpoint_steps``; the end of training writes the final LoRA, not a resumable checkpoint).
+        checkpoint_every: Also save a resumable checkpoint every this many steps. 0: resumable
+            checkpoints only at ``checkpoint_steps``; the end of training always writes the final LoRA
+            weights, which are not a resumable checkpoint (no optimizer state).
         log_every: Report loss and learning rate every this many steps (reading the loss syncs the GPU).
-        progress_bar: Show a tqdm bar.
     """
 
-    instance_prompt: str = "a photo of ktn cat"
-    resolution: int = 512
-    center_crop: bool = True
-    random_flip: bool = False
     learning_rate: float = 1e-4
-    text_encoder_lr: float = 0.0
+    text_encoder_lr: float = 1e-5
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
     lr_num_cycles: int = 1
@@ -86,20 +83,43 @@ class TrainSettings:
     rank: int = 4
     alpha: float | None = None
     dropout: float = 0.0
-    unet_target_modules: tuple[str, ...] = UNET_ATTENTION
-    text_target_modules: tuple[str, ...] = TEXT_ATTENTION
     seed: int = 0
+    resolution: int | None = None
+    random_flip: bool = False
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
     noise_offset: float = 0.0
     snr_gamma: float | None = None
     with_prior_preservation: bool = False
-    class_prompt: str = ""
     num_class_images: int = 100
     prior_loss_weight: float = 1.0
+    class_sample_steps: int = 25
+    class_guidance: float = 7.5
     checkpoint_steps: tuple[int, ...] = field(default_factory=tuple)
     checkpoint_every: int = 0
-    log_every: int = 1
+    log_every: int = 10
+
+
+@dataclass
+class TrainSettings(Hyperparameters):
+    """Everything that determines a LoRA training run: the hyperparameters and what they are applied to.
+
+    Attributes:
+        instance_prompt: The prompt the subject pictures are trained under (``a photo of ktn cat``);
+            in a sweep, ``data.instance_prompt`` with the token and class filled in.
+        class_prompt: Prompt of the class pictures (``a photo of a cat``; ``data.class_prompt``).
+        center_crop: Crop pictures to the centre square, else stretch (``data.center_crop``).
+        unet_target_modules: UNet modules that get LoRA layers (``lora.unet_target_modules``).
+        text_target_modules: Text-encoder modules that get LoRA layers when it trains
+            (``lora.text_target_modules``).
+        progress_bar: Show a tqdm bar.
+    """
+
+    instance_prompt: str = "a photo of ktn cat"
+    class_prompt: str = ""
+    center_crop: bool = True
+    unet_target_modules: tuple[str, ...] = UNET_ATTENTION
+    text_target_modules: tuple[str, ...] = TEXT_ATTENTION
     progress_bar: bool = True
 
     @property
@@ -182,7 +202,7 @@ class TrainSettings:
 
         if not self.instance_prompt.strip():
             yield "instance_prompt", "must not be empty (it names the subject, e.g. 'a photo of ktn cat')."
-        if self.resolution < 8 or self.resolution % 8:
+        if self.resolution is None or self.resolution < 8 or self.resolution % 8:
             yield "resolution", "must be a positive multiple of 8 (512 for Stable Diffusion 1.5)."
         if not finite(self.learning_rate) or not 0 < self.learning_rate < 1:
             yield "learning_rate", "must be > 0 and < 1 (typical LoRA values: 1e-5 to 1e-3)."

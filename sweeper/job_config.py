@@ -16,8 +16,6 @@ from lora_core.tiny_model import TinyModelSpec, default_cache_dir
 from sweeper.grid import GridCell, fill_prompt, plan_cells
 from sweeper.naming import check_safe_name, run_dir_name
 
-# TrainConfig keys that are not TrainSettings fields (they configure class-image generation).
-_CLASS_IMAGE_KEYS = ("class_sample_steps", "class_guidance")
 DATA_KINDS = ("object", "live")
 
 
@@ -80,7 +78,7 @@ def build_job(cfg: DictConfig) -> JobSpec:
     train_values = OmegaConf.to_container(cfg.train, resolve=True)
     resolution = train_values["resolution"] or cfg.model.resolution
     settings = TrainSettings.from_dict(
-        {k: v for k, v in train_values.items() if k not in _CLASS_IMAGE_KEYS}
+        train_values
         | {
             "resolution": resolution,
             "instance_prompt": fill_prompt(cfg.data.instance_prompt, cfg.data.token, cfg.data.class_name),
@@ -173,7 +171,7 @@ def _class_spec(cfg: DictConfig, settings: TrainSettings) -> ClassImageSpec | No
         prompt=settings.class_prompt,
         count=settings.num_class_images,
         resolution=settings.resolution,
-        num_inference_steps=cfg.train.class_sample_steps,
-        guidance_scale=cfg.train.class_guidance,
+        num_inference_steps=settings.class_sample_steps,
+        guidance_scale=settings.class_guidance,
         seed=settings.seed,
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from lora_core.settings import TEXT_ATTENTION, UNET_ATTENTION
+from lora_core.settings import TEXT_ATTENTION, UNET_ATTENTION, Hyperparameters
 
 
 @dataclass
@@ -53,44 +53,6 @@ class LoraTargetsConfig:
     name: str = "attn"
     unet_target_modules: list[str] = field(default_factory=lambda: list(UNET_ATTENTION))
     text_target_modules: list[str] = field(default_factory=lambda: list(TEXT_ATTENTION))
-
-
-@dataclass
-class TrainConfig:
-    """Training hyperparameters; every one of them can be swept (see lora_core.settings.TrainSettings)."""
-
-    learning_rate: float = 1e-4
-    text_encoder_lr: float = 1e-5  # 0 keeps the text encoder frozen
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    lr_num_cycles: int = 1
-    lr_power: float = 1.0
-    max_train_steps: int = 500
-    train_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    rank: int = 4
-    alpha: float | None = None
-    dropout: float = 0.0
-    seed: int = 0
-    resolution: int | None = None  # None: model.resolution
-    random_flip: bool = False
-    mixed_precision: str = "auto"
-    gradient_checkpointing: bool = False
-    noise_offset: float = 0.0
-    snr_gamma: float | None = None
-    with_prior_preservation: bool = False
-    num_class_images: int = 100
-    prior_loss_weight: float = 1.0
-    class_sample_steps: int = 25
-    class_guidance: float = 7.5
-    checkpoint_steps: list[int] = field(default_factory=list)
-    checkpoint_every: int = 0
-    log_every: int = 10
 
 
 @dataclass
@@ -162,7 +124,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraTargetsConfig = field(default_factory=LoraTargetsConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: Hyperparameters = field(default_factory=Hyperparameters)  # defined once, in lora_core.settings
     render: RenderConfig = field(default_factory=RenderConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

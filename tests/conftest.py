@@ -74,7 +74,7 @@ def settings():
 
     def make(**overrides) -> TrainSettings:
         values = dict(
-            instance_prompt="a photo of ktn cat", resolution=64, learning_rate=1e-3, max_train_steps=8,
+            instance_prompt="a photo of ktn cat", resolution=64, learning_rate=1e-3, text_encoder_lr=0.0, max_train_steps=8,
             rank=4, seed=3, progress_bar=False, log_every=1,
         )  # fmt: skip
         values.update(overrides)

@@ -27,13 +27,15 @@ from lora_core.settings import SCHEDULERS, TrainSettings
 )
 def test_bad_values_name_their_key(overrides, key):
     with pytest.raises(UserInputError) as err:
-        TrainSettings(**overrides).validate()
+        TrainSettings(**({"resolution": 512} | overrides)).validate()
     assert str(err.value).startswith(key)
     assert "\n" not in str(err.value)
 
 
-def test_defaults_are_valid():
-    TrainSettings().validate()
+def test_defaults_are_valid_once_the_resolution_is_known():
+    TrainSettings(resolution=512).validate()
+    with pytest.raises(UserInputError, match=r"^train\.resolution=None"):
+        TrainSettings().validate()  # the sweep fills in the model's side; training needs a number
 
 
 def test_unknown_key_is_an_error():
