@@ -54,7 +54,7 @@ bench: $(VENV)/.installed ## Run the benchmarks (prints ratios against baselines
 	$(PY) -m bench $(ARGS)
 
 ui: $(VENV)/.installed ## Print each sweep's MLflow link and open the UI on 127.0.0.1 (STORE=, UI_PORT=)
-	$(PY) -m sweeper.mlflow_ui --store $(STORE) --port $(UI_PORT)
+	$(PY) -m sweeper.tracking.ui --store $(STORE) --port $(UI_PORT)
 
 lock: ## Refresh constraints.txt from the current .venv
 	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > $(CONSTRAINTS)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from sweeper.grid import GridCell, first_images
+from sweeper.layout import SHEETS_DIR
 from sweeper.naming import format_number
 from sweeper.results import load_results
 from sweeper.sheets import run_sheet, save_sheet, sweep_sheet
-
-SHEETS_DIR = "sheets"
 
 
 def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Path]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from pathlib import Path
 
@@ -22,12 +21,12 @@ from lora_core.metrics import METRICS, EvalModels, ImageScorer, clip_t_prompt, m
 from lora_core.models import resolve_device
 from lora_core.tiny_eval import resolve_eval_model
 from sweeper.grid import GridCell
+from sweeper.layout import RunFolder
 from sweeper.objective import objective_value, parse_objective
-from sweeper.results import SCORE_COLUMNS, SCORES_FILE, read_scores
+from sweeper.results import SCORE_COLUMNS, read_scores
 
 log = logging.getLogger(__name__)
 
-REFERENCE_FILE = "reference_scores.json"
 _SCORERS: dict[EvalModels, ImageScorer | None] = {}
 
 
@@ -85,8 +84,8 @@ def evaluate_run(
             return None
         real = _real_pictures(instance_dir)
         scorer.set_references(real)
-        if not (run_dir / REFERENCE_FILE).is_file():
-            write_text_atomic(run_dir / REFERENCE_FILE, json.dumps(reference_scores(scorer, real), indent=2))
+        if not RunFolder(run_dir).reference_file.is_file():
+            RunFolder(run_dir).write_reference(reference_scores(scorer, real))
         pictures = [Image.open(run_dir / c.file_name).convert("RGB") for c in todo]
         prompts = [clip_t_prompt(c.prompt, cfg.data.token, cfg.data.class_name) for c in todo]
         for cell, score in zip(todo, scorer.score(pictures, prompts), strict=True):
@@ -108,4 +107,4 @@ def _write_scores(run_dir: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=[*SCORE_COLUMNS, *METRICS], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(run_dir / SCORES_FILE, buffer.getvalue())
+    write_text_atomic(RunFolder(run_dir).scores_file, buffer.getvalue())

@@ -9,7 +9,6 @@ rewritten; a folder holding work done under other settings is an error, not an o
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -19,20 +18,18 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from lora_core.adapters import LORA_FILE, read_training_metadata
-from lora_core.atomic import atomic_path, write_text_atomic
+from lora_core.atomic import atomic_path
 from lora_core.errors import UserInputError
 from lora_core.models import dtype_name, load_pipeline, model_identity
 from lora_core.render import GridRenderer
-from lora_core.training import LOSS_LOG, RESULT_FILE, find_checkpoint, train_lora
+from lora_core.training import find_checkpoint, train_lora
 from sweeper.job_config import JobSpec, build_job
+from sweeper.layout import RunFolder, SweepFolder, read_loss_rows
 from sweeper.plan import SweepPlan
-from sweeper.tracking import StepLogger, Tracker, default_uri
+from sweeper.tracking.store import tracking_uri
+from sweeper.tracking.tracker import StepLogger, Tracker
 
 log = logging.getLogger(__name__)
-
-RECORD_FILE = "run.json"
-RENDER_FILE = "render.json"
-LORA_DIR = "lora"
 
 
 @dataclass
@@ -85,7 +82,8 @@ class Job:
         if extra:
             s = self.spec.settings
             s.checkpoint_steps = tuple(sorted(set(s.checkpoint_steps) | set(extra)))
-        self.lora_dir = self.run_dir / LORA_DIR
+        self.folder = RunFolder(self.run_dir)
+        self.lora_dir = self.folder.lora_dir
         self.result = JobResult(run_dir=self.run_dir, images_total=len(self.spec.cells))
         self.tracker: Tracker | None = None
         self.new_pictures: list[Path] = []
@@ -114,7 +112,7 @@ class Job:
 
     def train(self, pipe) -> None:
         """Train the LoRA unless a finished one with the same settings is in the run folder."""
-        if (self.lora_dir / RESULT_FILE).is_file() and (self.lora_dir / LORA_FILE).is_file():
+        if self.folder.train_result_file.is_file() and (self.lora_dir / LORA_FILE).is_file():
             log.info("%s: LoRA already trained, skipping training.", self.run_dir.name)
             return
         from lora_core.subject import load_subject_images
@@ -130,7 +128,7 @@ class Job:
             log.info("%s: continuing from %s", self.run_dir.name, checkpoint)
             self.result.resumed_from = str(checkpoint)
             if steps:
-                steps.add_history(_read_jsonl(checkpoint / LOSS_LOG))
+                steps.add_history(read_loss_rows(checkpoint))
         train_lora(
             pipe, images, self.spec.settings, self.lora_dir, resume_from=checkpoint, class_images=class_images,
             on_step=steps, metadata=self._lora_metadata(), identity=self._identity,
@@ -206,11 +204,9 @@ class Job:
 
     def _training_dirs(self) -> list[Path]:
         """This run's training folder first, then the other runs' of the sweep (for step-axis reuse)."""
-        others = sorted(
-            p.parent
-            for p in self.spec.sweep_dir.glob(f"*/{LORA_DIR}/checkpoints")
-            if p.parent != self.lora_dir
-        )
+        others = [
+            p.parent for p in SweepFolder(self.spec.sweep_dir).checkpoint_dirs() if p.parent != self.lora_dir
+        ]
         return [self.lora_dir, *others] if self.cfg.sweep.reuse_steps else [self.lora_dir]
 
     @functools.cached_property
@@ -252,26 +248,21 @@ class Job:
 
     def _check_render_settings(self) -> None:
         wanted = {**self.spec.render.__dict__, "model": model_identity(self.spec.model)}
-        path = self.run_dir / RENDER_FILE
-        if path.is_file():
-            saved = json.loads(path.read_text())
+        saved = self.folder.read_render()
+        if saved is not None:
             differs = [k for k in wanted if saved.get(k) != wanted[k]]
-            has_images = any(self.run_dir.glob("*.png"))
-            if differs and has_images:
+            if differs and self.folder.pictures():
                 key = differs[0]
                 raise UserInputError(
                     f"{self.run_dir}: its pictures were rendered with render.{key}={saved.get(key)!r}, not "
                     f"{wanted[key]!r}. Nothing was changed; choose another sweep.name or move the pictures away."
                 )
-        write_text_atomic(path, json.dumps(wanted, indent=2))
+        self.folder.write_render(wanted)
 
     def _write_config(self) -> None:
         cfg = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                for k, v in self.cfg.items() if k != "hydra"}  # fmt: skip
-        write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
-        write_text_atomic(
-            self.run_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(self.overrides))
-        )
+        self.folder.write_config(cfg, self.overrides)
 
     def _save_record(self, status: str) -> None:
         record = {
@@ -283,22 +274,16 @@ class Job:
             "settings": self.spec.settings.to_dict(),
             "cells": [c.__dict__ for c in self.spec.cells],
             "result": {k: str(v) if isinstance(v, Path) else v for k, v in self.result.__dict__.items()},
-            "mlflow": {"uri": self._uri(), "run_id": self.mlflow_run},
+            "mlflow": {"uri": tracking_uri(self.cfg), "run_id": self.mlflow_run},
         }
-        write_text_atomic(self.run_dir / RECORD_FILE, json.dumps(record, indent=2, default=str))
+        self.folder.write_record(record)
 
     # ---- MLflow ------------------------------------------------------------------------------------------
-    def _uri(self) -> str:
-        return self.cfg.tracking.uri or default_uri(self.cfg.sweep.root)
-
     def _start_tracking(self) -> bool:
         """Open the child run; returns True when a finished run for this folder is already logged."""
         if not self.cfg.tracking.enabled:
             return True
-        t = self.cfg.tracking
-        self.tracker = Tracker(
-            self._uri(), t.experiment or self.cfg.sweep.name, self.spec.sweep_dir, t.connect_timeout
-        )
+        self.tracker = Tracker.for_config(self.cfg, self.spec.sweep_dir)
         parent = (self.plan.tracking.get("parent_run_id") if self.plan else None) or None
         tags = {"sweep": self.cfg.sweep.name, "experiment_preset": str(self.cfg.experiment)}
         self.mlflow_run, finished = self.tracker.child_run(parent, self.run_dir.name, tags)
@@ -307,7 +292,7 @@ class Job:
 
     def log_to_mlflow(self, pictures: list[Path] | None = None) -> None:
         """Mirror the run folder (or just ``pictures`` of it) into the job's MLflow run, then close it."""
-        from sweeper.mirror import log_run_folder
+        from sweeper.tracking.replay import log_run_folder
 
         if self.tracker is None or not self.tracker.active or not self.mlflow_run:
             return
@@ -316,10 +301,6 @@ class Job:
                        log_images=self.cfg.tracking.log_images, log_adapters=self.cfg.tracking.log_adapters,
                        pictures=pictures)  # fmt: skip
         self.tracker.finish(self.mlflow_run)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def run_job(cfg: DictConfig, overrides: list[str] | None = None, device: str | None = None) -> JobResult:

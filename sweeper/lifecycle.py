@@ -15,9 +15,11 @@ from omegaconf import DictConfig
 
 from sweeper.cli import user_errors
 from sweeper.job_config import build_job, sweep_dir_of
-from sweeper.mlflow_ui import describe_sweep, summarise_sweep
+from sweeper.layout import SweepFolder
 from sweeper.plan import SweepPlan, check_inputs, compose_job, expand_jobs, plan_sweep
-from sweeper.tracking import Tracker, default_uri
+from sweeper.tracking.store import tracking_uri
+from sweeper.tracking.tracker import Tracker
+from sweeper.tracking.ui import describe_sweep
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,6 @@ def exit_on_error():
     except Exception:
         log.exception("Planning the sweep failed; no job was started.")
         sys.exit(1)
-
-
-def tracking_uri(config: DictConfig) -> str:
-    """The sweep's tracking URI (``tracking.uri`` or the SQLite store under ``sweep.root``)."""
-    return config.tracking.uri or default_uri(config.sweep.root)
 
 
 def searched_train_keys(config: DictConfig) -> list[str]:
@@ -81,9 +78,7 @@ class SweepCallback(Callback):
         if not config.tracking.enabled:
             return {}
         uri = tracking_uri(config)
-        tracker = Tracker(
-            uri, config.tracking.experiment or config.sweep.name, sweep_dir, config.tracking.connect_timeout
-        )
+        tracker = Tracker.for_config(config, sweep_dir)
         reuse = (
             previous.tracking.get("parent_run_id")
             if previous and previous.tracking.get("uri") == uri
@@ -96,8 +91,9 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         """Sweep-wide sheets, report and compare page; the parent run closed with them; where to look."""
         from sweeper.contact import draw_sweep_sheets
-        from sweeper.report import LOSS_PLOT, PAGE_FILE, REPORT_FILE, write_report
+        from sweeper.report import write_report
         from sweeper.summary import print_summary
+        from sweeper.tracking.replay import close_sweep
 
         sweep_dir = sweep_dir_of(config)
         sheets = draw_sweep_sheets(sweep_dir, config.render.sheet_thumb)
@@ -106,15 +102,9 @@ class SweepCallback(Callback):
         plan = SweepPlan.load(sweep_dir)
         parent = plan.tracking.get("parent_run_id") if plan else None
         if parent and config.tracking.enabled:
-            tracker = Tracker(
-                tracking_uri(config), config.tracking.experiment or config.sweep.name, sweep_dir
+            close_sweep(
+                Tracker.for_config(config, sweep_dir), parent, SweepFolder(sweep_dir), config.eval.objective
             )
-            for sheet in sheets:
-                tracker.log_artifact(parent, sheet, "sheets")
-            for name in ("sweep.json", REPORT_FILE, LOSS_PLOT, PAGE_FILE):
-                tracker.log_artifact(parent, sweep_dir / name)
-            summarise_sweep(tracker, parent, sweep_dir, config.eval.objective)
-            tracker.finish(parent)
         if config.sweep.print_summary:
             print_summary(config, sweep_dir, sheets, plan.tracking.get("experiment_id") if plan else None)
 
@@ -131,8 +121,7 @@ class SweepCallback(Callback):
             write_report(sweep_dir, config.eval.objective)
         experiment = None
         if config.tracking.enabled:
-            tracker = Tracker(tracking_uri(config), config.tracking.experiment or config.sweep.name, sweep_dir,
-                              config.tracking.connect_timeout)  # fmt: skip
+            tracker = Tracker.for_config(config, sweep_dir)
             describe_sweep(tracker, None, config, SweepPlan(name=config.sweep.name, varying=[]))
             experiment = tracker.experiment_id
         if config.sweep.print_summary:

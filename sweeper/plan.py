@@ -21,10 +21,10 @@ from lora_core.errors import UserInputError
 from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS, Hyperparameters
 from lora_core.world_weights import WORLD, verified_world_dir
 from sweeper.job_config import JobSpec, build_job
+from sweeper.layout import PLAN_FILE
 
 log = logging.getLogger(__name__)
 
-PLAN_FILE = "sweep.json"
 _TRAIN_ORDER = [f.name for f in fields(Hyperparameters)]
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

@@ -18,13 +18,11 @@ from lora_core.atomic import atomic_path, write_text_atomic
 from lora_core.errors import UserInputError
 from sweeper.cli import user_errors
 from sweeper.grid import first_images
+from sweeper.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, SHEETS_DIR, RunFolder
 from sweeper.naming import format_number
 from sweeper.objective import parse_objective
 from sweeper.results import METRICS, RunResult, load_results, varying_keys
 
-REPORT_FILE = "report.md"
-PAGE_FILE = "compare.html"
-LOSS_PLOT = "loss_curves.png"
 _TEMPLATE = Path(__file__).with_name("compare_page.html")
 
 
@@ -55,7 +53,8 @@ def page_data(sweep_dir: Path, runs: list[RunResult]) -> dict:
                 "params": {k: run.settings.get(k) for k in keys},
                 "metrics": {**run.means(), "final_loss": run.final_loss},
                 "sheets": [
-                    f"{run.name}/sheets/{p.name}" for p in sorted((run.run_dir / "sheets").glob("*.png"))
+                    f"{run.name}/{SHEETS_DIR}/{p.name}"
+                    for p in sorted(RunFolder(run.run_dir).sheets_dir.glob("*.png"))
                 ],
             }
             for run in runs
@@ -171,16 +170,9 @@ def dreambooth_table(runs: list[RunResult]) -> list[str]:
     lines = ["## DreamBooth metrics (the paper's layout)", "",
              "| method | DINO ↑ | CLIP-I ↑ | CLIP-T ↑ |", "|---|---|---|---|"]  # fmt: skip
     rows = dict(PAPER_FIGURES)
-    reference = next(
-        (
-            r.run_dir / "reference_scores.json"
-            for r in runs
-            if (r.run_dir / "reference_scores.json").is_file()
-        ),
-        None,
-    )
+    reference = next((real for r in runs if (real := RunFolder(r.run_dir).read_reference())), None)
     if reference is not None:
-        rows["Real images (this subject)"] = {**json.loads(reference.read_text()), "clip_t": None}
+        rows["Real images (this subject)"] = {**reference, "clip_t": None}
     rows.update({f"`{run.name}`": run.means() for run in runs})
     for name, values in rows.items():
         cells = [f"{values[m]:.3f}" if values.get(m) is not None else "N/A" for m in METRICS]

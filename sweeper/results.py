@@ -13,12 +13,11 @@ from pathlib import Path
 
 from lora_core.errors import UserInputError
 from lora_core.metrics import METRICS, mean_scores
-from lora_core.training import LOSS_LOG
 from sweeper.grid import GridCell
+from sweeper.layout import RunFolder, SweepFolder
 from sweeper.naming import format_number
 from sweeper.objective import objective_value
 
-SCORES_FILE = "scores.csv"
 SCORE_COLUMNS = ("file", "prompt_name", "prompt", "unet_scale", "text_scale", "guidance", "seed", "index")
 
 
@@ -99,7 +98,7 @@ def cell_key(row: dict) -> str:
 
 def read_scores(run_dir: Path) -> list[dict]:
     """Rows of a run's ``scores.csv``, numbers parsed (empty when the run was not evaluated)."""
-    path = run_dir / SCORES_FILE
+    path = RunFolder(run_dir).scores_file
     if not path.is_file():
         return []
     with path.open(newline="") as f:
@@ -114,10 +113,7 @@ def read_scores(run_dir: Path) -> list[dict]:
 
 def read_loss(run_dir: Path) -> list[tuple[int, float]]:
     """(step, loss) pairs of a run's training."""
-    path = run_dir / "lora" / LOSS_LOG
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = RunFolder(run_dir).read_loss_log()
     return [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
 
 
@@ -130,17 +126,12 @@ def load_results(sweep_dir: str | Path) -> list[RunResult]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UserInputError(f"{sweep_dir}: no such sweep folder.")
-    runs = []
-    for record_path in sorted(sweep_dir.glob("*/run.json")):
-        if json.loads(record_path.read_text()).get("status") == "done":
-            runs.append(load_run(record_path.parent))
-    return runs
+    return [load_run(run.path) for run in SweepFolder(sweep_dir).done_runs()]
 
 
 def load_run(run_dir: Path) -> RunResult:
     """One run folder's results (whatever its status)."""
-    record_path = run_dir / "run.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = RunFolder(run_dir).read_record()
     cells = [GridCell(**c) for c in record.get("cells", [])]
     return RunResult(run_dir, record.get("settings", {}), cells, read_scores(run_dir), read_loss(run_dir))
 

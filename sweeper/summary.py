@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sweeper.mlflow_ui import experiment_link, ui_base
-from sweeper.tracking import PENDING_FILE, default_uri
+from sweeper.layout import SweepFolder
+from sweeper.tracking.store import tracking_uri
+from sweeper.tracking.ui import experiment_link, ui_base
 
 
 def ui_command(uri: str) -> str:
@@ -22,9 +22,9 @@ def print_summary(
     config: DictConfig, sweep_dir: Path, sweep_sheets: list[Path], experiment_id: str | None = None
 ) -> None:
     """Print the end-of-sweep summary to stdout (with the MLflow UI link when ``experiment_id`` is known)."""
-    runs = sorted(p.parent for p in sweep_dir.glob("*/run.json"))
-    done = [r for r in runs if json.loads((r / "run.json").read_text()).get("status") == "done"]
-    uri = config.tracking.uri or default_uri(config.sweep.root)
+    sweep = SweepFolder(sweep_dir)
+    done = sweep.done_runs()
+    uri = tracking_uri(config)
     lines = [
         "",
         f"Sweep '{config.sweep.name}': {len(done)} finished runs in {sweep_dir}/",
@@ -35,13 +35,13 @@ def print_summary(
         lines.append(
             f"  sweep sheets: {sweep_dir}/sheets/ ({len(sweep_sheets)}: one per prompt, a row per run)"
         )
-    if (sweep_dir / "report.md").is_file():
-        lines.append(f"  report:      {sweep_dir}/report.md")
-        lines.append(f"  compare:     file://{(sweep_dir / 'compare.html').resolve()}")
+    if sweep.report_file.is_file():
+        lines.append(f"  report:      {sweep.report_file}")
+        lines.append(f"  compare:     file://{sweep.page_file.resolve()}")
     if not config.tracking.enabled:
         lines.append("  MLflow:      off (tracking.enabled=false)")
-    elif (sweep_dir / PENDING_FILE).is_file():
-        lines.append(f"  MLflow:      NOT logged - see {sweep_dir / PENDING_FILE}")
+    elif sweep.pending_file.is_file():
+        lines.append(f"  MLflow:      NOT logged - see {sweep.pending_file}")
     else:
         lines += [f"  MLflow:      {uri}  (experiment '{config.tracking.experiment or config.sweep.name}')",
                   f"  open the UI: {ui_command(uri)}"]  # fmt: skip

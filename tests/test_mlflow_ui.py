@@ -15,7 +15,7 @@ import pytest
 from conftest import ARTIFACTS
 from sweep_cli import REPO, mlflow_runs
 
-from sweeper.mlflow_ui import JOB_FILTER, VIEW_TAG, experiment_link, view_state
+from sweeper.tracking.ui import JOB_FILTER, VIEW_TAG, experiment_link, view_state
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +28,11 @@ def _free_port() -> int:
 
 @pytest.fixture
 def mlflow_ui(quickstart_sweep):
-    """``python -m sweeper.mlflow_ui`` (what ``make ui`` runs) on the finished quickstart's store."""
+    """``python -m sweeper.tracking.ui`` (what ``make ui`` runs) on the finished quickstart's store."""
     root, result = quickstart_sweep
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sweeper.mlflow_ui", "--store", str(root / "mlflow.db"), "--port", str(port)],
+        [sys.executable, "-m", "sweeper.tracking.ui", "--store", str(root / "mlflow.db"), "--port", str(port)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     printed = proc.stdout.readline()

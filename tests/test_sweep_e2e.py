@@ -256,14 +256,14 @@ def test_an_unreachable_tracking_server_does_not_stop_the_sweep(tmp_path, cache_
     ]
     result = sweep(tmp_path, *args)
     assert result.returncode == 0, result.output
-    assert "cannot reach the MLflow store" in result.output and "python -m sweeper.log" in result.output
+    assert "cannot reach the MLflow store" in result.output and "python -m sweeper.tracking" in result.output
     sweep_dir = tmp_path / "quickstart"
     assert (sweep_dir / "MLFLOW_PENDING").is_file()
     assert len(run_records(sweep_dir)) == 2 and all(
         len(list((sweep_dir / r).glob("*.png"))) == 12 for r in run_records(sweep_dir)
     )
     store = f"sqlite:///{tmp_path.resolve() / 'later.db'}"
-    logged = subprocess.run([sys.executable, "-m", "sweeper.log", str(sweep_dir), "--tracking-uri", store],
+    logged = subprocess.run([sys.executable, "-m", "sweeper.tracking", str(sweep_dir), "--tracking-uri", store],
                             cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert logged.returncode == 0, logged.stdout + logged.stderr
     assert "Logged 2 runs" in logged.stdout

@@ -1,91 +1,34 @@
-"""MLflow mirror of the sweep folder: one experiment per sweep, a parent run per multirun, a child run per job.
+"""``Tracker``: the MLflow writes of one sweep, resilient to a store that goes away; ``StepLogger``: live curves.
 
-Disk is the source of truth; every MLflow write here can be replayed from a finished sweep folder
-(``python -m sweeper.log <sweep folder>``). When the tracking server cannot be reached the sweep goes on
-without MLflow, says so once, and leaves a ``MLFLOW_PENDING`` file naming the command to run later.
+One experiment per sweep, one parent run per multirun, one flat run per job. When the store cannot be
+reached the sweep goes on without MLflow, says so once, and leaves ``MLFLOW_PENDING`` naming the command
+that logs the finished folder later (``python -m sweeper.tracking <sweep folder>``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
+from omegaconf import DictConfig
+
+from sweeper.layout import PENDING_FILE
+from sweeper.tracking.store import (
+    client_for,
+    experiment_id,
+    experiment_name,
+    tracking_uri,
+    unreachable_reason,
+)
+
 log = logging.getLogger(__name__)
 
-PENDING_FILE = "MLFLOW_PENDING"
-# A dead server should cost seconds, not MLflow's default minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 _METRIC_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 _PARAM_BATCH = 90  # and at most 100 params
-
-
-def default_uri(root: str | os.PathLike) -> str:
-    """The default store: SQLite at ``<root>/mlflow.db`` (an absolute URI)."""
-    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
-
-
-def unreachable_reason(uri: str, timeout: float) -> str | None:
-    """Why the store cannot be used, or None when it can.
-
-    Args:
-        uri: A tracking URI (``sqlite:///...``, ``http(s)://...``, ``file:...``).
-        timeout: Seconds to wait for a server.
-
-    Returns:
-        A short reason, or None.
-    """
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-                return None if response.status == 200 else f"HTTP {response.status}"
-        except (urllib.error.URLError, OSError, TimeoutError) as err:
-            return str(getattr(err, "reason", err))
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///") :]).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            return str(err)
-        return None if os.access(folder, os.W_OK) else f"{folder} is not writable"
-    return None
-
-
-def client_for(uri: str):
-    """An ``MlflowClient`` on ``uri``; for SQLite, the database (and its tables) are created here."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    client.search_experiments(max_results=1)  # creates and migrates a fresh SQLite store
-    return client
-
-
-def experiment_id(client, name: str, artifact_root: Path | None) -> str:
-    """The experiment named ``name`` (a model-training experiment), created (artifacts under ``artifact_root``) if missing."""
-    from mlflow.exceptions import MlflowException
-
-    from sweeper.mlflow_ui import KIND, KIND_TAG
-
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        if found.lifecycle_stage == "deleted":
-            client.restore_experiment(found.experiment_id)
-        if found.tags.get(KIND_TAG) != KIND:  # a store logged before experiments were marked
-            client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
-        return found.experiment_id
-    location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
-    try:
-        # A model-training experiment: the UI's runs, charts and images, not GenAI's traces and judges.
-        return client.create_experiment(name, artifact_location=location, tags={KIND_TAG: KIND})
-    except MlflowException:  # another job created it first
-        return client.get_experiment_by_name(name).experiment_id
 
 
 def _tracking_errors() -> tuple[type[BaseException], ...]:
@@ -145,6 +88,11 @@ class Tracker:
         except _tracking_errors() as err:
             self._disable(f"MLflow store {uri} failed: {err}")
 
+    @classmethod
+    def for_config(cls, config: DictConfig, sweep_dir: Path) -> Tracker:
+        """The tracker of a job or sweep: its store, its experiment, its connect timeout."""
+        return cls(tracking_uri(config), experiment_name(config), sweep_dir, config.tracking.connect_timeout)
+
     @property
     def active(self) -> bool:
         """Whether MLflow calls are being made."""
@@ -155,7 +103,7 @@ class Tracker:
         if self.warned:
             return
         self.warned = True
-        command = f"python -m sweeper.log {self.sweep_dir} --tracking-uri {self.uri}"
+        command = f"python -m sweeper.tracking {self.sweep_dir} --tracking-uri {self.uri}"
         log.warning(
             "MLflow: %s. The sweep goes on and writes everything to disk; log it later with: %s", why, command
         )
@@ -164,8 +112,8 @@ class Tracker:
             (self.sweep_dir / PENDING_FILE).write_text(
                 f"{why}\nLog this sweep to MLflow with:\n  {command}\n"
             )
-        except OSError:
-            pass
+        except OSError as err:  # a read-only sweep folder: the warning above already says what to run
+            log.warning("MLflow: could not write %s (%s)", self.sweep_dir / PENDING_FILE, err)
 
     def call(self, what: str, fn, *args, **kwargs):
         """Run ``fn`` on the client; on failure warn once, switch off and return None."""
@@ -211,7 +159,7 @@ class Tracker:
                     return run.info.run_id, True
                 client.delete_run(run.info.run_id)  # an interrupted attempt: its data is replayed from disk
             all_tags = {**tags, "run_dir": run_dir_name, "sweep_role": "job"}
-            if parent_id:  # not mlflow.parentRunId: the UI would fold the jobs under the parent (mlflow_ui)
+            if parent_id:  # not mlflow.parentRunId: the UI would fold the jobs under the parent (tracking.ui)
                 all_tags["sweep_parent"] = parent_id
             return client.create_run(
                 self.experiment_id, tags=all_tags, run_name=run_dir_name
@@ -245,7 +193,7 @@ class Tracker:
         return (self.call("unfolding child runs", fn) or 0) if parent_id else 0
 
     def set_experiment_tags(self, tags: dict[str, str]) -> None:
-        """Set tags on the sweep's experiment (the shared view of ``sweeper.mlflow_ui``)."""
+        """Set tags on the sweep's experiment (the shared view of ``sweeper.tracking.ui``)."""
         for k, v in tags.items():
             self.call(
                 "tagging the experiment", lambda c, k=k, v=v: c.set_experiment_tag(self.experiment_id, k, v)

@@ -9,7 +9,7 @@ and the project writes a *shared view* into the experiment: the experiment tag
 ``viewStateShareKey=<key>``: a filter to the jobs, the varying hyperparameters and the metric means as
 columns, sorted by the objective, and the chart view's sections (training curves, scores, pictures).
 
-``python -m sweeper.mlflow_ui [--store outputs/mlflow.db] [--port 5000]`` prints every sweep's link and
+``python -m sweeper.tracking.ui [--store outputs/mlflow.db] [--port 5000]`` prints every sweep's link and
 starts ``mlflow ui`` on 127.0.0.1 (``make ui``).
 """
 
@@ -37,7 +37,7 @@ DEFAULT_UI = "http://127.0.0.1:5000"
 
 def image_chart_key(prompt_name: str) -> str:
     """The MLflow image key of a prompt's cells (``grid/sf``); step ``i`` is the prompt's ``i``-th cell."""
-    from sweeper.tracking import image_key
+    from sweeper.tracking.tracker import image_key
 
     return f"grid/{image_key(prompt_name)}"
 
@@ -199,7 +199,9 @@ def summarise_sweep(tracker, parent: str | None, sweep_dir: Path, objective: str
 
 def main(argv: list[str] | None = None) -> int:
     """Print each sweep's link, then run ``mlflow ui`` on the store (one web worker: a one-person store)."""
-    parser = argparse.ArgumentParser(prog="python -m sweeper.mlflow_ui", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sweeper.tracking.ui", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--store", type=Path, default=Path("outputs/mlflow.db"))
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--print-only", action="store_true", help="print the links and exit")

@@ -1,0 +1,281 @@
+"""The sweep folder and its run folders on disk: every file name, and the one reader or writer of each.
+
+Disk is the source of truth (MLflow, the report and the compare page are rebuilt from it)::
+
+    <sweep.root>/<sweep.name>/                 SweepFolder
+        sweep.json                             the plan: varying keys, jobs, MLflow ids (sweeper.plan)
+        report.md  compare.html  loss_curves.png  sheets/<prompt>.png
+        MLFLOW_PENDING                         the store could not be reached; how to log later
+        <learning_rate>;<text_encoder_lr>/     RunFolder (name: sweep.run_dir_template)
+            run.json                           status, settings, grid cells, timings, MLflow run id
+            config.yaml  overrides.yaml        the job's composed config and its command-line overrides
+            render.json                        what the pictures were rendered with (reused on resume)
+            <pr>_<unet>;<text>;<guidance>[-i].png   one picture per grid cell (and seed / index)
+            scores.csv  reference_scores.json  DreamBooth metrics of each picture; of the real pictures
+            sheets/                            contact sheets of this run
+            lora/                              adapter, kohya export, train_result.json, loss log,
+                                               checkpoints/step-<n>/ (resumable states)
+
+A picture's file name is made once (``sweeper.grid.GridCell.stem`` through ``sweeper.naming.image_stem``)
+and never parsed back: ``RunFolder.cells`` maps names to cells from ``run.json``, so prompt short names
+that share a prefix (``purple``, ``purple_rug``) cannot be confused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lora_core.adapters import KOHYA_FILE, LORA_FILE
+from lora_core.atomic import write_text_atomic
+from lora_core.training import LOSS_LOG, RESULT_FILE
+
+# Run folder.
+RECORD_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+OVERRIDES_FILE = "overrides.yaml"
+RENDER_FILE = "render.json"
+SCORES_FILE = "scores.csv"
+REFERENCE_FILE = "reference_scores.json"
+SHEETS_DIR = "sheets"
+LORA_DIR = "lora"
+CHECKPOINTS_DIR = "checkpoints"
+# Sweep folder.
+PLAN_FILE = "sweep.json"
+REPORT_FILE = "report.md"
+PAGE_FILE = "compare.html"
+LOSS_PLOT = "loss_curves.png"
+PENDING_FILE = "MLFLOW_PENDING"
+
+DONE = "done"
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def read_loss_rows(folder: Path) -> list[dict]:
+    """The loss log rows ({step, loss, lr, ...}) of a training folder or checkpoint; empty when absent."""
+    path = Path(folder) / LOSS_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One job's folder. Its properties are paths; its methods read and write the files in it."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """The folder name (``1e-3;1e-4``)."""
+        return self.path.name
+
+    # ---- paths -----------------------------------------------------------------------------------------
+    @property
+    def record_file(self) -> Path:
+        """``run.json``."""
+        return self.path / RECORD_FILE
+
+    @property
+    def config_file(self) -> Path:
+        """``config.yaml``: the job's composed config."""
+        return self.path / CONFIG_FILE
+
+    @property
+    def overrides_file(self) -> Path:
+        """``overrides.yaml``: the job's command-line overrides."""
+        return self.path / OVERRIDES_FILE
+
+    @property
+    def render_file(self) -> Path:
+        """``render.json``: the render settings the pictures were made with."""
+        return self.path / RENDER_FILE
+
+    @property
+    def scores_file(self) -> Path:
+        """``scores.csv``: DreamBooth metrics per picture."""
+        return self.path / SCORES_FILE
+
+    @property
+    def reference_file(self) -> Path:
+        """``reference_scores.json``: the same metrics among the real subject pictures."""
+        return self.path / REFERENCE_FILE
+
+    @property
+    def sheets_dir(self) -> Path:
+        """``sheets/``: this run's contact sheets."""
+        return self.path / SHEETS_DIR
+
+    @property
+    def lora_dir(self) -> Path:
+        """``lora/``: the trained adapter, its exports, the loss log and the checkpoints."""
+        return self.path / LORA_DIR
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """``lora/checkpoints/``: resumable training states, one ``step-<n>`` folder each."""
+        return self.lora_dir / CHECKPOINTS_DIR
+
+    @property
+    def loss_log(self) -> Path:
+        """``lora/loss.jsonl``: one row per logged step."""
+        return self.lora_dir / LOSS_LOG
+
+    @property
+    def train_result_file(self) -> Path:
+        """``lora/train_result.json``: speed, memory and the final loss of the training."""
+        return self.lora_dir / RESULT_FILE
+
+    def adapter_files(self) -> list[Path]:
+        """The exported adapter files (diffusers / peft format and kohya format), those that exist."""
+        return [p for p in (self.lora_dir / LORA_FILE, self.lora_dir / KOHYA_FILE) if p.is_file()]
+
+    def picture(self, file_name: str) -> Path:
+        """A grid picture's path from its file name (``ph_1;0;4.png``)."""
+        return self.path / file_name
+
+    def pictures(self) -> list[Path]:
+        """Every picture in the folder, by name."""
+        return sorted(self.path.glob("*.png"))
+
+    def config_artifacts(self) -> list[Path]:
+        """The small files that describe the run (logged beside it in MLflow)."""
+        return [
+            self.config_file, self.overrides_file, self.record_file, self.render_file,
+            self.scores_file, self.reference_file,
+        ]  # fmt: skip
+
+    # ---- readers / writers -----------------------------------------------------------------------------
+    def read_record(self) -> dict:
+        """``run.json`` as a dict ({} when absent)."""
+        return _read_json(self.record_file)
+
+    def write_record(self, record: dict) -> None:
+        """Write ``run.json`` atomically (a job killed mid-write leaves the previous one)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.record_file, json.dumps(record, indent=2, default=str))
+
+    def update_record(self, **values) -> None:
+        """Set top-level keys of ``run.json``, keeping the rest."""
+        self.write_record(self.read_record() | values)
+
+    @property
+    def done(self) -> bool:
+        """Whether the job finished (``run.json`` status ``done``)."""
+        return self.read_record().get("status") == DONE
+
+    def cells(self) -> list[dict]:
+        """The grid cells recorded in ``run.json`` (each with its file ``stem``), in grid order."""
+        return list(self.read_record().get("cells", []))
+
+    def cell_of(self, stem: str) -> dict | None:
+        """The recorded cell a picture name (without ``.png``) belongs to, or None."""
+        return next((c for c in self.cells() if c.get("stem") == stem), None)
+
+    def read_config(self) -> DictConfig | None:
+        """``config.yaml``, or None when absent."""
+        return OmegaConf.load(self.config_file) if self.config_file.is_file() else None
+
+    def write_config(self, config: dict, overrides: list[str]) -> None:
+        """Write ``config.yaml`` and ``overrides.yaml``."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.config_file, OmegaConf.to_yaml(OmegaConf.create(config)))
+        write_text_atomic(self.overrides_file, OmegaConf.to_yaml(OmegaConf.create(overrides)))
+
+    def read_render(self) -> dict | None:
+        """``render.json``, or None when absent."""
+        return _read_json(self.render_file) if self.render_file.is_file() else None
+
+    def write_render(self, settings: dict) -> None:
+        """Write ``render.json``."""
+        write_text_atomic(self.render_file, json.dumps(settings, indent=2))
+
+    def read_reference(self) -> dict:
+        """``reference_scores.json`` ({} when absent)."""
+        return _read_json(self.reference_file)
+
+    def write_reference(self, scores: dict) -> None:
+        """Write ``reference_scores.json``."""
+        write_text_atomic(self.reference_file, json.dumps(scores, indent=2))
+
+    def read_train_result(self) -> dict:
+        """``lora/train_result.json`` ({} when absent)."""
+        return _read_json(self.train_result_file)
+
+    def read_loss_log(self) -> list[dict]:
+        """The loss log's rows ({step, loss, lr, ...}), empty when absent."""
+        return read_loss_rows(self.lora_dir)
+
+
+@dataclass(frozen=True)
+class SweepFolder:
+    """``<sweep.root>/<sweep.name>``: the run folders, the plan and the sweep-wide outputs."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """The sweep's name."""
+        return self.path.name
+
+    @property
+    def plan_file(self) -> Path:
+        """``sweep.json``."""
+        return self.path / PLAN_FILE
+
+    @property
+    def report_file(self) -> Path:
+        """``report.md``."""
+        return self.path / REPORT_FILE
+
+    @property
+    def page_file(self) -> Path:
+        """``compare.html``."""
+        return self.path / PAGE_FILE
+
+    @property
+    def loss_plot(self) -> Path:
+        """``loss_curves.png``."""
+        return self.path / LOSS_PLOT
+
+    @property
+    def sheets_dir(self) -> Path:
+        """``sheets/``: one sheet per prompt, a row per run."""
+        return self.path / SHEETS_DIR
+
+    @property
+    def pending_file(self) -> Path:
+        """``MLFLOW_PENDING``: present while the sweep is not logged to its store."""
+        return self.path / PENDING_FILE
+
+    def run(self, name: str) -> RunFolder:
+        """The run folder called ``name``."""
+        return RunFolder(self.path / name)
+
+    def runs(self) -> Iterator[RunFolder]:
+        """Every run folder that has a ``run.json`` (finished or not), by name."""
+        for record in sorted(self.path.glob(f"*/{RECORD_FILE}")):
+            yield RunFolder(record.parent)
+
+    def done_runs(self) -> list[RunFolder]:
+        """The finished run folders, by name."""
+        return [run for run in self.runs() if run.done]
+
+    def checkpoint_dirs(self) -> list[Path]:
+        """Every run folder's checkpoint folder (where resume and step reuse look)."""
+        return sorted(self.path.glob(f"*/{LORA_DIR}/{CHECKPOINTS_DIR}"))
+
+    def sheets(self) -> list[Path]:
+        """The sweep-wide sheets."""
+        return sorted(self.sheets_dir.glob("*.png"))
+
+    def outputs(self) -> list[Path]:
+        """The sweep-wide files logged to the MLflow parent run (those that exist)."""
+        return [p for p in (self.plan_file, self.report_file, self.loss_plot, self.page_file) if p.is_file()]
