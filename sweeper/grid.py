@@ -138,7 +138,7 @@ def _explicit_cells(cells, prompts: dict[str, str]) -> list[tuple[str, float, fl
     return out
 
 
-def plan_cells(render, token: str, class_name: str) -> list[GridCell]:
+def grid_cells(render, token: str, class_name: str) -> list[GridCell]:
     """Every picture of a run's grid: the full product, or the explicit cells per prompt.
 
     Args:

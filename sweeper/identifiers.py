@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from lora_core.identifiers import identifier_warnings, rare_identifiers
 from sweeper.app import CONF_DIR
 from sweeper.cli import user_errors
-from sweeper.job_config import build_job
+from sweeper.job_spec import build_job
 
 
 def main(argv: list[str] | None = None) -> int:

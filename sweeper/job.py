@@ -23,7 +23,7 @@ from lora_core.errors import UserInputError
 from lora_core.models import dtype_name, load_pipeline, model_identity
 from lora_core.render import GridRenderer
 from lora_core.training import find_checkpoint, train_lora
-from sweeper.job_config import JobSpec, build_job
+from sweeper.job_spec import JobSpec, build_job
 from sweeper.layout import RunFolder, SweepFolder, read_loss_rows
 from sweeper.plan import SweepPlan
 from sweeper.tracking.store import tracking_uri
@@ -175,7 +175,7 @@ class Job:
 
     def draw_sheets(self) -> None:
         """One contact sheet per prompt and guidance: rows UNet scale, columns text-encoder scale."""
-        from sweeper.contact import draw_run_sheets
+        from sweeper.sheets import draw_run_sheets
 
         self.result.sheets = [
             str(p) for p in draw_run_sheets(self.run_dir, self.spec.cells, self.cfg.render.sheet_thumb)

@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sweeper.cli import user_errors
-from sweeper.job_config import build_job, sweep_dir_of
+from sweeper.job_spec import build_job, sweep_dir_of
 from sweeper.layout import SweepFolder
 from sweeper.plan import SweepPlan, check_inputs, compose_job, expand_jobs, plan_sweep
 from sweeper.tracking.store import tracking_uri
@@ -90,8 +90,8 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         """Sweep-wide sheets, report and compare page; the parent run closed with them; where to look."""
-        from sweeper.contact import draw_sweep_sheets
         from sweeper.report import write_report
+        from sweeper.sheets import draw_sweep_sheets
         from sweeper.summary import print_summary
         from sweeper.tracking.replay import close_sweep
 

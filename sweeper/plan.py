@@ -20,7 +20,7 @@ from lora_core.atomic import write_text_atomic
 from lora_core.errors import UserInputError
 from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS, Hyperparameters
 from lora_core.world_weights import WORLD, verified_world_dir
-from sweeper.job_config import JobSpec, build_job
+from sweeper.job_spec import JobSpec, build_job
 from sweeper.layout import PLAN_FILE
 
 log = logging.getLogger(__name__)

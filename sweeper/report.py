@@ -21,7 +21,7 @@ from sweeper.grid import first_images
 from sweeper.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, SHEETS_DIR, RunFolder
 from sweeper.naming import format_number
 from sweeper.objective import parse_objective
-from sweeper.results import METRICS, RunResult, load_results, varying_keys
+from sweeper.results import METRICS, RunResult, differing_settings, load_results
 
 _TEMPLATE = Path(__file__).with_name("compare_page.html")
 
@@ -29,7 +29,7 @@ _TEMPLATE = Path(__file__).with_name("compare_page.html")
 # ---- compare page ------------------------------------------------------------------------------------------
 def page_data(sweep_dir: Path, runs: list[RunResult]) -> dict:
     """Everything the compare page shows, with paths relative to the sweep folder."""
-    keys = varying_keys(runs)
+    keys = differing_settings(runs)
     cells: dict[str, dict] = {}
     images: dict[str, dict] = {}
     for run in runs:
@@ -112,7 +112,7 @@ def _best_cell(run: RunResult, prompt: str, terms: list[tuple[float, str]]) -> s
 def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot: Path | None) -> str:
     """The report: a row per configuration, best per metric in bold, best cell per prompt."""
     terms = parse_objective(objective)
-    keys = varying_keys(runs)
+    keys = differing_settings(runs)
     metrics = sorted({m for r in runs for m in r.metric_names()}, key=METRICS.index)
     columns = [*metrics, "final_loss"]
     values = {r.name: {**r.means(), "final_loss": r.final_loss} for r in runs}

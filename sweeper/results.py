@@ -136,7 +136,7 @@ def load_run(run_dir: Path) -> RunResult:
     return RunResult(run_dir, record.get("settings", {}), cells, read_scores(run_dir), read_loss(run_dir))
 
 
-def varying_keys(runs: list[RunResult]) -> list[str]:
+def differing_settings(runs: list[RunResult]) -> list[str]:
     """Training settings whose value differs between the runs (learning rates always shown)."""
     keys = ["learning_rate", "text_encoder_lr"]
     if runs:

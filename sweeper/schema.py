@@ -2,7 +2,7 @@
 
 The YAML files in ``conf/`` extend these (``defaults: [base_config, ...]``), so a typo in a YAML file or on
 the command line (``train.lerning_rate=...``) or a wrong type (``train.max_train_steps=abc``) is an error
-before anything runs. Value ranges are checked in ``sweeper.job_config`` before any model loads.
+before anything runs. Value ranges are checked in ``sweeper.job_spec`` before any model loads.
 """
 
 from __future__ import annotations

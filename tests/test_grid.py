@@ -2,7 +2,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from lora_core.errors import UserInputError
-from sweeper.grid import plan_cells, resolve_prompts
+from sweeper.grid import grid_cells, resolve_prompts
 from sweeper.schema import RenderConfig
 
 
@@ -14,7 +14,7 @@ def _render(**overrides):
 
 
 def test_full_grid_is_the_product_of_every_axis():
-    cells = plan_cells(_render(prompts={"sf": "smile face", "fc": "falling"}, unet_scales=[0.5, 1], text_scales=[0, 1],
+    cells = grid_cells(_render(prompts={"sf": "smile face", "fc": "falling"}, unet_scales=[0.5, 1], text_scales=[0, 1],
                                guidance_scales=[3, 5]), "ktn", "cat")  # fmt: skip
     assert len(cells) == 2 * 2 * 2 * 2
     assert cells[0].file_name == "sf_0.5;0;3.png"
@@ -37,14 +37,14 @@ def test_named_and_plain_prompts_mix_in_one_list():
 
 
 def test_explicit_cells_replace_the_product():
-    cells = plan_cells(_render(prompts={"sf": "smile face"},
+    cells = grid_cells(_render(prompts={"sf": "smile face"},
                                cells={"sf": [{"unet": 0.9, "text": 0.5, "guidance": 1}, {"unet": 0.7, "text": 0.3, "guidance": 2}]}),
                        "ktn", "cat")  # fmt: skip
     assert [c.file_name for c in cells] == ["sf_0.9;0.5;1.png", "sf_0.7;0.3;2.png"]
 
 
 def test_several_seeds_and_images_per_cell_get_suffixes():
-    cells = plan_cells(_render(prompts={"sf": "smile"}, seeds=[1, 2], images_per_cell=2), "ktn", "cat")
+    cells = grid_cells(_render(prompts={"sf": "smile"}, seeds=[1, 2], images_per_cell=2), "ktn", "cat")
     assert [c.stem for c in cells] == ["sf_1;1;7.5_1-0", "sf_1;1;7.5_1-1", "sf_1;1;7.5_2-0", "sf_1;1;7.5_2-1"]
 
 
@@ -60,9 +60,9 @@ def test_several_seeds_and_images_per_cell_get_suffixes():
 def test_bad_grids_are_refused_with_the_key(overrides, key):
     base = {"text_scales": [0.5, 1]}
     with pytest.raises(UserInputError, match=key):
-        plan_cells(_render(**{**base, **overrides}), "ktn", "cat")
+        grid_cells(_render(**{**base, **overrides}), "ktn", "cat")
 
 
 def test_prompt_text_never_reaches_a_file_name():
-    cells = plan_cells(_render(prompts=["../../etc/passwd", "a/b\\c"]), "ktn", "cat")
+    cells = grid_cells(_render(prompts=["../../etc/passwd", "a/b\\c"]), "ktn", "cat")
     assert all("/" not in c.file_name and "\\" not in c.file_name and ".." not in c.file_name for c in cells)

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from lora_core.errors import UserInputError
-from sweeper.sheets import (
+from sweeper.drawing import (
     GAP,
     MAX_PIXELS,
     MAX_SIDE,

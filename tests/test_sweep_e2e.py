@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from sweep_cli import FAST, REPO, mlflow_runs, run_records, sweep
 
-from sweeper.sheets import plan_layout
+from sweeper.drawing import plan_layout
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from lora_core.models import ModelSource
 from lora_core.render import RenderOptions
 from lora_core.settings import TrainSettings
 from lora_core.tiny_model import TinyModelSpec, default_cache_dir
-from sweeper.grid import GridCell, fill_prompt, plan_cells
+from sweeper.grid import GridCell, fill_prompt, grid_cells
 from sweeper.naming import check_safe_name, run_dir_name
 
 DATA_KINDS = ("object", "live")
@@ -98,7 +98,7 @@ def build_job(cfg: DictConfig) -> JobSpec:
         fuse=cfg.render.fuse,
     )
     render.validate()
-    cells = plan_cells(cfg.render, cfg.data.token, cfg.data.class_name) if cfg.render.enabled else []
+    cells = grid_cells(cfg.render, cfg.data.token, cfg.data.class_name) if cfg.render.enabled else []
     return JobSpec(
         model=model,
         instance_dir=Path(cfg.data.instance_dir).expanduser() if cfg.data.instance_dir else None,
@@ -138,8 +138,8 @@ def naming_values(cfg: DictConfig) -> dict:
 
 def _check_outputs(cfg: DictConfig) -> None:
     """Values used only after training (scoring, sheets): checked now, so a typo costs seconds, not a run."""
+    from sweeper.drawing import MIN_THUMB
     from sweeper.objective import parse_objective
-    from sweeper.sheets import MIN_THUMB
 
     parse_objective(cfg.eval.objective)
     if cfg.eval.batch_size < 1:
