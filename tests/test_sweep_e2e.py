@@ -13,8 +13,6 @@ from PIL import Image
 from safetensors.torch import load_file
 from sweep_cli import FAST, REPO, mlflow_runs, run_records, sweep
 
-from sweeper.drawing import plan_layout
-
 pytestmark = pytest.mark.slow
 
 RUNS = {"1e-3;1e-4", "1e-3;1e-5", "1e-4;1e-4", "1e-4;1e-5"}  # the quickstart's learning rates
@@ -48,20 +46,40 @@ def test_each_run_trained_with_its_own_learning_rates(quickstart):
         assert record["status"] == "done" and record["result"]["images_total"] == 12
 
 
-def test_contact_sheets_have_the_layout_size(quickstart):
+def _locate(sheet: Image.Image, picture: Image.Image) -> tuple[int, int]:
+    """Where ``picture`` (already at thumbnail size) sits in ``sheet``: its top-left corner, found by pixels."""
+    import numpy as np
+
+    big = np.asarray(sheet.convert("L"), dtype=np.float32)
+    small = np.asarray(picture.convert("L"), dtype=np.float32)
+    h, w = small.shape
+    windows = np.lib.stride_tricks.sliding_window_view(big, (h, w))[:, :, ::8, ::8]
+    errors = np.abs(windows - small[::8, ::8]).mean(axis=(2, 3))
+    y, x = np.unravel_index(np.argmin(errors), errors.shape)
+    assert np.abs(big[y : y + h, x : x + w] - small).mean() < 2.0, "picture not found in the sheet"
+    return int(x), int(y)
+
+
+def test_contact_sheets_hold_each_picture_in_its_row_and_column(quickstart):
+    """The run sheet has the UNet scales as rows and the text scales as columns, each picture once, in
+    order, below a title and right of the row labels; the sweep sheet has a row per run."""
     root, _ = quickstart
-    run_sheet = Image.open(root / "quickstart" / "1e-4;1e-4" / "sheets" / "ph_g4.png")
-    layout = plan_layout(
-        '"a photo of ktn cat" | 1e-4;1e-4 | guidance 4',
-        ["unet 0", "unet 0.5", "unet 1"],
-        ["text 0", "text 1"],
-        64,
-    )
-    assert run_sheet.size == layout.size
+    run_dir = root / "quickstart" / "1e-4;1e-4"
+    sheet = Image.open(run_dir / "sheets" / "ph_g4.png")
+    unets, texts = ("0", "0.5", "1"), ("0", "1")
+    where = {(u, t): _locate(sheet, Image.open(run_dir / f"ph_{u};{t};4.png")) for u in unets for t in texts}
+    xs = [sorted({where[u, t][0] for u in unets}) for t in texts]
+    ys = [sorted({where[u, t][1] for t in texts}) for u in unets]
+    assert all(len(x) == 1 for x in xs) and all(len(y) == 1 for y in ys), where  # aligned columns and rows
+    assert xs[0][0] < xs[1][0] and ys[0][0] < ys[1][0] < ys[2][0]  # text scale left to right, UNet down
+    assert ys[0][0] > 0 and xs[0][0] > 0  # room for the title above and the row labels left
+    assert sheet.width < 2 * 64 + 400 and sheet.height < 3 * 64 + 300  # thumbnails at 64 px, not larger
     sweep_sheet = Image.open(root / "quickstart" / "sheets" / "be.png")
-    columns = [f"{u};{t};4" for u in ("0", "0.5", "1") for t in ("0", "1")]
-    title = '"a ktn cat on the beach" | every run of quickstart | columns: unet;text;guidance'
-    assert sweep_sheet.size == plan_layout(title, sorted(RUNS), columns, 64).size
+    rows = [
+        _locate(sweep_sheet, Image.open(root / "quickstart" / run / "be_1;1;4.png"))[1]
+        for run in sorted(RUNS)
+    ]
+    assert rows == sorted(rows) and len(set(rows)) == len(RUNS)  # one row per run, in name order
 
 
 def test_the_summary_says_where_everything_is(quickstart):
