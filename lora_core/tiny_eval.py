@@ -1,12 +1,16 @@
-"""Tiny random evaluation models (a DINO-shaped ViT and a CLIP), built offline from config.
+"""Random evaluation models built offline from config: tiny ones, and the paper's architectures at real size.
 
 The same role as ``tiny_model`` for the metrics: ``eval.dino_model=tiny`` / ``eval.clip_model=tiny`` run
-the whole evaluation path (``from_pretrained``, processors, batching, arithmetic) with no download. Their
-scores measure nothing about pictures; they exist for tests, benchmarks and the default run.
+the whole evaluation path (``from_pretrained``, processors, batching, arithmetic) with no download.
+``eval.dino_model=real-shape`` / ``eval.clip_model=real-shape`` are DINO ViT-S/16 and CLIP ViT-B/32 as
+their hub configurations define them (depth, width, heads, patch size, 224 px input, the hub's legacy
+processor files), with random weights: the real metrics' code path at real size, memory and speed, on
+a machine that cannot download. Their scores measure nothing about pictures.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +19,8 @@ from lora_core.tiny_model import byte_level_vocab, default_cache_dir
 from lora_core.world_weights import WORLD, world_part
 
 TINY = "tiny"
+REAL_SHAPE = "real-shape"
+REAL_SIZE = 224
 _VERSION = 1
 IMAGE_SIZE = 32
 # The preprocessing of the real models (facebook/dino-vits16, openai/clip-vit-base-patch32), at 32 px.
@@ -69,10 +75,68 @@ def ensure_tiny_clip(cache_dir: str | os.PathLike | None = None, seed: int = 0) 
     return target
 
 
-def resolve_eval_model(name: str, kind: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """``tiny``/``world`` -> the folder of that evaluation model; anything else unchanged.
+def ensure_real_shape_dino(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """Folder of a randomly initialised DINO ViT-S/16 (``facebook/dino-vits16``'s configuration and files).
 
-    ``tiny`` is built on first use; ``world`` is the world model's identity ViT (``dino``) or world CLIP
+    22 M parameters, 224 px input, 384-wide CLS embedding; the processor file is the hub's own format
+    (``ViTFeatureExtractor``, squash to 224 x 224, ImageNet statistics).
+    """
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    target = Path(cache_dir or default_cache_dir()) / f"real-shape-dino-vits16-v{_VERSION}-s{seed}"
+    if (target / "config.json").is_file():
+        return target
+    config = ViTConfig(image_size=REAL_SIZE, patch_size=16, hidden_size=384, num_hidden_layers=12,
+                       num_attention_heads=6, intermediate_size=1536, qkv_bias=True, layer_norm_eps=1e-6)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ViTModel(config, add_pooling_layer=False)
+    processor = {"feature_extractor_type": "ViTFeatureExtractor", "do_resize": True, "size": REAL_SIZE,
+                 "resample": 2, "do_normalize": True, "image_mean": _IMAGENET[0], "image_std": _IMAGENET[1]}  # fmt: skip
+    with atomic_dir(target, replace=False) as tmp:
+        model.save_pretrained(tmp)
+        (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    return target
+
+
+def ensure_real_shape_clip(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """Folder of a randomly initialised CLIP ViT-B/32 (``openai/clip-vit-base-patch32``'s configuration).
+
+    151 M parameters: a 12-layer 768-wide vision tower on 32 px patches of a 224 px picture, a 12-layer
+    512-wide text tower over 49408 token rows, 512-wide projections. The tokenizer is the byte-level CLIP
+    tokenizer (the real BPE merges are a download); the processor file is the hub's own format
+    (``CLIPFeatureExtractor``: shortest edge to 224, bicubic, centre crop, CLIP statistics).
+    """
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    target = Path(cache_dir or default_cache_dir()) / f"real-shape-clip-vitb32-v{_VERSION}-s{seed}"
+    if (target / "config.json").is_file():
+        return target
+    vocab = byte_level_vocab()
+    text = {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+            "num_attention_heads": 8, "max_position_embeddings": 77, "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": vocab["<|endoftext|>"]}  # fmt: skip
+    vision = {"image_size": REAL_SIZE, "patch_size": 32, "hidden_size": 768, "intermediate_size": 3072,
+              "num_hidden_layers": 12, "num_attention_heads": 12}  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=512))
+    processor = {"feature_extractor_type": "CLIPFeatureExtractor", "do_resize": True, "size": REAL_SIZE,
+                 "resample": 3, "do_center_crop": True, "crop_size": REAL_SIZE, "do_normalize": True,
+                 "image_mean": _CLIP[0], "image_std": _CLIP[1]}  # fmt: skip
+    with atomic_dir(target, replace=False) as tmp:
+        model.save_pretrained(tmp)
+        CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77).save_pretrained(tmp)
+        (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    return target
+
+
+def resolve_eval_model(name: str, kind: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """``tiny``/``real-shape``/``world`` -> the folder of that evaluation model; anything else unchanged.
+
+    ``tiny`` and ``real-shape`` are built on first use; ``world`` is the world model's identity ViT (``dino``) or world CLIP
     (``clip``), its files checked.
 
     Args:
@@ -82,6 +146,8 @@ def resolve_eval_model(name: str, kind: str, cache_dir: str | os.PathLike | None
     """
     if name == WORLD:
         return world_part("identity" if kind == "dino" else "clip")
+    if name == REAL_SHAPE:
+        return str(ensure_real_shape_dino(cache_dir) if kind == "dino" else ensure_real_shape_clip(cache_dir))
     if name != TINY:
         return name
     return str(ensure_tiny_dino(cache_dir) if kind == "dino" else ensure_tiny_clip(cache_dir))

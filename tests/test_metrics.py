@@ -196,3 +196,30 @@ def test_try_load_scorer_returns_none_after_one_warning_line(eval_models, caplog
         )
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1 and "eval.dino_model" in lines[0] and "eval.local_files_only=true" in lines[0]
+
+
+@pytest.mark.slow
+def test_the_papers_architectures_at_real_size_score_through_the_same_path(tmp_path_factory):
+    """DINO ViT-S/16 and CLIP ViT-B/32, built from their hub configurations with random weights, load through
+    the scorer's from_pretrained path and take 224 px input; the metrics keep their meaning (identical
+    pictures score 1, a picture's scores equal the embeddings' cosines computed by hand)."""
+    from lora_core.tiny_eval import REAL_SHAPE, REAL_SIZE, resolve_eval_model
+
+    root = tmp_path_factory.mktemp("real-shape")
+    dino, clip = (resolve_eval_model(REAL_SHAPE, kind, root) for kind in ("dino", "clip"))
+    scorer = ImageScorer(EvalModels(dino, clip, local_files_only=True), batch_size=2)
+    assert sum(p.numel() for p in scorer.dino.parameters()) > 21_000_000  # ViT-S/16: 21.7 M
+    assert sum(p.numel() for p in scorer.clip.parameters()) > 150_000_000  # ViT-B/32: 151 M
+    pictures = _pictures(3, size=512)
+    pixels = scorer.clip_processor([pictures[0]], return_tensors="pt")["pixel_values"]
+    assert tuple(pixels.shape[-2:]) == (REAL_SIZE, REAL_SIZE)
+    assert tuple(scorer.dino_embeddings(pictures).shape) == (3, 384)
+    assert tuple(scorer.clip_image_embeddings(pictures).shape) == (3, 512)
+    scorer.set_references(pictures[:1])
+    scores = scorer.score(pictures[:2], ["a ktn cat", "a ktn cat on the beach"])
+    assert scores[0]["dino"] == pytest.approx(1.0, abs=1e-5) and scores[0]["clip_i"] == pytest.approx(
+        1.0, abs=1e-5
+    )
+    by_hand = _unit(_dino_cls(dino, pictures[:2]))
+    assert scores[1]["dino"] == pytest.approx(float(by_hand[0] @ by_hand[1]), abs=1e-4)
+    assert all(abs(s[m]) <= 1 + 1e-5 for s in scores for m in ("dino", "clip_i", "clip_t"))
