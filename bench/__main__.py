@@ -17,6 +17,8 @@ BENCHES = {
     "sweep": "bench.sweep",
     "score": "bench.score",
 }
+# Run by name only (not by ``python -m bench``): the device check, for a machine with a GPU.
+ON_DEMAND = {"gpu": "bench.gpu"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,13 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
-        print(__doc__.strip() + "\n\nBenchmarks: " + ", ".join(BENCHES) + " (python -m bench NAME --help)")
+        print(
+            __doc__.strip()
+            + "\n\nBenchmarks: "
+            + ", ".join(BENCHES | ON_DEMAND)
+            + " (python -m bench NAME --help)"
+        )
         return 0
     if argv and not argv[0].startswith("-"):
-        if argv[0] not in BENCHES:
-            print(f"unknown benchmark {argv[0]!r}; known: {', '.join(BENCHES)}", file=sys.stderr)
+        known = BENCHES | ON_DEMAND
+        if argv[0] not in known:
+            print(f"unknown benchmark {argv[0]!r}; known: {', '.join(known)}", file=sys.stderr)
             return 2
-        return importlib.import_module(BENCHES[argv[0]]).main(argv[1:])
+        return importlib.import_module(known[argv[0]]).main(argv[1:])
     codes = [importlib.import_module(module).main(list(argv)) for module in BENCHES.values()]
     return next((code for code in codes if code), 0)
 

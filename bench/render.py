@@ -54,19 +54,21 @@ def _cells(guidance: float, seed: int):
     return [RenderCell(p, u, t, guidance, seed) for p in PROMPTS for u in SCALES for t in SCALES]
 
 
-def run_ours(pipe, lora: Path, cells, steps: int) -> tuple[float, dict]:
+def run_ours(pipe, lora: Path, cells, steps: int, resolution: int = 64) -> tuple[float, dict]:
     """Seconds for the renderer (adapter load included), and the pictures by cell."""
     import numpy as np
 
     from lora_core.render import GridRenderer, RenderOptions
 
     started = time.perf_counter()
-    with GridRenderer(pipe, lora, RenderOptions(num_inference_steps=steps, resolution=64)) as renderer:
+    with GridRenderer(
+        pipe, lora, RenderOptions(num_inference_steps=steps, resolution=resolution)
+    ) as renderer:
         pictures = {cell: np.asarray(image, dtype=np.float64) for cell, image in renderer.render(cells)}
     return time.perf_counter() - started, pictures
 
 
-def run_plain(pipe, lora: Path, cells, steps: int) -> tuple[float, dict]:
+def run_plain(pipe, lora: Path, cells, steps: int, resolution: int = 64) -> tuple[float, dict]:
     """Seconds for the plain per-cell loop (adapter load included), and the pictures by cell."""
     import numpy as np
     import torch
@@ -78,8 +80,8 @@ def run_plain(pipe, lora: Path, cells, steps: int) -> tuple[float, dict]:
         pipe.set_adapters(
             ["plain"], adapter_weights=[{"unet": cell.unet_scale, "text_encoder": cell.text_scale}]
         )
-        image = pipe(cell.prompt, num_inference_steps=steps, guidance_scale=cell.guidance, height=64, width=64,
-                     generator=torch.Generator().manual_seed(cell.seed)).images[0]  # fmt: skip
+        image = pipe(cell.prompt, num_inference_steps=steps, guidance_scale=cell.guidance, height=resolution,
+                     width=resolution, generator=torch.Generator().manual_seed(cell.seed)).images[0]  # fmt: skip
         pictures[cell] = np.asarray(image, dtype=np.float64)
     seconds = time.perf_counter() - started
     pipe.unload_lora_weights()

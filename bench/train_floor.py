@@ -33,13 +33,15 @@ def _lora_config(settings: dict, targets: list[str]):
                       init_lora_weights="gaussian", target_modules=list(targets))  # fmt: skip
 
 
-def load_models(model_dir: str, settings: dict, device: str):
-    """Load the UNet (and the text encoder when it trains) in float32 and attach the LoRA layers.
+def load_models(model_dir: str, settings: dict, device: str, half: bool = False):
+    """Load the UNet (and the text encoder when it trains) and attach the LoRA layers.
 
     Args:
         model_dir: A diffusers Stable Diffusion folder.
         settings: ``TrainSettings.to_dict()`` of the training being compared.
         device: Torch device.
+        half: Base weights in float16 and LoRA weights in float32 (as ``lora_core`` trains in fp16 mixed
+            precision); else everything in float32.
 
     Returns:
         ``(unet, text_encoder)``; ``text_encoder`` is None when it is frozen.
@@ -49,16 +51,25 @@ def load_models(model_dir: str, settings: dict, device: str):
     from transformers import CLIPTextModel
 
     torch.manual_seed(settings["seed"])
-    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet").to(device)
+    dtype = torch.float16 if half else torch.float32
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=dtype).to(device)
     unet.requires_grad_(False)
     unet.add_adapter(_lora_config(settings, settings["unet_target_modules"]))
     unet.train()
     text_encoder = None
     if settings["text_encoder_lr"] > 0:
-        text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder").to(device)
+        text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=dtype).to(
+            device
+        )
         text_encoder.requires_grad_(False)
         text_encoder.add_adapter(_lora_config(settings, settings["text_target_modules"]))
         text_encoder.train()
+    for model in (unet, text_encoder):
+        for param in model.parameters() if model is not None else []:
+            if param.requires_grad:
+                param.data = param.data.float()
+    if settings.get("gradient_checkpointing"):
+        unet.enable_gradient_checkpointing()
     return unet, text_encoder
 
 
@@ -93,13 +104,15 @@ def vae_scale_factor(model_dir: str) -> int:
     return 2 ** (len(AutoencoderKL.load_config(model_dir, subfolder="vae")["block_out_channels"]) - 1)
 
 
-def make_step(model_dir: str, settings: dict, device: str):
+def make_step(model_dir: str, settings: dict, device: str, half: bool = False):
     """Build the models, pre-made inputs and optimizer, and return a function that runs one step.
 
     Args:
         model_dir: A diffusers Stable Diffusion folder.
         settings: ``TrainSettings.to_dict()``.
         device: Torch device.
+        half: fp16 mixed precision: float16 base weights, float32 LoRA weights, autocast and a gradient
+            scaler (what Accelerate's ``mixed_precision="fp16"`` does for ``lora_core``).
 
     Returns:
         A no-argument function doing forward, backward, clipping and the optimizer step.
@@ -108,7 +121,7 @@ def make_step(model_dir: str, settings: dict, device: str):
     import torch.nn.functional as F
     from transformers import CLIPTextConfig
 
-    unet, text_encoder = load_models(model_dir, settings, device)
+    unet, text_encoder = load_models(model_dir, settings, device, half)
     optimizer, params = make_optimizer(unet, text_encoder, settings)
     side = settings["resolution"] // vae_scale_factor(model_dir)
     batch = settings["train_batch_size"]
@@ -119,15 +132,20 @@ def make_step(model_dir: str, settings: dict, device: str):
     token_ids = torch.randint(0, text_config.vocab_size, (batch, 77), device=device)
     embeds = torch.randn(batch, 77, unet.config.cross_attention_dim, device=device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    scaler = torch.amp.GradScaler("cuda", enabled=half)
 
     def step() -> None:
-        hidden = text_encoder(token_ids)[0] if text_encoder is not None else embeds
-        pred = unet(noisy, timesteps, hidden).sample
-        F.mse_loss(pred.float(), target.float()).backward()
+        with torch.autocast(device.split(":")[0], dtype=torch.float16, enabled=half):
+            hidden = text_encoder(token_ids)[0] if text_encoder is not None else embeds
+            pred = unet(noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype)).sample
+            loss = F.mse_loss(pred.float(), target.float())
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         if settings["max_grad_norm"] > 0:
             torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
         sync()  # so the clock after the optimizer step sees the work done, not just queued
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
     return step

@@ -1,0 +1,282 @@
+"""The prepared device check: real-size training, resume, grid and a whole sweep, in one call.
+
+``python -m bench gpu [--out DIR]`` on a machine with CUDA (about 5 minutes on one H100; see the README's
+"GPU check" for the wheels to carry where diffusers, Hydra, OmegaConf or MLflow are missing):
+
+1. **train** — an SD-1.5-shaped model with random weights (built from config on the machine, no
+   download), 512 px, rank 16, fp16 mixed precision with fp32 LoRA weights, text encoder frozen; batch 1
+   and 4, gradient checkpointing off and on: s/step (median step after the warm-up) and peak GPU memory
+   of ``lora_core.train_lora``, against the project's compute floor (``bench.train_floor``: forward,
+   backward, clipping and AdamW on pre-made tensors with the same dtype policy) measured in the same call.
+2. **resume** — N steps straight against N/2 steps, a checkpoint and N/2 more: the largest difference
+   between the two LoRAs' weights (fp16 compute: equal within the stated tolerance, not bit for bit).
+3. **grid** — the 48-cell grid (3 prompts x 4 UNet scales x 4 text scales) at 512 px, 25 steps: images/s
+   of ``GridRenderer`` against the plain ``set_adapters`` loop, and the largest pixel difference.
+4. **sweep** — ``python -m sweeper -m`` on that model, two learning rates, MLflow on SQLite: ends green.
+
+``--tiny`` runs the same code on the tiny model at 64 px with a few steps: the CPU path the tests run, so
+the check cannot rot between GPU sessions. Results: ``summary.json`` and ``table.md`` in ``--out``
+(default ``$OUT`` where set, else ``bench/results/gpu``). Nothing is asserted here; the figures go to the
+README with the card named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big the check is: real (the GPU) or tiny (the CPU test)."""
+
+    resolution: int
+    rank: int
+    batches: tuple[int, ...]
+    warmup: int
+    steps: int
+    resume_steps: int
+    grid_steps: int
+    sweep_steps: int
+
+
+REAL = Size(
+    resolution=512,
+    rank=16,
+    batches=(1, 4),
+    warmup=3,
+    steps=20,
+    resume_steps=20,
+    grid_steps=25,
+    sweep_steps=20,
+)
+TINY = Size(
+    resolution=64, rank=4, batches=(1, 2), warmup=1, steps=3, resume_steps=4, grid_steps=2, sweep_steps=4
+)
+
+
+def _settings(size: Size, **values):
+    from lora_core.settings import TrainSettings
+
+    base = dict(instance_prompt="a photo of ktn cat", resolution=size.resolution, learning_rate=1e-4,
+                text_encoder_lr=0.0, rank=size.rank, seed=0, progress_bar=False, log_every=10)  # fmt: skip
+    settings = TrainSettings(**(base | values))
+    settings.validate()
+    return settings
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _reset_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mb() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def _median_step(step_ends: list[float], warmup: int) -> float:
+    gaps = [b - a for a, b in itertools.pairwise(step_ends)]
+    return statistics.median(gaps[warmup:] or gaps)
+
+
+def train_section(pipe, model_dir: Path, images, size: Size, device: str, work: Path) -> list[dict]:
+    """Ours and the floor, for each batch size, with gradient checkpointing off and on."""
+    from bench.step_clock import StepClock
+    from bench.train_floor import make_step
+    from lora_core.training import train_lora
+
+    half = device.startswith("cuda")
+    rows = []
+    for batch in size.batches:
+        for checkpointing in (False, True):
+            settings = _settings(size, train_batch_size=batch, gradient_checkpointing=checkpointing,
+                                 max_train_steps=size.warmup + size.steps + 1)  # fmt: skip
+            clock = StepClock()
+            _reset_peak()
+            train_lora(pipe, images, settings, work / f"train-b{batch}-gc{int(checkpointing)}")
+            ours, ours_mb = _median_step(clock.step_ends, size.warmup), _peak_mb()
+            clock.step_ends.clear()
+            _reset_peak()
+            step = make_step(str(model_dir), settings.to_dict(), device, half=half)
+            for _ in range(size.warmup + size.steps + 1):
+                step()
+            _sync()
+            floor, floor_mb = _median_step(clock.step_ends, size.warmup), _peak_mb()
+            del step
+            rows.append({"batch": batch, "gradient_checkpointing": checkpointing, "ours_s_per_step": ours,
+                         "floor_s_per_step": floor, "ratio": ours / floor, "ours_peak_mb": ours_mb,
+                         "floor_peak_mb": floor_mb})  # fmt: skip
+            print(f"  batch {batch}, checkpointing {'on ' if checkpointing else 'off'}: ours {ours:.4f} s/step, "
+                  f"floor {floor:.4f} ({ours / floor:.2f}x), peak {_fmt_mb(ours_mb)}", flush=True)  # fmt: skip
+    return rows
+
+
+def resume_section(pipe, images, size: Size, work: Path) -> dict:
+    """Straight to N steps against N/2, checkpoint, resume to N: the LoRA weights' largest difference."""
+    from safetensors.torch import load_file
+
+    from lora_core.adapters import LORA_FILE
+    from lora_core.training import train_lora
+
+    n, half = size.resume_steps, size.resume_steps // 2
+    straight = _settings(size, max_train_steps=n)
+    train_lora(pipe, images, straight, work / "straight")
+    interrupted = _settings(size, max_train_steps=half, checkpoint_steps=(half,))
+    first = train_lora(pipe, images, interrupted, work / "resumed")
+    checkpoint = first.checkpoints[half]
+    train_lora(pipe, images, _settings(size, max_train_steps=n), work / "resumed", resume_from=checkpoint)
+    a, b = load_file(work / "straight" / LORA_FILE), load_file(work / "resumed" / LORA_FILE)
+    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    scale = max(float(a[k].float().abs().max()) for k in a)
+    print(
+        f"  resume: {n} steps straight vs {half} + {n - half}: max |diff| {diff:.2e} (weights up to {scale:.2e})"
+    )
+    return {"steps": n, "max_abs_diff": diff, "max_abs_weight": scale, "same_keys": sorted(a) == sorted(b)}
+
+
+def grid_section(pipe, images, size: Size, work: Path) -> dict:
+    """The 48-cell grid: ours against the plain loop, same pictures."""
+    import numpy as np
+
+    from bench.render import _cells, run_ours, run_plain
+    from lora_core.training import train_lora
+
+    lora = train_lora(
+        pipe, images, _settings(size, text_encoder_lr=1e-4, max_train_steps=2), work / "grid"
+    ).output_dir
+    cells = _cells(3.0, seed=123)
+    _reset_peak()
+    ours_s, ours = run_ours(pipe, lora, cells, size.grid_steps, size.resolution)
+    ours_mb = _peak_mb()
+    plain_s, plain = run_plain(pipe, lora, cells, size.grid_steps, size.resolution)
+    diff = max(float(np.abs(ours[c] - plain[c]).max()) for c in cells)
+    row = {"cells": len(cells), "steps": size.grid_steps, "ours_images_per_s": len(cells) / ours_s,
+           "plain_images_per_s": len(cells) / plain_s, "speed_up": plain_s / ours_s, "max_pixel_diff": diff,
+           "ours_peak_mb": ours_mb}  # fmt: skip
+    print(f"  grid: ours {row['ours_images_per_s']:.2f} img/s, plain {row['plain_images_per_s']:.2f} img/s "
+          f"({row['speed_up']:.2f}x), max pixel diff {diff:.0f}/255", flush=True)  # fmt: skip
+    return row
+
+
+def sweep_section(model_dir: Path | None, size: Size, work: Path, device: str) -> dict:
+    """The whole ``python -m sweeper -m`` path, two configurations, MLflow on SQLite."""
+    model = ["model=tiny", "debug=fast"] if model_dir is None else [
+        "model=sd15", f"model.path={model_dir}", "model.resolution=512", "eval=real_shape",
+        "render.num_inference_steps=10", "render.unet_scales=[1]", "render.text_scales=[1]"]  # fmt: skip
+    command = [sys.executable, "-m", "sweeper", "-m", "experiment=quickstart", *model,
+               "train.learning_rate=1e-4,1e-3", "train.text_encoder_lr=0", f"train.max_train_steps={size.sweep_steps}",
+               f"train.rank={size.rank}", f"model.device={device}", f"sweep.root={work / 'sweeps'}", "sweep.name=gpu"]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    seconds = time.perf_counter() - started
+    records = [json.loads(p.read_text()) for p in (work / "sweeps" / "gpu").glob("*/run.json")]
+    finished = sum(r.get("status") == "done" for r in records)
+    green = done.returncode == 0 and finished == 2 and (work / "sweeps" / "mlflow.db").is_file()
+    print(f"  sweep: exit {done.returncode}, {finished}/2 runs done, MLflow store "
+          f"{'written' if (work / 'sweeps' / 'mlflow.db').is_file() else 'MISSING'}, {seconds:.0f} s", flush=True)  # fmt: skip
+    if not green:
+        print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
+    return {"exit_code": done.returncode, "runs_done": finished, "seconds": seconds, "green": green}
+
+
+def _fmt_mb(value: float | None) -> str:
+    return "n/a (CPU)" if value is None else f"{value / 1024:.2f} GiB"
+
+
+def table(summary: dict) -> str:
+    """The README's table for this check (Markdown)."""
+    lines = [f"Device: {summary['device']} (torch {summary['torch']}, {summary['size']})", "",
+             "| batch | grad. checkpointing | ours s/step | floor s/step | ours / floor | peak GPU memory |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in summary["train"]:
+        lines.append(f"| {r['batch']} | {'on' if r['gradient_checkpointing'] else 'off'} | {r['ours_s_per_step']:.4f} | "
+                     f"{r['floor_s_per_step']:.4f} | {r['ratio']:.2f} | {_fmt_mb(r['ours_peak_mb'])} |")  # fmt: skip
+    res, grid, sweep = summary["resume"], summary["grid"], summary["sweep"]
+    lines += ["", f"Resume ({res['steps']} steps straight vs half + half): max |Δweight| {res['max_abs_diff']:.2e} "
+              f"(weights up to {res['max_abs_weight']:.2e}).",
+              f"Grid ({grid['cells']} cells, {grid['steps']} steps): ours {grid['ours_images_per_s']:.2f} img/s, plain loop "
+              f"{grid['plain_images_per_s']:.2f} img/s ({grid['speed_up']:.2f}x); max pixel difference {grid['max_pixel_diff']:.0f}.",
+              f"Sweep (`python -m sweeper -m`, 2 configurations, MLflow on SQLite): {'green' if sweep['green'] else 'FAILED'} "
+              f"in {sweep['seconds']:.0f} s."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the check; returns 0 when every section ran (figures are reported, not judged)."""
+    import torch
+
+    parser = argparse.ArgumentParser(prog="python -m bench gpu", description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny model at 64 px, a few steps (the CPU test)")
+    parser.add_argument(
+        "--out", type=Path, default=Path(os.environ.get("OUT") or REPO / "bench" / "results" / "gpu")
+    )
+    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "resume", "grid", "sweep"])
+    args = parser.parse_args(argv)
+    from lora_core.drawn_subject import ensure_drawn_subject
+    from lora_core.models import ModelSource, load_pipeline
+    from lora_core.subject import load_subject_images
+    from lora_core.tiny_model import TinyModelSpec, default_cache_dir, ensure_tiny_model, sd15_shaped_spec
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    size = TINY if args.tiny else REAL
+    cache = default_cache_dir()
+    started = time.perf_counter()
+    print(
+        f"GPU check on {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'} ({size.resolution} px)",
+        flush=True,
+    )
+    model_dir = ensure_tiny_model(TinyModelSpec() if args.tiny else sd15_shaped_spec(), cache)
+    print(f"  model ready in {time.perf_counter() - started:.0f} s: {model_dir}", flush=True)
+    pipe = load_pipeline(ModelSource(path=str(model_dir), device=device))
+    images = load_subject_images(ensure_drawn_subject(cache, count=5, seed=0, size=512), size.resolution)
+    summary = {"device": torch.cuda.get_device_name() if device == "cuda" else "CPU", "torch": torch.__version__,
+               "size": f"{size.resolution} px, rank {size.rank}"}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        sections = {
+            "train": lambda: train_section(pipe, model_dir, images, size, device, work),
+            "resume": lambda: resume_section(pipe, images, size, work),
+            "grid": lambda: grid_section(pipe, images, size, work),
+            "sweep": lambda: sweep_section(None if args.tiny else model_dir, size, work, device),
+        }
+        for name, run in sections.items():
+            if name not in args.skip:
+                print(f"{name}:", flush=True)
+                summary[name] = run()
+    summary["seconds"] = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if not args.skip:
+        (args.out / "table.md").write_text(table(summary))
+        print("\n" + table(summary))
+    print(f"Done in {summary['seconds']:.0f} s; {args.out}/summary.json", flush=True)
+    return 0 if summary.get("sweep", {"green": True})["green"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
