@@ -75,6 +75,8 @@ class Recipe:
     eval_every: int = 1500
     eval_inference_steps: int = 25
     judge_steps: int = 1000
+    judge_object_only: float = 0.5  # share of the judge's captions that name only the object
+    judge_dedup: bool = False  # CLIP's loss with every picture of a caption a positive (see _clip_loss)
 
     def scaled(self, factor: float) -> Recipe:
         """The same recipe with every step count (and the picture pool) multiplied by ``factor``."""
@@ -256,9 +258,14 @@ def train_judge(recipe: Recipe, out: Path, clip_dir: Path, pipeline_parts: tuple
     rng = random.Random(f"judge-{recipe.seed}")
 
     def caption(scene, rng):
-        return f"a photo of a {scene.obj}" if rng.random() < 0.5 else world.caption(scene, rng)
+        return (
+            f"a photo of a {scene.obj}"
+            if rng.random() < recipe.judge_object_only
+            else world.caption(scene, rng)
+        )
 
-    _contrastive(model, tokenizer, rng, recipe, recipe.judge_steps, recipe.clip_lr / 2, caption, "judge")
+    _contrastive(model, tokenizer, rng, recipe, recipe.judge_steps, recipe.clip_lr / 2, caption, "judge",
+                 dedup=recipe.judge_dedup)  # fmt: skip
     report = {"steps": recipe.judge_steps, **_save_clip(model, tokenizer, out, recipe)}
     pipe = assemble_pipeline(*pipeline_parts)
     return {
@@ -267,8 +274,37 @@ def train_judge(recipe: Recipe, out: Path, clip_dir: Path, pipeline_parts: tuple
     }
 
 
-def _contrastive(model, tokenizer, rng, recipe: Recipe, steps: int, lr: float, caption, stage: str) -> None:
-    """Train ``model`` with CLIP's loss on fresh world pictures (never a held-out combination)."""
+def _clip_loss(model, tokens, pixels, captions: list[str]):
+    """CLIP's symmetric loss where pictures that share a caption are all positives of it.
+
+    With short captions ("a photo of a cat") a batch holds many pictures of one caption; CLIP's own loss
+    would push each away from the others' identical captions. Here each distinct caption is one class:
+    picture -> caption is a cross-entropy over the batch's distinct captions, caption -> picture a
+    cross-entropy against the uniform distribution over its pictures.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    distinct = sorted(set(captions))
+    index = torch.tensor([distinct.index(c) for c in captions])
+    first = [captions.index(c) for c in distinct]
+    t = F.normalize(_features(model.get_text_features(input_ids=tokens.input_ids[first],
+                                                      attention_mask=tokens.attention_mask[first])), dim=-1)  # fmt: skip
+    v = F.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)
+    logits = model.logit_scale.exp() * v @ t.T  # (pictures, distinct captions)
+    positives = F.one_hot(index, len(distinct)).float().T  # (captions, pictures)
+    to_text = F.cross_entropy(logits, index)
+    to_image = -(positives / positives.sum(1, keepdim=True) * F.log_softmax(logits.T, dim=1)).sum(1).mean()
+    return (to_text + to_image) / 2
+
+
+def _contrastive(model, tokenizer, rng, recipe: Recipe, steps: int, lr: float, caption, stage: str,
+                 dedup: bool = False) -> None:  # fmt: skip
+    """Train ``model`` with CLIP's loss on fresh world pictures (never a held-out combination).
+
+    ``dedup``: the loss of ``_clip_loss`` (pictures sharing a caption are all positives). Every
+    ``recipe.eval_every`` steps the zero-shot reading of the held-out pictures is logged.
+    """
     import torch
 
     opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.05)
@@ -276,13 +312,22 @@ def _contrastive(model, tokenizer, rng, recipe: Recipe, steps: int, lr: float, c
     held_out = world.held_out_combinations(recipe.seed)
     for step in range(1, steps + 1):
         x, scenes = world_batch(rng, recipe.clip_batch, held_out)
-        tokens = tokenizer([caption(s, rng) for s in scenes], padding=True, return_tensors="pt")
-        loss = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=x,
-                     return_loss=True).loss  # fmt: skip
+        captions = [caption(s, rng) for s in scenes]
+        tokens = tokenizer(captions, padding=True, return_tensors="pt")
+        if dedup:
+            loss = _clip_loss(model, tokens, x, captions)
+        else:
+            loss = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=x,
+                         return_loss=True).loss  # fmt: skip
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
         _progress(stage, step, steps, loss.item(), started)
+        if step % recipe.eval_every == 0 and step < steps:
+            model.eval()
+            log.info("%s %d: zero-shot on held-out pictures %s", stage, step,
+                     zero_shot_accuracy(model, tokenizer, *_real_pictures(recipe.seed)))  # fmt: skip
+            model.train()
     model.eval()
 
 

@@ -165,3 +165,42 @@ def test_schedulers_made_from_the_embedded_models_config_never_clip_latents(smal
     assert saved["clip_sample"] is False
     for name in ("DDIMScheduler", "DDPMScheduler"):
         assert getattr(diffusers, name).from_config(saved).config.clip_sample is False
+
+
+def _small_clip():
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from lora_core.world_model import world_tokenizer
+
+    tokenizer = world_tokenizer()
+    torch.manual_seed(0)
+    text = {"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    vision = {"image_size": world.SIZE, "patch_size": 16, "hidden_size": 16, "intermediate_size": 32,
+              "num_hidden_layers": 1, "num_attention_heads": 2}  # fmt: skip
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)), tokenizer
+
+
+def test_the_judges_loss_is_clips_own_when_captions_differ_and_counts_shared_captions_as_positives():
+    import torch
+
+    from lora_core.world_model import _clip_loss
+
+    model, tokenizer = _small_clip()
+    pixels = torch.randn(4, 3, world.SIZE, world.SIZE)
+    distinct = ["a photo of a cat", "a photo of a dog", "a red ball", "a cup"]
+    tokens = tokenizer(distinct, padding=True, return_tensors="pt")
+    ours = _clip_loss(model, tokens, pixels, distinct)
+    clips = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=pixels,
+                  return_loss=True).loss  # fmt: skip
+    assert float(ours) == pytest.approx(float(clips), rel=1e-5)
+    shared = ["a photo of a cat", "a photo of a cat", "a red ball", "a cup"]
+    tokens = tokenizer(shared, padding=True, return_tensors="pt")
+    swapped = pixels[[1, 0, 2, 3]]  # the two cat pictures swap places: nothing changes for a shared caption
+    a, b = _clip_loss(model, tokens, pixels, shared), _clip_loss(model, tokens, swapped, shared)
+    assert float(a) == pytest.approx(float(b), rel=1e-5)
+    plain = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=swapped,
+                  return_loss=True).loss  # fmt: skip
+    assert float(plain) != pytest.approx(float(b), rel=1e-3)  # CLIP's own loss tells them apart
