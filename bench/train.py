@@ -68,6 +68,7 @@ DEFAULT_REFERENCE_PYTHON = REPO_ROOT / "bench" / ".venv-ref" / "bin" / "python"
 DEFAULT_RESULTS = REPO_ROOT / "bench" / "results" / "train"
 TARGET_OVER_FLOOR = 1.10  # ours per step within 10% of the floor: the trainer adds next to nothing
 TARGET_OVER_REFERENCE = 1.00  # no slower than diffusers' reference, per step and start-up
+TARGET_JOB_OVER_REFERENCE = 1.20  # a whole sweeper job's fixed cost (Hydra, MLflow, records) vs the reference
 # The issue's figures, measured on this kind of machine on the same tiny model (context, not a target).
 ISSUE_FIGURES = (
     "reference 0.049-0.056 s/step (text encoder frozen), floor ~0.048 s/step, reference start-up ~4.8 s"
@@ -226,6 +227,27 @@ def reference_args(settings, model_dir: Path, subject_dir: Path) -> list[str]:
     return [*flags, "--train_text_encoder" if s.trains_text_encoder else "--pre_compute_text_embeddings"]
 
 
+def sweeper_job(
+    settings, model_dir: Path, subject_dir: Path, device: str, live: bool = True
+) -> tuple[str, ...]:
+    """One ``python -m sweeper`` job of the same training, as a SLURM or joblib worker runs it: Hydra, the
+    job's checks, the run folder and its records, and MLflow on the SQLite store its sweep shares
+    (``live``), or none (a ``tracking.live=false`` worker, whose runs the sweep's end logs); no grid."""
+    s = settings
+    overrides = [
+        "model=sd15", f"model.path={model_dir}", f"model.resolution={s.resolution}", "model.dtype=float32",
+        f"model.device={device}", f"data.instance_dir={subject_dir}", f"data.instance_prompt={PROMPT}",
+        f"train.learning_rate={s.learning_rate}", f"train.text_encoder_lr={s.text_encoder_lr}",
+        f"train.max_train_steps={s.max_train_steps}", f"train.rank={s.rank}", f"train.seed={s.seed}",
+        f"train.mixed_precision={s.mixed_precision}", f"train.log_every={s.log_every}",
+        "render.enabled=false", "eval.enabled=false", "sweep.root={run_dir}/sweeps", "sweep.print_summary=false",
+        "hydra.run.dir={run_dir}/hydra", f"tracking.enabled={str(live).lower()}",
+        "tracking.uri=sqlite:///{run_dir}/../mlflow.db",
+    ]  # fmt: skip
+    script = str(REPO_ROOT / "sweeper" / "__main__.py")
+    return ("-m", "bench.step_clock", "--out", "{out}", "--", script, *overrides)
+
+
 def contestants(
     args, settings, model_dir: Path, subject_dir: Path, device: str, plan: Plan
 ) -> list[Contestant]:
@@ -237,7 +259,11 @@ def contestants(
             "--settings", json.dumps(settings.to_dict()), "--device", device, "--output-dir", "{run_dir}/output",
             "--out", "{out}")  # fmt: skip
     found = [Contestant("floor", (sys.executable, *floor), plan.warmup, has_start_up=False),
-             Contestant("ours", (sys.executable, *ours), plan.warmup)]  # fmt: skip
+             Contestant("ours", (sys.executable, *ours), plan.warmup),
+             Contestant("sweeper job", (sys.executable, *sweeper_job(settings, model_dir, subject_dir, device)),
+                        plan.warmup),
+             Contestant("worker without MLflow", (sys.executable, *sweeper_job(settings, model_dir, subject_dir, device,
+                                                                             live=False)), plan.warmup)]  # fmt: skip
     if args.reference is not None:
         ref_python, script = str(args.reference_python), str(args.reference.resolve())
         clocked = ("-m", "bench.step_clock", "--out", "{out}", "--", script)
@@ -286,7 +312,7 @@ def print_table(results: dict[str, Measured]) -> None:
     )
     for name, m in results.items():
         s = m.summary()
-        print(f"  {name:17}{_fmt(s['seconds_per_step'], 4):>9}{_fmt(s['start_up_seconds'], 2):>12}"
+        print(f"  {name:22}{_fmt(s['seconds_per_step'], 4):>7}{_fmt(s['start_up_seconds'], 2):>12}"
               f"{_fmt(s['first_step_done_seconds'], 2):>12}{_fmt(s['after_last_step_seconds'], 2):>9}"
               f"{s['peak_rss_mb']:>9.0f}  {s['torch']} ({s['threads']})")  # fmt: skip
 
@@ -303,6 +329,11 @@ def print_ratios(results: dict[str, Measured]) -> None:
     ours, floor = results["ours"], results["floor"]
     print(f"  {'ratio, median over rounds (range)':44}{'measured':>19}   target")
     _ratio_line("ours / floor, s/step", ours.per_step_runs(), floor.per_step_runs(), TARGET_OVER_FLOOR)
+    if "sweeper job" in results:
+        job = results["sweeper job"]
+        _ratio_line("sweeper job / ours, start-up", job.start_up_runs(), ours.start_up_runs(), None)
+        quiet = results["worker without MLflow"]
+        _ratio_line("worker without MLflow / ours, start-up", quiet.start_up_runs(), ours.start_up_runs(), None)
     if "reference" not in results:
         return
     ref, ref_floor = results["reference"], results["reference floor"]
@@ -310,6 +341,10 @@ def print_ratios(results: dict[str, Measured]) -> None:
     _ratio_line(
         "ours / reference, start-up", ours.start_up_runs(), ref.start_up_runs(), TARGET_OVER_REFERENCE
     )
+    if "sweeper job" in results:
+        for name in ("sweeper job", "worker without MLflow"):
+            _ratio_line(f"{name} / reference, start-up", results[name].start_up_runs(), ref.start_up_runs(),
+                        TARGET_JOB_OVER_REFERENCE)  # fmt: skip
     _ratio_line("reference / its env's floor, s/step", ref.per_step_runs(), ref_floor.per_step_runs(), None)
     _ratio_line(
         "ref-env floor / our floor (torch versions)", ref_floor.per_step_runs(), floor.per_step_runs(), None

@@ -285,8 +285,8 @@ class Job:
     # ---- MLflow ------------------------------------------------------------------------------------------
     def _start_tracking(self) -> bool:
         """Open the child run; returns True when a finished run for this folder is already logged."""
-        if not self.cfg.tracking.enabled:
-            return True
+        if not (self.cfg.tracking.enabled and self.cfg.tracking.live):
+            return True  # nothing to log here (tracking.live=false: the sweep's end logs this run)
         self.tracker = Tracker.for_config(self.cfg, self.spec.sweep_dir)
         parent = (self.plan.tracking.get("parent_run_id") if self.plan else None) or None
         tags = {"sweep": self.cfg.sweep.name, "experiment_preset": str(self.cfg.experiment)}

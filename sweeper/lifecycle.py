@@ -93,7 +93,7 @@ class SweepCallback(Callback):
         from sweeper.report import write_report
         from sweeper.sheets import draw_sweep_sheets
         from sweeper.summary import print_summary
-        from sweeper.tracking.replay import close_sweep
+        from sweeper.tracking.replay import close_sweep, log_finished_runs
 
         sweep_dir = sweep_dir_of(config)
         sheets = draw_sweep_sheets(sweep_dir, config.render.sheet_thumb)
@@ -102,9 +102,10 @@ class SweepCallback(Callback):
         plan = SweepPlan.load(sweep_dir)
         parent = plan.tracking.get("parent_run_id") if plan else None
         if parent and config.tracking.enabled:
-            close_sweep(
-                Tracker.for_config(config, sweep_dir), parent, SweepFolder(sweep_dir), config.eval.objective
-            )
+            tracker = Tracker.for_config(config, sweep_dir)
+            if not config.tracking.live:  # the jobs left MLflow to the sweep's end
+                log_finished_runs(tracker, parent, SweepFolder(sweep_dir))
+            close_sweep(tracker, parent, SweepFolder(sweep_dir), config.eval.objective)
         if config.sweep.print_summary:
             print_summary(config, sweep_dir, sheets, plan.tracking.get("experiment_id") if plan else None)
 
@@ -122,6 +123,10 @@ class SweepCallback(Callback):
         experiment = None
         if config.tracking.enabled:
             tracker = Tracker.for_config(config, sweep_dir)
+            if not config.tracking.live:  # the job left MLflow to here
+                from sweeper.tracking.replay import log_finished_runs
+
+                log_finished_runs(tracker, None, SweepFolder(sweep_dir))
             describe_sweep(tracker, None, config, SweepPlan(name=config.sweep.name, varying=[]))
             experiment = tracker.experiment_id
         if config.sweep.print_summary:

@@ -315,6 +315,41 @@ def test_parallel_launchers_complete_a_2_job_sweep(tmp_path, cache_dir, launcher
     assert all(r.data.tags["sweep_parent"] == parent.info.run_id for r in children)
 
 
+def test_jobs_without_live_tracking_never_import_mlflow_and_the_sweeps_end_logs_the_same_runs(
+    tmp_path, cache_dir
+):
+    """``tracking.live=false``: the jobs (joblib workers) leave MLflow alone; the launching process logs every
+    finished run at the sweep's end, with the params, the loss curve, the pictures and the parent link."""
+    from mlflow.tracking import MlflowClient
+
+    # Every Python process of the sweep runs this at start; one that imported mlflow leaves a mark at exit.
+    (tmp_path / "sitecustomize.py").write_text("import atexit, os, sys\natexit.register(lambda: 'mlflow' in "
+        "sys.modules and open(os.path.join(os.environ['PROBE_DIR'], f'mlflow-{os.getpid()}'), 'w').close())\n")  # fmt: skip
+    env = {
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "PROBE_DIR": str(tmp_path),
+    }
+    result = sweep(tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", "launcher=joblib",
+                   "hydra.launcher.n_jobs=2", "tracking.live=false", env=env)  # fmt: skip
+    assert result.returncode == 0, result.output
+    marked = {p.name for p in tmp_path.glob("mlflow-*")}
+    assert len(marked) == 1, f"only the launching process imports mlflow, not the workers: {marked}"
+    records = run_records(tmp_path / "quickstart")
+    runs = mlflow_runs(tmp_path, "quickstart")
+    parent = next(r for r in runs if r.data.tags.get("sweep_role") == "parent")
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("sweep_role") == "job"}
+    assert set(children) == set(records) == {"1e-3;1e-4", "1e-3;1e-5"}
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
+    for name, child in children.items():
+        assert child.info.status == "FINISHED" and child.data.tags["sweep_parent"] == parent.info.run_id
+        assert float(child.data.params["train.learning_rate"]) == 1e-3
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "loss")) == list(
+            range(1, 7)
+        )
+        assert records[name]["mlflow"]["run_id"] == child.info.run_id
+    assert not (tmp_path / "quickstart" / "MLFLOW_PENDING").exists()
+
+
 def test_every_picture_is_scored_and_the_scores_reach_mlflow_and_the_report(quickstart):
     import csv
 

@@ -164,6 +164,24 @@ def log_run_folder(
             tracker.log_artifact(run_id, path, run.lora_dir.name)
 
 
+def log_finished_runs(tracker: Tracker, parent: str | None, sweep: SweepFolder) -> int:
+    """Log every finished run of the sweep folder that the store does not hold finished yet.
+
+    Returns:
+        How many runs were logged now.
+    """
+    logged = 0
+    for run in sweep.done_runs():
+        run_id, finished = tracker.child_run(parent, run.name, {"sweep": sweep.name})
+        if finished or run_id is None:
+            continue
+        log_run_folder(tracker, run_id, run.path, with_steps=True)
+        tracker.finish(run_id)
+        run.update_record(mlflow={"uri": tracker.uri, "run_id": run_id})
+        logged += 1
+    return logged
+
+
 def close_sweep(tracker: Tracker, parent: str | None, sweep: SweepFolder, objective: str) -> None:
     """Log the sweep-wide files (plan, sheets, report, loss plot, compare page) and the summary; finish."""
     for sheet in sweep.sheets():
@@ -211,15 +229,7 @@ def log_sweep_folder(
     tracker.unfold_children(parent)  # a store logged when jobs were MLflow child runs
     config: DictConfig = runs[-1].read_config()
     describe_sweep(tracker, parent, config, plan)
-    logged = 0
-    for run in runs:
-        run_id, finished = tracker.child_run(parent, run.name, {"sweep": sweep.name})
-        if finished or run_id is None:
-            continue
-        log_run_folder(tracker, run_id, run.path, with_steps=True)
-        tracker.finish(run_id)
-        run.update_record(mlflow={"uri": uri, "run_id": run_id})
-        logged += 1
+    logged = log_finished_runs(tracker, parent, sweep)
     close_sweep(tracker, parent, sweep, OmegaConf.select(config, "eval.objective") or "dino+clip_t")
     if not tracker.active:
         raise UserInputError(f"--tracking-uri {uri}: the store stopped answering; run this again.")
