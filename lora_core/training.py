@@ -1,10 +1,11 @@
 """DreamBooth-style LoRA training of a Stable Diffusion 1.x pipeline (diffusers + peft + accelerate).
 
 The trainer has named stages — ``setup``, ``train``, ``save_checkpoint``, ``save_final``, ``cleanup`` —
-and ``train_lora`` runs them. What makes it fast is what the best trainers do: the VAE latents of the
-pictures are encoded once (both orientations when flipping, so no augmentation needs re-encoding), the
-prompt embeddings are encoded once while the text encoder is frozen, and the step loop does nothing but
-the forward, backward and optimizer step. Everything random in a step (picture order, flips, latent
+and ``train_lora`` runs them. What makes it fast is what the best trainers do: the VAE latents of a
+picture are encoded once, the first time a step draws it (in each orientation it is drawn in when
+flipping), so the first step starts without waiting for every picture's encoding; the prompt embeddings
+are encoded once while the text encoder is frozen, and the step loop does nothing but the forward,
+backward and optimizer step. Everything random in a step (picture order, flips, latent
 sampling, noise, timesteps) is drawn from state that the training checkpoint saves, so a resumed run ends
 with the same weights as an uninterrupted one.
 """
@@ -356,14 +357,13 @@ class LoraTrainer:
             model.train()
 
     def _cache_inputs(self) -> None:
-        """Encode pictures to latent distributions and prompts to embeddings, once."""
+        """Prompts to embeddings, once; pictures are encoded when a step first draws them (``_latent_stats``)."""
         import torch
 
         s = self.settings
-        pictures = list(self.images) + list(self.class_images or [])
+        self._pictures = list(self.images) + list(self.class_images or [])
         self.n_instance = len(self.images)
-        orientations = (False, True) if s.random_flip else (False,)
-        self.latent_mean, self.latent_std = self._encode_pictures(pictures, orientations)
+        self._encoded: dict[tuple[int, int], tuple] = {}  # (flipped, picture) -> (mean, std)
         tok = self.pipe.tokenizer
         prompts = [s.instance_prompt] + ([s.class_prompt] if self.class_images else [])
         self.prompt_ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
@@ -373,27 +373,45 @@ class LoraTrainer:
             with torch.no_grad():
                 self.prompt_embeds = self.pipe.text_encoder(self.prompt_ids)[0]
 
-    def _encode_pictures(self, pictures: list, orientations: tuple[bool, ...]):
+    def _latent_stats(self, flips: list[int], rows: list[int]):
+        """Latent mean and std of each (orientation, picture), encoding the ones no step has drawn yet.
+
+        Each picture is encoded on its own, so its latents are the same whichever pictures a step draws
+        with it and whether the run was resumed (batched convolutions may round differently).
+        """
         import torch
 
         from lora_core.subject import to_tensor
 
         vae = self.pipe.vae
-        means, stds = [], []
-        with torch.no_grad():
-            for flip in orientations:
-                batch = torch.stack([to_tensor(p) for p in pictures])
-                if flip:
-                    batch = batch.flip(-1)
-                m, sd = [], []
-                for chunk in batch.split(8):
-                    dist = vae.encode(chunk.to(self.device, vae.dtype)).latent_dist
-                    m.append(dist.mean)
-                    sd.append(dist.std)
-                means.append(torch.cat(m))
-                stds.append(torch.cat(sd))
-        # shape: (orientations, pictures, C, H, W)
-        return torch.stack(means), torch.stack(stds)
+        for key in dict.fromkeys(zip(flips, rows, strict=True)):
+            if key not in self._encoded:
+                pixels = to_tensor(self._pictures[key[1]])[None]
+                with torch.no_grad():
+                    dist = vae.encode(
+                        (pixels.flip(-1) if key[0] else pixels).to(self.device, vae.dtype)
+                    ).latent_dist
+                self._encoded[key] = (dist.mean[0], dist.std[0])
+        pairs = [self._encoded[key] for key in zip(flips, rows, strict=True)]
+        return torch.stack([m for m, _ in pairs]), torch.stack([sd for _, sd in pairs])
+
+    @property
+    def latent_mean(self):
+        """Every picture's latent mean, (orientations, pictures, C, H, W), encoding what is not yet."""
+        return self._all_latents()[0]
+
+    @property
+    def latent_std(self):
+        """Every picture's latent std, shaped as ``latent_mean``."""
+        return self._all_latents()[1]
+
+    def _all_latents(self):
+        orientations = (0, 1) if self.settings.random_flip else (0,)
+        n = len(self._pictures)
+        mean, std = self._latent_stats(
+            [f for f in orientations for _ in range(n)], list(range(n)) * len(orientations)
+        )
+        return mean.unflatten(0, (len(orientations), n)), std.unflatten(0, (len(orientations), n))
 
     def _make_optimizer(self):
         import torch
@@ -563,8 +581,7 @@ class LoraTrainer:
         flips = (
             torch.randint(0, 2, (len(rows),), generator=gen).tolist() if s.random_flip else [0] * len(rows)
         )
-        mean = self.latent_mean[flips, rows]
-        std = self.latent_std[flips, rows]
+        mean, std = self._latent_stats(flips, rows)
         eps = torch.randn(mean.shape, generator=gen).to(self.device, mean.dtype)
         latents = (mean + std * eps) * self.pipe.vae.config.scaling_factor
         return latents.float(), prompt_index

@@ -295,3 +295,21 @@ def test_a_checkpoint_of_another_base_model_or_pictures_is_not_continued(
     with pytest.raises(UserInputError, match="other pictures"):
         train_lora(pipe, subject_images, settings(), tmp_path / "c", resume_from=list_checkpoints(tmp_path)[4],
                    identity=other)  # fmt: skip
+
+
+def test_pictures_are_encoded_when_a_step_first_draws_them(pipe, subject_images, settings, tmp_path):
+    """Start-up waits for no picture's encoding; a picture's latents do not depend on when it was encoded."""
+    trainer = LoraTrainer(pipe, subject_images, settings(random_flip=True), tmp_path)
+    try:
+        trainer.setup()
+        assert trainer._encoded == {}
+        latents, _ = trainer._sample_latents(0)
+        assert len(trainer._encoded) == latents.shape[0] == 1
+        drawn = dict(trainer._encoded)
+        every = trainer.latent_mean  # encodes the rest: both orientations of every picture
+        assert tuple(every.shape[:2]) == (2, len(subject_images))
+        (flip, row), (mean, _std) = next(iter(drawn.items()))
+        assert torch.equal(every[flip, row], mean)
+        assert not torch.equal(every[0, row], every[1, row])  # the flipped picture is its own latent
+    finally:
+        trainer.cleanup()
