@@ -189,6 +189,7 @@ def test_the_judges_loss_is_clips_own_when_captions_differ_and_counts_shared_cap
     from lora_core.world_model import _clip_loss
 
     model, tokenizer = _small_clip()
+    model.requires_grad_(False)
     pixels = torch.randn(4, 3, world.SIZE, world.SIZE)
     distinct = ["a photo of a cat", "a photo of a dog", "a red ball", "a cup"]
     tokens = tokenizer(distinct, padding=True, return_tensors="pt")
