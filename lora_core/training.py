@@ -153,7 +153,7 @@ def incompatibility(checkpoint: Path, settings: TrainSettings, identity: dict) -
 
 
 def find_checkpoint(
-    training_dirs: list[Path], settings: TrainSettings, identity: dict | None = None
+    training_dirs: list[Path], settings: TrainSettings, identity: dict | None = None, up_to: int | None = None
 ) -> Path | None:
     """The furthest checkpoint, in any of ``training_dirs``, that ``settings`` can continue from.
 
@@ -165,14 +165,16 @@ def find_checkpoint(
         training_dirs: Training folders to search (the run's own first: it wins ties).
         settings: The settings of the run to be trained.
         identity: What else the weights depend on (base model, pictures); must match the checkpoint's.
+        up_to: Only checkpoints at or below this step (a rung that stops there); None: ``max_train_steps``.
 
     Returns:
         A checkpoint folder, or None.
     """
     best: tuple[int, Path] | None = None
+    last = settings.max_train_steps if up_to is None else min(up_to, settings.max_train_steps)
     for folder in training_dirs:
         for step, checkpoint in list_checkpoints(folder).items():
-            if step > settings.max_train_steps or (best is not None and step <= best[0]):
+            if step > last or (best is not None and step <= best[0]):
                 continue
             if incompatibility(checkpoint, settings, identity or {}) is None:
                 best = (step, checkpoint)

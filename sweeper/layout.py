@@ -15,6 +15,9 @@ Disk is the source of truth (MLflow, the report and the compare page are rebuilt
             sheets/                            contact sheets of this run
             lora/                              adapter, kohya export, train_result.json, loss log,
                                                checkpoints/step-<n>/ (resumable states)
+            step-<n>/                          the grid at training step n (render.steps, halving rungs):
+                                               pictures, scores.csv, sheets/ as in the run folder
+            sheets/steps_<pr>.png              a prompt's cells (columns) at every rendered step (rows)
 
 A picture's file name is made once (``sweeper.grid.GridCell.stem`` through ``sweeper.naming.image_stem``)
 and never parsed back: ``RunFolder.cells`` maps names to cells from ``run.json``, so prompt short names
@@ -44,6 +47,7 @@ REFERENCE_FILE = "reference_scores.json"
 SHEETS_DIR = "sheets"
 LORA_DIR = "lora"
 CHECKPOINTS_DIR = "checkpoints"
+STEP_PREFIX = "step-"
 # Sweep folder.
 PLAN_FILE = "sweep.json"
 REPORT_FILE = "report.md"
@@ -151,6 +155,23 @@ class RunFolder:
             self.config_file, self.overrides_file, self.record_file, self.render_file,
             self.scores_file, self.reference_file,
         ]  # fmt: skip
+
+    def step(self, step: int) -> RunFolder:
+        """The folder of the grid rendered at training ``step`` (``step-000400``), laid out like this one."""
+        return RunFolder(self.path / f"{STEP_PREFIX}{step:06d}")
+
+    def steps(self) -> dict[int, RunFolder]:
+        """The step folders that hold pictures, by step."""
+        found = {}
+        for folder in self.path.glob(f"{STEP_PREFIX}*"):
+            digits = folder.name.removeprefix(STEP_PREFIX)
+            if folder.is_dir() and digits.isdigit() and any(folder.glob("*.png")):
+                found[int(digits)] = RunFolder(folder)
+        return dict(sorted(found.items()))
+
+    def step_sheet(self, prompt_name: str) -> Path:
+        """``sheets/steps_<pr>.png``: a prompt's grid at every rendered step."""
+        return self.sheets_dir / f"steps_{prompt_name}.png"
 
     # ---- readers / writers -----------------------------------------------------------------------------
     def read_record(self) -> dict:
