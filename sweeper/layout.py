@@ -4,6 +4,7 @@ Disk is the source of truth (MLflow, the report and the compare page are rebuilt
 
     <sweep.root>/<sweep.name>/                 SweepFolder
         sweep.json                             the plan: varying keys, jobs, MLflow ids (sweeper.plan)
+        bracket.json                           a halving sweep's rungs, scores and decisions (sweeper.halving)
         report.md  compare.html  loss_curves.png  sheets/<prompt>.png
         MLFLOW_PENDING                         the store could not be reached; how to log later
         <learning_rate>;<text_encoder_lr>/     RunFolder (name: sweep.run_dir_template)
@@ -50,6 +51,7 @@ CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step-"
 # Sweep folder.
 PLAN_FILE = "sweep.json"
+BRACKET_FILE = "bracket.json"
 REPORT_FILE = "report.md"
 PAGE_FILE = "compare.html"
 LOSS_PLOT = "loss_curves.png"
@@ -252,6 +254,11 @@ class SweepFolder:
         return self.path / PLAN_FILE
 
     @property
+    def bracket_file(self) -> Path:
+        """``bracket.json``: a halving sweep's rungs (``sweeper.halving.Bracket``)."""
+        return self.path / BRACKET_FILE
+
+    @property
     def report_file(self) -> Path:
         """``report.md``."""
         return self.path / REPORT_FILE
@@ -299,4 +306,5 @@ class SweepFolder:
 
     def outputs(self) -> list[Path]:
         """The sweep-wide files logged to the MLflow parent run (those that exist)."""
-        return [p for p in (self.plan_file, self.report_file, self.loss_plot, self.page_file) if p.is_file()]
+        files = (self.plan_file, self.bracket_file, self.report_file, self.loss_plot, self.page_file)
+        return [p for p in files if p.is_file()]

@@ -18,6 +18,7 @@ from lora_core.atomic import atomic_path, write_text_atomic
 from lora_core.errors import UserInputError
 from sweeper.cli import user_errors
 from sweeper.grid import first_images
+from sweeper.halving import bracket_lines
 from sweeper.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, SHEETS_DIR, RunFolder
 from sweeper.naming import format_number
 from sweeper.objective import parse_objective
@@ -147,6 +148,7 @@ def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot
         ]
     if plot is not None:
         lines += [f"![loss curves]({plot.name})", ""]
+    lines += bracket_lines(sweep_dir)  # a halving sweep's rungs and decisions
     lines += [f"Side by side: open `{PAGE_FILE}` in a browser.", ""]
     return "\n".join(lines)
 
