@@ -55,6 +55,7 @@ BRACKET_FILE = "bracket.json"
 REPORT_FILE = "report.md"
 PAGE_FILE = "compare.html"
 LOSS_PLOT = "loss_curves.png"
+FIDELITY_PLOT = "steps_fidelity.png"
 PENDING_FILE = "MLFLOW_PENDING"
 
 DONE = "done"
@@ -306,5 +307,13 @@ class SweepFolder:
 
     def outputs(self) -> list[Path]:
         """The sweep-wide files logged to the MLflow parent run (those that exist)."""
-        files = (self.plan_file, self.bracket_file, self.report_file, self.loss_plot, self.page_file)
+        fidelity = self.path / FIDELITY_PLOT
+        files = (
+            self.plan_file,
+            self.bracket_file,
+            self.report_file,
+            self.loss_plot,
+            fidelity,
+            self.page_file,
+        )
         return [p for p in files if p.is_file()]

@@ -23,6 +23,7 @@ from sweeper.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, SHEETS_DIR, RunFol
 from sweeper.naming import format_number
 from sweeper.objective import parse_objective
 from sweeper.results import METRICS, RunResult, differing_settings, load_results
+from sweeper.step_grids import best_step_lines
 
 _TEMPLATE = Path(__file__).with_name("compare_page.html")
 
@@ -148,6 +149,7 @@ def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot
         ]
     if plot is not None:
         lines += [f"![loss curves]({plot.name})", ""]
+    lines += best_step_lines(sweep_dir, runs, objective)  # render.steps: the best step, DINO/CLIP-T curves
     lines += bracket_lines(sweep_dir)  # a halving sweep's rungs and decisions
     lines += [f"Side by side: open `{PAGE_FILE}` in a browser.", ""]
     return "\n".join(lines)
