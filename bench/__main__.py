@@ -16,6 +16,7 @@ BENCHES = {
     "render": "bench.render",
     "sweep": "bench.sweep",
     "score": "bench.score",
+    "halving": "bench.halving",
 }
 # Run by name only (not by ``python -m bench``): the device check, for a machine with a GPU.
 ON_DEMAND = {"gpu": "bench.gpu"}

@@ -333,7 +333,9 @@ def print_ratios(results: dict[str, Measured]) -> None:
         job = results["sweeper job"]
         _ratio_line("sweeper job / ours, start-up", job.start_up_runs(), ours.start_up_runs(), None)
         quiet = results["worker without MLflow"]
-        _ratio_line("worker without MLflow / ours, start-up", quiet.start_up_runs(), ours.start_up_runs(), None)
+        _ratio_line(
+            "worker without MLflow / ours, start-up", quiet.start_up_runs(), ours.start_up_runs(), None
+        )
     if "reference" not in results:
         return
     ref, ref_floor = results["reference"], results["reference floor"]

@@ -154,7 +154,7 @@ def incompatibility(checkpoint: Path, settings: TrainSettings, identity: dict) -
 
 
 def find_checkpoint(
-    training_dirs: list[Path], settings: TrainSettings, identity: dict | None = None
+    training_dirs: list[Path], settings: TrainSettings, identity: dict | None = None, up_to: int | None = None
 ) -> Path | None:
     """The furthest checkpoint, in any of ``training_dirs``, that ``settings`` can continue from.
 
@@ -166,14 +166,16 @@ def find_checkpoint(
         training_dirs: Training folders to search (the run's own first: it wins ties).
         settings: The settings of the run to be trained.
         identity: What else the weights depend on (base model, pictures); must match the checkpoint's.
+        up_to: Only checkpoints at or below this step (a rung that stops there); None: ``max_train_steps``.
 
     Returns:
         A checkpoint folder, or None.
     """
     best: tuple[int, Path] | None = None
+    last = settings.max_train_steps if up_to is None else min(up_to, settings.max_train_steps)
     for folder in training_dirs:
         for step, checkpoint in list_checkpoints(folder).items():
-            if step > settings.max_train_steps or (best is not None and step <= best[0]):
+            if step > last or (best is not None and step <= best[0]):
                 continue
             if incompatibility(checkpoint, settings, identity or {}) is None:
                 best = (step, checkpoint)
@@ -485,28 +487,36 @@ class LoraTrainer:
         log.info("Resumed from %s at step %d", folder, self.progress.step)
 
     # ---- train -------------------------------------------------------------------------------------------
-    def train(self) -> None:
-        """Run optimizer steps from the current step to ``max_train_steps``, saving checkpoints on the way."""
+    def train(self, until: int | None = None) -> None:
+        """Run optimizer steps from the current step, saving checkpoints on the way.
+
+        Args:
+            until: Stop after this step with a resumable checkpoint there (a rung of a halving sweep);
+                None trains to ``max_train_steps``. The schedule is always the one of ``max_train_steps``,
+                so continuing later gives the weights of one uninterrupted run.
+        """
         from tqdm.auto import tqdm
 
         s = self.settings
+        last = s.max_train_steps if until is None else min(until, s.max_train_steps)
         self.start_step = self.progress.step
-        bar = tqdm(total=s.max_train_steps, initial=self.start_step, desc="train", unit="step",
+        bar = tqdm(total=last, initial=self.start_step, desc="train", unit="step",
                    disable=not s.progress_bar, dynamic_ncols=True)  # fmt: skip
         pending: list = []
         started = time.perf_counter()
         first_done = None
-        while self.progress.step < s.max_train_steps:
+        while self.progress.step < last:
             loss = self.training_step()
             self.progress.step += 1
             step = self.progress.step
             pending.append((step, loss.detach(), self.lr_schedule.get_last_lr()))
             if first_done is None:
                 first_done = time.perf_counter()
-            if len(pending) >= s.log_every or step == s.max_train_steps or self._is_checkpoint_step(step):
+            checkpoint = self._is_checkpoint_step(step) or (step == until and step < s.max_train_steps)
+            if len(pending) >= s.log_every or step == last or checkpoint:
                 self._report(pending, started, bar)
                 pending = []
-            if self._is_checkpoint_step(step):
+            if checkpoint:
                 self.save_checkpoint(step)
         bar.close()
         end = time.perf_counter()
@@ -751,7 +761,8 @@ def train_lora(
     on_checkpoint: Callable[[int, Path], None] | None = None,
     metadata: dict | None = None,
     identity: dict | None = None,
-) -> TrainResult:
+    until: int | None = None,
+) -> TrainResult | Path:
     """Train a LoRA on ``pipe`` with the subject ``images`` and save it to ``output_dir``.
 
     Args:
@@ -765,9 +776,11 @@ def train_lora(
         on_checkpoint: Called after each checkpoint.
         metadata: Extra values for the LoRA files' metadata.
         identity: What else the weights depend on (see ``LoraTrainer``).
+        until: Stop after this step (below ``max_train_steps``) with a resumable checkpoint there, under
+            the schedule of the whole run: a successive-halving rung.
 
     Returns:
-        The ``TrainResult``.
+        The ``TrainResult``; with ``until`` below ``max_train_steps``, the checkpoint folder at ``until``.
     """
     trainer = LoraTrainer(
         pipe, images, settings, output_dir, class_images, on_step, on_checkpoint, metadata, identity
@@ -777,7 +790,9 @@ def train_lora(
         trainer.setup(resume_from)
         if trainer.progress.step == 0:
             (Path(output_dir) / LOSS_LOG).unlink(missing_ok=True)
-        trainer.train()
+        trainer.train(until)
+        if until is not None and until < settings.max_train_steps:
+            return checkpoint_dir(output_dir, until)
         return trainer.save_final()
     finally:
         trainer.cleanup()

@@ -23,7 +23,7 @@ from lora_core.atomic import atomic_path
 from lora_core.errors import UserInputError
 from lora_core.models import dtype_name, load_pipeline, model_identity
 from lora_core.render import GridRenderer
-from lora_core.training import find_checkpoint, train_lora
+from lora_core.training import checkpoint_dir, find_checkpoint, list_checkpoints, train_lora
 from sweeper.job_spec import JobSpec, build_job
 from sweeper.layout import RunFolder, SweepFolder, read_loss_rows
 from sweeper.plan import SweepPlan
@@ -96,6 +96,8 @@ class Job:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._check_folder_matches()
         self._write_config()
+        if self.spec.stop_at is not None:
+            return self.run_rung()
         # MLflow's import and store (about 1.5 s) overlap the pipeline's load instead of preceding it.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-start") as pool:
             tracking = pool.submit(self._start_tracking)
@@ -105,6 +107,8 @@ class Job:
             already_logged = tracking.result()
         self.train(pipe)
         self.render(pipe)
+        for step in self.spec.steps:
+            self.render_step(pipe, step)
         self.draw_sheets()
         self.evaluate()
         self._save_record("done")
@@ -114,9 +118,53 @@ class Job:
             self.log_to_mlflow(pictures=self.new_pictures)
         return self.result
 
-    def train(self, pipe) -> None:
-        """Train the LoRA unless a finished one with the same settings is in the run folder."""
-        if self.folder.train_result_file.is_file() and (self.lora_dir / LORA_FILE).is_file():
+    def run_rung(self) -> JobResult:
+        """A halving rung: train to ``sweep.stop_at_step`` only, render and score the grid there.
+
+        The rung's objective is the job's; ``run.json`` says ``status: rung`` until a later rung finishes
+        the run. MLflow hears of rungs from the halving sweeper, which decides what they mean.
+        """
+        pipe = load_pipeline(self.spec.model)
+        self.train(pipe, until=self.spec.stop_at)
+        self.result.objective = self.render_step(pipe, self.spec.stop_at)
+        self._save_record("rung")
+        self.folder.update_record(rung_step=self.spec.stop_at)
+        return self.result
+
+    def render_step(self, pipe, step: int) -> float | None:
+        """Render, draw and score the grid from the checkpoint at ``step`` into ``step-<n>/``.
+
+        Returns:
+            The objective of the step's grid, or None without scores.
+        """
+        from sweeper.evaluation import evaluate_run
+        from sweeper.sheets import draw_run_sheets
+        from sweeper.step_grids import render_grid
+
+        folder = self.folder.step(step)
+        started = time.perf_counter()
+        written = render_grid(
+            pipe, checkpoint_dir(self.lora_dir, step), folder, self.spec.cells, self.spec.render
+        )
+        self.result.images_rendered += len(written)
+        self.result.timings[f"render_seconds/step-{step}"] = time.perf_counter() - started
+        draw_run_sheets(folder.path, self.spec.cells, self.cfg.render.sheet_thumb)
+        if not (self.cfg.eval.enabled and self.spec.cells):
+            return None
+        return evaluate_run(
+            folder.path, self.spec.cells, self._instance_dir(), self.cfg, self.spec.model.device
+        )
+
+    def train(self, pipe, until: int | None = None) -> None:
+        """Train the LoRA (to step ``until`` only, if given) unless that is already in the run folder."""
+        if until is not None and until in list_checkpoints(self.lora_dir):
+            log.info("%s: checkpoint at step %d already trained.", self.run_dir.name, until)
+            return
+        if (
+            until is None
+            and self.folder.train_result_file.is_file()
+            and (self.lora_dir / LORA_FILE).is_file()
+        ):
             log.info("%s: LoRA already trained, skipping training.", self.run_dir.name)
             return
         from lora_core.subject import load_subject_images
@@ -126,7 +174,7 @@ class Job:
             self._instance_dir(), self.spec.settings.resolution, self.spec.settings.center_crop
         )
         class_images = self._class_images(pipe)
-        checkpoint = find_checkpoint(self._training_dirs(), self.spec.settings, self._identity)
+        checkpoint = find_checkpoint(self._training_dirs(), self.spec.settings, self._identity, up_to=until)
         steps = StepLogger(self.tracker, self.mlflow_run) if self.tracker else None
         if checkpoint is not None:
             log.info("%s: continuing from %s", self.run_dir.name, checkpoint)
@@ -135,7 +183,7 @@ class Job:
                 steps.add_history(read_loss_rows(checkpoint))
         train_lora(
             pipe, images, self.spec.settings, self.lora_dir, resume_from=checkpoint, class_images=class_images,
-            on_step=steps, metadata=self._lora_metadata(), identity=self._identity,
+            on_step=steps, metadata=self._lora_metadata(), identity=self._identity, until=until,
         )  # fmt: skip
         if steps:
             steps.flush()
@@ -180,10 +228,12 @@ class Job:
     def draw_sheets(self) -> None:
         """One contact sheet per prompt and guidance: rows UNet scale, columns text-encoder scale."""
         from sweeper.sheets import draw_run_sheets
+        from sweeper.step_grids import draw_step_sheets
 
-        self.result.sheets = [
-            str(p) for p in draw_run_sheets(self.run_dir, self.spec.cells, self.cfg.render.sheet_thumb)
-        ]
+        thumb = self.cfg.render.sheet_thumb
+        sheets = draw_run_sheets(self.run_dir, self.spec.cells, thumb)
+        sheets += draw_step_sheets(self.folder, self.spec.cells, self.spec.settings.max_train_steps, thumb)
+        self.result.sheets = [str(p) for p in sheets]
 
     # ---- helpers -----------------------------------------------------------------------------------------
     def _instance_dir(self) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -34,6 +34,8 @@ class JobSpec:
         train_values: The ``train`` section as plain values.
         name_values: Every value that can name a run folder: train keys by their short name, the rest as
             ``section.key`` (paths by their last component).
+        steps: Training steps below the last at which the grid is rendered too (``render.steps``).
+        stop_at: Train only to this step and render the grid there (``sweep.stop_at_step``), or None.
     """
 
     model: ModelSource
@@ -45,6 +47,8 @@ class JobSpec:
     sweep_dir: Path
     train_values: dict
     name_values: dict
+    steps: list[int] = field(default_factory=list)
+    stop_at: int | None = None
 
     def run_dir(self, template: str, varying: list[str]) -> Path:
         """This job's run folder inside the sweep folder."""
@@ -99,6 +103,10 @@ def build_job(cfg: DictConfig) -> JobSpec:
     )
     render.validate()
     cells = grid_cells(cfg.render, cfg.data.token, cfg.data.class_name) if cfg.render.enabled else []
+    steps, stop_at = _checkpoint_axis(cfg, settings.max_train_steps)
+    settings.checkpoint_steps = tuple(
+        sorted({*settings.checkpoint_steps, *steps, *([stop_at] if stop_at else [])})
+    )
     return JobSpec(
         model=model,
         instance_dir=Path(cfg.data.instance_dir).expanduser() if cfg.data.instance_dir else None,
@@ -109,7 +117,25 @@ def build_job(cfg: DictConfig) -> JobSpec:
         sweep_dir=sweep_dir_of(cfg),
         train_values=train_values,
         name_values=naming_values(cfg),
+        steps=steps,
+        stop_at=stop_at,
     )
+
+
+def _checkpoint_axis(cfg: DictConfig, max_train_steps: int) -> tuple[list[int], int | None]:
+    """``render.steps`` below the last step (sorted) and ``sweep.stop_at_step``, checked."""
+    steps = [int(s) for s in cfg.render.steps]
+    if any(s < 1 or s > max_train_steps for s in steps):
+        raise UserInputError(
+            f"render.steps={steps}: every step must be between 1 and train.max_train_steps ({max_train_steps})."
+        )
+    stop_at = cfg.sweep.stop_at_step
+    if stop_at is not None and not 1 <= stop_at <= max_train_steps:
+        raise UserInputError(
+            f"sweep.stop_at_step={stop_at}: must be between 1 and train.max_train_steps ({max_train_steps})."
+        )
+    below_last = sorted({s for s in steps if s < max_train_steps})
+    return below_last, stop_at if stop_at is not None and stop_at < max_train_steps else None
 
 
 # Config sections whose values never change what is trained or rendered.

@@ -4,6 +4,7 @@ Disk is the source of truth (MLflow, the report and the compare page are rebuilt
 
     <sweep.root>/<sweep.name>/                 SweepFolder
         sweep.json                             the plan: varying keys, jobs, MLflow ids (sweeper.plan)
+        bracket.json                           a halving sweep's rungs, scores and decisions (sweeper.halving)
         report.md  compare.html  loss_curves.png  sheets/<prompt>.png
         MLFLOW_PENDING                         the store could not be reached; how to log later
         <learning_rate>;<text_encoder_lr>/     RunFolder (name: sweep.run_dir_template)
@@ -15,6 +16,9 @@ Disk is the source of truth (MLflow, the report and the compare page are rebuilt
             sheets/                            contact sheets of this run
             lora/                              adapter, kohya export, train_result.json, loss log,
                                                checkpoints/step-<n>/ (resumable states)
+            step-<n>/                          the grid at training step n (render.steps, halving rungs):
+                                               pictures, scores.csv, sheets/ as in the run folder
+            sheets/steps_<pr>.png              a prompt's cells (columns) at every rendered step (rows)
 
 A picture's file name is made once (``sweeper.grid.GridCell.stem`` through ``sweeper.naming.image_stem``)
 and never parsed back: ``RunFolder.cells`` maps names to cells from ``run.json``, so prompt short names
@@ -44,11 +48,14 @@ REFERENCE_FILE = "reference_scores.json"
 SHEETS_DIR = "sheets"
 LORA_DIR = "lora"
 CHECKPOINTS_DIR = "checkpoints"
+STEP_PREFIX = "step-"
 # Sweep folder.
 PLAN_FILE = "sweep.json"
+BRACKET_FILE = "bracket.json"
 REPORT_FILE = "report.md"
 PAGE_FILE = "compare.html"
 LOSS_PLOT = "loss_curves.png"
+FIDELITY_PLOT = "steps_fidelity.png"
 PENDING_FILE = "MLFLOW_PENDING"
 
 DONE = "done"
@@ -152,6 +159,23 @@ class RunFolder:
             self.scores_file, self.reference_file,
         ]  # fmt: skip
 
+    def step(self, step: int) -> RunFolder:
+        """The folder of the grid rendered at training ``step`` (``step-000400``), laid out like this one."""
+        return RunFolder(self.path / f"{STEP_PREFIX}{step:06d}")
+
+    def steps(self) -> dict[int, RunFolder]:
+        """The step folders that hold pictures, by step."""
+        found = {}
+        for folder in self.path.glob(f"{STEP_PREFIX}*"):
+            digits = folder.name.removeprefix(STEP_PREFIX)
+            if folder.is_dir() and digits.isdigit() and any(folder.glob("*.png")):
+                found[int(digits)] = RunFolder(folder)
+        return dict(sorted(found.items()))
+
+    def step_sheet(self, prompt_name: str) -> Path:
+        """``sheets/steps_<pr>.png``: a prompt's grid at every rendered step."""
+        return self.sheets_dir / f"steps_{prompt_name}.png"
+
     # ---- readers / writers -----------------------------------------------------------------------------
     def read_record(self) -> dict:
         """``run.json`` as a dict ({} when absent)."""
@@ -231,6 +255,11 @@ class SweepFolder:
         return self.path / PLAN_FILE
 
     @property
+    def bracket_file(self) -> Path:
+        """``bracket.json``: a halving sweep's rungs (``sweeper.halving.Bracket``)."""
+        return self.path / BRACKET_FILE
+
+    @property
     def report_file(self) -> Path:
         """``report.md``."""
         return self.path / REPORT_FILE
@@ -278,4 +307,13 @@ class SweepFolder:
 
     def outputs(self) -> list[Path]:
         """The sweep-wide files logged to the MLflow parent run (those that exist)."""
-        return [p for p in (self.plan_file, self.report_file, self.loss_plot, self.page_file) if p.is_file()]
+        fidelity = self.path / FIDELITY_PLOT
+        files = (
+            self.plan_file,
+            self.bracket_file,
+            self.report_file,
+            self.loss_plot,
+            fidelity,
+            self.page_file,
+        )
+        return [p for p in files if p.is_file()]

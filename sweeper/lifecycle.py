@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sweeper.cli import user_errors
+from sweeper.halving import HALVING_SWEEPER, plan_halving
 from sweeper.job_spec import build_job, sweep_dir_of
 from sweeper.layout import SweepFolder
 from sweeper.plan import SweepPlan, check_inputs, compose_job, expand_jobs, plan_sweep
@@ -62,9 +63,11 @@ class SweepCallback(Callback):
         """Check every job and write ``sweep.json`` before the launcher starts any of them."""
         with exit_on_error():
             sweep_dir = sweep_dir_of(config)
-            if config.hydra.sweeper._target_ == _BASIC_SWEEPER:
+            if config.hydra.sweeper._target_ in (_BASIC_SWEEPER, HALVING_SWEEPER):
                 jobs = expand_jobs(config)
                 plan = plan_sweep(config, jobs)
+                if config.hydra.sweeper._target_ == HALVING_SWEEPER:
+                    plan_halving(config, plan)  # checks eta, rungs, preview; checkpoints at the rungs
                 log.info("Sweep %s: %d jobs, folders %s", config.sweep.name, len(jobs), ", ".join(plan.jobs))
             else:  # a search: its trials are not known yet; the values outside the search space are
                 check_inputs([build_job(compose_job(config, _fixed_overrides(config)))])

@@ -18,10 +18,12 @@ from lora_core.atomic import atomic_path, write_text_atomic
 from lora_core.errors import UserInputError
 from sweeper.cli import user_errors
 from sweeper.grid import first_images
+from sweeper.halving import bracket_lines
 from sweeper.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, SHEETS_DIR, RunFolder
 from sweeper.naming import format_number
 from sweeper.objective import parse_objective
 from sweeper.results import METRICS, RunResult, differing_settings, load_results
+from sweeper.step_grids import best_step_lines
 
 _TEMPLATE = Path(__file__).with_name("compare_page.html")
 
@@ -147,6 +149,8 @@ def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot
         ]
     if plot is not None:
         lines += [f"![loss curves]({plot.name})", ""]
+    lines += best_step_lines(sweep_dir, runs, objective)  # render.steps: the best step, DINO/CLIP-T curves
+    lines += bracket_lines(sweep_dir)  # a halving sweep's rungs and decisions
     lines += [f"Side by side: open `{PAGE_FILE}` in a browser.", ""]
     return "\n".join(lines)
 

@@ -77,6 +77,9 @@ class RenderConfig:
     image_name: str = "{pr}_{unet};{text};{guidance}"
     sheet_thumb: int = 256
     enabled: bool = True
+    # The checkpoint axis: also render the grid at these training steps (each in <run>/step-<n>/), with a
+    # sheet per prompt whose rows are the steps, and the best step in report.md.
+    steps: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -119,6 +122,9 @@ class SweepConfig:
     run_dir_template: str = "{learning_rate};{text_encoder_lr}{varying}"
     reuse_steps: bool = True  # sweeps over max_train_steps train once under step-independent schedules
     print_summary: bool = True
+    # Train only to this step (checkpointed) and render the grid there, in <run>/step-<n>/: one rung of
+    # hydra/sweeper=halving, which sets it. null: train to train.max_train_steps.
+    stop_at_step: int | None = None
 
 
 @dataclass

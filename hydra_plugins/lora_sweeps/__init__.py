@@ -1,0 +1,1 @@
+"""lora-sweeps' Hydra plugins (found by Hydra's scan of the ``hydra_plugins`` namespace package)."""

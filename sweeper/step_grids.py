@@ -1,0 +1,167 @@
+"""The checkpoint axis: a run's grid at chosen training steps, side by side with the final one.
+
+``render.steps=[100,300]`` renders the run's grid from the checkpoints at those steps into
+``<run>/step-000100/`` (pictures, ``scores.csv`` and sheets laid out as in the run folder), so the run
+folder itself keeps the final step's ``pr_u;t;g.png`` names; ``sheets/steps_<pr>.png`` shows each prompt's
+cells (columns) at every step (rows). A halving rung (``sweep.stop_at_step``) renders its preview grid the
+same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lora_core.atomic import atomic_path
+from lora_core.render import GridRenderer, RenderOptions
+from sweeper.drawing import save_sheet, sweep_sheet
+from sweeper.grid import GridCell, first_images
+from sweeper.layout import FIDELITY_PLOT, RunFolder
+
+
+def render_grid(
+    pipe, lora: Path, folder: RunFolder, cells: list[GridCell], options: RenderOptions
+) -> list[Path]:
+    """Render the cells whose picture is not in ``folder`` yet, with the LoRA ``lora``.
+
+    Args:
+        pipe: The loaded base pipeline (borrowed).
+        lora: A folder holding a diffusers-format LoRA (the training folder or a checkpoint).
+        folder: Where the pictures go (the run folder or one of its step folders).
+        cells: The grid.
+        options: Render settings.
+
+    Returns:
+        The pictures written now.
+    """
+    missing = [c for c in cells if not folder.picture(c.file_name).is_file()]
+    written: list[Path] = []
+    if not missing:
+        return written
+    folder.path.mkdir(parents=True, exist_ok=True)
+    by_render_cell = {c.render_cell(): c for c in missing}
+    with GridRenderer(pipe, lora, options) as renderer:
+        for render_cell, image in renderer.render(by_render_cell):
+            path = folder.picture(by_render_cell[render_cell].file_name)
+            with atomic_path(path) as tmp:
+                image.save(tmp, format="PNG")
+            written.append(path)
+    return written
+
+
+def step_label(step: int) -> str:
+    """A sheet row's label: ``step 400``."""
+    return f"step {step}"
+
+
+def draw_step_sheets(run: RunFolder, cells: list[GridCell], final_step: int, thumb: int) -> list[Path]:
+    """One sheet per prompt: a row per rendered step (the final one from the run folder), a column per cell.
+
+    Args:
+        run: The run folder.
+        cells: The grid (the same at every step).
+        final_step: The run's last training step (its pictures are in the run folder itself).
+        thumb: Cell size in pixels.
+
+    Returns:
+        The sheet files (none when no step folder holds pictures).
+    """
+    folders = {**run.steps(), final_step: run}
+    if len(folders) < 2:
+        return []
+    rows = [step_label(step) for step in folders]
+    written = []
+    for prompt in dict.fromkeys(c.prompt_name for c in cells):
+        group = [c for c in first_images(cells) if c.prompt_name == prompt]
+        columns = list(dict.fromkeys((c.unet_scale, c.text_scale, c.guidance) for c in group))
+        pictures = {
+            (step_label(step), (c.unet_scale, c.text_scale, c.guidance)): path
+            for step, folder in folders.items()
+            for c in group
+            if (path := folder.picture(c.file_name)).is_file()
+        }
+        title = f'"{group[0].prompt}" | {run.name} | rows: training step, columns: unet;text;guidance'
+        written.append(save_sheet(sweep_sheet(pictures, rows, columns, title, thumb), run.step_sheet(prompt)))
+    return written
+
+
+def step_means(run: RunFolder, final_step: int) -> dict[int, dict]:
+    """Metric means of a run's grid at each rendered step, over the cells scored at every step.
+
+    The final step's pictures are the run folder's own; only cells present at every step count, so a
+    step's preview grid and the final grid compare like for like.
+
+    Returns:
+        Step -> {metric: mean}; empty when the run has no step folder with scores.
+    """
+    from lora_core.metrics import mean_scores
+    from sweeper.results import read_scores
+
+    folders = {**run.steps(), final_step: run}
+    rows = {step: {r["file"]: r for r in read_scores(folder.path)} for step, folder in folders.items()}
+    scored = [set(r) for r in rows.values() if r]
+    if len(scored) < 2:
+        return {}
+    common = set.intersection(*scored)
+    return {step: mean_scores(r[f] for f in common) for step, r in rows.items() if r and common}
+
+
+def best_step_lines(sweep_dir: Path, runs: list, objective: str) -> list[str]:
+    """The report's checkpoint-axis section, and its plot of DINO and CLIP-T over steps.
+
+    Args:
+        sweep_dir: The sweep folder (``steps_fidelity.png`` is written there).
+        runs: The finished runs (``sweeper.results.RunResult``).
+        objective: ``eval.objective``.
+
+    Returns:
+        Markdown lines (none when no run rendered more than one step).
+    """
+    from sweeper.objective import objective_value, parse_objective
+
+    terms = parse_objective(objective)
+    curves = {}
+    for result in runs:
+        final = result.settings.get("max_train_steps")
+        means = step_means(RunFolder(result.run_dir), int(final)) if final else {}
+        if means:
+            curves[result.name] = means
+    if not curves:
+        return []
+    lines = ["## Best step per configuration", "",
+             f"`{objective}` over the cells rendered at every step (render.steps); DINO rises as the subject is "
+             "learnt, CLIP-T falls where the LoRA starts to override the prompt.", "",
+             "| configuration | best step | objective at each step |", "|---|---|---|"]  # fmt: skip
+    for name, means in curves.items():
+        values = {step: objective_value(m, terms) for step, m in means.items()}
+        scored = {s: v for s, v in values.items() if v is not None}
+        best = max(scored, key=scored.get) if scored else None
+        text = ", ".join(f"{s}: {v:.4f}" for s, v in scored.items())
+        lines.append(f"| `{name}` | {best if best is not None else '-'} | {text} |")
+    plot = _plot_fidelity(curves, Path(sweep_dir) / FIDELITY_PLOT)
+    return [*lines, "", *([f"![DINO and CLIP-T over steps]({plot.name})", ""] if plot else [])]
+
+
+def _plot_fidelity(curves: dict[str, dict[int, dict]], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    for ax, metric, title in (
+        (axes[0], "dino", "DINO (subject) ↑"),
+        (axes[1], "clip_t", "CLIP-T (prompt) ↑"),
+    ):
+        for name, means in curves.items():
+            points = [(s, m[metric]) for s, m in means.items() if metric in m]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=name, linewidth=1.4)
+        ax.set_xlabel("training step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
