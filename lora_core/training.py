@@ -37,6 +37,22 @@ LOSS_LOG = "loss_log.jsonl"
 RESULT_FILE = "train_result.json"
 
 
+class TrainingStopped(Exception):
+    """Training stopped before ``max_train_steps`` because ``should_stop`` asked it to.
+
+    The state at ``step`` is saved in ``checkpoint``; training the same settings again with
+    ``resume_from="latest"`` (or ``find_checkpoint``) continues from it to the same final weights.
+
+    Attributes:
+        step: Optimizer steps done.
+        checkpoint: The checkpoint folder written at ``step``.
+    """
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"training stopped on request at step {step}; continue from {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
 @dataclass
 class StepRecord:
     """What the trainer reports after each optimizer step.
@@ -242,6 +258,8 @@ class LoraTrainer:
         metadata: Extra values stored with the LoRA files (e.g. base model id, data folder).
         identity: What else the weights depend on (base model, pictures, class pictures), JSON values:
             saved with each checkpoint, and a checkpoint is only continued under an equal identity.
+        should_stop: Asked after every optimizer step; True makes ``train`` save a checkpoint and raise
+            ``TrainingStopped`` (a job asked to give its slot back: time limit, preemption).
     """
 
     def __init__(
@@ -255,6 +273,7 @@ class LoraTrainer:
         on_checkpoint: Callable[[int, Path], None] | None = None,
         metadata: dict | None = None,
         identity: dict | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ):
         settings.validate()
         if settings.with_prior_preservation and not class_images:
@@ -265,6 +284,7 @@ class LoraTrainer:
         self.on_step, self.on_checkpoint = on_step, on_checkpoint
         self.metadata = metadata or {}
         self.identity = identity or {}
+        self.should_stop = should_stop
         self.losses: dict[int, float] = {}
         self.lrs: dict[int, float] = {}
         self.text_lrs: dict[int, float | None] = {}
@@ -468,7 +488,11 @@ class LoraTrainer:
 
     # ---- train -------------------------------------------------------------------------------------------
     def train(self) -> None:
-        """Run optimizer steps from the current step to ``max_train_steps``, saving checkpoints on the way."""
+        """Run optimizer steps from the current step to ``max_train_steps``, saving checkpoints on the way.
+
+        Raises:
+            TrainingStopped: ``should_stop`` said so; the checkpoint to continue from is saved.
+        """
         from tqdm.auto import tqdm
 
         s = self.settings
@@ -485,11 +509,16 @@ class LoraTrainer:
             pending.append((step, loss.detach(), self.lr_schedule.get_last_lr()))
             if first_done is None:
                 first_done = time.perf_counter()
-            if len(pending) >= s.log_every or step == s.max_train_steps or self._is_checkpoint_step(step):
+            stop = step < s.max_train_steps and self.should_stop is not None and self.should_stop()
+            save = self._is_checkpoint_step(step) or stop
+            if len(pending) >= s.log_every or step == s.max_train_steps or save:
                 self._report(pending, started, bar)
                 pending = []
-            if self._is_checkpoint_step(step):
-                self.save_checkpoint(step)
+            if save:
+                folder = self.save_checkpoint(step)
+            if stop:
+                bar.close()
+                raise TrainingStopped(step, folder)
         bar.close()
         end = time.perf_counter()
         steps = self.progress.step - self.start_step
@@ -734,6 +763,7 @@ def train_lora(
     on_checkpoint: Callable[[int, Path], None] | None = None,
     metadata: dict | None = None,
     identity: dict | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train a LoRA on ``pipe`` with the subject ``images`` and save it to ``output_dir``.
 
@@ -748,13 +778,18 @@ def train_lora(
         on_checkpoint: Called after each checkpoint.
         metadata: Extra values for the LoRA files' metadata.
         identity: What else the weights depend on (see ``LoraTrainer``).
+        should_stop: Asked after every step; True saves a checkpoint and stops (see ``LoraTrainer``).
 
     Returns:
         The ``TrainResult``.
+
+    Raises:
+        TrainingStopped: ``should_stop`` asked for a stop; the checkpoint to continue from is saved.
     """
     trainer = LoraTrainer(
-        pipe, images, settings, output_dir, class_images, on_step, on_checkpoint, metadata, identity
-    )
+        pipe, images, settings, output_dir, class_images, on_step, on_checkpoint, metadata, identity,
+        should_stop,
+    )  # fmt: skip
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     try:
         trainer.setup(resume_from)
