@@ -49,8 +49,11 @@ class TrainingStopped(Exception):
     """
 
     def __init__(self, step: int, checkpoint: Path):
-        super().__init__(f"training stopped on request at step {step}; continue from {checkpoint}")
+        super().__init__(step, checkpoint)  # the arguments themselves: a pickled copy rebuilds (submitit)
         self.step, self.checkpoint = step, checkpoint
+
+    def __str__(self) -> str:
+        return f"training stopped on request at step {self.step}; continue from {self.checkpoint}"
 
 
 @dataclass
