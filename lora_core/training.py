@@ -38,6 +38,25 @@ LOSS_LOG = "loss_log.jsonl"
 RESULT_FILE = "train_result.json"
 
 
+class TrainingStopped(Exception):
+    """Training stopped before ``max_train_steps`` because ``should_stop`` asked it to.
+
+    The state at ``step`` is saved in ``checkpoint``; training the same settings again with
+    ``resume_from="latest"`` (or ``find_checkpoint``) continues from it to the same final weights.
+
+    Attributes:
+        step: Optimizer steps done.
+        checkpoint: The checkpoint folder written at ``step``.
+    """
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(step, checkpoint)  # the arguments themselves: a pickled copy rebuilds (submitit)
+        self.step, self.checkpoint = step, checkpoint
+
+    def __str__(self) -> str:
+        return f"training stopped on request at step {self.step}; continue from {self.checkpoint}"
+
+
 @dataclass
 class StepRecord:
     """What the trainer reports after each optimizer step.
@@ -245,6 +264,8 @@ class LoraTrainer:
         metadata: Extra values stored with the LoRA files (e.g. base model id, data folder).
         identity: What else the weights depend on (base model, pictures, class pictures), JSON values:
             saved with each checkpoint, and a checkpoint is only continued under an equal identity.
+        should_stop: Asked after every optimizer step; True makes ``train`` save a checkpoint and raise
+            ``TrainingStopped`` (a job asked to give its slot back: time limit, preemption).
     """
 
     def __init__(
@@ -258,6 +279,7 @@ class LoraTrainer:
         on_checkpoint: Callable[[int, Path], None] | None = None,
         metadata: dict | None = None,
         identity: dict | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ):
         settings.validate()
         if settings.with_prior_preservation and not class_images:
@@ -268,6 +290,7 @@ class LoraTrainer:
         self.on_step, self.on_checkpoint = on_step, on_checkpoint
         self.metadata = metadata or {}
         self.identity = identity or {}
+        self.should_stop = should_stop
         self.losses: dict[int, float] = {}
         self.lrs: dict[int, float] = {}
         self.text_lrs: dict[int, float | None] = {}
@@ -494,6 +517,9 @@ class LoraTrainer:
             until: Stop after this step with a resumable checkpoint there (a rung of a halving sweep);
                 None trains to ``max_train_steps``. The schedule is always the one of ``max_train_steps``,
                 so continuing later gives the weights of one uninterrupted run.
+
+        Raises:
+            TrainingStopped: ``should_stop`` said so; the checkpoint to continue from is saved.
         """
         from tqdm.auto import tqdm
 
@@ -512,12 +538,16 @@ class LoraTrainer:
             pending.append((step, loss.detach(), self.lr_schedule.get_last_lr()))
             if first_done is None:
                 first_done = time.perf_counter()
-            checkpoint = self._is_checkpoint_step(step) or (step == until and step < s.max_train_steps)
-            if len(pending) >= s.log_every or step == last or checkpoint:
+            stop = step < last and self.should_stop is not None and self.should_stop()
+            save = self._is_checkpoint_step(step) or (step == until and step < s.max_train_steps) or stop
+            if len(pending) >= s.log_every or step == last or save:
                 self._report(pending, started, bar)
                 pending = []
-            if checkpoint:
-                self.save_checkpoint(step)
+            if save:
+                folder = self.save_checkpoint(step)
+            if stop:
+                bar.close()
+                raise TrainingStopped(step, folder)
         bar.close()
         end = time.perf_counter()
         steps = self.progress.step - self.start_step
@@ -762,6 +792,7 @@ def train_lora(
     metadata: dict | None = None,
     identity: dict | None = None,
     until: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult | Path:
     """Train a LoRA on ``pipe`` with the subject ``images`` and save it to ``output_dir``.
 
@@ -778,13 +809,18 @@ def train_lora(
         identity: What else the weights depend on (see ``LoraTrainer``).
         until: Stop after this step (below ``max_train_steps``) with a resumable checkpoint there, under
             the schedule of the whole run: a successive-halving rung.
+        should_stop: Asked after every step; True saves a checkpoint and stops (see ``LoraTrainer``).
 
     Returns:
         The ``TrainResult``; with ``until`` below ``max_train_steps``, the checkpoint folder at ``until``.
+
+    Raises:
+        TrainingStopped: ``should_stop`` asked for a stop; the checkpoint to continue from is saved.
     """
     trainer = LoraTrainer(
-        pipe, images, settings, output_dir, class_images, on_step, on_checkpoint, metadata, identity
-    )
+        pipe, images, settings, output_dir, class_images, on_step, on_checkpoint, metadata, identity,
+        should_stop,
+    )  # fmt: skip
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     try:
         trainer.setup(resume_from)

@@ -43,6 +43,13 @@ def _safe_name(name: str) -> str:
     return format_value(str(name))
 
 
+def _slurm_gpus(partition: str | None, wanted: int = 1) -> int:
+    """``${slurm_gpus:${hydra.launcher.partition},1}``: that many GPUs where the partition has them, else 0."""
+    from sweeper.slurm import slurm_gpus
+
+    return slurm_gpus(partition, wanted)
+
+
 def _dreambooth_prompts(kind: str) -> list:
     """``${dreambooth_prompts:${data.kind}}``: the DreamBooth dataset's 25 evaluation prompts."""
     from sweeper.dreambooth_prompts import dreambooth_prompts
@@ -52,6 +59,7 @@ def _dreambooth_prompts(kind: str) -> list:
 
 register_configs()
 OmegaConf.register_new_resolver("gpus_per_job", _gpus_per_job, replace=True)
+OmegaConf.register_new_resolver("slurm_gpus", _slurm_gpus, replace=True)
 OmegaConf.register_new_resolver("dreambooth_prompts", _dreambooth_prompts, replace=True)
 OmegaConf.register_new_resolver("safe_name", _safe_name, replace=True)
 

@@ -27,6 +27,7 @@ from lora_core.training import checkpoint_dir, find_checkpoint, list_checkpoints
 from sweeper.job_spec import JobSpec, build_job
 from sweeper.layout import RunFolder, SweepFolder, read_loss_rows
 from sweeper.plan import SweepPlan
+from sweeper.preemption import HeldSignals
 from sweeper.tracking.store import tracking_uri
 from sweeper.tracking.tracker import StepLogger, Tracker
 
@@ -181,10 +182,12 @@ class Job:
             self.result.resumed_from = str(checkpoint)
             if steps:
                 steps.add_history(read_loss_rows(checkpoint))
-        train_lora(
-            pipe, images, self.spec.settings, self.lora_dir, resume_from=checkpoint, class_images=class_images,
-            on_step=steps, metadata=self._lora_metadata(), identity=self._identity, until=until,
-        )  # fmt: skip
+        with HeldSignals() as should_stop:  # a time limit or preemption stops training between two steps
+            train_lora(
+                pipe, images, self.spec.settings, self.lora_dir, resume_from=checkpoint, class_images=class_images,
+                on_step=steps, metadata=self._lora_metadata(), identity=self._identity, until=until,
+                should_stop=should_stop,
+            )  # fmt: skip
         if steps:
             steps.flush()
         self.result.trained = True

@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sweeper.cli import user_errors
 from sweeper.halving import HALVING_SWEEPER, plan_halving
 from sweeper.job_spec import build_job, sweep_dir_of
 from sweeper.layout import SweepFolder
 from sweeper.plan import SweepPlan, check_inputs, compose_job, expand_jobs, plan_sweep
+from sweeper.slurm import check_slurm_request
 from sweeper.tracking.store import tracking_uri
 from sweeper.tracking.tracker import Tracker
 from sweeper.tracking.ui import describe_sweep
@@ -63,6 +64,7 @@ class SweepCallback(Callback):
         """Check every job and write ``sweep.json`` before the launcher starts any of them."""
         with exit_on_error():
             sweep_dir = sweep_dir_of(config)
+            check_slurm_request(OmegaConf.to_container(config.hydra.launcher, resolve=True))
             if config.hydra.sweeper._target_ in (_BASIC_SWEEPER, HALVING_SWEEPER):
                 jobs = expand_jobs(config)
                 plan = plan_sweep(config, jobs)

@@ -11,6 +11,7 @@ from lora_core.errors import UserInputError
 from lora_core.training import (
     LOSS_LOG,
     LoraTrainer,
+    TrainingStopped,
     denoising_loss,
     find_checkpoint,
     list_checkpoints,
@@ -157,6 +158,35 @@ def test_resumed_training_ends_with_the_same_weights(pipe, subject_images, setti
         json.loads(line)["step"] for line in (tmp_path / "resumed" / LOSS_LOG).read_text().splitlines()
     ]
     assert log_steps == list(range(1, 11))
+
+
+def test_a_stop_request_saves_a_checkpoint_that_continues_to_the_same_weights(
+    pipe, subject_images, settings, tmp_path
+):
+    # a job told to give its slot back (time limit, preemption) stops between steps, not on a checkpoint step
+    common = dict(max_train_steps=10, text_encoder_lr=5e-4, random_flip=True, lr_scheduler="cosine",
+                  lr_warmup_steps=3, checkpoint_steps=(8,))  # fmt: skip
+    full = train_lora(pipe, subject_images, settings(**common), tmp_path / "full")
+    asked = []
+
+    def stop_after_step_5():
+        asked.append(1)
+        return len(asked) == 5
+
+    with pytest.raises(TrainingStopped) as stopped:
+        train_lora(
+            pipe, subject_images, settings(**common), tmp_path / "stopped", should_stop=stop_after_step_5
+        )
+    assert (
+        stopped.value.step == 5
+        and stopped.value.checkpoint == tmp_path / "stopped" / "checkpoints" / "step-000005"
+    )
+    assert list(list_checkpoints(tmp_path / "stopped")) == [5]
+    assert not (tmp_path / "stopped" / LORA_FILE).exists(), "a stopped training leaves no final LoRA"
+    resumed = train_lora(pipe, subject_images, settings(**common), tmp_path / "stopped", resume_from="latest")
+    assert resumed.resumed_from_step == 5
+    _assert_same_weights(_weights_of(full.lora_path), _weights_of(resumed.lora_path))
+    np.testing.assert_allclose(resumed.loss_history, full.loss_history, rtol=1e-5)
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(pipe, subject_images, settings, tmp_path):

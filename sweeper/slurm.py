@@ -1,0 +1,146 @@
+"""What a SLURM partition offers, and whether the sweep's request fits it, asked before any job is submitted.
+
+``launcher=submitit_slurm`` asks for GPUs only where the partition has them (``${slurm_gpus:...}`` in
+``conf/launcher/submitit_slurm.yaml``, read from ``sinfo``). An explicit request the partition cannot meet,
+or any other request ``sbatch`` refuses, stops the sweep in the planning step with one line that names the
+partition, the request and sbatch's own words: ``sbatch --test-only`` checks the very script submitit would
+submit, and submits nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+
+from lora_core.errors import UserInputError
+
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+_GPU = re.compile(r"^gpu(?::[^:(]+)?:(\d+)")  # gres "gpu:4", "gpu:a100:4(S:0-1)"; a bare "gpu" counts 1
+
+
+def _sinfo_partitions() -> list[tuple[str, str]] | None:
+    """(partition, gres) per node group, default partition marked ``*``; None without a SLURM to ask."""
+    if shutil.which("sinfo") is None:
+        return None
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return [tuple(line.split("|", 1)) for line in out.stdout.splitlines() if "|" in line]
+
+
+def gres_gpus(gres: str) -> int:
+    """GPUs per node in a ``sinfo`` gres field (``(null)``, ``gpu:2``, ``gpu:a100:4(S:0-1),shard:8``)."""
+    total = 0
+    for item in gres.split(","):
+        item = item.strip()
+        match = _GPU.match(item)
+        total += int(match.group(1)) if match else int(item == "gpu")
+    return total
+
+
+def default_partition() -> str | None:
+    """The cluster's default partition (``sinfo`` marks it ``*``), or None."""
+    rows = _sinfo_partitions() or []
+    return next((name.rstrip("*") for name, _ in rows if name.endswith("*")), None)
+
+
+def partition_gpus(partition: str | None) -> int | None:
+    """The most GPUs a node of ``partition`` (None: the default partition) has.
+
+    Returns:
+        The count (0 for a partition without GPUs), or None when ``sinfo`` is missing, fails, or does not
+        know the partition.
+    """
+    rows = _sinfo_partitions()
+    if rows is None:
+        return None
+    if partition is None:
+        found = [gres for name, gres in rows if name.endswith("*")]
+    else:
+        found = [gres for name, gres in rows if name.rstrip("*") == partition]
+    return max((gres_gpus(g) for g in found), default=None)
+
+
+def slurm_gpus(partition: str | None, wanted: int = 1) -> int:
+    """``${slurm_gpus:${hydra.launcher.partition},1}``: ``wanted`` GPUs where the partition has them, else 0.
+
+    Without ``sinfo`` (not on a SLURM login node) the request stays ``wanted``; the planning step then says
+    that sbatch is missing.
+    """
+    have = partition_gpus(None if partition in (None, "") else str(partition))
+    return int(wanted) if have is None else min(int(wanted), have)
+
+
+def _requested_gpus(launcher: dict) -> tuple[str, int] | None:
+    """The launcher's GPU request as (key=value, GPUs per node), or None when it asks for none."""
+    for key in ("gpus_per_node", "gpus_per_task"):
+        if launcher.get(key):
+            return f"hydra.launcher.{key}={launcher[key]}", int(launcher[key])
+    gres = launcher.get("gres") or ""
+    if gres_gpus(gres):
+        return f"hydra.launcher.gres={gres}", gres_gpus(gres)
+    return None
+
+
+def _sbatch_script(launcher: dict, folder: str) -> str:
+    """The sbatch script submitit writes for one job of this launcher config (Hydra's parameter mapping)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    skip = {"_target_", "submitit_folder", "max_num_timeout"}
+    params = {k if k in shared else f"slurm_{k}": v for k, v in launcher.items() if k not in skip}
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor.update_parameters(**params)
+    return executor._executor._make_submission_file_text("true", "check")
+
+
+def check_slurm_request(launcher: dict) -> None:
+    """Refuse a SLURM request before any job is submitted.
+
+    Args:
+        launcher: The resolved ``hydra.launcher`` config; anything but submitit's SLURM launcher passes.
+
+    Raises:
+        UserInputError: ``sbatch`` is not on PATH, the partition has no GPUs for a GPU request, or
+            ``sbatch --test-only`` refuses the jobs' script (its message is quoted).
+    """
+    if launcher.get("_target_") != SLURM_LAUNCHER:
+        return
+    partition = launcher.get("partition")
+    where = f"partition {partition}" if partition else f"the default partition ({default_partition()})"
+    if shutil.which("sbatch") is None:
+        raise UserInputError(
+            "launcher=submitit_slurm: sbatch is not on PATH; run the sweep where SLURM's commands are "
+            "(a login node of the cluster), or use launcher=submitit_local on this machine."
+        )
+    gpus = _requested_gpus(launcher)
+    if gpus is not None and partition_gpus(partition) == 0:
+        raise UserInputError(
+            f"{gpus[0]}: {where} has no GPUs (sinfo lists no gpu gres). Add hydra.launcher.gpus_per_node=0 "
+            "to run on its CPUs, or choose a partition with GPUs (hydra.launcher.partition=<name>; sinfo -o '%P %G' lists them)."
+        )
+    with tempfile.TemporaryDirectory(prefix="sbatch-check-") as folder:
+        script = f"{folder}/check.sh"
+        with open(script, "w") as f:
+            f.write(_sbatch_script(launcher, folder))
+        out = subprocess.run(["sbatch", "--test-only", script], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        message = " ".join(line.strip() for line in out.stderr.splitlines() if line.strip())
+        raise UserInputError(
+            f"sbatch refuses the jobs of this sweep on {where}: {message}. {_request(launcher)}"
+        )
+
+
+def _request(launcher: dict) -> str:
+    keys = ("gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "nodes", "tasks_per_node")
+    asked = " ".join(f"hydra.launcher.{k}={launcher[k]}" for k in keys if launcher.get(k) is not None)
+    return (
+        f"The request: {asked}; change what the partition cannot give (sinfo -o '%P %c %m %G %l' shows it)."
+    )
