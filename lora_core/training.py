@@ -16,7 +16,8 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 from lora_core.adapters import KOHYA_FILE, LORA_FILE, peft_state_dict, save_diffusers_lora, save_kohya_lora
 from lora_core.atomic import atomic_dir, write_text_atomic
 from lora_core.errors import UserInputError
+from lora_core.optimizers import check_optimizer, make_optimizer, set_optimizer_mode
 from lora_core.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -288,6 +290,7 @@ class LoraTrainer:
 
         s, pipe = self.settings, self.pipe
         self.device = pipe.unet.device
+        check_optimizer(s, self.device.type)  # a missing library or a CUDA-only optimizer: fail first
         # ModelMixin.dtype walks the parameters (~1.5 ms on the tiny model with LoRA): read it once.
         self.unet_dtype = pipe.unet.dtype
         self.mixed_precision = self._mixed_precision()
@@ -396,18 +399,32 @@ class LoraTrainer:
         return torch.stack(means), torch.stack(stds)
 
     def _make_optimizer(self):
-        import torch
-
         s = self.settings
         groups = [{"params": _trainable(self.pipe.unet), "lr": s.learning_rate}]
         if s.trains_text_encoder:
             groups.append({"params": _trainable(self.pipe.text_encoder), "lr": s.text_encoder_lr})
         self.trainable_params = [p for group in groups for p in group["params"]]
-        # foreach: one kernel per op over all the small LoRA tensors instead of one per tensor.
-        return torch.optim.AdamW(
-            groups, betas=(s.adam_beta1, s.adam_beta2), weight_decay=s.adam_weight_decay, eps=s.adam_epsilon,
-            foreach=True,
-        )  # fmt: skip
+        return make_optimizer(groups, s, self.device.type)
+
+    @contextmanager
+    def evaluation_weights(self) -> Iterator[None]:
+        """Hold the weights that are saved and rendered, then give the training weights back exactly.
+
+        Schedule-free AdamW evaluates at an average of its iterates (``set_optimizer_mode``); its swap back
+        is not bit-exact, so the training weights are restored from a copy and a run that saves
+        checkpoints trains exactly like one that does not.
+        """
+        import torch
+
+        snapshot = [p.detach().clone() for p in self.trainable_params]
+        set_optimizer_mode(self.optimizer, training=False)
+        try:
+            yield
+        finally:
+            set_optimizer_mode(self.optimizer, training=True)
+            with torch.no_grad():
+                for p, saved in zip(self.trainable_params, snapshot, strict=True):
+                    p.copy_(saved)
 
     def _make_schedule(self):
         from diffusers.optimization import get_scheduler
@@ -476,13 +493,14 @@ class LoraTrainer:
         bar = tqdm(total=s.max_train_steps, initial=self.start_step, desc="train", unit="step",
                    disable=not s.progress_bar, dynamic_ncols=True)  # fmt: skip
         pending: list = []
+        set_optimizer_mode(self.optimizer, training=True)
         started = time.perf_counter()
         first_done = None
         while self.progress.step < s.max_train_steps:
             loss = self.training_step()
             self.progress.step += 1
             step = self.progress.step
-            pending.append((step, loss.detach(), self.lr_schedule.get_last_lr()))
+            pending.append((step, loss.detach(), self._step_sizes()))
             if first_done is None:
                 first_done = time.perf_counter()
             if len(pending) >= s.log_every or step == s.max_train_steps or self._is_checkpoint_step(step):
@@ -491,6 +509,7 @@ class LoraTrainer:
             if self._is_checkpoint_step(step):
                 self.save_checkpoint(step)
         bar.close()
+        set_optimizer_mode(self.optimizer, training=False)  # the trained weights are the evaluation ones
         end = time.perf_counter()
         steps = self.progress.step - self.start_step
         self._timing = {
@@ -500,6 +519,10 @@ class LoraTrainer:
             if first_done and steps > 1 and end > first_done
             else 0.0,
         }
+
+    def _step_sizes(self) -> list[float]:
+        """The learning rate of each parameter group; Prodigy's times its estimated step size ``d``."""
+        return [group["lr"] * group.get("d", 1.0) for group in self.optimizer.param_groups]
 
     def training_step(self):
         """One optimizer step (all micro-batches). Returns the mean loss as a tensor."""
@@ -640,11 +663,13 @@ class LoraTrainer:
 
         target = checkpoint_dir(self.output_dir, step)
         with atomic_dir(target) as tmp:
-            self._write_lora(tmp, kohya=False)
+            # The training weights and state first (what resume continues), then the evaluation weights.
             trainable = {f"{i}.{name}": p.detach().contiguous() for i, model in enumerate(self.models)
                          for name, p in model.named_parameters() if p.requires_grad}  # fmt: skip
             save_file(trainable, str(tmp / _TRAINABLE_FILE))
             self.accelerator.save_state(str(tmp))
+            with self.evaluation_weights():
+                self._write_lora(tmp, kohya=False)
             (tmp / _SETTINGS_FILE).write_text(json.dumps(self.settings.to_dict(), indent=2))
             (tmp / _IDENTITY_FILE).write_text(json.dumps(self.identity, indent=2, sort_keys=True))
             (tmp / LOSS_LOG).write_text(self._loss_log())
