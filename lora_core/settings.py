@@ -21,7 +21,17 @@ TEXT_MLP = ("fc1", "fc2")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor", "schedulefree_adamw")
 
 # Fields that only say when to save or report; they never change the trained weights.
-BOOKKEEPING_FIELDS = frozenset({"checkpoint_steps", "checkpoint_every", "log_every", "progress_bar"})
+# Validation reads the weights without touching the training's random state, so it is bookkeeping too.
+BOOKKEEPING_FIELDS = frozenset(
+    {
+        "checkpoint_steps",
+        "checkpoint_every",
+        "log_every",
+        "progress_bar",
+        "validation_every",
+        "validation_samples",
+    }
+)
 
 
 @dataclass
@@ -169,6 +179,10 @@ class Hyperparameters:
             checkpoints only at ``checkpoint_steps``; the end of training always writes the final LoRA
             weights, which are not a resumable checkpoint (no optimizer state).
         log_every: Report loss and learning rate every this many steps (reading the loss syncs the GPU).
+        validation_every: Every this many steps, the denoising loss on a fixed set of (picture, timestep,
+            noise) triples (``val_loss`` in the loss log, MLflow and ``loss_curves.png``); 0 disables.
+            Being fixed, it is free of the sampling noise that hides a trend in the training loss.
+        validation_samples: Size of that set; timesteps spread evenly over the schedule, pictures in turn.
     """
 
     learning_rate: float = 1e-4
@@ -205,6 +219,8 @@ class Hyperparameters:
     checkpoint_steps: tuple[int, ...] = field(default_factory=tuple)
     checkpoint_every: int = 0
     log_every: int = 10
+    validation_every: int = 0
+    validation_samples: int = 8
 
 
 @dataclass
@@ -362,6 +378,10 @@ class TrainSettings(Hyperparameters):
                 "checkpoint_steps",
                 f"every step must be between 1 and max_train_steps ({self.max_train_steps}).",
             )
+        if self.validation_every < 0:
+            yield "validation_every", "must be >= 0 (0: no validation loss; 50 costs under 5 % of the steps)."
+        if self.validation_samples < 1:
+            yield "validation_samples", "must be at least 1 (8 is the default)."
         if self.checkpoint_every < 0:
             yield "checkpoint_every", "must be >= 0 (0: no periodic checkpoints)."
         for key in ("adam_beta1", "adam_beta2"):

@@ -49,6 +49,7 @@ class StepRecord:
         lr: UNet learning rate used for the step.
         text_encoder_lr: Text-encoder learning rate used, or None when it is frozen.
         seconds: Wall time since training (this process) started.
+        val_loss: Validation loss after this step, on steps where it was measured (else None).
     """
 
     step: int
@@ -56,6 +57,7 @@ class StepRecord:
     lr: float
     text_encoder_lr: float | None
     seconds: float
+    val_loss: float | None = None
 
 
 @dataclass
@@ -69,6 +71,7 @@ class TrainResult:
         checkpoints: Step to checkpoint folder (each holds a diffusers-format LoRA file).
         loss_history: Loss of every step from 1 to ``max_train_steps`` (resumed runs included).
         lr_history: UNet learning rate of every step.
+        val_losses: Step to validation loss, for the steps where it was measured.
         steps_per_second: Steady-state speed in this process (first step excluded).
         first_step_seconds: Time of the first step in this process (warm-up).
         peak_memory_mb: Peak GPU memory allocated, or the process's peak RSS on the CPU.
@@ -83,6 +86,7 @@ class TrainResult:
     checkpoints: dict[int, Path] = field(default_factory=dict)
     loss_history: list[float] = field(default_factory=list)
     lr_history: list[float] = field(default_factory=list)
+    val_losses: dict[int, float] = field(default_factory=dict)
     steps_per_second: float = 0.0
     first_step_seconds: float = 0.0
     peak_memory_mb: float = 0.0
@@ -92,7 +96,7 @@ class TrainResult:
 
     def to_json(self) -> dict:
         """JSON-friendly summary (histories left out; they live in the loss log)."""
-        skip = {"loss_history", "lr_history"}
+        skip = {"loss_history", "lr_history", "val_losses"}
         out = {k: v for k, v in self.__dict__.items() if k not in skip}
         out["output_dir"], out["lora_path"], out["kohya_path"] = map(
             str, (self.output_dir, self.lora_path, self.kohya_path)
@@ -244,6 +248,8 @@ class LoraTrainer:
         metadata: Extra values stored with the LoRA files (e.g. base model id, data folder).
         identity: What else the weights depend on (base model, pictures, class pictures), JSON values:
             saved with each checkpoint, and a checkpoint is only continued under an equal identity.
+        validation_images: Pictures of the validation loss (held-out pictures of the subject, at
+            ``settings.resolution``); None uses the subject pictures.
     """
 
     def __init__(
@@ -257,6 +263,7 @@ class LoraTrainer:
         on_checkpoint: Callable[[int, Path], None] | None = None,
         metadata: dict | None = None,
         identity: dict | None = None,
+        validation_images: list | None = None,
     ):
         settings.validate()
         if settings.with_prior_preservation and not class_images:
@@ -267,6 +274,8 @@ class LoraTrainer:
         self.on_step, self.on_checkpoint = on_step, on_checkpoint
         self.metadata = metadata or {}
         self.identity = identity or {}
+        self.validation_images = validation_images
+        self.val_losses: dict[int, float] = {}
         self.losses: dict[int, float] = {}
         self.lrs: dict[int, float] = {}
         self.text_lrs: dict[int, float | None] = {}
@@ -299,6 +308,7 @@ class LoraTrainer:
         set_seed(s.seed)  # the LoRA init draws from the global generator
         self._attach_adapters()
         self._cache_inputs()
+        self.validation_set = self._make_validation_set() if s.validation_every else None
         self.optimizer = self._make_optimizer()
         self.lr_schedule = self._make_schedule()
         self.optimizer, self.lr_schedule = self.accelerator.prepare(self.optimizer, self.lr_schedule)
@@ -398,6 +408,59 @@ class LoraTrainer:
         # shape: (orientations, pictures, C, H, W)
         return torch.stack(means), torch.stack(stds)
 
+    def _make_validation_set(self) -> dict:
+        """The fixed (picture, timestep, noise) triples of the validation loss, drawn once.
+
+        They come from a generator of their own, so measuring never moves the training's random state; the
+        timesteps are spread evenly over the schedule so each measurement weighs every noise level alike.
+        """
+        import torch
+
+        s = self.settings
+        if self.validation_images:
+            mean, std = self._encode_pictures(list(self.validation_images), (False,))
+            mean, std = mean[0], std[0]
+        else:
+            mean, std = self.latent_mean[0, : self.n_instance], self.latent_std[0, : self.n_instance]
+        gen = torch.Generator("cpu").manual_seed(s.seed + 7_919)
+        rows = [k % mean.shape[0] for k in range(s.validation_samples)]
+        eps = torch.randn(mean[rows].shape, generator=gen).to(self.device, mean.dtype)
+        latents = ((mean[rows] + std[rows] * eps) * self.pipe.vae.config.scaling_factor).float()
+        total = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.tensor([int((k + 0.5) * total / len(rows)) for k in range(len(rows))])
+        noise = torch.randn(latents.shape, generator=gen).to(self.device)
+        return {"latents": latents, "timesteps": timesteps.to(self.device), "noise": noise}
+
+    def validation_loss(self) -> float:
+        """Denoising loss on the fixed validation triples, with the weights that are saved (no dropout).
+
+        Returns:
+            The mean squared error of the predicted noise (or velocity), without loss weighting.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        v = self.validation_set
+        latents, noise, timesteps = v["latents"], v["noise"], v["timesteps"]
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        total = 0.0
+        with torch.no_grad(), self.evaluation_weights(), self.accelerator.autocast():
+            for model in self.models:
+                model.eval()  # dropout off: it would draw from the global generator the training uses
+            try:
+                for rows in torch.arange(latents.shape[0]).split(8):
+                    embeds = self._prompt_embeddings([0] * len(rows)).to(self.unet_dtype)
+                    pred = self.pipe.unet(noisy[rows].to(self.unet_dtype), timesteps[rows], embeds).sample
+                    total = total + F.mse_loss(pred.float(), target[rows].float(), reduction="sum")
+            finally:
+                for model in self.models:
+                    model.train()
+        return (total / target.numel()).item()
+
     def _make_optimizer(self):
         s = self.settings
         groups = [{"params": _trainable(self.pipe.unet), "lr": s.learning_rate}]
@@ -478,6 +541,8 @@ class LoraTrainer:
                 step = row["step"]
                 self.losses[step], self.lrs[step] = row["loss"], row["lr"]
                 self.text_lrs[step] = row.get("text_encoder_lr")
+                if row.get("val_loss") is not None:
+                    self.val_losses[step] = row["val_loss"]
         write_text_atomic(
             self.output_dir / LOSS_LOG, self._loss_log()
         )  # drops what came after the checkpoint
@@ -501,6 +566,8 @@ class LoraTrainer:
             self.progress.step += 1
             step = self.progress.step
             pending.append((step, loss.detach(), self._step_sizes()))
+            if s.validation_every and step % s.validation_every == 0:
+                self.val_losses[step] = self.validation_loss()
             if first_done is None:
                 first_done = time.perf_counter()
             if len(pending) >= s.log_every or step == s.max_train_steps or self._is_checkpoint_step(step):
@@ -619,8 +686,9 @@ class LoraTrainer:
         for (step, _, lrs), loss in zip(pending, losses, strict=True):
             text_lr = lrs[1] if len(lrs) > 1 else None
             self.losses[step], self.lrs[step], self.text_lrs[step] = loss, lrs[0], text_lr
-            record = StepRecord(step, loss, lrs[0], text_lr, time.perf_counter() - started)
-            rows.append({"step": step, "loss": loss, "lr": lrs[0], "text_encoder_lr": text_lr})
+            val = self.val_losses.get(step)
+            record = StepRecord(step, loss, lrs[0], text_lr, time.perf_counter() - started, val)
+            rows.append(self._log_row(step))
             if self.on_step:
                 self.on_step(record)
         with (self.output_dir / LOSS_LOG).open("a") as f:
@@ -629,11 +697,17 @@ class LoraTrainer:
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{pending[-1][2][0]:.2e}", refresh=False)
 
     # ---- save --------------------------------------------------------------------------------------------
+    def _log_row(self, step: int) -> dict:
+        """One loss-log row; ``val_loss`` only on the steps where it was measured."""
+        row = {"step": step, "loss": self.losses[step], "lr": self.lrs[step],
+               "text_encoder_lr": self.text_lrs.get(step)}  # fmt: skip
+        if step in self.val_losses:
+            row["val_loss"] = self.val_losses[step]
+        return row
+
     def _loss_log(self) -> str:
         """The loss log (one JSON object per step) of every step reported so far."""
-        rows = [{"step": k, "loss": self.losses[k], "lr": self.lrs[k], "text_encoder_lr": self.text_lrs.get(k)}
-                for k in sorted(self.losses)]  # fmt: skip
-        return "".join(json.dumps(row) + "\n" for row in rows)
+        return "".join(json.dumps(self._log_row(k)) + "\n" for k in sorted(self.losses))
 
     def training_metadata(self) -> dict:
         """Every training hyperparameter, plus the caller's metadata, as stored in the LoRA files."""
@@ -701,6 +775,7 @@ class LoraTrainer:
             checkpoints=list_checkpoints(self.output_dir),
             loss_history=[self.losses.get(k, float("nan")) for k in steps],
             lr_history=[self.lrs.get(k, float("nan")) for k in steps],
+            val_losses=dict(sorted(self.val_losses.items())),
             peak_memory_mb=peak,
             memory_kind=kind,
             resumed_from_step=getattr(self, "start_step", 0),
@@ -759,6 +834,7 @@ def train_lora(
     on_checkpoint: Callable[[int, Path], None] | None = None,
     metadata: dict | None = None,
     identity: dict | None = None,
+    validation_images: list | None = None,
 ) -> TrainResult:
     """Train a LoRA on ``pipe`` with the subject ``images`` and save it to ``output_dir``.
 
@@ -773,13 +849,15 @@ def train_lora(
         on_checkpoint: Called after each checkpoint.
         metadata: Extra values for the LoRA files' metadata.
         identity: What else the weights depend on (see ``LoraTrainer``).
+        validation_images: Pictures of the validation loss (see ``LoraTrainer``).
 
     Returns:
         The ``TrainResult``.
     """
     trainer = LoraTrainer(
-        pipe, images, settings, output_dir, class_images, on_step, on_checkpoint, metadata, identity
-    )
+        pipe, images, settings, output_dir, class_images, on_step, on_checkpoint, metadata, identity,
+        validation_images,
+    )  # fmt: skip
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     try:
         trainer.setup(resume_from)

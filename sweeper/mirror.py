@@ -86,6 +86,8 @@ def step_metrics(run_dir: Path) -> list[tuple[str, float, int]]:
         rows += [("loss", row["loss"], row["step"]), ("lr", row["lr"], row["step"])]
         if row.get("text_encoder_lr") is not None:
             rows.append(("text_encoder_lr", row["text_encoder_lr"], row["step"]))
+        if row.get("val_loss") is not None:
+            rows.append(("val_loss", row["val_loss"], row["step"]))
     return rows
 
 
