@@ -16,6 +16,7 @@ BENCHES = {
     "render": "bench.render",
     "sweep": "bench.sweep",
     "score": "bench.score",
+    "train_breadth": "bench.train_breadth",
 }
 
 
