@@ -17,6 +17,7 @@ BENCHES = {
     "sweep": "bench.sweep",
     "score": "bench.score",
     "halving": "bench.halving",
+    "train_breadth": "bench.train_breadth",
 }
 # Run by name only (not by ``python -m bench``): the device check, for a machine with a GPU.
 ON_DEMAND = {"gpu": "bench.gpu"}

@@ -174,6 +174,7 @@ def _kohya_ss_metadata(meta: dict) -> dict[str, str]:
         "snr_gamma": "ss_min_snr_gamma",
         "prior_loss_weight": "ss_prior_loss_weight",
         "mixed_precision": "ss_mixed_precision",
+        "optimizer": "ss_optimizer",
         "base_model": "ss_sd_model_name",
     }
     out = {"ss_network_module": "networks.lora", "ss_v2": "False"}

@@ -17,8 +17,119 @@ UNET_FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
 TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 TEXT_MLP = ("fc1", "fc2")
 
+# Optimizers by name; each comes from its maintained library (see lora_core.optimizers).
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor", "schedulefree_adamw")
+
 # Fields that only say when to save or report; they never change the trained weights.
-BOOKKEEPING_FIELDS = frozenset({"checkpoint_steps", "checkpoint_every", "log_every", "progress_bar"})
+# Validation reads the weights without touching the training's random state, so it is bookkeeping too.
+BOOKKEEPING_FIELDS = frozenset(
+    {
+        "checkpoint_steps",
+        "checkpoint_every",
+        "log_every",
+        "progress_bar",
+        "validation_every",
+        "validation_samples",
+    }
+)
+
+
+@dataclass
+class ProdigyOptions:
+    """Prodigy's options (``train.optim.prodigy.*``, ``prodigyopt.Prodigy``).
+
+    Prodigy estimates the step size ``d`` itself, one for both models (prodigyopt refuses different rates
+    per group), so it takes its own rate, ``lr`` (1.0, the authors' recommendation), for the UNet and the
+    text encoder alike; ``train.learning_rate`` and ``train.text_encoder_lr`` are not used (except that
+    ``text_encoder_lr=0`` still keeps the text encoder frozen). That way ``train.optimizer=adamw,prodigy``
+    sweeps with one command. ``d_coef`` shrinks or grows the step of both models.
+
+    Attributes:
+        lr: Multiplier of the estimated step size (1.0 recommended); the loss log's ``lr`` is ``d * lr``.
+        d_coef: Multiplier of the estimated step size (< 1 for a gentler fit; 0.5-2 is the useful range).
+        d0: Initial step-size estimate (raise it when the run barely moves for hundreds of steps).
+        use_bias_correction: Adam-style bias correction of ``d`` (recommended for diffusion models).
+        safeguard_warmup: Keep ``d`` from overshooting while a warm-up schedule holds the rate low
+            (recommended whenever ``train.lr_warmup_steps > 0``).
+    """
+
+    lr: float = 1.0
+    d_coef: float = 1.0
+    d0: float = 1e-6
+    use_bias_correction: bool = True
+    safeguard_warmup: bool = True
+
+
+@dataclass
+class AdafactorOptions:
+    """Adafactor's options (``train.optim.adafactor.*``, ``transformers.optimization.Adafactor``).
+
+    The learning rate is ``train.learning_rate`` (Adafactor's own relative step is off).
+
+    Attributes:
+        scale_parameter: Scale the step by each weight's RMS.
+        clip_threshold: Threshold of the update's RMS clipping.
+        decay_rate: Exponent of the second-moment decay (-0.8 is the paper's value).
+        beta1: First-moment decay; None keeps no first moment (Adafactor's memory saving).
+    """
+
+    scale_parameter: bool = False
+    clip_threshold: float = 1.0
+    decay_rate: float = -0.8
+    beta1: float | None = None
+
+
+@dataclass
+class ScheduleFreeOptions:
+    """Schedule-free AdamW's options (``train.optim.schedulefree.*``, ``schedulefree.AdamWScheduleFree``).
+
+    It replaces the schedule: use ``train.lr_scheduler=constant``; ``train.lr_warmup_steps`` becomes its
+    own warm-up.
+
+    Attributes:
+        r: Polynomial weighting of the averaged iterates (0 is the paper's default).
+        weight_lr_power: How strongly later, larger-rate iterates weigh in the average.
+    """
+
+    r: float = 0.0
+    weight_lr_power: float = 2.0
+
+
+@dataclass
+class OptimizerOptions:
+    """Each optimizer's own options (``train.optim.<optimizer>.*``); only the chosen one's apply.
+
+    The Adam-family values (``train.adam_beta1``, ``adam_beta2``, ``adam_epsilon``, ``adam_weight_decay``)
+    are shared by ``adamw``, ``adamw8bit``, ``prodigy`` and ``schedulefree_adamw``; Adafactor takes only
+    the weight decay.
+    """
+
+    prodigy: ProdigyOptions = field(default_factory=ProdigyOptions)
+    adafactor: AdafactorOptions = field(default_factory=AdafactorOptions)
+    schedulefree: ScheduleFreeOptions = field(default_factory=ScheduleFreeOptions)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> OptimizerOptions:
+        """Build options from nested dicts (unknown keys are an error).
+
+        Raises:
+            UserInputError: A key is not an option of that optimizer.
+        """
+        kinds = {f.name: f.default_factory for f in fields(cls)}
+        out = {}
+        for name, options in values.items():
+            if name not in kinds:
+                raise UserInputError(
+                    f"train.optim.{name}: no such optimizer options; known: {', '.join(kinds)}."
+                )
+            known = {f.name for f in fields(kinds[name])}
+            unknown = sorted(set(options) - known)
+            if unknown:
+                raise UserInputError(
+                    f"train.optim.{name}.{unknown[0]}: not an option of {name}. Known: {', '.join(sorted(known))}."
+                )
+            out[name] = kinds[name](**options)
+        return cls(**out)
 
 
 @dataclass
@@ -39,10 +150,14 @@ class Hyperparameters:
         train_batch_size: Subject pictures per micro-batch.
         gradient_accumulation_steps: Micro-batches per optimizer step.
         max_grad_norm: Gradient clipping norm (0 disables clipping).
-        adam_beta1: AdamW beta1.
-        adam_beta2: AdamW beta2.
-        adam_weight_decay: AdamW weight decay.
-        adam_epsilon: AdamW epsilon.
+        optimizer: One of ``OPTIMIZERS``: ``adamw`` (torch), ``adamw8bit`` (bitsandbytes, CUDA only),
+            ``prodigy`` (prodigyopt; its own rate ``optim.prodigy.lr``), ``adafactor`` (transformers),
+            ``schedulefree_adamw`` (schedulefree; constant schedule).
+        optim: Each optimizer's own options (``train.optim.prodigy.d_coef`` ...).
+        adam_beta1: Beta1 of the Adam-family optimizers.
+        adam_beta2: Beta2 of the Adam-family optimizers.
+        adam_weight_decay: Decoupled weight decay (every optimizer).
+        adam_epsilon: Epsilon of the Adam-family optimizers.
         rank: LoRA rank.
         alpha: LoRA alpha (scale = alpha / rank); None means alpha = rank (scale 1).
         dropout: LoRA dropout.
@@ -64,6 +179,10 @@ class Hyperparameters:
             checkpoints only at ``checkpoint_steps``; the end of training always writes the final LoRA
             weights, which are not a resumable checkpoint (no optimizer state).
         log_every: Report loss and learning rate every this many steps (reading the loss syncs the GPU).
+        validation_every: Every this many steps, the denoising loss on a fixed set of (picture, timestep,
+            noise) triples (``val_loss`` in the loss log, MLflow and ``loss_curves.png``); 0 disables.
+            Being fixed, it is free of the sampling noise that hides a trend in the training loss.
+        validation_samples: Size of that set; timesteps spread evenly over the schedule, pictures in turn.
     """
 
     learning_rate: float = 1e-4
@@ -76,6 +195,8 @@ class Hyperparameters:
     train_batch_size: int = 1
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
+    optimizer: str = "adamw"
+    optim: OptimizerOptions = field(default_factory=OptimizerOptions)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
@@ -98,6 +219,8 @@ class Hyperparameters:
     checkpoint_steps: tuple[int, ...] = field(default_factory=tuple)
     checkpoint_every: int = 0
     log_every: int = 10
+    validation_every: int = 0
+    validation_samples: int = 8
 
 
 @dataclass
@@ -142,7 +265,11 @@ class TrainSettings(Hyperparameters):
         Returns:
             A dict; two settings with equal keys train equal weights.
         """
-        return {k: v for k, v in self.to_dict().items() if k not in BOOKKEEPING_FIELDS}
+        key = {k: v for k, v in self.to_dict().items() if k not in BOOKKEEPING_FIELDS}
+        # Only the chosen optimizer's options shape the weights.
+        chosen = self.optimizer.removesuffix("_adamw")
+        key["optim"] = {k: v for k, v in key["optim"].items() if k == chosen}
+        return key
 
     def can_continue_from(self, other: TrainSettings) -> bool:
         """Whether a training state saved under ``other`` can be continued under these settings.
@@ -181,7 +308,10 @@ class TrainSettings(Hyperparameters):
             raise UserInputError(
                 f"train.{unknown[0]}: not a training setting. Known: {', '.join(sorted(known))}."
             )
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        if isinstance(values.get("optim"), dict):
+            values["optim"] = OptimizerOptions.from_dict(values["optim"])
+        return cls(**values)
 
     def validate(self, prefix: str = "train") -> None:
         """Check every value; the first problem raises.
@@ -194,7 +324,10 @@ class TrainSettings(Hyperparameters):
         """
         for problem in self._problems():
             key, message = problem
-            raise UserInputError(f"{prefix}.{key}={getattr(self, key)!r}: {message}")
+            value = self
+            for part in key.split("."):  # nested keys: optim.prodigy.d_coef
+                value = getattr(value, part)
+            raise UserInputError(f"{prefix}.{key}={value!r}: {message}")
 
     def _problems(self):
         def finite(v):
@@ -204,10 +337,8 @@ class TrainSettings(Hyperparameters):
             yield "instance_prompt", "must not be empty (it names the subject, e.g. 'a photo of ktn cat')."
         if self.resolution is None or self.resolution < 8 or self.resolution % 8:
             yield "resolution", "must be a positive multiple of 8 (512 for Stable Diffusion 1.5)."
-        if not finite(self.learning_rate) or not 0 < self.learning_rate < 1:
-            yield "learning_rate", "must be > 0 and < 1 (typical LoRA values: 1e-5 to 1e-3)."
-        if not finite(self.text_encoder_lr) or not 0 <= self.text_encoder_lr < 1:
-            yield "text_encoder_lr", "must be >= 0 and < 1 (0 keeps the text encoder frozen)."
+        yield from self._learning_rate_problems()
+        yield from self._optimizer_problems()
         if self.lr_scheduler not in SCHEDULERS:
             yield "lr_scheduler", f"unknown schedule; use one of {', '.join(SCHEDULERS)}."
         if self.max_train_steps < 1:
@@ -247,8 +378,46 @@ class TrainSettings(Hyperparameters):
                 "checkpoint_steps",
                 f"every step must be between 1 and max_train_steps ({self.max_train_steps}).",
             )
+        if self.validation_every < 0:
+            yield "validation_every", "must be >= 0 (0: no validation loss; 50 costs under 5 % of the steps)."
+        if self.validation_samples < 1:
+            yield "validation_samples", "must be at least 1 (8 is the default)."
         if self.checkpoint_every < 0:
             yield "checkpoint_every", "must be >= 0 (0: no periodic checkpoints)."
         for key in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, key) < 1:
                 yield key, "must be in [0, 1)."
+
+    def _learning_rate_problems(self):
+        finite = math.isfinite
+        if not finite(self.learning_rate) or not 0 < self.learning_rate < 1:
+            yield "learning_rate", "must be > 0 and < 1 (typical LoRA values: 1e-5 to 1e-3)."
+        if not finite(self.text_encoder_lr) or not 0 <= self.text_encoder_lr < 1:
+            yield "text_encoder_lr", "must be >= 0 and < 1 (0 keeps the text encoder frozen)."
+
+    def _optimizer_problems(self):
+        if self.optimizer not in OPTIMIZERS:
+            yield "optimizer", f"unknown optimizer; use one of {', '.join(OPTIMIZERS)}."
+            return
+        if self.adam_weight_decay < 0:
+            yield "adam_weight_decay", "must be >= 0."
+        if self.adam_epsilon <= 0:
+            yield "adam_epsilon", "must be > 0."
+        if self.optimizer == "schedulefree_adamw" and self.lr_scheduler != "constant":
+            yield (
+                "lr_scheduler",
+                "must be constant with schedulefree_adamw (it is its own schedule; "
+                "train.lr_warmup_steps becomes its warm-up).",
+            )
+        p, a = self.optim.prodigy, self.optim.adafactor
+        for key, value, message in (
+            ("prodigy.lr", min(p.lr, 10 - p.lr), "must be > 0 and <= 10 (1.0 is recommended)."),
+            ("prodigy.d_coef", p.d_coef, "must be > 0 (0.5-2 is the useful range; 1.0 by default)."),
+            ("prodigy.d0", p.d0, "must be > 0 (1e-6 by default)."),
+            ("adafactor.clip_threshold", a.clip_threshold, "must be > 0 (1.0 by default)."),
+            ("adafactor.decay_rate", -a.decay_rate, "must be < 0 (-0.8 is the paper's value)."),
+        ):
+            if key.startswith(self.optimizer.split("_")[0] + ".") and not value > 0:
+                yield f"optim.{key}", message
+        if a.beta1 is not None and not 0 <= a.beta1 < 1 and self.optimizer == "adafactor":
+            yield "optim.adafactor.beta1", "must be in [0, 1) or null."

@@ -17,7 +17,8 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 from lora_core.adapters import KOHYA_FILE, LORA_FILE, peft_state_dict, save_diffusers_lora, save_kohya_lora
 from lora_core.atomic import atomic_dir, write_text_atomic
 from lora_core.errors import UserInputError
+from lora_core.optimizers import check_optimizer, make_optimizer, set_optimizer_mode
 from lora_core.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class StepRecord:
         lr: UNet learning rate used for the step.
         text_encoder_lr: Text-encoder learning rate used, or None when it is frozen.
         seconds: Wall time since training (this process) started.
+        val_loss: Validation loss after this step, on steps where it was measured (else None).
     """
 
     step: int
@@ -74,6 +77,7 @@ class StepRecord:
     lr: float
     text_encoder_lr: float | None
     seconds: float
+    val_loss: float | None = None
 
 
 @dataclass
@@ -87,6 +91,7 @@ class TrainResult:
         checkpoints: Step to checkpoint folder (each holds a diffusers-format LoRA file).
         loss_history: Loss of every step from 1 to ``max_train_steps`` (resumed runs included).
         lr_history: UNet learning rate of every step.
+        val_losses: Step to validation loss, for the steps where it was measured.
         steps_per_second: Steady-state speed in this process (first step excluded).
         first_step_seconds: Time of the first step in this process (warm-up).
         peak_memory_mb: Peak GPU memory allocated, or the process's peak RSS on the CPU.
@@ -101,6 +106,7 @@ class TrainResult:
     checkpoints: dict[int, Path] = field(default_factory=dict)
     loss_history: list[float] = field(default_factory=list)
     lr_history: list[float] = field(default_factory=list)
+    val_losses: dict[int, float] = field(default_factory=dict)
     steps_per_second: float = 0.0
     first_step_seconds: float = 0.0
     peak_memory_mb: float = 0.0
@@ -110,7 +116,7 @@ class TrainResult:
 
     def to_json(self) -> dict:
         """JSON-friendly summary (histories left out; they live in the loss log)."""
-        skip = {"loss_history", "lr_history"}
+        skip = {"loss_history", "lr_history", "val_losses"}
         out = {k: v for k, v in self.__dict__.items() if k not in skip}
         out["output_dir"], out["lora_path"], out["kohya_path"] = map(
             str, (self.output_dir, self.lora_path, self.kohya_path)
@@ -266,6 +272,8 @@ class LoraTrainer:
             saved with each checkpoint, and a checkpoint is only continued under an equal identity.
         should_stop: Asked after every optimizer step; True makes ``train`` save a checkpoint and raise
             ``TrainingStopped`` (a job asked to give its slot back: time limit, preemption).
+        validation_images: Pictures of the validation loss (held-out pictures of the subject, at
+            ``settings.resolution``); None uses the subject pictures.
     """
 
     def __init__(
@@ -280,6 +288,7 @@ class LoraTrainer:
         metadata: dict | None = None,
         identity: dict | None = None,
         should_stop: Callable[[], bool] | None = None,
+        validation_images: list | None = None,
     ):
         settings.validate()
         if settings.with_prior_preservation and not class_images:
@@ -291,6 +300,8 @@ class LoraTrainer:
         self.metadata = metadata or {}
         self.identity = identity or {}
         self.should_stop = should_stop
+        self.validation_images = validation_images
+        self.val_losses: dict[int, float] = {}
         self.losses: dict[int, float] = {}
         self.lrs: dict[int, float] = {}
         self.text_lrs: dict[int, float | None] = {}
@@ -314,6 +325,7 @@ class LoraTrainer:
 
         s, pipe = self.settings, self.pipe
         self.device = pipe.unet.device
+        check_optimizer(s, self.device.type)  # a missing library or a CUDA-only optimizer: fail first
         # ModelMixin.dtype walks the parameters (~1.5 ms on the tiny model with LoRA): read it once.
         self.unet_dtype = pipe.unet.dtype
         self.mixed_precision = self._mixed_precision()
@@ -322,6 +334,7 @@ class LoraTrainer:
         set_seed(s.seed)  # the LoRA init draws from the global generator
         self._attach_adapters()
         self._cache_inputs()
+        self.validation_set = self._make_validation_set() if s.validation_every else None
         self.optimizer = self._make_optimizer()
         self.lr_schedule = self._make_schedule()
         self.optimizer, self.lr_schedule = self.accelerator.prepare(self.optimizer, self.lr_schedule)
@@ -406,19 +419,22 @@ class LoraTrainer:
         """
         import torch
 
-        from lora_core.subject import to_tensor
-
-        vae = self.pipe.vae
         for key in dict.fromkeys(zip(flips, rows, strict=True)):
             if key not in self._encoded:
-                pixels = to_tensor(self._pictures[key[1]])[None]
-                with torch.no_grad():
-                    dist = vae.encode(
-                        (pixels.flip(-1) if key[0] else pixels).to(self.device, vae.dtype)
-                    ).latent_dist
-                self._encoded[key] = (dist.mean[0], dist.std[0])
+                self._encoded[key] = self._encode_one(self._pictures[key[1]], bool(key[0]))
         pairs = [self._encoded[key] for key in zip(flips, rows, strict=True)]
         return torch.stack([m for m, _ in pairs]), torch.stack([sd for _, sd in pairs])
+
+    def _encode_one(self, picture, flip: bool = False):
+        """One picture's latent distribution (mean, std), encoded on its own."""
+        import torch
+
+        from lora_core.subject import to_tensor
+
+        vae, pixels = self.pipe.vae, to_tensor(picture)[None]
+        with torch.no_grad():
+            dist = vae.encode((pixels.flip(-1) if flip else pixels).to(self.device, vae.dtype)).latent_dist
+        return dist.mean[0], dist.std[0]
 
     @property
     def latent_mean(self):
@@ -438,19 +454,86 @@ class LoraTrainer:
         )
         return mean.unflatten(0, (len(orientations), n)), std.unflatten(0, (len(orientations), n))
 
-    def _make_optimizer(self):
+    def _make_validation_set(self) -> dict:
+        """The fixed (picture, timestep, noise) triples of the validation loss, drawn once.
+
+        They come from a generator of their own, so measuring never moves the training's random state; the
+        timesteps are spread evenly over the schedule so each measurement weighs every noise level alike.
+        """
         import torch
 
+        s = self.settings
+        if self.validation_images:
+            pairs = [self._encode_one(picture) for picture in self.validation_images]
+            mean, std = torch.stack([m for m, _ in pairs]), torch.stack([sd for _, sd in pairs])
+        else:
+            mean, std = self.latent_mean[0, : self.n_instance], self.latent_std[0, : self.n_instance]
+        gen = torch.Generator("cpu").manual_seed(s.seed + 7_919)
+        rows = [k % mean.shape[0] for k in range(s.validation_samples)]
+        eps = torch.randn(mean[rows].shape, generator=gen).to(self.device, mean.dtype)
+        latents = ((mean[rows] + std[rows] * eps) * self.pipe.vae.config.scaling_factor).float()
+        total = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.tensor([int((k + 0.5) * total / len(rows)) for k in range(len(rows))])
+        noise = torch.randn(latents.shape, generator=gen).to(self.device)
+        return {"latents": latents, "timesteps": timesteps.to(self.device), "noise": noise}
+
+    def validation_loss(self) -> float:
+        """Denoising loss on the fixed validation triples, with the weights that are saved (no dropout).
+
+        Returns:
+            The mean squared error of the predicted noise (or velocity), without loss weighting.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        v = self.validation_set
+        latents, noise, timesteps = v["latents"], v["noise"], v["timesteps"]
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        total = 0.0
+        with torch.no_grad(), self.evaluation_weights(), self.accelerator.autocast():
+            for model in self.models:
+                model.eval()  # dropout off: it would draw from the global generator the training uses
+            try:
+                for rows in torch.arange(latents.shape[0]).split(8):
+                    embeds = self._prompt_embeddings([0] * len(rows)).to(self.unet_dtype)
+                    pred = self.pipe.unet(noisy[rows].to(self.unet_dtype), timesteps[rows], embeds).sample
+                    total = total + F.mse_loss(pred.float(), target[rows].float(), reduction="sum")
+            finally:
+                for model in self.models:
+                    model.train()
+        return (total / target.numel()).item()
+
+    def _make_optimizer(self):
         s = self.settings
         groups = [{"params": _trainable(self.pipe.unet), "lr": s.learning_rate}]
         if s.trains_text_encoder:
             groups.append({"params": _trainable(self.pipe.text_encoder), "lr": s.text_encoder_lr})
         self.trainable_params = [p for group in groups for p in group["params"]]
-        # foreach: one kernel per op over all the small LoRA tensors instead of one per tensor.
-        return torch.optim.AdamW(
-            groups, betas=(s.adam_beta1, s.adam_beta2), weight_decay=s.adam_weight_decay, eps=s.adam_epsilon,
-            foreach=True,
-        )  # fmt: skip
+        return make_optimizer(groups, s, self.device.type)
+
+    @contextmanager
+    def evaluation_weights(self) -> Iterator[None]:
+        """Hold the weights that are saved and rendered, then give the training weights back exactly.
+
+        Schedule-free AdamW evaluates at an average of its iterates (``set_optimizer_mode``); its swap back
+        is not bit-exact, so the training weights are restored from a copy and a run that saves
+        checkpoints trains exactly like one that does not.
+        """
+        import torch
+
+        snapshot = [p.detach().clone() for p in self.trainable_params]
+        set_optimizer_mode(self.optimizer, training=False)
+        try:
+            yield
+        finally:
+            set_optimizer_mode(self.optimizer, training=True)
+            with torch.no_grad():
+                for p, saved in zip(self.trainable_params, snapshot, strict=True):
+                    p.copy_(saved)
 
     def _make_schedule(self):
         from diffusers.optimization import get_scheduler
@@ -504,6 +587,8 @@ class LoraTrainer:
                 step = row["step"]
                 self.losses[step], self.lrs[step] = row["loss"], row["lr"]
                 self.text_lrs[step] = row.get("text_encoder_lr")
+                if row.get("val_loss") is not None:
+                    self.val_losses[step] = row["val_loss"]
         write_text_atomic(
             self.output_dir / LOSS_LOG, self._loss_log()
         )  # drops what came after the checkpoint
@@ -529,13 +614,16 @@ class LoraTrainer:
         bar = tqdm(total=last, initial=self.start_step, desc="train", unit="step",
                    disable=not s.progress_bar, dynamic_ncols=True)  # fmt: skip
         pending: list = []
+        set_optimizer_mode(self.optimizer, training=True)
         started = time.perf_counter()
         first_done = None
         while self.progress.step < last:
             loss = self.training_step()
             self.progress.step += 1
             step = self.progress.step
-            pending.append((step, loss.detach(), self.lr_schedule.get_last_lr()))
+            pending.append((step, loss.detach(), self._step_sizes()))
+            if s.validation_every and step % s.validation_every == 0:
+                self.val_losses[step] = self.validation_loss()
             if first_done is None:
                 first_done = time.perf_counter()
             stop = step < last and self.should_stop is not None and self.should_stop()
@@ -549,6 +637,7 @@ class LoraTrainer:
                 bar.close()
                 raise TrainingStopped(step, folder)
         bar.close()
+        set_optimizer_mode(self.optimizer, training=False)  # the trained weights are the evaluation ones
         end = time.perf_counter()
         steps = self.progress.step - self.start_step
         self._timing = {
@@ -558,6 +647,10 @@ class LoraTrainer:
             if first_done and steps > 1 and end > first_done
             else 0.0,
         }
+
+    def _step_sizes(self) -> list[float]:
+        """The learning rate of each parameter group; Prodigy's times its estimated step size ``d``."""
+        return [group["lr"] * group.get("d", 1.0) for group in self.optimizer.param_groups]
 
     def training_step(self):
         """One optimizer step (all micro-batches). Returns the mean loss as a tensor."""
@@ -653,8 +746,9 @@ class LoraTrainer:
         for (step, _, lrs), loss in zip(pending, losses, strict=True):
             text_lr = lrs[1] if len(lrs) > 1 else None
             self.losses[step], self.lrs[step], self.text_lrs[step] = loss, lrs[0], text_lr
-            record = StepRecord(step, loss, lrs[0], text_lr, time.perf_counter() - started)
-            rows.append({"step": step, "loss": loss, "lr": lrs[0], "text_encoder_lr": text_lr})
+            val = self.val_losses.get(step)
+            record = StepRecord(step, loss, lrs[0], text_lr, time.perf_counter() - started, val)
+            rows.append(self._log_row(step))
             if self.on_step:
                 self.on_step(record)
         with (self.output_dir / LOSS_LOG).open("a") as f:
@@ -663,11 +757,17 @@ class LoraTrainer:
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{pending[-1][2][0]:.2e}", refresh=False)
 
     # ---- save --------------------------------------------------------------------------------------------
+    def _log_row(self, step: int) -> dict:
+        """One loss-log row; ``val_loss`` only on the steps where it was measured."""
+        row = {"step": step, "loss": self.losses[step], "lr": self.lrs[step],
+               "text_encoder_lr": self.text_lrs.get(step)}  # fmt: skip
+        if step in self.val_losses:
+            row["val_loss"] = self.val_losses[step]
+        return row
+
     def _loss_log(self) -> str:
         """The loss log (one JSON object per step) of every step reported so far."""
-        rows = [{"step": k, "loss": self.losses[k], "lr": self.lrs[k], "text_encoder_lr": self.text_lrs.get(k)}
-                for k in sorted(self.losses)]  # fmt: skip
-        return "".join(json.dumps(row) + "\n" for row in rows)
+        return "".join(json.dumps(self._log_row(k)) + "\n" for k in sorted(self.losses))
 
     def training_metadata(self) -> dict:
         """Every training hyperparameter, plus the caller's metadata, as stored in the LoRA files."""
@@ -697,11 +797,13 @@ class LoraTrainer:
 
         target = checkpoint_dir(self.output_dir, step)
         with atomic_dir(target) as tmp:
-            self._write_lora(tmp, kohya=False)
+            # The training weights and state first (what resume continues), then the evaluation weights.
             trainable = {f"{i}.{name}": p.detach().contiguous() for i, model in enumerate(self.models)
                          for name, p in model.named_parameters() if p.requires_grad}  # fmt: skip
             save_file(trainable, str(tmp / _TRAINABLE_FILE))
             self.accelerator.save_state(str(tmp))
+            with self.evaluation_weights():
+                self._write_lora(tmp, kohya=False)
             (tmp / _SETTINGS_FILE).write_text(json.dumps(self.settings.to_dict(), indent=2))
             (tmp / _IDENTITY_FILE).write_text(json.dumps(self.identity, indent=2, sort_keys=True))
             (tmp / LOSS_LOG).write_text(self._loss_log())
@@ -733,6 +835,7 @@ class LoraTrainer:
             checkpoints=list_checkpoints(self.output_dir),
             loss_history=[self.losses.get(k, float("nan")) for k in steps],
             lr_history=[self.lrs.get(k, float("nan")) for k in steps],
+            val_losses=dict(sorted(self.val_losses.items())),
             peak_memory_mb=peak,
             memory_kind=kind,
             resumed_from_step=getattr(self, "start_step", 0),
@@ -793,6 +896,7 @@ def train_lora(
     identity: dict | None = None,
     until: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    validation_images: list | None = None,
 ) -> TrainResult | Path:
     """Train a LoRA on ``pipe`` with the subject ``images`` and save it to ``output_dir``.
 
@@ -810,6 +914,7 @@ def train_lora(
         until: Stop after this step (below ``max_train_steps``) with a resumable checkpoint there, under
             the schedule of the whole run: a successive-halving rung.
         should_stop: Asked after every step; True saves a checkpoint and stops (see ``LoraTrainer``).
+        validation_images: Pictures of the validation loss (see ``LoraTrainer``).
 
     Returns:
         The ``TrainResult``; with ``until`` below ``max_train_steps``, the checkpoint folder at ``until``.
@@ -819,7 +924,7 @@ def train_lora(
     """
     trainer = LoraTrainer(
         pipe, images, settings, output_dir, class_images, on_step, on_checkpoint, metadata, identity,
-        should_stop,
+        should_stop=should_stop, validation_images=validation_images,
     )  # fmt: skip
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     try:

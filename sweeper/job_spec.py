@@ -156,10 +156,20 @@ def naming_values(cfg: DictConfig) -> dict:
     for section in cfg:
         if section in _IGNORED_SECTIONS or not OmegaConf.is_dict(cfg[section]):
             continue
-        for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
+        values = OmegaConf.to_container(cfg[section], resolve=True)
+        for key, value in _flat_items(values) if section == "train" else values.items():
             name = key if section == "train" else f"{section}.{key}"
             flat[name] = Path(value).name if name in _PATH_KEYS and value else value
     return flat
+
+
+def _flat_items(values: dict, prefix: str = ""):
+    """Nested options as dotted keys: ``optim.prodigy.d_coef`` (what the command line sets)."""
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            yield from _flat_items(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def _check_outputs(cfg: DictConfig) -> None:

@@ -93,9 +93,12 @@ def plot_losses(runs: list[RunResult], path: Path) -> Path | None:
         window = max(1, len(losses) // 50)
         smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
                   for i in range(len(losses))]  # fmt: skip
-        ax.plot(steps, smooth, label=run.name, linewidth=1.4)
+        line = ax.plot(steps, smooth, label=run.name, linewidth=1.4)[0]
+        if run.val_loss:  # the fixed-triple validation loss: same colour, dashed, with markers
+            ax.plot(*zip(*run.val_loss, strict=True), linestyle="--", marker=".", color=line.get_color(),
+                    label=f"{run.name} (validation)", linewidth=1.2)  # fmt: skip
     ax.set_xlabel("step")
-    ax.set_ylabel("denoising loss (moving average)")
+    ax.set_ylabel("denoising loss (training: moving average; validation: dashed)")
     ax.set_title("Training loss of every configuration")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
@@ -147,12 +150,29 @@ def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot
             "No picture scores: evaluation was off or its models were not available (eval.enabled).",
             "",
         ]
+    lines += _validation_lines(runs)
     if plot is not None:
         lines += [f"![loss curves]({plot.name})", ""]
     lines += best_step_lines(sweep_dir, runs, objective)  # render.steps: the best step, DINO/CLIP-T curves
     lines += bracket_lines(sweep_dir)  # a halving sweep's rungs and decisions
     lines += [f"Side by side: open `{PAGE_FILE}` in a browser.", ""]
     return "\n".join(lines)
+
+
+def _validation_lines(runs: list[RunResult]) -> list[str]:
+    """Where each run's validation loss starts rising (its minimum, when later values are higher)."""
+    measured = [r for r in runs if r.val_loss]
+    if not measured:
+        return []
+    lines = ["## Validation loss", "",
+             "Denoising loss on a fixed set of (picture, timestep, noise) triples (`train.validation_every`). "
+             "Past the step where it starts rising, more steps fit the training draws, not the subject.", "",
+             "| configuration | lowest validation loss | starts rising at step |", "|---|---|---|"]  # fmt: skip
+    for run in measured:
+        rise = run.val_rise_step
+        where = str(rise) if rise is not None else f"not rising (last measured: step {run.val_loss[-1][0]})"
+        lines.append(f"| `{run.name}` | {min(v for _, v in run.val_loss):.4f} | {where} |")
+    return [*lines, ""]
 
 
 def _cells_per_prompt(runs: list[RunResult]) -> dict[str, int]:

@@ -31,6 +31,7 @@ class RunResult:
         cells: Its grid.
         scores: Per-picture scores (``scores.csv`` rows, numbers parsed), empty when not evaluated.
         loss: (step, loss) of every step.
+        val_loss: (step, validation loss) where it was measured (``train.validation_every``).
     """
 
     run_dir: Path
@@ -38,6 +39,7 @@ class RunResult:
     cells: list[GridCell]
     scores: list[dict] = field(default_factory=list)
     loss: list[tuple[int, float]] = field(default_factory=list)
+    val_loss: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -51,6 +53,17 @@ class RunResult:
             return None
         tail = [v for _, v in self.loss[-max(1, len(self.loss) // 10) :]]
         return statistics.fmean(tail)
+
+    @property
+    def val_rise_step(self) -> int | None:
+        """The step where the validation loss starts rising: its minimum, when a later value is higher.
+
+        None when it was not measured or never rose (the minimum is the last measurement).
+        """
+        if len(self.val_loss) < 2:
+            return None
+        best = min(range(len(self.val_loss)), key=lambda i: self.val_loss[i][1])
+        return self.val_loss[best][0] if best < len(self.val_loss) - 1 else None
 
     def metric_names(self) -> list[str]:
         """The metrics present in the scores."""
@@ -111,10 +124,10 @@ def read_scores(run_dir: Path) -> list[dict]:
     return rows
 
 
-def read_loss(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, loss) pairs of a run's training."""
+def read_loss(run_dir: Path, key: str = "loss") -> list[tuple[int, float]]:
+    """(step, value) pairs of a run's training: ``loss``, or ``val_loss`` where it was measured."""
     rows = RunFolder(run_dir).read_loss_log()
-    return [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
+    return [(r["step"], r[key]) for r in rows if r.get(key) is not None]
 
 
 def load_results(sweep_dir: str | Path) -> list[RunResult]:
@@ -133,7 +146,10 @@ def load_run(run_dir: Path) -> RunResult:
     """One run folder's results (whatever its status)."""
     record = RunFolder(run_dir).read_record()
     cells = [GridCell(**c) for c in record.get("cells", [])]
-    return RunResult(run_dir, record.get("settings", {}), cells, read_scores(run_dir), read_loss(run_dir))
+    return RunResult(
+        run_dir, record.get("settings", {}), cells, read_scores(run_dir), read_loss(run_dir),
+        read_loss(run_dir, "val_loss"),
+    )  # fmt: skip
 
 
 def differing_settings(runs: list[RunResult]) -> list[str]:

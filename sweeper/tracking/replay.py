@@ -72,12 +72,14 @@ def score_metrics(run: RunFolder) -> list[tuple[str, float, int]]:
 
 
 def step_metrics(run: RunFolder) -> list[tuple[str, float, int]]:
-    """Loss and learning rate per step from the run's loss log."""
+    """Loss, learning rates and (where measured) the validation loss per step, from the run's loss log."""
     rows: list[tuple[str, float, int]] = []
     for row in run.read_loss_log():
         rows += [("loss", row["loss"], row["step"]), ("lr", row["lr"], row["step"])]
         if row.get("text_encoder_lr") is not None:
             rows.append(("text_encoder_lr", row["text_encoder_lr"], row["step"]))
+        if row.get("val_loss") is not None:
+            rows.append(("val_loss", row["val_loss"], row["step"]))
     return rows
 
 

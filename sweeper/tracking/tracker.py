@@ -287,6 +287,8 @@ class StepLogger:
         self.rows += [("loss", record.loss, record.step), ("lr", record.lr, record.step)]
         if record.text_encoder_lr is not None:
             self.rows.append(("text_encoder_lr", record.text_encoder_lr, record.step))
+        if getattr(record, "val_loss", None) is not None:
+            self.rows.append(("val_loss", record.val_loss, record.step))
         if time.monotonic() - self.sent > self.every:
             self.flush()
 
@@ -296,6 +298,8 @@ class StepLogger:
             self.rows += [("loss", row["loss"], row["step"]), ("lr", row["lr"], row["step"])]
             if row.get("text_encoder_lr") is not None:
                 self.rows.append(("text_encoder_lr", row["text_encoder_lr"], row["step"]))
+            if row.get("val_loss") is not None:
+                self.rows.append(("val_loss", row["val_loss"], row["step"]))
 
     def flush(self) -> None:
         """Send what is buffered."""

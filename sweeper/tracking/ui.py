@@ -31,7 +31,7 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 JOB_FILTER = "tags.sweep_role = 'job'"
 SCORE_METRICS = ("objective", "dino", "clip_i", "clip_t")
-CURVES = ("loss", "lr", "text_encoder_lr")
+CURVES = ("loss", "val_loss", "lr", "text_encoder_lr")
 DEFAULT_UI = "http://127.0.0.1:5000"
 
 
