@@ -52,10 +52,6 @@ class SearchSpace:
         """A trial's overrides: the fixed ones, then its sampled values."""
         return [*self.fixed, *(f"{key}={_override_value(value)}" for key, value in params.items())]
 
-    def smallest(self, key: str, default: int) -> int:
-        """The smallest value a searched integer key can take (``default`` when it is not searched)."""
-        return int(_bounds(self.distributions[key])[0]) if key in self.distributions else default
-
     def largest(self, key: str, default: int) -> int:
         """The largest value a searched integer key can take (``default`` when it is not searched)."""
         return int(_bounds(self.distributions[key])[1]) if key in self.distributions else default
@@ -73,13 +69,13 @@ def _override_value(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _distribution(key: str, sweep):
+def _distribution(line: str, sweep):
     """The Optuna distribution of one Hydra sweep (``choice``, ``range``, ``interval``, with ``log``)."""
     log_scale = "log" in sweep.tags
     try:
         return _make_distribution(sweep, log_scale)
     except ValueError as err:  # Optuna's own check: low above high, log of zero, an empty range
-        raise UserInputError(f"hydra.sweeper.params.{key}: {err}") from None
+        raise UserInputError(f"{line}: {err} (in hydra.sweeper.params or on the command line).") from None
 
 
 def _make_distribution(sweep, log_scale: bool):
@@ -118,7 +114,7 @@ def search_space(config: DictConfig, arguments: list[str]) -> SearchSpace:
     for override in OverridesParser.create().parse_overrides(lines):
         key = override.get_key_element()
         if override.is_sweep_override():
-            space.distributions[key] = _distribution(key, override.value())
+            space.distributions[key] = _distribution(override.input_line, override.value())
             fixed.pop(key, None)
         else:
             fixed[key] = override.input_line
@@ -197,8 +193,8 @@ def check_search(config: DictConfig, arguments: list[str]) -> SearchSettings:
     """Check an Optuna search before anything trains: its settings, space, and a report-step job.
 
     Raises:
-        UserInputError: Bad settings (``search_settings``), evaluation off, a report step that no trial
-            reaches before its last step, a bad preview value.
+        UserInputError: Bad settings (``search_settings``), evaluation off, no report step below the
+            longest trial's ``max_train_steps``, a bad preview value.
     """
     from sweeper.halving import check_preview, rung_overrides
     from sweeper.job_spec import build_job
@@ -210,15 +206,15 @@ def check_search(config: DictConfig, arguments: list[str]) -> SearchSettings:
     if not base.eval.enabled:
         raise UserInputError("eval.enabled=false: Optuna maximises eval.objective; turn evaluation on.")
     check_preview(settings.preview)
-    shortest = space.smallest("train.max_train_steps", int(base.train.max_train_steps))
-    if settings.report_steps and settings.report_steps[0] >= shortest:
+    longest = space.largest("train.max_train_steps", int(base.train.max_train_steps))
+    if settings.report_steps and settings.report_steps[0] >= longest:
         raise UserInputError(
             f"hydra.sweeper.report_steps={settings.report_steps}: no intermediate step below "
-            f"train.max_train_steps ({shortest}); use steps below it."
+            f"train.max_train_steps ({longest}); use steps below it."
         )
-    if settings.report_steps:  # a report-step job of the fixed values composes and checks
+    if settings.report_steps:  # a report-step job of the fixed values (and the longest trial) composes
         first = rung_overrides(settings.report_steps[0], False, settings.preview)
-        build_job(compose_job(config, [*space.fixed, *first]))
+        build_job(compose_job(config, [*space.fixed, f"train.max_train_steps={longest}", *first]))
     return settings
 
 
