@@ -74,8 +74,7 @@ class SweepCallback(Callback):
                 check_search(config, list(config.hydra.overrides.task))
                 space = search_space(config, list(config.hydra.overrides.task))
                 check_inputs([build_job(compose_job(config, space.fixed))])
-                searched = [k.removeprefix("train.") for k in space.distributions if k.startswith("train.")]
-                plan = SweepPlan(name=config.sweep.name, varying=searched)
+                plan = SweepPlan(name=config.sweep.name, varying=space.train_keys())
             else:  # another search: its trials are not known yet; the values outside the search space are
                 check_inputs([build_job(compose_job(config, _fixed_overrides(config)))])
                 plan = SweepPlan(name=config.sweep.name, varying=searched_train_keys(config))

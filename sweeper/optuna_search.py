@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
+from sweeper.layout import OPTUNA_FILE
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ LORA_OPTUNA_SWEEPER = "hydra_plugins.lora_sweeps.optuna_sweeper.LoraOptunaSweepe
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
 DIRECTIONS = ("maximize", "minimize")
-STORAGE_FILE = "optuna.db"
 RUN_DIR_ATTR = "run_dir"  # a trial's user attribute: its run folder's name
 
 
@@ -51,6 +51,10 @@ class SearchSpace:
     def overrides(self, params: dict) -> list[str]:
         """A trial's overrides: the fixed ones, then its sampled values."""
         return [*self.fixed, *(f"{key}={_override_value(value)}" for key, value in params.items())]
+
+    def train_keys(self) -> list[str]:
+        """The searched ``train.`` keys by their short name (they name the run folders)."""
+        return [k.removeprefix("train.") for k in self.distributions if k.startswith("train.")]
 
     def largest(self, key: str, default: int) -> int:
         """The largest value a searched integer key can take (``default`` when it is not searched)."""
@@ -140,7 +144,7 @@ class SearchSettings:
 
 def default_storage(sweep_root: str | Path) -> str:
     """``sqlite:///<sweep.root>/optuna.db`` (absolute), beside MLflow's default store."""
-    return f"sqlite:///{Path(sweep_root).resolve() / STORAGE_FILE}"
+    return f"sqlite:///{Path(sweep_root).resolve() / OPTUNA_FILE}"
 
 
 def search_settings(config: DictConfig) -> SearchSettings:
@@ -301,7 +305,6 @@ def run_search(config: DictConfig, launcher, arguments: list[str]) -> list:
     from optuna.trial import TrialState
 
     from sweeper.job_spec import sweep_dir_of
-    from sweeper.lifecycle import searched_train_keys
     from sweeper.plan import SweepPlan, compose_job
 
     settings, space = search_settings(config), search_space(config, arguments)
@@ -310,7 +313,7 @@ def run_search(config: DictConfig, launcher, arguments: list[str]) -> list:
     study = open_study(settings, (settings.report_steps or [1])[0], last)
     sweep_dir = sweep_dir_of(config)
     plan = SweepPlan.load(sweep_dir)
-    varying = plan.varying if plan else searched_train_keys(config)
+    varying = plan.varying if plan else space.train_keys()
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if running:
         log.info(
@@ -323,7 +326,8 @@ def run_search(config: DictConfig, launcher, arguments: list[str]) -> list:
     while True:
         room = settings.n_trials - len(study.get_trials(deepcopy=False, states=finished)) - len(resumed)
         batch, resumed = resumed, []
-        batch += [(study.ask(space.distributions), {}) for _ in range(max(0, min(settings.n_jobs, room)))]
+        new = max(0, min(settings.n_jobs - len(batch), room))
+        batch += [(study.ask(space.distributions), {}) for _ in range(new)]
         if not batch:
             break
         trials = []

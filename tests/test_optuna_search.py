@@ -26,12 +26,14 @@ class FakeLauncher:
 
     def __init__(self, stop_after: int | None = None):
         self.jobs: list[tuple[float, int]] = []
+        self.batches: list[int] = []
         self.stop_after = stop_after
 
     def launch(self, batch, initial_job_idx):
         if self.stop_after is not None and len(self.jobs) >= self.stop_after:
             raise Interrupted  # the process dies between two stages
         returns = []
+        self.batches.append(len(batch))
         for overrides in batch:
             values = dict(o.split("=", 1) for o in overrides)
             lr, step = float(values["train.learning_rate"]), int(values.get("sweep.stop_at_step", STEPS))
@@ -82,6 +84,17 @@ def test_a_trial_the_median_pruner_stops_trains_no_further_than_its_report(tmp_p
 def test_no_pruner_runs_every_trial_to_the_end(tmp_path):
     study = _search(tmp_path, FakeLauncher(), "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.name=none")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+
+
+def test_n_jobs_trials_run_as_one_batch_per_stage_under_hyperband(tmp_path):
+    launcher = FakeLauncher()
+    study = _search(tmp_path, launcher, "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2",
+                    "hydra.sweeper.pruner.name=hyperband")  # fmt: skip
+    assert launcher.batches[0] == 2 and max(launcher.batches) == 2
+    assert len(study.trials) == 5
+    assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for trial in study.trials:  # a trial ran exactly the stages it reported
+        assert _stages(launcher, trial.params["train.learning_rate"]) == sorted(trial.intermediate_values)
 
 
 def test_the_same_search_again_continues_the_study_and_reruns_no_finished_trial(tmp_path):
@@ -142,11 +155,11 @@ def searched_twice(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("optuna")
     first = sweep(root, *E2E, "hydra.sweeper.n_trials=3")
     assert first.returncode == 0, first.output
-    study = optuna.load_study(study_name="optuna_search", storage=f"sqlite:///{root / 'optuna.db'}")
+    trials = optuna.load_study(study_name="optuna_search", storage=f"sqlite:///{root / 'optuna.db'}").trials
     stamps = {p: p.stat().st_mtime_ns for p in (root / "optuna_search").glob("*/lora/**/*.safetensors")}
     again = sweep(root, *E2E, "hydra.sweeper.n_trials=4")
     assert again.returncode == 0, again.output
-    return root, study.trials, stamps
+    return root, trials, stamps
 
 
 @pytest.mark.slow
@@ -170,7 +183,9 @@ def test_a_pruned_trial_stops_at_its_report_step_and_a_completed_one_renders_the
 def test_the_same_command_continues_the_study_without_rerunning_a_trial(searched_twice):
     root, trials, stamps = searched_twice
     study = optuna.load_study(study_name="optuna_search", storage=f"sqlite:///{root / 'optuna.db'}")
-    assert len(study.trials) == 4 and [t.params for t in study.trials[:3]] == [t.params for t in trials]
+    assert len(trials) == 3 and len(study.trials) == 4, "one more trial, not three"
+    assert [t.params for t in study.trials[:3]] == [t.params for t in trials]
+    assert [t.intermediate_values for t in study.trials[:3]] == [t.intermediate_values for t in trials]
     assert stamps and all(p.stat().st_mtime_ns == m for p, m in stamps.items()), "no trial retrained"
 
 
