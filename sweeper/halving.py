@@ -139,6 +139,22 @@ def rung_overrides(step: int, top: bool, preview: dict) -> list[str]:
     return [f"sweep.stop_at_step={step}", *(f"render.{k}={_override_value(v)}" for k, v in preview.items())]
 
 
+def check_preview(preview: dict) -> None:
+    """Refuse a preview key that is not a render number (the grid's prompts and cells stay the experiment's).
+
+    Raises:
+        UserInputError: Naming the key and the keys a preview can set.
+    """
+    from sweeper.schema import RenderConfig
+
+    allowed = {f.name for f in fields(RenderConfig)} - set(_NOT_PREVIEW)
+    for key in preview:
+        if key not in allowed:
+            raise UserInputError(
+                f"hydra.sweeper.preview.{key}: not a render setting a preview can set ({', '.join(sorted(allowed))})."
+            )
+
+
 def plan_halving(config: DictConfig, plan) -> Bracket:
     """Check a halving sweep before anything trains, checkpoint every job at the rungs, open the bracket.
 
@@ -155,7 +171,6 @@ def plan_halving(config: DictConfig, plan) -> Bracket:
     """
     from sweeper.job_spec import build_job, sweep_dir_of
     from sweeper.plan import compose_job
-    from sweeper.schema import RenderConfig
 
     names = list(plan.jobs)
     if len(names) < 2:
@@ -170,12 +185,7 @@ def plan_halving(config: DictConfig, plan) -> Bracket:
         )
     settings = config.hydra.sweeper
     preview = OmegaConf.to_container(settings.preview, resolve=True) if settings.preview else {}
-    allowed = {f.name for f in fields(RenderConfig)} - set(_NOT_PREVIEW)
-    for key in preview:
-        if key not in allowed:
-            raise UserInputError(
-                f"hydra.sweeper.preview.{key}: not a render setting a preview can set ({', '.join(sorted(allowed))})."
-            )
+    check_preview(preview)
     first = plan.jobs[names[0]]["overrides"]
     top = compose_job(config, first)
     if not top.eval.enabled:

@@ -2,6 +2,7 @@
 
 Disk is the source of truth (MLflow, the report and the compare page are rebuilt from it)::
 
+    <sweep.root>/optuna.db                     Optuna searches' studies, one per sweep name (sweeper.optuna_search)
     <sweep.root>/<sweep.name>/                 SweepFolder
         sweep.json                             the plan: varying keys, jobs, MLflow ids (sweeper.plan)
         bracket.json                           a halving sweep's rungs, scores and decisions (sweeper.halving)
@@ -49,6 +50,8 @@ SHEETS_DIR = "sheets"
 LORA_DIR = "lora"
 CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step-"
+# Sweep root.
+OPTUNA_FILE = "optuna.db"
 # Sweep folder.
 PLAN_FILE = "sweep.json"
 BRACKET_FILE = "bracket.json"

@@ -17,6 +17,7 @@ from sweeper.cli import user_errors
 from sweeper.halving import HALVING_SWEEPER, plan_halving
 from sweeper.job_spec import build_job, sweep_dir_of
 from sweeper.layout import SweepFolder
+from sweeper.optuna_search import LORA_OPTUNA_SWEEPER, check_search, search_space
 from sweeper.plan import SweepPlan, check_inputs, compose_job, expand_jobs, plan_sweep
 from sweeper.slurm import check_slurm_request
 from sweeper.tracking.store import tracking_uri
@@ -71,7 +72,12 @@ class SweepCallback(Callback):
                 if config.hydra.sweeper._target_ == HALVING_SWEEPER:
                     plan_halving(config, plan)  # checks eta, rungs, preview; checkpoints at the rungs
                 log.info("Sweep %s: %d jobs, folders %s", config.sweep.name, len(jobs), ", ".join(plan.jobs))
-            else:  # a search: its trials are not known yet; the values outside the search space are
+            elif config.hydra.sweeper._target_ == LORA_OPTUNA_SWEEPER:  # trials not known yet: check the rest
+                check_search(config, list(config.hydra.overrides.task))
+                space = search_space(config, list(config.hydra.overrides.task))
+                check_inputs([build_job(compose_job(config, space.fixed))])
+                plan = SweepPlan(name=config.sweep.name, varying=space.train_keys())
+            else:  # another search: its trials are not known yet; the values outside the search space are
                 check_inputs([build_job(compose_job(config, _fixed_overrides(config)))])
                 plan = SweepPlan(name=config.sweep.name, varying=searched_train_keys(config))
             sweep_dir.mkdir(parents=True, exist_ok=True)

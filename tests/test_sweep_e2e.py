@@ -390,6 +390,7 @@ def test_a_metric_driven_search_runs_two_optuna_trials(tmp_path, cache_dir):
     import yaml
 
     result = sweep(tmp_path, "experiment=optuna_search", "eval=tiny", "hydra.sweeper.n_trials=2",
+                   "hydra.sweeper.report_steps=[2]", "hydra.sweeper.pruner.name=none",
                    "train.max_train_steps=choice(4,6)", "render.num_inference_steps=3", "render.sheet_thumb=64")  # fmt: skip
     assert result.returncode == 0, result.output
     records = run_records(tmp_path / "optuna_search")

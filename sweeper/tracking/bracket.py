@@ -73,15 +73,27 @@ def log_rung(config: DictConfig, sweep_dir: Path, bracket, rung: int) -> None:
 
 
 def _log_stopped(tracker: Tracker, parent: str, run, bracket, sweep_name: str) -> None:
+    step = bracket.steps[bracket.decision(run.name)[0]]
+    metrics, tags = rung_metrics(bracket, run.name), decision_tags(bracket, run.name)
+    log_unfinished_run(tracker, parent, run, step, metrics, tags, sweep_name)
+
+
+def log_unfinished_run(tracker: Tracker, parent: str, run, step: int, metrics: list, tags: dict,
+                       sweep_name: str) -> None:  # fmt: skip
+    """Log a run stopped at checkpoint ``step`` (no final job logged it) from its folder, with ``metrics``.
+
+    Params, loss per step, the given metrics and tags, and the pictures of ``<run>/step-<n>/``; nothing when
+    an earlier attempt of the sweep logged it already.
+    """
     from sweeper.tracking.replay import run_params, step_metrics
 
     run_id, finished = tracker.child_run(parent, run.name, {"sweep": sweep_name})
     if finished or run_id is None:
         return  # logged by an earlier attempt of this sweep
     tracker.log_params(run_id, run_params(run))
-    tracker.log_metrics(run_id, step_metrics(run) + rung_metrics(bracket, run.name))
-    tracker.set_tags(run_id, decision_tags(bracket, run.name))
-    last = run.step(bracket.steps[bracket.decision(run.name)[0]])
+    tracker.log_metrics(run_id, step_metrics(run) + metrics)
+    tracker.set_tags(run_id, tags)
+    last = run.step(step)
     if last.path.is_dir():
         tracker.log_artifact(run_id, last.path, last.name)
     tracker.finish(run_id)
