@@ -293,6 +293,8 @@ class Job:
             return
         saved = read_training_metadata(lora)
         wanted = {**self.spec.settings.weights_key(), "alpha": self.spec.settings.lora_alpha}
+        if isinstance(saved.get("optim"), dict):  # the file holds every optimizer's options; one counts
+            saved["optim"] = {k: v for k, v in saved["optim"].items() if k in wanted["optim"]}
         wanted |= {f"identity.{k}": v for k, v in self._identity.items()}
         differs = {k: (saved.get(k), v) for k, v in wanted.items() if k in saved and saved[k] != v}
         if differs:
