@@ -28,6 +28,23 @@ _IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 _CLIP = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
 
 
+def _text_config(vocab: dict, rows: int, hidden: int, intermediate: int, layers: int, heads: int) -> dict:
+    """A CLIP text tower's config for the byte-level tokenizer (``rows`` embedding rows, 77 positions)."""
+    return {"vocab_size": rows, "hidden_size": hidden, "intermediate_size": intermediate,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "max_position_embeddings": 77,
+            "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"]}  # fmt: skip
+
+
+def _seeded(seed: int, build):
+    """``build()`` under ``torch.manual_seed(seed)``, leaving the caller's random state as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
 def ensure_tiny_dino(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
     """Folder of a tiny ViT with a ViT image processor, built on first use."""
     import torch
@@ -50,21 +67,18 @@ def ensure_tiny_dino(cache_dir: str | os.PathLike | None = None, seed: int = 0) 
 
 def ensure_tiny_clip(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
     """Folder of a tiny CLIP (byte-level tokenizer, CLIP image processor), built on first use."""
-    import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
     target = Path(cache_dir or default_cache_dir()) / f"tiny-clip-v{_VERSION}-s{seed}"
     if (target / "config.json").is_file():
         return target
     vocab = byte_level_vocab()
-    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": vocab["<|startoftext|>"],
-            "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": vocab["<|endoftext|>"]}  # fmt: skip
+    text = _text_config(vocab, len(vocab), hidden=32, intermediate=37, layers=2, heads=2)
     vision = {"image_size": IMAGE_SIZE, "patch_size": 16, "hidden_size": 32, "intermediate_size": 37,
               "num_hidden_layers": 2, "num_attention_heads": 2}  # fmt: skip
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    model = _seeded(
+        seed, lambda: CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    )
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
     processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, image_mean=_CLIP[0], image_std=_CLIP[1],
                                       crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})  # fmt: skip
@@ -108,21 +122,18 @@ def ensure_real_shape_clip(cache_dir: str | os.PathLike | None = None, seed: int
     tokenizer (the real BPE merges are a download); the processor file is the hub's own format
     (``CLIPFeatureExtractor``: shortest edge to 224, bicubic, centre crop, CLIP statistics).
     """
-    import torch
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     target = Path(cache_dir or default_cache_dir()) / f"real-shape-clip-vitb32-v{_VERSION}-s{seed}"
     if (target / "config.json").is_file():
         return target
     vocab = byte_level_vocab()
-    text = {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
-            "num_attention_heads": 8, "max_position_embeddings": 77, "bos_token_id": vocab["<|startoftext|>"],
-            "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": vocab["<|endoftext|>"]}  # fmt: skip
+    text = _text_config(vocab, 49408, hidden=512, intermediate=2048, layers=12, heads=8)
     vision = {"image_size": REAL_SIZE, "patch_size": 32, "hidden_size": 768, "intermediate_size": 3072,
               "num_hidden_layers": 12, "num_attention_heads": 12}  # fmt: skip
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=512))
+    model = _seeded(
+        seed, lambda: CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=512))
+    )
     processor = {"feature_extractor_type": "CLIPFeatureExtractor", "do_resize": True, "size": REAL_SIZE,
                  "resample": 3, "do_center_crop": True, "crop_size": REAL_SIZE, "do_normalize": True,
                  "image_mean": _CLIP[0], "image_std": _CLIP[1]}  # fmt: skip
