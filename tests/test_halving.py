@@ -136,3 +136,18 @@ def test_mlflow_shows_each_rung_and_why_a_configuration_stopped(killed_between_r
         assert steps == ([4, 8] if decision == "finished" else [4])
     parent = next(r for r in mlflow_runs(root, "quickstart") if r.data.tags.get("sweep_role") == "parent")
     assert "bracket_table.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_a_rung_is_one_batch_for_the_parallel_launchers(tmp_path, launcher):
+    """The same bracket through joblib (2 workers) and submitit (a process per job): every configuration
+    scored at the first rung, the best half finished with the final grid, the rest stopped there."""
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.gpus_per_node=0"]
+    result = sweep(tmp_path, *HALVING, f"launcher={launcher}", *extra)
+    assert result.returncode == 0, result.output
+    bracket = json.loads((tmp_path / "quickstart" / "bracket.json").read_text())
+    assert len(bracket["scores"][0]) == 4 and len(bracket["promoted"][0]) == 2
+    for name in bracket["scores"][0]:
+        finished = name in bracket["promoted"][0]
+        assert (tmp_path / "quickstart" / name / "lora" / LORA_FILE).is_file() == finished, name
