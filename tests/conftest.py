@@ -83,6 +83,22 @@ def settings():
     return make
 
 
+def train_killed_then_resumed(pipe, images, settings, folder: Path):
+    """Train until the first checkpoint of ``settings``, die there, then resume to the end in ``folder``.
+
+    Returns:
+        The resumed run's ``TrainResult``.
+    """
+    from lora_core.training import train_lora
+
+    def killed(step, checkpoint):
+        raise KeyboardInterrupt  # the process dies right after writing the checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(pipe, images, settings, folder, on_checkpoint=killed)
+    return train_lora(pipe, images, settings, folder, resume_from="latest")
+
+
 def render(pipe, prompt: str = "a photo of ktn cat", seed: int = 7, steps: int = 4):
     """One 64 px image as a float array in [0, 1]."""
     import torch

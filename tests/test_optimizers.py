@@ -5,7 +5,7 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from conftest import render
+from conftest import render, train_killed_then_resumed
 from safetensors.torch import load_file
 
 from lora_core.errors import UserInputError
@@ -37,13 +37,8 @@ def test_resume_matches_uninterrupted_training_with_each_optimizer(
     common["lr_scheduler"] = "constant" if optimizer == "schedulefree_adamw" else "constant_with_warmup"
     full = train_lora(pipe, subject_images, settings(**common), tmp_path / "full")
 
-    def killed(step, folder):
-        raise KeyboardInterrupt
-
     part = settings(**common, checkpoint_steps=(3,))
-    with pytest.raises(KeyboardInterrupt):
-        train_lora(pipe, subject_images, part, tmp_path / "resumed", on_checkpoint=killed)
-    resumed = train_lora(pipe, subject_images, part, tmp_path / "resumed", resume_from="latest")
+    resumed = train_killed_then_resumed(pipe, subject_images, part, tmp_path / "resumed")
     assert resumed.resumed_from_step == 3
     _assert_same(load_file(str(full.lora_path)), load_file(str(resumed.lora_path)))
     np.testing.assert_allclose(resumed.loss_history[3:], full.loss_history[3:], rtol=1e-5)

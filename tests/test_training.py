@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import render
+from conftest import render, train_killed_then_resumed
 from safetensors.torch import load_file
 
 from lora_core.adapters import KOHYA_FILE, LORA_FILE, read_training_metadata
@@ -142,14 +142,8 @@ def test_resumed_training_ends_with_the_same_weights(pipe, subject_images, setti
     common = dict(max_train_steps=10, text_encoder_lr=5e-4, dropout=0.1, random_flip=True,
                   gradient_accumulation_steps=2, lr_scheduler="cosine", lr_warmup_steps=3, noise_offset=0.1)  # fmt: skip
     full = train_lora(pipe, subject_images, settings(**common), tmp_path / "full")
-    part = settings(**common, checkpoint_steps=(4,))
-
-    def killed(step, folder):
-        raise KeyboardInterrupt  # the process dies right after writing the checkpoint at step 4
-
-    with pytest.raises(KeyboardInterrupt):
-        train_lora(pipe, subject_images, part, tmp_path / "resumed", on_checkpoint=killed)
-    resumed = train_lora(pipe, subject_images, part, tmp_path / "resumed", resume_from="latest")
+    part = settings(**common, checkpoint_steps=(4,))  # the process dies right after step 4's checkpoint
+    resumed = train_killed_then_resumed(pipe, subject_images, part, tmp_path / "resumed")
     assert resumed.resumed_from_step == 4
     _assert_same_weights(_weights_of(full.lora_path), _weights_of(resumed.lora_path))
     assert len(resumed.loss_history) == 10

@@ -3,7 +3,7 @@
 import json
 
 import numpy as np
-import pytest
+from conftest import train_killed_then_resumed
 from safetensors.torch import load_file
 
 from lora_core.training import LOSS_LOG, train_lora
@@ -37,13 +37,8 @@ def test_resumed_run_keeps_the_validation_losses(pipe, subject_images, settings,
     common = dict(max_train_steps=6, validation_every=2)
     full = train_lora(pipe, subject_images, settings(**common), tmp_path / "full")
 
-    def killed(step, folder):
-        raise KeyboardInterrupt
-
     part = settings(**common, checkpoint_steps=(3,))
-    with pytest.raises(KeyboardInterrupt):
-        train_lora(pipe, subject_images, part, tmp_path / "resumed", on_checkpoint=killed)
-    resumed = train_lora(pipe, subject_images, part, tmp_path / "resumed", resume_from="latest")
+    resumed = train_killed_then_resumed(pipe, subject_images, part, tmp_path / "resumed")
     assert sorted(resumed.val_losses) == [2, 4, 6]
     np.testing.assert_allclose(list(resumed.val_losses.values()), list(full.val_losses.values()), rtol=1e-5)
 
