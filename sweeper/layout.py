@@ -55,10 +55,12 @@ OPTUNA_FILE = "optuna.db"
 # Sweep folder.
 PLAN_FILE = "sweep.json"
 BRACKET_FILE = "bracket.json"
+TRIALS_FILE = "trials.json"
 REPORT_FILE = "report.md"
 PAGE_FILE = "compare.html"
 LOSS_PLOT = "loss_curves.png"
 FIDELITY_PLOT = "steps_fidelity.png"
+SCALE_PLOT = "scale_tradeoff.png"
 PENDING_FILE = "MLFLOW_PENDING"
 
 DONE = "done"
@@ -263,6 +265,11 @@ class SweepFolder:
         return self.path / BRACKET_FILE
 
     @property
+    def trials_file(self) -> Path:
+        """``trials.json``: an Optuna search's trials, their reports and states (``sweeper.optuna_search``)."""
+        return self.path / TRIALS_FILE
+
+    @property
     def report_file(self) -> Path:
         """``report.md``."""
         return self.path / REPORT_FILE
@@ -310,13 +317,14 @@ class SweepFolder:
 
     def outputs(self) -> list[Path]:
         """The sweep-wide files logged to the MLflow parent run (those that exist)."""
-        fidelity = self.path / FIDELITY_PLOT
         files = (
             self.plan_file,
             self.bracket_file,
+            self.trials_file,
             self.report_file,
             self.loss_plot,
-            fidelity,
+            self.path / FIDELITY_PLOT,
+            self.path / SCALE_PLOT,
             self.page_file,
         )
         return [p for p in files if p.is_file()]

@@ -22,8 +22,10 @@ from sweeper.halving import bracket_lines
 from sweeper.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, SHEETS_DIR, RunFolder
 from sweeper.naming import format_number
 from sweeper.objective import parse_objective
+from sweeper.optuna_search import trials_lines
 from sweeper.results import METRICS, RunResult, differing_settings, load_results
 from sweeper.step_grids import best_step_lines
+from sweeper.tradeoff import scale_lines
 
 _TEMPLATE = Path(__file__).with_name("compare_page.html")
 
@@ -153,8 +155,10 @@ def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot
     lines += _validation_lines(runs)
     if plot is not None:
         lines += [f"![loss curves]({plot.name})", ""]
+    lines += scale_lines(sweep_dir, runs)  # DINO and CLIP-T over the UNet scale: the trade-off
     lines += best_step_lines(sweep_dir, runs, objective)  # render.steps: the best step, DINO/CLIP-T curves
     lines += bracket_lines(sweep_dir)  # a halving sweep's rungs and decisions
+    lines += trials_lines(sweep_dir)  # an Optuna search's trials, reports and prunings
     lines += [f"Side by side: open `{PAGE_FILE}` in a browser.", ""]
     return "\n".join(lines)
 

@@ -21,3 +21,5 @@ def test_render_steps_renders_the_grid_at_each_checkpoint_and_the_report_names_t
     report = (tmp_path / "steps" / "report.md").read_text()
     assert "## Best step per configuration" in report and "steps_fidelity.png" in report
     assert (tmp_path / "steps" / "steps_fidelity.png").is_file()
+    assert "## Subject against prompt over the UNet scale" in report, "two UNet scales were scored"
+    assert (tmp_path / "steps" / "scale_tradeoff.png").is_file()
