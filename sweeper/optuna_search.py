@@ -16,6 +16,7 @@ a trial that was running resumes from the steps it reported (and its jobs from t
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
-from sweeper.layout import OPTUNA_FILE
+from sweeper.layout import OPTUNA_FILE, SweepFolder
 
 log = logging.getLogger(__name__)
 
@@ -408,12 +409,57 @@ def _log_trial(config: DictConfig, study, t: _Trial, decision: str) -> None:
     from sweeper.tracking.trials import log_trial
 
     log_trial(config, sweep_dir_of(config), t.name, _reported(study, t), decision, t.trial.number)
+    save_trials(study, sweep_dir_of(config))
+
+
+def save_trials(study, sweep_dir: Path) -> None:
+    """``trials.json``: every trial of the study, its run folder, values, reports and state (for report.md)."""
+    from lora_core.atomic import write_text_atomic
+
+    rows = [{"number": t.number, "run": t.user_attrs.get(RUN_DIR_ATTR), "params": t.params,
+             "reports": {str(step): v for step, v in sorted(t.intermediate_values.items())},
+             "state": t.state.name.lower(), "value": t.value}
+            for t in study.get_trials(deepcopy=False)]  # fmt: skip
+    folder = SweepFolder(sweep_dir)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder.trials_file, json.dumps({"study": study.study_name, "trials": rows}, indent=1))
+
+
+def trials_lines(sweep_dir: Path) -> list[str]:
+    """The report's Optuna section: each trial's objective at every report step and how it ended, best first."""
+    path = SweepFolder(sweep_dir).trials_file
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    trials = data["trials"]
+    steps = sorted({int(s) for t in trials for s in t["reports"]})
+    names = sorted({k for t in trials for k in t["params"]})
+    header = ["trial", "configuration", *names, *(f"step {s}" for s in steps), "state"]
+    lines = [f"## Optuna study `{data['study']}`", "",
+             "Objective at each report step; the pruner stops a trial whose report is weak against the others' "
+             "at the same step. Completed trials first, best first.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+
+    def order(t: dict) -> tuple:
+        done = t["state"] == "complete" and t["value"] is not None
+        last = max(t["reports"].items(), key=lambda kv: int(kv[0]), default=(0, None))
+        return (not done, -(t["value"] if done else int(last[0])), -(last[1] or 0.0), t["number"])
+
+    for t in sorted(trials, key=order):
+        params = [_override_value(t["params"][k]) if k in t["params"] else "" for k in names]
+        reports = [f"{v:.4f}" if (v := t["reports"].get(str(s))) is not None else "" for s in steps]
+        run = f"`{t['run']}`" if t["run"] else "-"
+        lines.append(f"| {t['number']} | {run} | " + " | ".join([*params, *reports, t["state"]]) + " |")
+    return [*lines, ""]
 
 
 def write_results(config: DictConfig, study) -> None:
     """``optimization_results.yaml`` in the multirun's Hydra folder: the best trial's values and objective."""
     from optuna.trial import TrialState
 
+    from sweeper.job_spec import sweep_dir_of
+
+    save_trials(study, sweep_dir_of(config))
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         log.warning("Study %s: no trial completed yet.", study.study_name)
         return

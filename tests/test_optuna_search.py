@@ -209,3 +209,23 @@ def test_mlflow_shows_each_report_and_whether_the_trial_was_pruned(searched_twic
         )
         history = client.get_metric_history(run.info.run_id, "intermediate_objective")
         assert {m.step: m.value for m in history} == pytest.approx(trial.intermediate_values)
+
+
+@pytest.mark.slow
+def test_the_report_lists_every_trial_with_its_reports_and_state(searched_twice):
+    root, _, _ = searched_twice
+    study = optuna.load_study(study_name="optuna_search", storage=f"sqlite:///{root / 'optuna.db'}")
+    report = (root / "optuna_search" / "report.md").read_text()
+    assert "## Optuna study `optuna_search`" in report
+    section = report.split("## Optuna study")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == len(study.trials) == 4
+    completed = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    for t, row in zip(completed, rows, strict=False):  # completed trials first, best first
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == str(t.number) and cells[1] == f"`{t.user_attrs['run_dir']}`"
+        assert cells[-1] == "complete" and f"{t.intermediate_values[3]:.4f}" in cells
+    for t in study.trials:
+        if t.state == TrialState.PRUNED:
+            row = next(r for r in rows if r.startswith(f"| {t.number} |"))
+            assert row.rstrip(" |").endswith("pruned") and f"{t.intermediate_values[3]:.4f}" in row
