@@ -10,13 +10,17 @@ submit, and submits nothing.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
 
 from lora_core.errors import UserInputError
 
-SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+SLURM_LAUNCHERS = (
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+    "hydra_plugins.lora_sweeps.slurm_launcher.LoraSlurmLauncher",  # launcher=submitit_slurm: one-line failures
+)
 _GPU = re.compile(r"^gpu(?::[^:(]+)?:(\d+)")  # gres "gpu:4", "gpu:a100:4(S:0-1)"; a bare "gpu" counts 1
 
 
@@ -111,7 +115,7 @@ def check_slurm_request(launcher: dict) -> None:
         UserInputError: ``sbatch`` is not on PATH, the partition has no GPUs for a GPU request, or
             ``sbatch --test-only`` refuses the jobs' script (its message is quoted).
     """
-    if launcher.get("_target_") != SLURM_LAUNCHER:
+    if launcher.get("_target_") not in SLURM_LAUNCHERS:
         return
     partition = launcher.get("partition")
     where = f"partition {partition}" if partition else f"the default partition ({default_partition()})"
@@ -144,3 +148,72 @@ def _request(launcher: dict) -> str:
     return (
         f"The request: {asked}; change what the partition cannot give (sinfo -o '%P %c %m %G %l' shows it)."
     )
+
+
+_LOG = re.compile(r"^\s*- (\S+_log\.err)\s*$", re.MULTILINE)
+_NO_RESULT = re.compile(r"Job (\S+) \(task: \d+\).*?\(state: ([^)]*)\)", re.DOTALL)
+
+
+def describe_failure(err: Exception, launcher: dict) -> tuple[int, str]:
+    """One line (and the exit status) for a SLURM sweep that ended without every job's result.
+
+    Args:
+        err: What submitit raised while submitting the jobs or collecting their results.
+        launcher: The launcher's parameters (named in the line when sbatch refused them).
+
+    Returns:
+        (2, line) when ``sbatch`` refused the submission (bad input: the request), (1, line) when a job was
+        cancelled, ended without a result or failed (the job's log is named). Either way finished runs and
+        checkpoints are kept, and the same command continues the sweep.
+    """
+    import subprocess
+
+    text = str(err).strip()
+    cause = err.__cause__
+    again = "finished runs are kept; the same command continues the others from their last checkpoints"
+    if isinstance(cause, subprocess.CalledProcessError) and "sbatch" in str(cause.cmd):
+        said = " ".join(line.strip() for line in (cause.stderr or text).splitlines() if line.strip())
+        return 2, f"sbatch refused the jobs of this sweep: {said}. {_request(launcher)}"
+    if (match := _NO_RESULT.search(text)) is not None:
+        job, state = match.groups()
+        return 1, f"SLURM job {job} ended without a result (state: {state.strip()}); {again}."
+    log = _LOG.search(text)
+    trace = [line.strip() for line in text.split("You can check full logs")[0].splitlines() if line.strip()]
+    last = next((line for line in reversed(trace) if not set(line) <= {"-"}), text)
+    where = (
+        f"its log: {shlex.quote(log.group(1))}"
+        if log
+        else "its log is in the sweep's _hydra/.submitit folder"
+    )
+    return 1, f"a SLURM job failed: {last} ({where}); {again}."
+
+
+def describe_stopped(returns) -> tuple[int, list[str]] | None:
+    """Lines (and the exit status) for jobs that ended on a signal or on bad input, None if none did.
+
+    A job that SLURM cancelled, preempted or timed out past its requeues saved a checkpoint and returned
+    ``TrainingStopped``; a job that found bad input returned ``UserInputError``. Each is one line; any other
+    failure is a bug and is left to Hydra (None), traceback and all.
+
+    Args:
+        returns: The launcher's ``JobReturn`` of every job.
+
+    Returns:
+        (2 if every failure is bad input else 1, one line per failed job), or None.
+    """
+    from hydra.core.utils import JobStatus
+
+    from lora_core.training import TrainingStopped
+
+    failed = [getattr(r, "_return_value", None) for r in returns if r.status == JobStatus.FAILED]
+    if not failed or not all(isinstance(e, TrainingStopped | UserInputError) for e in failed):
+        return None
+    lines = []
+    for err in failed:
+        if isinstance(err, TrainingStopped):
+            step, checkpoint = err.args
+            lines.append(f"a SLURM job stopped at step {step} (cancelled, preempted, or out of requeues) and saved "
+                         f"{checkpoint}; run the same command again to continue from it.")  # fmt: skip
+        else:
+            lines.append(str(err))
+    return (2 if all(isinstance(e, UserInputError) for e in failed) else 1), lines

@@ -214,7 +214,10 @@ def test_a_cancelled_sweep_run_again_continues_from_the_last_checkpoint(tmp_path
     array = _job_ids(sweep_dir)[0].split("_")[0]
     subprocess.run(["scancel", array], check=True)
     code, output = _finish(process)
-    assert code != 0, output
+    assert code == 1, output
+    assert "Traceback" not in output, "one line, not a traceback"
+    (line,) = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert "stopped at step" in line and str(checkpoints) in line and "run the same command again" in line
     assert not (checkpoints.parent / "pytorch_lora_weights.safetensors").exists()
     rerun = sweep(tmp_path, *args, env=ENV)
     assert rerun.returncode == 0, rerun.output
