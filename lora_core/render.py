@@ -121,12 +121,38 @@ def initial_noise(cell: RenderCell, shape: tuple[int, ...]):
     return torch.randn((cell.count, *shape), generator=generator)[cell.index]
 
 
+def load_adapter(pipe, lora: str | os.PathLike, adapter_name: str) -> None:
+    """Load an adapter of any kind onto a pipeline, as the pipeline's own LoRA calls then drive it.
+
+    Args:
+        pipe: A ``StableDiffusionPipeline``.
+        lora: A training folder (its diffusers file, else its peft file), a diffusers- or kohya-format LoRA
+            or DoRA file (``pipe.load_lora_weights``), or an ``adapter_peft.safetensors`` (LoHa, LoKr).
+        adapter_name: Name of the adapter in the models.
+
+    Raises:
+        UserInputError: A folder holds no adapter file.
+    """
+    from lora_core.adapters import find_weights_file, is_peft_adapter_file, load_peft_adapter
+
+    path = Path(lora)
+    if path.is_dir():
+        found = find_weights_file(path)
+        if found is None:
+            raise UserInputError(f"{path}: no adapter file in this folder (nothing trained here yet?).")
+        path = found
+    if is_peft_adapter_file(path):
+        load_peft_adapter(pipe, path, adapter_name)
+    else:
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
+
+
 class GridRenderer:
     """Renders cells with one LoRA on a borrowed pipeline; use as a context manager.
 
     Args:
         pipe: A ``StableDiffusionPipeline`` with no adapter loaded.
-        lora: Folder or file of a diffusers- or kohya-format LoRA; None renders the base model.
+        lora: Folder or file of an adapter (see ``load_adapter``); None renders the base model.
         options: Shared render settings.
     """
 
@@ -140,11 +166,7 @@ class GridRenderer:
     def __enter__(self) -> GridRenderer:
         pipe = self.pipe
         if self.lora is not None:
-            path = Path(self.lora)
-            if path.is_dir():
-                pipe.load_lora_weights(str(path), adapter_name=ADAPTER_NAME)
-            else:
-                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER_NAME)
+            load_adapter(pipe, self.lora, ADAPTER_NAME)
         self._scheduler = pipe.scheduler
         spec = SCHEDULERS[self.options.scheduler]
         if spec is not None:

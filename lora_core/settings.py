@@ -16,6 +16,26 @@ UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 UNET_FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
 TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 TEXT_MLP = ("fc1", "fc2")
+# The UNet's convolutions (LoCon): resnet convolutions and shortcuts, down/upsamplers, and the
+# transformer blocks' projections (1x1 convolutions in SD 1.x).
+UNET_CONV = (
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "proj_in",
+    "proj_out",
+)
+# Adapter kinds (``lora.kind``), each from peft; lora_core.adapters builds them.
+ADAPTER_KINDS = ("lora", "dora", "loha", "lokr")
+# TrainSettings fields that come from the ``lora`` config group, by their config key (for messages).
+LORA_KEYS = {
+    "adapter_kind": "lora.kind",
+    "conv_target_modules": "lora.conv_target_modules",
+    "conv_rank": "lora.conv_rank",
+    "conv_alpha": "lora.conv_alpha",
+}
 
 # Optimizers by name; each comes from its maintained library (see lora_core.optimizers).
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor", "schedulefree_adamw")
@@ -235,6 +255,13 @@ class TrainSettings(Hyperparameters):
         unet_target_modules: UNet modules that get LoRA layers (``lora.unet_target_modules``).
         text_target_modules: Text-encoder modules that get LoRA layers when it trains
             (``lora.text_target_modules``).
+        adapter_kind: One of ``ADAPTER_KINDS`` (``lora.kind``): ``lora``, ``dora`` (LoRA with a learned
+            magnitude per output channel), ``loha`` (Hadamard product of two low-rank pairs), ``lokr``
+            (Kronecker product).
+        conv_target_modules: UNet convolutions that get the adapter too, with their own rank and alpha
+            (``lora.conv_target_modules``; LoCon). Empty: none.
+        conv_rank: Rank of the convolutions (``lora.conv_rank``); None: ``rank``.
+        conv_alpha: Alpha of the convolutions (``lora.conv_alpha``); None: their rank (scale 1).
         progress_bar: Show a tqdm bar.
     """
 
@@ -243,6 +270,10 @@ class TrainSettings(Hyperparameters):
     center_crop: bool = True
     unet_target_modules: tuple[str, ...] = UNET_ATTENTION
     text_target_modules: tuple[str, ...] = TEXT_ATTENTION
+    adapter_kind: str = "lora"
+    conv_target_modules: tuple[str, ...] = ()
+    conv_rank: int | None = None
+    conv_alpha: float | None = None
     progress_bar: bool = True
 
     @property
@@ -327,7 +358,7 @@ class TrainSettings(Hyperparameters):
             value = self
             for part in key.split("."):  # nested keys: optim.prodigy.d_coef
                 value = getattr(value, part)
-            raise UserInputError(f"{prefix}.{key}={value!r}: {message}")
+            raise UserInputError(f"{LORA_KEYS.get(key, f'{prefix}.{key}')}={value!r}: {message}")
 
     def _problems(self):
         def finite(v):
@@ -359,6 +390,7 @@ class TrainSettings(Hyperparameters):
             )
         if self.trains_text_encoder and not self.text_target_modules:
             yield "text_target_modules", "must name at least one module when text_encoder_lr > 0."
+        yield from self._adapter_problems()
         if self.mixed_precision not in MIXED_PRECISION:
             yield "mixed_precision", f"use one of {', '.join(MIXED_PRECISION)}."
         if self.max_grad_norm < 0:
@@ -387,6 +419,20 @@ class TrainSettings(Hyperparameters):
         for key in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, key) < 1:
                 yield key, "must be in [0, 1)."
+
+    def _adapter_problems(self):
+        if self.adapter_kind not in ADAPTER_KINDS:
+            yield "adapter_kind", f"unknown adapter kind; use one of {', '.join(ADAPTER_KINDS)}."
+        if self.conv_rank is not None and self.conv_rank < 1:
+            yield "conv_rank", "must be at least 1 (or null for train.rank)."
+        if self.conv_alpha is not None and (not math.isfinite(self.conv_alpha) or self.conv_alpha <= 0):
+            yield "conv_alpha", "must be > 0 (or null for alpha = conv rank)."
+        both = sorted(set(self.conv_target_modules) & set(self.unet_target_modules))
+        if both:
+            yield (
+                "conv_target_modules",
+                f"{both[0]} is also in lora.unet_target_modules; name each module in one list only.",
+            )
 
     def _learning_rate_problems(self):
         finite = math.isfinite

@@ -23,7 +23,17 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from lora_core.adapters import KOHYA_FILE, LORA_FILE, peft_state_dict, save_diffusers_lora, save_kohya_lora
+from lora_core.adapters import (
+    DIFFUSERS_KINDS,
+    KOHYA_FILE,
+    adapter_config,
+    find_weights_file,
+    peft_state_dict,
+    save_diffusers_lora,
+    save_kohya_lora,
+    save_peft_adapter,
+    weights_file_name,
+)
 from lora_core.atomic import atomic_dir, write_text_atomic
 from lora_core.errors import UserInputError
 from lora_core.optimizers import check_optimizer, make_optimizer, set_optimizer_mode
@@ -86,7 +96,7 @@ class TrainResult:
 
     Attributes:
         output_dir: The training folder.
-        lora_path: Diffusers-format LoRA file.
+        lora_path: The adapter file: diffusers format (LoRA, DoRA) or peft naming (LoHa, LoKr).
         kohya_path: Kohya-format export.
         checkpoints: Step to checkpoint folder (each holds a diffusers-format LoRA file).
         loss_history: Loss of every step from 1 to ``max_train_steps`` (resumed runs included).
@@ -138,12 +148,12 @@ def list_checkpoints(output_dir: str | os.PathLike) -> dict[int, Path]:
         output_dir: A training folder.
 
     Returns:
-        Step to folder, for folders that hold both the LoRA file and the training state.
+        Step to folder, for folders that hold both the adapter file and the training state.
     """
     root = Path(output_dir) / CHECKPOINTS
     found = {}
     for folder in root.glob("step-*") if root.is_dir() else ():
-        if (folder / LORA_FILE).is_file() and (folder / _TRAINABLE_FILE).is_file():
+        if find_weights_file(folder) is not None and (folder / _TRAINABLE_FILE).is_file():
             found[int(folder.name.split("-")[1])] = folder
     return dict(sorted(found.items()))
 
@@ -366,23 +376,21 @@ class LoraTrainer:
     def _attach_adapters(self) -> None:
         import torch
         from diffusers.training_utils import cast_training_params
-        from peft import LoraConfig
 
         s, pipe = self.settings, self.pipe
         for model in (pipe.unet, pipe.vae, pipe.text_encoder):
             model.requires_grad_(False)
-        self.unet_config = LoraConfig(
-            r=s.rank, lora_alpha=s.lora_alpha, lora_dropout=s.dropout,
-            init_lora_weights="gaussian", target_modules=list(s.unet_target_modules),
+        self.unet_config = adapter_config(
+            s.adapter_kind, s.rank, s.lora_alpha, s.dropout, list(s.unet_target_modules),
+            list(s.conv_target_modules), s.conv_rank, s.conv_alpha,
         )  # fmt: skip
         _add_adapter(pipe.unet, self.unet_config, "train.unet_target_modules")
         self.models = [pipe.unet]
         self.text_config = None
         if s.trains_text_encoder:
-            self.text_config = LoraConfig(
-                r=s.rank, lora_alpha=s.lora_alpha, lora_dropout=s.dropout,
-                init_lora_weights="gaussian", target_modules=list(s.text_target_modules),
-            )  # fmt: skip
+            self.text_config = adapter_config(
+                s.adapter_kind, s.rank, s.lora_alpha, s.dropout, list(s.text_target_modules)
+            )
             _add_adapter(pipe.text_encoder, self.text_config, "train.text_target_modules")
             self.models.append(pipe.text_encoder)
         if pipe.unet.dtype != torch.float32:
@@ -777,12 +785,12 @@ class LoraTrainer:
         unet_peft = peft_state_dict(self.pipe.unet, ADAPTER_NAME)
         text_peft = peft_state_dict(self.pipe.text_encoder, ADAPTER_NAME) if self.text_config else None
         meta = {**self.training_metadata(), "trained_steps": self.progress.step}
-        save_diffusers_lora(
-            folder, unet_peft, text_peft, self.unet_config.to_dict(),
-            self.text_config.to_dict() if self.text_config else None, meta,
-        )  # fmt: skip
+        configs = (self.unet_config.to_dict(), self.text_config.to_dict() if self.text_config else None)
+        # diffusers' loader reads LoRA and DoRA; the other kinds are kept in peft naming (adapters.py)
+        save = save_diffusers_lora if self.settings.adapter_kind in DIFFUSERS_KINDS else save_peft_adapter
+        save(folder, unet_peft, text_peft, *configs, meta)
         if kohya:
-            save_kohya_lora(folder / KOHYA_FILE, unet_peft, text_peft, self.settings.lora_alpha, meta)
+            save_kohya_lora(folder / KOHYA_FILE, unet_peft, text_peft, *configs, meta)
 
     def save_checkpoint(self, step: int) -> Path:
         """Write the LoRA weights and the full training state at ``step`` (atomically).
@@ -830,7 +838,7 @@ class LoraTrainer:
             peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_rss"
         result = TrainResult(
             output_dir=self.output_dir,
-            lora_path=self.output_dir / LORA_FILE,
+            lora_path=self.output_dir / weights_file_name(s.adapter_kind),
             kohya_path=self.output_dir / KOHYA_FILE,
             checkpoints=list_checkpoints(self.output_dir),
             loss_history=[self.losses.get(k, float("nan")) for k in steps],

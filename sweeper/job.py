@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from lora_core.adapters import LORA_FILE, read_training_metadata
+from lora_core.adapters import find_weights_file, read_training_metadata
 from lora_core.atomic import atomic_path
 from lora_core.errors import UserInputError
 from lora_core.models import dtype_name, load_pipeline, model_identity
@@ -164,7 +164,7 @@ class Job:
         if (
             until is None
             and self.folder.train_result_file.is_file()
-            and (self.lora_dir / LORA_FILE).is_file()
+            and find_weights_file(self.lora_dir) is not None
         ):
             log.info("%s: LoRA already trained, skipping training.", self.run_dir.name)
             return
@@ -288,8 +288,8 @@ class Job:
 
     def _check_folder_matches(self) -> None:
         """Refuse to mix work of other settings into a folder that already holds a trained LoRA."""
-        lora = self.lora_dir / LORA_FILE
-        if not lora.is_file():
+        lora = find_weights_file(self.lora_dir)
+        if lora is None:
             return
         saved = read_training_metadata(lora)
         wanted = {**self.spec.settings.weights_key(), "alpha": self.spec.settings.lora_alpha}

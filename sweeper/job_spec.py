@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from lora_core.adapters import format_notes
 from lora_core.class_images import ClassImageSpec
 from lora_core.errors import UserInputError
 from lora_core.models import ModelSource
@@ -17,6 +19,8 @@ from sweeper.grid import GridCell, fill_prompt, grid_cells
 from sweeper.naming import check_safe_name, run_dir_name
 
 DATA_KINDS = ("object", "live")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,9 +94,14 @@ def build_job(cfg: DictConfig) -> JobSpec:
             "center_crop": cfg.data.center_crop,
             "unet_target_modules": list(cfg.lora.unet_target_modules),
             "text_target_modules": list(cfg.lora.text_target_modules),
+            "adapter_kind": cfg.lora.kind,
+            "conv_target_modules": list(cfg.lora.conv_target_modules),
+            "conv_rank": cfg.lora.conv_rank,
+            "conv_alpha": cfg.lora.conv_alpha,
         }
     )
     settings.validate()
+    _say_format_notes(settings.adapter_kind)
     render = RenderOptions(
         num_inference_steps=cfg.render.num_inference_steps,
         resolution=cfg.render.resolution or resolution,
@@ -120,6 +129,17 @@ def build_job(cfg: DictConfig) -> JobSpec:
         steps=steps,
         stop_at=stop_at,
     )
+
+
+_said: set[str] = set()
+
+
+def _say_format_notes(kind: str) -> None:
+    """What an export format cannot hold for this adapter kind: one line each, once per process."""
+    for line in format_notes(kind):
+        if line not in _said:
+            _said.add(line)
+            log.warning(line)
 
 
 def _checkpoint_axis(cfg: DictConfig, max_train_steps: int) -> tuple[list[int], int | None]:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lora_core.adapters import KOHYA_FILE, LORA_FILE
+from lora_core.adapters import KOHYA_FILE, LORA_FILE, PEFT_FILE
 from lora_core.atomic import write_text_atomic
 from lora_core.training import LOSS_LOG, RESULT_FILE
 
@@ -147,7 +147,8 @@ class RunFolder:
 
     def adapter_files(self) -> list[Path]:
         """The exported adapter files (diffusers / peft format and kohya format), those that exist."""
-        return [p for p in (self.lora_dir / LORA_FILE, self.lora_dir / KOHYA_FILE) if p.is_file()]
+        names = (LORA_FILE, PEFT_FILE, KOHYA_FILE)
+        return [self.lora_dir / n for n in names if (self.lora_dir / n).is_file()]
 
     def picture(self, file_name: str) -> Path:
         """A grid picture's path from its file name (``ph_1;0;4.png``)."""

@@ -136,7 +136,7 @@ def varying_keys(job_values: list[dict]) -> list[str]:
     keys = {k for values in job_values for k in values}
     differ = {k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in job_values}) > 1}
     if "lora.name" in differ:
-        differ -= {"lora.unet_target_modules", "lora.text_target_modules"}
+        differ -= {"lora.unet_target_modules", "lora.text_target_modules", "lora.conv_target_modules"}
     train = [k for k in _TRAIN_ORDER if k in differ]
     return train + sorted(differ - set(train))
 

@@ -48,11 +48,15 @@ class DataConfig:
 
 @dataclass
 class LoraTargetsConfig:
-    """Which layers get LoRA (``lora=attn|attn_ff``)."""
+    """Which adapter, on which layers (``lora=attn|attn_ff|attn_ff_conv``, ``lora.kind=lora|dora|loha|lokr``)."""
 
     name: str = "attn"
     unet_target_modules: list[str] = field(default_factory=lambda: list(UNET_ATTENTION))
     text_target_modules: list[str] = field(default_factory=lambda: list(TEXT_ATTENTION))
+    kind: str = "lora"  # lora | dora | loha | lokr, each from peft (lora_core.adapters.adapter_config)
+    conv_target_modules: list[str] = field(default_factory=list)  # UNet convolutions (LoCon); [] = none
+    conv_rank: int | None = None  # None: train.rank
+    conv_alpha: float | None = None  # None: conv rank (scale 1)
 
 
 @dataclass

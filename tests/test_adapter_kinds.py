@@ -1,0 +1,246 @@
+"""lora.kind: LoRA, DoRA, LoHa and LoKr (with LoCon convolutions) train, resume exactly, render and export."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from conftest import render, train_killed_then_resumed
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from lora_core.adapters import KOHYA_FILE, LORA_FILE, PEFT_FILE, read_training_metadata
+from lora_core.errors import UserInputError
+from lora_core.render import GridRenderer, RenderCell, RenderOptions, load_adapter
+from lora_core.settings import UNET_CONV, TrainSettings
+from lora_core.training import ADAPTER_NAME, LoraTrainer, train_lora
+from sweeper.app import CONF_DIR
+from sweeper.job_spec import build_job
+from sweeper.plan import varying_keys
+
+KINDS = ("lora", "dora", "loha", "lokr")
+# LoCon on every kind: the UNet's convolutions with their own rank and alpha (scale 0.5; attention: 2).
+LOCON = dict(conv_target_modules=UNET_CONV, conv_rank=2, conv_alpha=1.0)
+
+
+def _options(kind, **overrides):
+    return dict(adapter_kind=kind, text_encoder_lr=5e-4, max_train_steps=4, alpha=8.0, **LOCON) | overrides
+
+
+def _compose(*overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=["model=tiny", *overrides])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_matches_uninterrupted_training_with_each_kind(kind, pipe, subject_images, settings, tmp_path):
+    common = _options(kind, dropout=0.1)  # dropout draws from the generator a checkpoint keeps
+    full = train_lora(pipe, subject_images, settings(**common), tmp_path / "full")
+    resumed = train_killed_then_resumed(
+        pipe, subject_images, settings(**common, checkpoint_steps=(2,)), tmp_path / "resumed"
+    )
+    assert resumed.resumed_from_step == 2
+    a, b = load_file(str(full.lora_path)), load_file(str(resumed.lora_path))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def _train_live(kind, pipe, images, settings, folder, **overrides):
+    """Train; return (live picture, trainer) with the adapter still attached (caller cleans up)."""
+    trainer = LoraTrainer(pipe, images, settings(**_options(kind, **overrides)), folder)
+    trainer.setup()
+    before = [p.detach().clone() for p in trainer.trainable_params]
+    trainer.train()
+    moved = [not torch.equal(a, p) for a, p in zip(before, trainer.trainable_params, strict=True)]
+    n_unet = len(trainer.optimizer.param_groups[0]["params"])
+    assert any(moved[:n_unet]) and any(moved[n_unet:])  # UNet and text-encoder adapters both trained
+    for model in trainer.models:
+        model.eval()
+    return render(pipe), trainer
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_renders_the_same_from_its_saved_file(kind, pipe, subject_images, settings, tmp_path):
+    base = render(pipe)
+    trainer = None
+    try:
+        trained, trainer = _train_live(kind, pipe, subject_images, settings, tmp_path)
+        result = trainer.save_final()
+    finally:
+        if trainer:
+            trainer.cleanup()
+    assert np.isfinite(trained).all() and np.abs(trained - base).mean() > 1e-4
+    # LoRA and DoRA: diffusers' own file and loader; LoHa and LoKr: peft naming, no diffusers file
+    assert result.lora_path.name == (LORA_FILE if kind in ("lora", "dora") else PEFT_FILE)
+    assert (tmp_path / LORA_FILE).is_file() == (kind in ("lora", "dora"))
+    assert read_training_metadata(result.lora_path)["adapter_kind"] == kind
+    if kind in ("lora", "dora"):
+        pipe.load_lora_weights(str(tmp_path), adapter_name="t")
+    else:
+        load_adapter(pipe, tmp_path, "t")
+    try:
+        reloaded = render(pipe)
+    finally:
+        pipe.unload_lora_weights()
+    np.testing.assert_allclose(reloaded, trained, atol=1e-5)
+    np.testing.assert_array_equal(render(pipe), base)  # unloading gave the base model back
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_grid_renderer_fuses_lycoris_kinds_like_it_renders_them_unfused(
+    kind, pipe, subject_images, settings, tmp_path
+):
+    train_lora(
+        pipe, subject_images, settings(**_options(kind, max_train_steps=3, learning_rate=1e-2)), tmp_path
+    )
+    cells = [RenderCell("a photo of ktn cat", u, 0.5, 3.0, seed=1) for u in (0.0, 0.6, 1.0)]
+    pictures = {}
+    for fuse in (True, False):
+        options = RenderOptions(num_inference_steps=3, resolution=64, fuse=fuse)
+        with GridRenderer(pipe, tmp_path, options) as renderer:
+            pictures[fuse] = {c.unet_scale: np.asarray(img, dtype=float) for c, img in renderer.render(cells)}
+    for scale in (0.0, 0.6, 1.0):
+        assert np.abs(pictures[True][scale] - pictures[False][scale]).max() <= 1  # 8-bit rounding at most
+    assert np.abs(pictures[True][1.0] - pictures[True][0.0]).mean() > 0.1  # the UNet scale matters
+
+
+# ---- the kohya / LyCORIS export, rebuilt with the formulas A1111, ComfyUI and LyCORIS apply --------------
+def _rebuild(tensors: dict, name: str, weight: torch.Tensor) -> torch.Tensor:
+    """The weight a LyCORIS-style reader makes of one module of the export (written out here, not peft's)."""
+    t = {k[len(name) + 1 :]: v.double() for k, v in tensors.items() if k.startswith(name + ".")}
+    alpha, w = t["alpha"].item(), weight.double()
+    if "hada_w1_a" in t:
+        rank = t["hada_w1_b"].shape[0]
+        delta = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) * alpha / rank
+        return w + delta.reshape(w.shape)
+    if "lokr_w1" in t:
+        if "lokr_w2" in t:  # no low-rank factor: scale 1
+            w2, scale = t["lokr_w2"], 1.0
+        else:
+            w2, scale = t["lokr_w2_a"] @ t["lokr_w2_b"], alpha / t["lokr_w2_b"].shape[0]
+        w1 = t["lokr_w1"] if w2.dim() == 2 else t["lokr_w1"][:, :, None, None]
+        return w + (torch.kron(w1, w2) * scale).reshape(w.shape)
+    down, up = t["lora_down.weight"], t["lora_up.weight"]
+    merged = w + ((up.flatten(1) @ down.flatten(1)) * alpha / down.shape[0]).reshape(w.shape)
+    if "dora_scale" in t:  # magnitude per output channel (LyCORIS wd_on_out)
+        norm = merged.flatten(1).norm(dim=1).reshape(-1, *[1] * (w.dim() - 1))
+        merged = t["dora_scale"] * merged / norm
+    return merged
+
+
+def _kohya_name(model_name: str, module: str) -> str:
+    if model_name == "text_encoder":
+        module = module if module.startswith("text_model.") else f"text_model.{module}"
+        return "lora_te_" + module.replace(".", "_")
+    return "lora_unet_" + module.replace(".", "_")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kohya_export_rebuilds_every_adapted_weight(kind, pipe, subject_images, settings, tmp_path):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    trainer = None
+    try:
+        _, trainer = _train_live(kind, pipe, subject_images, settings, tmp_path, max_train_steps=3)
+        trainer.save_final()
+        exported = load_file(str(tmp_path / KOHYA_FILE))
+        checked = set()
+        for model_name in ("unet", "text_encoder"):
+            for module_name, module in getattr(pipe, model_name).named_modules():
+                if not isinstance(module, BaseTunerLayer):
+                    continue
+                base = module.get_base_layer().weight.detach().clone()
+                module.merge(adapter_names=[ADAPTER_NAME])  # peft's own adapted weight
+                adapted = module.get_base_layer().weight.detach().clone()
+                module.unmerge()
+                name = _kohya_name(model_name, module_name)
+                rebuilt = _rebuild(exported, name, base)
+                torch.testing.assert_close(rebuilt.float(), adapted, atol=2e-6, rtol=1e-5, msg=name)
+                assert not torch.equal(adapted, base), name  # a trained module: the check could fail
+                checked.add(name)
+    finally:
+        if trainer:
+            trainer.cleanup()
+    assert {k.split(".")[0] for k in exported} == checked  # nothing exported that no module holds
+    assert any("resnets_0_conv1" in name for name in checked)  # LoCon: the convolutions are in it
+    assert any(name.startswith("lora_te_text_model_") for name in checked)
+
+
+def test_kohya_locon_file_loads_in_diffusers_like_the_live_adapter(pipe, subject_images, settings, tmp_path):
+    trainer = None
+    try:
+        trained, trainer = _train_live("lora", pipe, subject_images, settings, tmp_path)
+        trainer.save_final()
+    finally:
+        if trainer:
+            trainer.cleanup()
+    pipe.load_lora_weights(str(tmp_path / KOHYA_FILE), adapter_name="k")
+    try:
+        kohya = render(pipe)
+    finally:
+        pipe.unload_lora_weights()
+    np.testing.assert_allclose(kohya, trained, atol=1e-5)
+
+
+def test_kohya_metadata_names_the_lycoris_algorithm(pipe, subject_images, settings, tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    train_lora(pipe, subject_images, settings(**_options("loha", max_train_steps=1)), tmp_path)
+    with safe_open(str(tmp_path / KOHYA_FILE), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["ss_network_module"] == "lycoris.kohya"
+    assert json.loads(meta["ss_network_args"]) == {"algo": "loha", "conv_dim": "2", "conv_alpha": "1.0"}
+
+
+# ---- configuration -----------------------------------------------------------------------------------------
+def test_kinds_diffusers_cannot_load_are_said_in_one_line_before_training(caplog):
+    with caplog.at_level(logging.WARNING, logger="sweeper.job_spec"):
+        job = build_job(_compose("lora.kind=lokr"))
+    lines = [r.getMessage() for r in caplog.records if "lora.kind=lokr" in r.getMessage()]
+    assert (
+        len(lines) == 1
+        and "load_lora_weights cannot load" in lines[0]
+        and "lora.kind=lora or dora" in lines[0]
+    )
+    assert job.settings.adapter_kind == "lokr"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("lora.kind=lycoris", "lora.kind"), ("lora.conv_rank=0", "lora.conv_rank"),
+     ("lora.conv_alpha=-1", "lora.conv_alpha"), ("lora.conv_target_modules=[to_q]", "lora.conv_target_modules")],
+)  # fmt: skip
+def test_bad_adapter_values_name_their_key(override, key):
+    with pytest.raises(UserInputError, match=rf"^{key}="):
+        build_job(_compose(override))
+
+
+def test_the_locon_preset_reaches_the_training_settings():
+    settings = build_job(_compose("lora=attn_ff_conv", "lora.kind=dora", "lora.conv_rank=8")).settings
+    assert settings.adapter_kind == "dora" and settings.conv_rank == 8
+    assert set(settings.conv_target_modules) == set(UNET_CONV) and "ff.net.2" in settings.unet_target_modules
+
+
+def test_a_kind_sweep_names_run_folders_by_kind():
+    template = "{learning_rate};{text_encoder_lr}{varying}"
+    jobs = [build_job(_compose(f"lora.kind={kind}", "train.learning_rate=1e-4")) for kind in ("lora", "dora")]
+    varying = varying_keys([job.name_values for job in jobs])
+    assert varying == ["lora.kind"]
+    assert [job.run_dir(template, varying).name for job in jobs] == ["1e-4;1e-5;lora", "1e-4;1e-5;dora"]
+    # with the target preset varying too, the preset's name stands for its module lists
+    jobs = [build_job(_compose(f"lora={targets}", "lora.kind=loha")) for targets in ("attn", "attn_ff_conv")]
+    varying = varying_keys([job.name_values for job in jobs])
+    assert [job.run_dir(template, varying).name for job in jobs] == [
+        "1e-4;1e-5;attn",
+        "1e-4;1e-5;attn_ff_conv",
+    ]
+
+
+def test_a_checkpoint_of_another_kind_is_not_continued():
+    lora = TrainSettings(resolution=64, adapter_kind="lora")
+    assert not TrainSettings(resolution=64, adapter_kind="dora").can_continue_from(lora)
+    assert not TrainSettings(resolution=64, adapter_kind="lora", conv_rank=2).can_continue_from(lora)
+    assert TrainSettings(resolution=64, adapter_kind="lora").can_continue_from(lora)
