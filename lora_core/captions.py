@@ -28,9 +28,16 @@ PLACEHOLDERS = ("token", "class")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
-def is_caption_file(path: Path) -> bool:
-    """Whether a file of a subject folder is a caption file (not a stray file worth a warning)."""
-    return path.name == METADATA_FILE or path.suffix.lower() == CAPTION_SUFFIX
+def is_caption_file(path: Path, pictures: list[Path]) -> bool:
+    """Whether a file of a subject folder is a caption file (not a stray file worth a warning).
+
+    Args:
+        path: A file of the folder.
+        pictures: The folder's pictures: a ``.txt`` file captions one of them when it shares its stem.
+    """
+    if path.name == METADATA_FILE:
+        return True
+    return path.suffix == CAPTION_SUFFIX and any(path == p.with_suffix(CAPTION_SUFFIX) for p in pictures)
 
 
 def fill_caption(text: str, token: str, class_name: str, where: str) -> str:

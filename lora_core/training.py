@@ -7,7 +7,8 @@ flipping), so the first step starts without waiting for every picture's encoding
 are encoded once while the text encoder is frozen, and the step loop does nothing but the forward,
 backward and optimizer step. Everything random in a step (picture order, flips, latent
 sampling, noise, timesteps) is drawn from state that the training checkpoint saves, so a resumed run ends
-with the same weights as an uninterrupted one.
+with the same weights as an uninterrupted one; caption dropout is a pure function of the step and seed, and
+the EMA of the LoRA weights (``train.ema_decay``) is part of the checkpoint.
 """
 
 from __future__ import annotations

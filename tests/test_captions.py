@@ -59,9 +59,9 @@ def test_caption_files_are_not_reported_as_stray_files(tmp_path, caplog):
     folder = _folder(tmp_path)
     (folder / "a.txt").write_text("x")
     (folder / "metadata.jsonl").write_text("")
-    (folder / "notes.doc").write_text("x")
+    (folder / "notes.txt").write_text("x")  # captions no picture: a stray file
     assert [p.name for p in list_subject_images(folder)] == ["a.png", "b.png", "c.png"]
-    assert "notes.doc" in caplog.text and "a.txt" not in caplog.text and "metadata" not in caplog.text
+    assert "notes.txt" in caplog.text and "a.txt" not in caplog.text and "metadata" not in caplog.text
 
 
 def test_sidecar_mode_names_a_picture_without_caption(tmp_path):
