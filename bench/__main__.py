@@ -18,6 +18,7 @@ BENCHES = {
     "score": "bench.score",
     "halving": "bench.halving",
     "train_breadth": "bench.train_breadth",
+    "ema": "bench.ema",
 }
 # Run by name only (not by ``python -m bench``): the device check, for a machine with a GPU.
 ON_DEMAND = {"gpu": "bench.gpu"}
