@@ -19,6 +19,7 @@ BENCHES = {
     "halving": "bench.halving",
     "train_breadth": "bench.train_breadth",
     "adapter_kinds": "bench.adapter_kinds",
+    "ema": "bench.ema",
 }
 # Run by name only (not by ``python -m bench``): the device check, for a machine with a GPU.
 ON_DEMAND = {"gpu": "bench.gpu"}

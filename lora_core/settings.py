@@ -203,6 +203,14 @@ class Hyperparameters:
             noise) triples (``val_loss`` in the loss log, MLflow and ``loss_curves.png``); 0 disables.
             Being fixed, it is free of the sampling noise that hides a trend in the training loss.
         validation_samples: Size of that set; timesteps spread evenly over the schedule, pictures in turn.
+        caption_dropout: Probability that a step trains a subject picture under the empty caption (0
+            disables; 0.05-0.1 is typical): the LoRA learns the subject's look apart from its words. Drawn
+            from the step and the seed, so a resumed run drops the same captions.
+        ema_decay: Keep an exponential moving average of the LoRA weights with this decay (null or 0: off;
+            0.99-0.999 is typical for a few thousand steps). Warm-up: the ``t``-th optimizer step uses
+            ``min(ema_decay, (1 + n) / (10 + n))`` with ``n = t - 1`` (0 at the first step, so the average
+            starts at the first step's weights; diffusers' ``EMAModel``). Saved in ``lora/ema/`` beside the
+            raw weights and in every checkpoint; ``render.weights=ema|both`` renders it.
     """
 
     learning_rate: float = 1e-4
@@ -241,6 +249,8 @@ class Hyperparameters:
     log_every: int = 10
     validation_every: int = 0
     validation_samples: int = 8
+    caption_dropout: float = 0.0
+    ema_decay: float | None = None
 
 
 @dataclass
@@ -252,6 +262,8 @@ class TrainSettings(Hyperparameters):
             in a sweep, ``data.instance_prompt`` with the token and class filled in.
         class_prompt: Prompt of the class pictures (``a photo of a cat``; ``data.class_prompt``).
         center_crop: Crop pictures to the centre square, else stretch (``data.center_crop``).
+        caption_mode: Where each picture's caption comes from (``data.caption_mode``,
+            ``lora_core.captions.CAPTION_MODES``); the captions themselves are given to the trainer.
         unet_target_modules: UNet modules that get LoRA layers (``lora.unet_target_modules``).
         text_target_modules: Text-encoder modules that get LoRA layers when it trains
             (``lora.text_target_modules``).
@@ -268,6 +280,7 @@ class TrainSettings(Hyperparameters):
     instance_prompt: str = "a photo of ktn cat"
     class_prompt: str = ""
     center_crop: bool = True
+    caption_mode: str = "instance_prompt"
     unet_target_modules: tuple[str, ...] = UNET_ATTENTION
     text_target_modules: tuple[str, ...] = TEXT_ATTENTION
     adapter_kind: str = "lora"
@@ -280,6 +293,11 @@ class TrainSettings(Hyperparameters):
     def trains_text_encoder(self) -> bool:
         """Whether the text encoder gets a LoRA (``text_encoder_lr > 0``)."""
         return self.text_encoder_lr > 0
+
+    @property
+    def uses_ema(self) -> bool:
+        """Whether an EMA of the LoRA weights is kept (``ema_decay`` set and above 0)."""
+        return bool(self.ema_decay)
 
     @property
     def lora_alpha(self) -> float:
@@ -300,6 +318,7 @@ class TrainSettings(Hyperparameters):
         # Only the chosen optimizer's options shape the weights.
         chosen = self.optimizer.removesuffix("_adamw")
         key["optim"] = {k: v for k, v in key["optim"].items() if k == chosen}
+        key["ema_decay"] = self.ema_decay if self.uses_ema else None  # null and 0 both mean no EMA
         return key
 
     def can_continue_from(self, other: TrainSettings) -> bool:
@@ -419,6 +438,23 @@ class TrainSettings(Hyperparameters):
         for key in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, key) < 1:
                 yield key, "must be in [0, 1)."
+        yield from self._caption_and_ema_problems()
+
+    def _caption_and_ema_problems(self):
+        from lora_core.captions import CAPTION_MODES
+
+        if self.caption_mode not in CAPTION_MODES:
+            yield "caption_mode", f"use one of {', '.join(CAPTION_MODES)} (data.caption_mode)."
+        if not (math.isfinite(self.caption_dropout) and 0 <= self.caption_dropout < 1):
+            yield "caption_dropout", "must be in [0, 1) (0 disables; 0.05-0.1 is typical)."
+        if self.ema_decay is not None and not (math.isfinite(self.ema_decay) and 0 <= self.ema_decay < 1):
+            yield "ema_decay", "must be in [0, 1) (null or 0: no EMA; 0.99-0.999 is typical)."
+        if self.uses_ema and self.optimizer == "schedulefree_adamw":
+            yield (
+                "ema_decay",
+                "schedulefree_adamw already saves an average of its iterates; set train.ema_decay=null "
+                "or use another optimizer.",
+            )
 
     def _adapter_problems(self):
         if self.adapter_kind not in ADAPTER_KINDS:

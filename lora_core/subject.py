@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lora_core.captions import is_caption_file
 from lora_core.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,9 @@ SMALL_IMAGE_FRACTION = 0.5
 
 def list_subject_images(folder: str | os.PathLike) -> list[Path]:
     """List the image files of a subject folder, sorted by name; other files are skipped with a warning.
+
+    Caption files (``img.txt`` beside ``img.png``, ``metadata.jsonl``: ``lora_core.captions``) are skipped
+    silently.
 
     Args:
         folder: The subject folder.
@@ -44,7 +48,7 @@ def list_subject_images(folder: str | os.PathLike) -> list[Path]:
             f"data.instance_dir={folder}: the folder is empty. Put 3-5 jpg/png/webp images of the subject in it."
         )
     images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    for skipped in sorted(set(entries) - set(images)):
+    for skipped in sorted(set(entries) - set(images) - {p for p in entries if is_caption_file(p, images)}):
         log.warning("Skipping %s: not a %s image file.", skipped, "/".join(s[1:] for s in IMAGE_SUFFIXES))
     if not images:
         raise UserInputError(

@@ -7,7 +7,8 @@ flipping), so the first step starts without waiting for every picture's encoding
 are encoded once while the text encoder is frozen, and the step loop does nothing but the forward,
 backward and optimizer step. Everything random in a step (picture order, flips, latent
 sampling, noise, timesteps) is drawn from state that the training checkpoint saves, so a resumed run ends
-with the same weights as an uninterrupted one.
+with the same weights as an uninterrupted one; caption dropout is a pure function of the step and seed, and
+the EMA of the LoRA weights (``train.ema_decay``) is part of the checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from lora_core.adapters import (
     weights_file_name,
 )
 from lora_core.atomic import atomic_dir, write_text_atomic
+from lora_core.captions import caption_dropped
 from lora_core.errors import UserInputError
 from lora_core.optimizers import check_optimizer, make_optimizer, set_optimizer_mode
 from lora_core.settings import TrainSettings
@@ -48,6 +50,9 @@ _SETTINGS_FILE = "train_settings.json"
 _IDENTITY_FILE = "train_identity.json"
 LOSS_LOG = "loss_log.jsonl"
 RESULT_FILE = "train_result.json"
+# The EMA of the LoRA weights (train.ema_decay), in the same formats as the raw weights, in this subfolder
+# of the training folder and of each checkpoint.
+EMA_DIR = "ema"
 
 
 class TrainingStopped(Exception):
@@ -108,6 +113,7 @@ class TrainResult:
         memory_kind: ``cuda_allocated`` or ``process_rss``.
         resumed_from_step: Step the run continued from (0 for a fresh run).
         train_seconds: Wall time of the step loop in this process.
+        ema_lora_path: Diffusers-format LoRA file of the EMA weights (``ema/``), or None without EMA.
     """
 
     output_dir: Path
@@ -123,6 +129,7 @@ class TrainResult:
     memory_kind: str = "process_rss"
     resumed_from_step: int = 0
     train_seconds: float = 0.0
+    ema_lora_path: Path | None = None
 
     def to_json(self) -> dict:
         """JSON-friendly summary (histories left out; they live in the loss log)."""
@@ -132,6 +139,7 @@ class TrainResult:
             str, (self.output_dir, self.lora_path, self.kohya_path)
         )
         out["checkpoints"] = {str(k): str(v) for k, v in self.checkpoints.items()}
+        out["ema_lora_path"] = str(self.ema_lora_path) if self.ema_lora_path else None
         out["final_loss"] = self.loss_history[-1] if self.loss_history else None
         return out
 
@@ -284,6 +292,8 @@ class LoraTrainer:
             ``TrainingStopped`` (a job asked to give its slot back: time limit, preemption).
         validation_images: Pictures of the validation loss (held-out pictures of the subject, at
             ``settings.resolution``); None uses the subject pictures.
+        captions: One caption per subject picture (``lora_core.captions.read_captions``); None trains
+            every picture under ``settings.instance_prompt``.
     """
 
     def __init__(
@@ -299,8 +309,11 @@ class LoraTrainer:
         identity: dict | None = None,
         should_stop: Callable[[], bool] | None = None,
         validation_images: list | None = None,
+        captions: list[str] | None = None,
     ):
         settings.validate()
+        if captions is not None and len(captions) != len(images):
+            raise ValueError(f"{len(captions)} captions for {len(images)} pictures")
         if settings.with_prior_preservation and not class_images:
             raise UserInputError("train.with_prior_preservation is on but no class images were given.")
         self.pipe, self.images, self.settings = pipe, images, settings
@@ -311,6 +324,7 @@ class LoraTrainer:
         self.identity = identity or {}
         self.should_stop = should_stop
         self.validation_images = validation_images
+        self.captions = list(captions) if captions is not None else [settings.instance_prompt] * len(images)
         self.val_losses: dict[int, float] = {}
         self.losses: dict[int, float] = {}
         self.lrs: dict[int, float] = {}
@@ -350,6 +364,7 @@ class LoraTrainer:
         self.optimizer, self.lr_schedule = self.accelerator.prepare(self.optimizer, self.lr_schedule)
         self.progress = _Progress(s.seed)
         self.accelerator.register_for_checkpointing(self.progress)
+        self.ema = self._make_ema()
         start = self._find_resume_point(resume_from)
         if start is not None:
             self._load_checkpoint(start)
@@ -403,7 +418,11 @@ class LoraTrainer:
             model.train()
 
     def _cache_inputs(self) -> None:
-        """Prompts to embeddings, once; pictures are encoded when a step first draws them (``_latent_stats``)."""
+        """Prompts to embeddings, once; pictures are encoded when a step first draws them (``_latent_stats``).
+
+        The embedding table is keyed by the caption text itself (``prompt_rows``): a picture's row is its
+        caption's, so a changed caption can only ever meet its own embedding.
+        """
         import torch
 
         s = self.settings
@@ -411,7 +430,12 @@ class LoraTrainer:
         self.n_instance = len(self.images)
         self._encoded: dict[tuple[int, int], tuple] = {}  # (flipped, picture) -> (mean, std)
         tok = self.pipe.tokenizer
-        prompts = [s.instance_prompt] + ([s.class_prompt] if self.class_images else [])
+        prompts = list(dict.fromkeys(
+            [s.instance_prompt, *self.captions, *([s.class_prompt] if self.class_images else []),
+             *([""] if s.caption_dropout else [])]
+        ))  # fmt: skip
+        self.prompt_rows = {prompt: row for row, prompt in enumerate(prompts)}
+        self.picture_prompt = [self.prompt_rows[c] for c in self.captions]
         self.prompt_ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
                               truncation=True, return_tensors="pt").input_ids.to(self.device)  # fmt: skip
         self.prompt_embeds = None
@@ -483,7 +507,14 @@ class LoraTrainer:
         total = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.tensor([int((k + 0.5) * total / len(rows)) for k in range(len(rows))])
         noise = torch.randn(latents.shape, generator=gen).to(self.device)
-        return {"latents": latents, "timesteps": timesteps.to(self.device), "noise": noise}
+        # Subject pictures are scored under their own captions, held-out ones under the instance prompt.
+        prompts = [0] * len(rows) if self.validation_images else [self.picture_prompt[r] for r in rows]
+        return {
+            "latents": latents,
+            "timesteps": timesteps.to(self.device),
+            "noise": noise,
+            "prompts": prompts,
+        }
 
     def validation_loss(self) -> float:
         """Denoising loss on the fixed validation triples, with the weights that are saved (no dropout).
@@ -507,7 +538,9 @@ class LoraTrainer:
                 model.eval()  # dropout off: it would draw from the global generator the training uses
             try:
                 for rows in torch.arange(latents.shape[0]).split(8):
-                    embeds = self._prompt_embeddings([0] * len(rows)).to(self.unet_dtype)
+                    embeds = self._prompt_embeddings([v["prompts"][r] for r in rows.tolist()]).to(
+                        self.unet_dtype
+                    )
                     pred = self.pipe.unet(noisy[rows].to(self.unet_dtype), timesteps[rows], embeds).sample
                     total = total + F.mse_loss(pred.float(), target[rows].float(), reduction="sum")
             finally:
@@ -539,6 +572,36 @@ class LoraTrainer:
             yield
         finally:
             set_optimizer_mode(self.optimizer, training=True)
+            with torch.no_grad():
+                for p, saved in zip(self.trainable_params, snapshot, strict=True):
+                    p.copy_(saved)
+
+    def _make_ema(self):
+        """The EMA (diffusers' ``EMAModel``) over the trainable LoRA weights only, kept in every checkpoint; or None.
+
+        Its warm-up is ``min(ema_decay, (1 + n) / (10 + n))`` at the optimizer step after ``n`` earlier
+        ones (0 at the first: the average starts at the first step's weights).
+        """
+        if not self.settings.uses_ema:
+            return None
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(self.trainable_params, decay=self.settings.ema_decay, foreach=True)
+        self.accelerator.register_for_checkpointing(ema)  # after the progress: its file index stays 0
+        return ema
+
+    @contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Hold the EMA weights in the models, then give the training weights back exactly."""
+        import torch
+
+        snapshot = [p.detach().clone() for p in self.trainable_params]
+        with torch.no_grad():
+            for p, average in zip(self.trainable_params, self.ema.shadow_params, strict=True):
+                p.copy_(average)
+        try:
+            yield
+        finally:
             with torch.no_grad():
                 for p, saved in zip(self.trainable_params, snapshot, strict=True):
                     p.copy_(saved)
@@ -674,6 +737,8 @@ class LoraTrainer:
         self.optimizer.step()
         self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.trainable_params)
         return total
 
     def _loss(self, micro_step: int):
@@ -711,14 +776,16 @@ class LoraTrainer:
 
         s, gen = self.settings, self.progress.generator
         rows = picture_indices(micro_step, s.train_batch_size, self.n_instance, s.seed)
-        prompt_index = [0] * len(rows)
+        dropped = caption_dropped(micro_step, len(rows), s.seed, s.caption_dropout)
+        prompt_index = [self.prompt_rows[""] if drop else self.picture_prompt[row]
+                        for row, drop in zip(rows, dropped, strict=True)]  # fmt: skip
         if self.class_images:
             n_class = len(self.class_images)
             rows += [
                 self.n_instance + (micro_step * s.train_batch_size + k) % n_class
                 for k in range(s.train_batch_size)
             ]
-            prompt_index += [1] * s.train_batch_size
+            prompt_index += [self.prompt_rows[s.class_prompt]] * s.train_batch_size
         flips = (
             torch.randint(0, 2, (len(rows),), generator=gen).tolist() if s.random_flip else [0] * len(rows)
         )
@@ -781,10 +848,19 @@ class LoraTrainer:
         """Every training hyperparameter, plus the caller's metadata, as stored in the LoRA files."""
         return {**self.settings.to_dict(), "alpha": self.settings.lora_alpha, **self.metadata}
 
-    def _write_lora(self, folder: Path, kohya: bool) -> None:
+    def _write_lora(self, folder: Path, kohya: bool, weights: str = "raw") -> None:
+        """Write the LoRA adapter files: the models' weights (``raw``) or their EMA into ``folder/ema/``."""
+        if weights == "ema":
+            with self.ema_weights():
+                self._write_adapter(folder / EMA_DIR, kohya, weights)
+        else:
+            self._write_adapter(folder, kohya, weights)
+
+    def _write_adapter(self, folder: Path, kohya: bool, weights: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
         unet_peft = peft_state_dict(self.pipe.unet, ADAPTER_NAME)
         text_peft = peft_state_dict(self.pipe.text_encoder, ADAPTER_NAME) if self.text_config else None
-        meta = {**self.training_metadata(), "trained_steps": self.progress.step}
+        meta = {**self.training_metadata(), "trained_steps": self.progress.step, "weights": weights}
         configs = (self.unet_config.to_dict(), self.text_config.to_dict() if self.text_config else None)
         # diffusers' loader reads LoRA and DoRA; the other kinds are kept in peft naming (adapters.py)
         save = save_diffusers_lora if self.settings.adapter_kind in DIFFUSERS_KINDS else save_peft_adapter
@@ -812,6 +888,8 @@ class LoraTrainer:
             self.accelerator.save_state(str(tmp))
             with self.evaluation_weights():
                 self._write_lora(tmp, kohya=False)
+            if self.ema is not None:
+                self._write_lora(tmp, kohya=False, weights="ema")
             (tmp / _SETTINGS_FILE).write_text(json.dumps(self.settings.to_dict(), indent=2))
             (tmp / _IDENTITY_FILE).write_text(json.dumps(self.identity, indent=2, sort_keys=True))
             (tmp / LOSS_LOG).write_text(self._loss_log())
@@ -830,6 +908,8 @@ class LoraTrainer:
         s = self.settings
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._write_lora(self.output_dir, kohya=True)
+        if self.ema is not None:
+            self._write_lora(self.output_dir, kohya=True, weights="ema")
         steps = range(1, s.max_train_steps + 1)
         write_text_atomic(self.output_dir / LOSS_LOG, self._loss_log())
         if self.device.type == "cuda":
@@ -847,6 +927,9 @@ class LoraTrainer:
             peak_memory_mb=peak,
             memory_kind=kind,
             resumed_from_step=getattr(self, "start_step", 0),
+            ema_lora_path=(self.output_dir / EMA_DIR / weights_file_name(s.adapter_kind))
+            if self.ema is not None
+            else None,
             **self._timing,
         )
         write_text_atomic(self.output_dir / RESULT_FILE, json.dumps(result.to_json(), indent=2))
@@ -905,6 +988,7 @@ def train_lora(
     until: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     validation_images: list | None = None,
+    captions: list[str] | None = None,
 ) -> TrainResult | Path:
     """Train a LoRA on ``pipe`` with the subject ``images`` and save it to ``output_dir``.
 
@@ -923,6 +1007,7 @@ def train_lora(
             the schedule of the whole run: a successive-halving rung.
         should_stop: Asked after every step; True saves a checkpoint and stops (see ``LoraTrainer``).
         validation_images: Pictures of the validation loss (see ``LoraTrainer``).
+        captions: One caption per picture (see ``LoraTrainer``); None: ``settings.instance_prompt``.
 
     Returns:
         The ``TrainResult``; with ``until`` below ``max_train_steps``, the checkpoint folder at ``until``.
@@ -932,7 +1017,7 @@ def train_lora(
     """
     trainer = LoraTrainer(
         pipe, images, settings, output_dir, class_images, on_step, on_checkpoint, metadata, identity,
-        should_stop=should_stop, validation_images=validation_images,
+        should_stop=should_stop, validation_images=validation_images, captions=captions,
     )  # fmt: skip
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     try:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from lora_core.adapters import find_weights_file, read_training_metadata
 from lora_core.atomic import atomic_path
+from lora_core.captions import captions_digest
 from lora_core.errors import UserInputError
 from lora_core.models import dtype_name, load_pipeline, model_identity
 from lora_core.render import GridRenderer
@@ -142,19 +143,20 @@ class Job:
         from sweeper.sheets import draw_run_sheets
         from sweeper.step_grids import render_grid
 
-        folder = self.folder.step(step)
         started = time.perf_counter()
-        written = render_grid(
-            pipe, checkpoint_dir(self.lora_dir, step), folder, self.spec.cells, self.spec.render
-        )
-        self.result.images_rendered += len(written)
+        objectives = []
+        for folder, lora in self._grids(self.folder.step(step), checkpoint_dir(self.lora_dir, step)):
+            written = render_grid(pipe, lora, folder, self.spec.cells, self.spec.render)
+            self.result.images_rendered += len(written)
+            draw_run_sheets(folder.path, self.spec.cells, self.cfg.render.sheet_thumb)
+            if self.cfg.eval.enabled and self.spec.cells:
+                objectives.append(
+                    evaluate_run(
+                        folder.path, self.spec.cells, self._instance_dir(), self.cfg, self.spec.model.device
+                    )
+                )
         self.result.timings[f"render_seconds/step-{step}"] = time.perf_counter() - started
-        draw_run_sheets(folder.path, self.spec.cells, self.cfg.render.sheet_thumb)
-        if not (self.cfg.eval.enabled and self.spec.cells):
-            return None
-        return evaluate_run(
-            folder.path, self.spec.cells, self._instance_dir(), self.cfg, self.spec.model.device
-        )
+        return objectives[0] if objectives else None  # the run folder's own grid decides
 
     def train(self, pipe, until: int | None = None) -> None:
         """Train the LoRA (to step ``until`` only, if given) unless that is already in the run folder."""
@@ -174,6 +176,7 @@ class Job:
         images = load_subject_images(
             self._instance_dir(), self.spec.settings.resolution, self.spec.settings.center_crop
         )
+        captions = self.spec.read_captions(self._instance_dir())
         class_images = self._class_images(pipe)
         checkpoint = find_checkpoint(self._training_dirs(), self.spec.settings, self._identity, up_to=until)
         steps = StepLogger(self.tracker, self.mlflow_run) if self.tracker else None
@@ -186,7 +189,7 @@ class Job:
             train_lora(
                 pipe, images, self.spec.settings, self.lora_dir, resume_from=checkpoint, class_images=class_images,
                 on_step=steps, metadata=self._lora_metadata(), identity=self._identity, until=until,
-                should_stop=should_stop,
+                should_stop=should_stop, captions=captions,
             )  # fmt: skip
         if steps:
             steps.flush()
@@ -194,28 +197,35 @@ class Job:
         self.result.timings["train_seconds"] = time.perf_counter() - started
 
     def render(self, pipe) -> None:
-        """Render the grid's missing pictures (existing ones are kept as they are)."""
+        """Render the grids' missing pictures (existing ones are kept as they are): one per ``render.weights``."""
         self._check_render_settings()
-        missing = [c for c in self.spec.cells if not (self.run_dir / c.file_name).is_file()]
+        started, rendered = time.perf_counter(), 0
+        for folder, lora in self._grids(self.folder, self.lora_dir):
+            rendered += self._render_grid(pipe, folder, lora)
+        if rendered:
+            seconds = time.perf_counter() - started
+            self.result.images_rendered = rendered
+            self.result.timings.update(render_seconds=seconds, images_per_second=rendered / seconds)
+
+    def _render_grid(self, pipe, folder: RunFolder, lora: Path) -> int:
+        """Render ``folder``'s missing pictures with the adapter in ``lora``; returns how many."""
+        missing = [c for c in self.spec.cells if not folder.picture(c.file_name).is_file()]
         if not missing:
-            return
-        started = time.perf_counter()
+            return 0
+        folder.path.mkdir(parents=True, exist_ok=True)
+        label = self.run_dir.name if folder == self.folder else f"{self.run_dir.name}/{folder.name}"
         with (
-            GridRenderer(pipe, self.lora_dir, self.spec.render) as renderer,
-            tqdm(
-                total=len(missing), desc=f"render {self.run_dir.name}", unit="img", dynamic_ncols=True
-            ) as bar,
+            GridRenderer(pipe, lora, self.spec.render) as renderer,
+            tqdm(total=len(missing), desc=f"render {label}", unit="img", dynamic_ncols=True) as bar,
         ):
             by_render_cell = {c.render_cell(): c for c in missing}
             for render_cell, image in renderer.render(by_render_cell):
-                path = self.run_dir / by_render_cell[render_cell].file_name
+                path = folder.picture(by_render_cell[render_cell].file_name)
                 with atomic_path(path) as tmp:
                     image.save(tmp, format="PNG")
                 self.new_pictures.append(path)
                 bar.update(1)
-        seconds = time.perf_counter() - started
-        self.result.images_rendered = len(missing)
-        self.result.timings.update(render_seconds=seconds, images_per_second=len(missing) / seconds)
+        return len(missing)
 
     def evaluate(self) -> None:
         """Score every picture not yet in ``scores.csv`` (DINO, CLIP-I, CLIP-T) and set the objective."""
@@ -223,22 +233,36 @@ class Job:
 
         if self.cfg.eval.enabled and self.spec.cells:
             started = time.perf_counter()
-            self.result.objective = evaluate_run(
-                self.run_dir, self.spec.cells, self._instance_dir(), self.cfg, self.spec.model.device
-            )
+            objectives = [
+                evaluate_run(
+                    folder.path, self.spec.cells, self._instance_dir(), self.cfg, self.spec.model.device
+                )
+                for folder, _ in self._grids(self.folder, self.lora_dir)
+            ]
+            self.result.objective = objectives[0]  # the run folder's own grid decides
             self.result.timings["eval_seconds"] = time.perf_counter() - started
 
     def draw_sheets(self) -> None:
         """One contact sheet per prompt and guidance: rows UNet scale, columns text-encoder scale."""
         from sweeper.sheets import draw_run_sheets
         from sweeper.step_grids import draw_step_sheets
+        from sweeper.weights_grids import draw_weights_sheets
 
         thumb = self.cfg.render.sheet_thumb
         sheets = draw_run_sheets(self.run_dir, self.spec.cells, thumb)
         sheets += draw_step_sheets(self.folder, self.spec.cells, self.spec.settings.max_train_steps, thumb)
+        if self.spec.weights == "both":
+            sheets += draw_run_sheets(self.folder.ema.path, self.spec.cells, thumb)
+            sheets += draw_weights_sheets(self.folder, self.spec.cells, thumb)
         self.result.sheets = [str(p) for p in sheets]
 
     # ---- helpers -----------------------------------------------------------------------------------------
+    def _grids(self, folder: RunFolder, lora: Path) -> list[tuple[RunFolder, Path]]:
+        """(grid folder, adapter folder) of each grid ``render.weights`` asks for (``weight_grids``)."""
+        from sweeper.weights_grids import weight_grids
+
+        return weight_grids(folder, lora, self.spec.weights)
+
     def _instance_dir(self) -> Path:
         if self.spec.instance_dir is not None:
             return self.spec.instance_dir
@@ -270,11 +294,14 @@ class Job:
     def _identity(self) -> dict:
         """What the weights depend on besides the training settings: base model and pictures."""
         spec, base = self.spec.class_images, model_identity(self.spec.model)
-        return {
+        identity = {
             "base_model": base,
             "instance_dir": str(self._instance_dir().resolve()),
             "class_images": spec.cache_key(base, dtype_name(self.spec.model)) if spec else None,
         }
+        if self.spec.settings.caption_mode != "instance_prompt":  # captions are read from files: hash them
+            identity["captions"] = captions_digest(self.spec.read_captions(self._instance_dir()))
+        return identity
 
     def _lora_metadata(self) -> dict:
         return {
@@ -306,9 +333,12 @@ class Job:
             )
 
     def _check_render_settings(self) -> None:
-        wanted = {**self.spec.render.__dict__, "model": model_identity(self.spec.model)}
+        # The run folder's own pictures: render.weights raw and both render them with the raw weights.
+        weights = "ema" if self.spec.weights == "ema" else "raw"
+        wanted = {**self.spec.render.__dict__, "model": model_identity(self.spec.model), "weights": weights}
         saved = self.folder.read_render()
         if saved is not None:
+            saved.setdefault("weights", "raw")  # written before the weights axis existed
             differs = [k for k in wanted if saved.get(k) != wanted[k]]
             if differs and self.folder.pictures():
                 key = differs[0]
@@ -331,11 +361,25 @@ class Job:
             "overrides": self.overrides,
             "base_model": self._identity["base_model"],  # the weights' content hash for world / tiny
             "settings": self.spec.settings.to_dict(),
+            "render_weights": self.spec.weights,
+            **(
+                {"captions": self._captions_by_picture()}
+                if self.spec.settings.caption_mode != "instance_prompt"
+                else {}
+            ),
             "cells": [c.__dict__ for c in self.spec.cells],
             "result": {k: str(v) if isinstance(v, Path) else v for k, v in self.result.__dict__.items()},
             "mlflow": {"uri": tracking_uri(self.cfg), "run_id": self.mlflow_run},
         }
         self.folder.write_record(record)
+
+    def _captions_by_picture(self) -> dict[str, str]:
+        from lora_core.subject import list_subject_images
+
+        pictures = list_subject_images(self._instance_dir())
+        return {
+            p.name: c for p, c in zip(pictures, self.spec.read_captions(self._instance_dir()), strict=True)
+        }
 
     # ---- MLflow ------------------------------------------------------------------------------------------
     def _start_tracking(self) -> bool:

@@ -19,6 +19,9 @@ from sweeper.grid import GridCell, fill_prompt, grid_cells
 from sweeper.naming import check_safe_name, run_dir_name
 
 DATA_KINDS = ("object", "live")
+# render.weights: which LoRA weights render the grid; with both, the run folder holds the raw grid and its
+# ema/ subfolder (sweeper.layout.RunFolder.ema) the EMA grid.
+RENDER_WEIGHTS = ("raw", "ema", "both")
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,9 @@ class JobSpec:
             ``section.key`` (paths by their last component).
         steps: Training steps below the last at which the grid is rendered too (``render.steps``).
         stop_at: Train only to this step and render the grid there (``sweep.stop_at_step``), or None.
+        token: The identifier (``data.token``), filled into captions.
+        class_name: The class noun (``data.class_name``), filled into captions.
+        weights: ``render.weights``: raw, ema or both.
     """
 
     model: ModelSource
@@ -53,6 +59,29 @@ class JobSpec:
     name_values: dict
     steps: list[int] = field(default_factory=list)
     stop_at: int | None = None
+    token: str = "ktn"
+    class_name: str = "cat"
+    weights: str = "raw"
+
+    @property
+    def weights_grids(self) -> list[str]:
+        """The weights each rendered grid uses, the run folder's first (``["raw", "ema"]`` for both)."""
+        return ["raw", "ema"] if self.weights == "both" else [self.weights]
+
+    def read_captions(self, instance_dir: Path) -> list[str]:
+        """Each subject picture's caption (``data.caption_mode``), checked; see ``lora_core.captions``.
+
+        Raises:
+            UserInputError: A bad caption file, named with what to do.
+        """
+        from lora_core.captions import read_captions
+        from lora_core.subject import list_subject_images
+
+        s = self.settings
+        pictures = list_subject_images(instance_dir)
+        return read_captions(
+            instance_dir, pictures, s.caption_mode, self.token, self.class_name, s.instance_prompt
+        )
 
     def run_dir(self, template: str, varying: list[str]) -> Path:
         """This job's run folder inside the sweep folder."""
@@ -92,6 +121,7 @@ def build_job(cfg: DictConfig) -> JobSpec:
             "instance_prompt": fill_prompt(cfg.data.instance_prompt, cfg.data.token, cfg.data.class_name),
             "class_prompt": fill_prompt(cfg.data.class_prompt, cfg.data.token, cfg.data.class_name),
             "center_crop": cfg.data.center_crop,
+            "caption_mode": cfg.data.caption_mode,
             "unet_target_modules": list(cfg.lora.unet_target_modules),
             "text_target_modules": list(cfg.lora.text_target_modules),
             "adapter_kind": cfg.lora.kind,
@@ -100,6 +130,7 @@ def build_job(cfg: DictConfig) -> JobSpec:
             "conv_alpha": cfg.lora.conv_alpha,
         }
     )
+    _check_captions_and_weights(cfg)
     settings.validate()
     _say_format_notes(settings.adapter_kind)
     render = RenderOptions(
@@ -128,6 +159,9 @@ def build_job(cfg: DictConfig) -> JobSpec:
         name_values=naming_values(cfg),
         steps=steps,
         stop_at=stop_at,
+        token=cfg.data.token,
+        class_name=cfg.data.class_name,
+        weights=cfg.render.weights,
     )
 
 
@@ -140,6 +174,28 @@ def _say_format_notes(kind: str) -> None:
         if line not in _said:
             _said.add(line)
             log.warning(line)
+
+
+def _check_captions_and_weights(cfg: DictConfig) -> None:
+    """``data.caption_mode`` and ``render.weights`` against what the training will have."""
+    from lora_core.captions import CAPTION_MODES
+
+    mode = cfg.data.caption_mode
+    if mode not in CAPTION_MODES:
+        raise UserInputError(f"data.caption_mode={mode}: use one of {', '.join(CAPTION_MODES)}.")
+    if mode != "instance_prompt" and not cfg.data.instance_dir:
+        raise UserInputError(
+            f"data.caption_mode={mode}: the drawn subject has no caption files; set data.instance_dir to a "
+            "folder with img.txt / metadata.jsonl captions, or use data.caption_mode=instance_prompt."
+        )
+    weights = cfg.render.weights
+    if weights not in RENDER_WEIGHTS:
+        raise UserInputError(f"render.weights={weights}: use one of {', '.join(RENDER_WEIGHTS)}.")
+    if weights != "raw" and not cfg.train.ema_decay:
+        raise UserInputError(
+            f"render.weights={weights}: the training keeps no EMA (train.ema_decay={cfg.train.ema_decay}); "
+            "set train.ema_decay (e.g. 0.999) or render.weights=raw."
+        )
 
 
 def _checkpoint_axis(cfg: DictConfig, max_train_steps: int) -> tuple[list[int], int | None]:

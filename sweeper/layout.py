@@ -19,6 +19,10 @@ Disk is the source of truth (MLflow, the report and the compare page are rebuilt
                                                checkpoints/step-<n>/ (resumable states)
             step-<n>/                          the grid at training step n (render.steps, halving rungs):
                                                pictures, scores.csv, sheets/ as in the run folder
+            ema/                               render.weights=both: the grid of the EMA weights, laid out
+                                               as the run folder (its own step-<n>/ too); lora/ema/ holds
+                                               the EMA adapter files (train.ema_decay)
+            sheets/weights_<pr>.png            a prompt's cells (columns) with the raw and EMA weights (rows)
             sheets/steps_<pr>.png              a prompt's cells (columns) at every rendered step (rows)
 
 A picture's file name is made once (``sweeper.grid.GridCell.stem`` through ``sweeper.naming.image_stem``)
@@ -37,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_core.adapters import KOHYA_FILE, LORA_FILE, PEFT_FILE
 from lora_core.atomic import write_text_atomic
-from lora_core.training import LOSS_LOG, RESULT_FILE
+from lora_core.training import EMA_DIR, LOSS_LOG, RESULT_FILE
 
 # Run folder.
 RECORD_FILE = "run.json"
@@ -149,6 +153,25 @@ class RunFolder:
         """The exported adapter files (diffusers / peft format and kohya format), those that exist."""
         names = (LORA_FILE, PEFT_FILE, KOHYA_FILE)
         return [self.lora_dir / n for n in names if (self.lora_dir / n).is_file()]
+
+    @property
+    def ema_lora_dir(self) -> Path:
+        """``lora/ema/``: the EMA of the LoRA weights (``train.ema_decay``), in the raw weights' formats."""
+        return self.lora_dir / EMA_DIR
+
+    def ema_adapter_files(self) -> list[Path]:
+        """The EMA weights' exported adapter files, those that exist."""
+        names = (LORA_FILE, PEFT_FILE, KOHYA_FILE)
+        return [self.ema_lora_dir / n for n in names if (self.ema_lora_dir / n).is_file()]
+
+    @property
+    def ema(self) -> RunFolder:
+        """``ema/``: the grid rendered with the EMA weights beside the raw one (``render.weights=both``)."""
+        return RunFolder(self.path / EMA_DIR)
+
+    def weights_sheet(self, prompt_name: str) -> Path:
+        """``sheets/weights_<pr>.png``: a prompt's cells with the raw weights and with their EMA."""
+        return self.sheets_dir / f"weights_{prompt_name}.png"
 
     def picture(self, file_name: str) -> Path:
         """A grid picture's path from its file name (``ph_1;0;4.png``)."""

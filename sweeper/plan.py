@@ -170,7 +170,7 @@ def check_inputs(specs: list[JobSpec]) -> None:
 
     Raises:
         UserInputError: The world model's weights missing or corrupt, a local model path that does not exist, a malformed hub id, or a subject folder
-            that is missing, empty, or holds an unreadable picture.
+            that is missing, empty, or holds an unreadable picture or a bad caption file.
     """
     from lora_core.subject import load_subject_images
 
@@ -186,12 +186,17 @@ def check_inputs(specs: list[JobSpec]) -> None:
             or not _HUB_ID.match(path)
         ):
             raise UserInputError(f"model.path={path}: no such file or folder, and not a hub id (owner/name).")
-    seen = set()
+    seen, captioned = set(), set()
     for spec in specs:
         key = (spec.instance_dir, spec.settings.resolution)
         if spec.instance_dir is not None and key not in seen:
             seen.add(key)
             load_subject_images(spec.instance_dir, spec.settings.resolution, spec.settings.center_crop)
+        s = spec.settings
+        key = (spec.instance_dir, s.caption_mode, spec.token, spec.class_name, s.instance_prompt)
+        if spec.instance_dir is not None and key not in captioned:
+            captioned.add(key)
+            spec.read_captions(spec.instance_dir)  # a bad caption file stops the sweep here, named
 
 
 def _extra_checkpoints(specs: list[JobSpec]) -> list[list[int]]:

@@ -42,6 +42,9 @@ class DataConfig:
     instance_prompt: str = "a photo of {token} {class}"
     class_prompt: str = "a photo of a {class}"
     center_crop: bool = True
+    # instance_prompt: every picture under instance_prompt; sidecar: each picture's img.txt or metadata.jsonl
+    # line (all must have one); sidecar_or_instance: a caption where there is one (lora_core/captions.py).
+    caption_mode: str = "instance_prompt"
     drawn_count: int = 5
     drawn_seed: int = 0
 
@@ -84,6 +87,9 @@ class RenderConfig:
     # The checkpoint axis: also render the grid at these training steps (each in <run>/step-<n>/), with a
     # sheet per prompt whose rows are the steps, and the best step in report.md.
     steps: list[int] = field(default_factory=list)
+    # Which LoRA weights render the grid: raw (the trained weights), ema (their moving average,
+    # train.ema_decay), or both: the run folder holds the raw grid and <run>/ema/ the EMA grid.
+    weights: str = "raw"
 
 
 @dataclass

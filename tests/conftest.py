@@ -83,8 +83,11 @@ def settings():
     return make
 
 
-def train_killed_then_resumed(pipe, images, settings, folder: Path):
+def train_killed_then_resumed(pipe, images, settings, folder: Path, **train_args):
     """Train until the first checkpoint of ``settings``, die there, then resume to the end in ``folder``.
+
+    Args:
+        train_args: Further ``train_lora`` arguments of both runs (``captions=...``).
 
     Returns:
         The resumed run's ``TrainResult``.
@@ -95,8 +98,8 @@ def train_killed_then_resumed(pipe, images, settings, folder: Path):
         raise KeyboardInterrupt  # the process dies right after writing the checkpoint
 
     with pytest.raises(KeyboardInterrupt):
-        train_lora(pipe, images, settings, folder, on_checkpoint=killed)
-    return train_lora(pipe, images, settings, folder, resume_from="latest")
+        train_lora(pipe, images, settings, folder, on_checkpoint=killed, **train_args)
+    return train_lora(pipe, images, settings, folder, resume_from="latest", **train_args)
 
 
 def render(pipe, prompt: str = "a photo of ktn cat", seed: int = 7, steps: int = 4):

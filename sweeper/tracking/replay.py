@@ -40,6 +40,8 @@ def run_params(run: RunFolder) -> dict[str, str]:
     return params
 
 
+# The EMA grid's metrics (render.weights=both) beside the raw grid's: ema_dino, ema_clip_t/<pr>, ...
+EMA_PREFIX = "ema_"
 _TRAIN_SUMMARY = ("steps_per_second", "first_step_seconds", "peak_memory_mb", "train_seconds", "final_loss")
 
 
@@ -149,14 +151,19 @@ def log_run_folder(
     else:
         tracker.set_tags(run_id, {"grid_extended": "true"})
     metrics = run_summary_metrics(run) + score_metrics(run) + (step_metrics(run) if with_steps else [])
+    metrics += [(f"{EMA_PREFIX}{name}", value, step) for name, value, step in score_metrics(run.ema)
+                if not name.startswith("real_")]  # fmt: skip
     tracker.log_metrics(run_id, metrics)
     chart_steps = image_chart_steps(run)
-    for picture in run.pictures() if pictures is None else pictures:
-        tracker.log_artifact(run_id, picture, run.name)
+    for picture in run.pictures() + run.ema.pictures() if pictures is None else pictures:
+        ema = picture.parent == run.ema.path  # render.weights=both: the EMA grid, kept apart
+        tracker.log_artifact(run_id, picture, f"{run.name}/{run.ema.name}" if ema else run.name)
         if log_images and picture.stem in chart_steps:
             key, step, _cell, _prompt = chart_steps[picture.stem]
-            tracker.log_image(run_id, picture, key, step)
+            tracker.log_image(run_id, picture, f"{run.ema.name}/{key}" if ema else key, step)
     tracker.log_artifact(run_id, run.sheets_dir, run.sheets_dir.name)
+    if run.ema.sheets_dir.is_dir():
+        tracker.log_artifact(run_id, run.ema.sheets_dir, f"{run.ema.name}/{run.ema.sheets_dir.name}")
     for path in run.config_artifacts():
         tracker.log_artifact(run_id, path, "config" if path.suffix == ".yaml" else None)
     tracker.set_tags(run_id, {"mlflow.note.content": job_note(run, chart_steps)})
@@ -164,6 +171,8 @@ def log_run_folder(
     if log_adapters:
         for path in [*run.adapter_files(), run.train_result_file]:
             tracker.log_artifact(run_id, path, run.lora_dir.name)
+        for path in run.ema_adapter_files():
+            tracker.log_artifact(run_id, path, f"{run.lora_dir.name}/{run.ema_lora_dir.name}")
 
 
 def log_finished_runs(tracker: Tracker, parent: str | None, sweep: SweepFolder) -> int:

@@ -1,0 +1,77 @@
+"""The weights axis: a run's grid rendered with the raw LoRA weights, their EMA, or both side by side.
+
+``render.weights=raw`` (default) renders the trained weights, ``ema`` their moving average
+(``train.ema_decay``, ``lora/ema/``), each into the run folder itself. ``both`` keeps the raw grid in the run
+folder — so the sweep sheets, the compare page, the report and the objective stay those of the raw weights —
+and renders the EMA grid into ``<run>/ema/``, laid out like the run folder (pictures, ``scores.csv``,
+``sheets/``; ``step-<n>/ema/`` for ``render.steps``); ``sheets/weights_<pr>.png`` shows each prompt's cells
+with both (rows), and MLflow gets the EMA grid under ``<run>/ema/``, ``ema_``-prefixed metrics and
+``ema/grid/<pr>`` image keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lora_core.adapters import find_weights_file
+from lora_core.errors import UserInputError
+from lora_core.training import EMA_DIR
+from sweeper.drawing import save_sheet, sweep_sheet
+from sweeper.grid import GridCell, first_images
+from sweeper.layout import RunFolder
+
+
+def weight_grids(folder: RunFolder, lora: Path, weights: str) -> list[tuple[RunFolder, Path]]:
+    """Where each grid of ``folder`` goes and which adapter folder renders it.
+
+    Args:
+        folder: The run folder or one of its step folders.
+        lora: The adapter folder of the raw weights (``lora/`` or a checkpoint); the EMA's is its ``ema/``.
+        weights: ``render.weights``: raw, ema or both.
+
+    Returns:
+        (grid folder, adapter folder) pairs, the run folder's own grid first.
+
+    Raises:
+        UserInputError: The EMA weights are asked for but the training saved none.
+    """
+    raw, ema = lora, lora / EMA_DIR
+    if weights != "raw" and find_weights_file(ema) is None:
+        raise UserInputError(
+            f"render.weights={weights}: {ema} holds no adapter weights: this LoRA was trained without "
+            "train.ema_decay. Use render.weights=raw, or train with train.ema_decay under another sweep.name."
+        )
+    if weights == "both":
+        return [(folder, raw), (folder.ema, ema)]
+    return [(folder, ema if weights == "ema" else raw)]
+
+
+def draw_weights_sheets(run: RunFolder, cells: list[GridCell], thumb: int) -> list[Path]:
+    """One sheet per prompt: a row for the raw weights, one for the EMA, a column per cell.
+
+    Args:
+        run: The run folder (raw pictures in it, EMA pictures in ``ema/``).
+        cells: The grid.
+        thumb: Cell size in pixels.
+
+    Returns:
+        The sheet files (none when the run has no EMA grid).
+    """
+    if not run.ema.pictures():
+        return []
+    rows = {"raw": run, "ema": run.ema}
+    written = []
+    for prompt in dict.fromkeys(c.prompt_name for c in cells):
+        group = [c for c in first_images(cells) if c.prompt_name == prompt]
+        columns = list(dict.fromkeys((c.unet_scale, c.text_scale, c.guidance) for c in group))
+        pictures = {
+            (label, (c.unet_scale, c.text_scale, c.guidance)): path
+            for label, folder in rows.items()
+            for c in group
+            if (path := folder.picture(c.file_name)).is_file()
+        }
+        title = f'"{group[0].prompt}" | {run.name} | rows: LoRA weights, columns: unet;text;guidance'
+        written.append(
+            save_sheet(sweep_sheet(pictures, list(rows), columns, title, thumb), run.weights_sheet(prompt))
+        )
+    return written

@@ -1,0 +1,108 @@
+"""Captions in training: each picture meets its own caption's embedding; caption dropout is reproducible."""
+
+import contextlib
+
+import pytest
+import torch
+from conftest import train_killed_then_resumed
+from safetensors.torch import load_file
+
+from lora_core.captions import caption_dropped
+from lora_core.training import LoraTrainer, picture_indices, train_lora
+
+CAPTIONS = ["ktn cat on the beach", "ktn cat in snow", "ktn cat on the beach", "a ktn cat", "ktn in the pub"]
+
+
+def _encode(pipe, text):
+    tok = pipe.tokenizer
+    ids = tok(
+        [text], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        return pipe.text_encoder(ids.input_ids)[0][0]
+
+
+@pytest.fixture
+def trainer_of(pipe, subject_images, settings, tmp_path):
+    """``with trainer_of(captions, **settings) as trainer``: a set-up trainer on the shared pipeline, cleaned up
+    after (one at a time: the pipeline holds one training adapter)."""
+
+    @contextlib.contextmanager
+    def make(captions, **overrides):
+        trainer = LoraTrainer(pipe, subject_images, settings(**overrides), tmp_path, captions=captions)
+        try:
+            trainer.setup()
+            yield trainer
+        finally:
+            trainer.cleanup()
+
+    return make
+
+
+def test_each_picture_trains_under_its_own_captions_embedding(pipe, trainer_of):
+    with trainer_of(CAPTIONS) as trainer:
+        for index, caption in enumerate(CAPTIONS):
+            row = trainer.picture_prompt[index]
+            torch.testing.assert_close(
+                trainer.prompt_embeds[row], _encode(pipe, caption), rtol=1e-5, atol=1e-5
+            )
+        rows = trainer.picture_prompt
+        assert rows[0] == rows[2], "one embedding per distinct caption"
+        assert not torch.allclose(trainer.prompt_embeds[rows[0]], trainer.prompt_embeds[rows[1]])
+
+
+def test_a_changed_caption_never_meets_the_old_embedding(pipe, trainer_of):
+    with trainer_of(CAPTIONS) as before:
+        old = before.prompt_embeds[before.picture_prompt[1]].clone()
+    with trainer_of([CAPTIONS[0], "ktn cat under the night sky", *CAPTIONS[2:]]) as after:
+        new = after.prompt_embeds[after.picture_prompt[1]]
+    assert not torch.allclose(new, old)
+    torch.testing.assert_close(new, _encode(pipe, "ktn cat under the night sky"), rtol=1e-5, atol=1e-5)
+
+
+def test_caption_dropout_trains_the_drawn_pictures_under_the_empty_caption(trainer_of):
+    seen_dropped = 0
+    with trainer_of(CAPTIONS, caption_dropout=0.4, train_batch_size=2, seed=5) as trainer:
+        empty = trainer.prompt_rows[""]
+        for micro_step in range(12):
+            rows = picture_indices(micro_step, 2, len(CAPTIONS), 5)
+            _, prompts = trainer._sample_latents(micro_step)
+            dropped = caption_dropped(micro_step, 2, 5, 0.4)
+            assert prompts == [
+                empty if d else trainer.picture_prompt[r] for r, d in zip(rows, dropped, strict=True)
+            ]
+            seen_dropped += sum(dropped)
+    assert 0 < seen_dropped < 24
+
+
+def test_caption_dropout_leaves_the_training_random_stream_alone(trainer_of):
+    drawn = []
+    for dropout in (0.0, 0.5):
+        with trainer_of(CAPTIONS, caption_dropout=dropout) as trainer:
+            latents = [trainer._sample_latents(micro_step)[0] for micro_step in range(4)]
+            drawn.append((latents, trainer.progress.generator.get_state()))
+    (plain, plain_state), (dropping, dropping_state) = drawn
+    for a, b in zip(plain, dropping, strict=True):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(plain_state, dropping_state)
+
+
+def test_caption_dropout_changes_the_weights_and_resume_matches_uninterrupted(
+    pipe, subject_images, settings, tmp_path
+):
+    common = dict(max_train_steps=8, text_encoder_lr=5e-4, caption_dropout=0.3)
+    full = train_lora(pipe, subject_images, settings(**common), tmp_path / "full", captions=CAPTIONS)
+    undropped = train_lora(pipe, subject_images, settings(max_train_steps=8, text_encoder_lr=5e-4),
+                           tmp_path / "undropped", captions=CAPTIONS)  # fmt: skip
+    resumed = train_killed_then_resumed(
+        pipe,
+        subject_images,
+        settings(**common, checkpoint_steps=(3,)),
+        tmp_path / "resumed",
+        captions=CAPTIONS,
+    )
+    assert resumed.resumed_from_step == 3
+    a, b, c = (load_file(str(r.lora_path)) for r in (full, resumed, undropped))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+    assert any(not torch.allclose(a[k], c[k]) for k in a), "dropout made no difference"
