@@ -57,6 +57,19 @@ def test_render_weights_both_renders_the_raw_and_the_ema_grid_apart(tmp_path, ca
     }
 
 
+def test_the_ema_of_a_loha_adapter_renders_from_its_own_file(tmp_path, cache_dir):
+    # LoHa has no diffusers file: the EMA is kept, found and rendered in peft naming like the raw weights
+    args = [*TINY, "lora.kind=loha", "train.ema_decay=0.5", "render.weights=ema", "sweep.name=loha_ema"]
+    result = sweep(tmp_path, *args, multirun=False)
+    assert result.returncode == 0, result.output
+    run = tmp_path / "loha_ema" / "0.01;1e-5"
+    assert (run / "lora" / "ema" / "adapter_peft.safetensors").is_file()
+    assert not (run / "lora" / "ema" / "pytorch_lora_weights.safetensors").exists()
+    assert {p.name for p in run.glob("*.png")} == {"ph_1;1;7.5.png"}
+    result_file = json.loads((run / "lora" / "train_result.json").read_text())
+    assert result_file["ema_lora_path"].endswith("ema/adapter_peft.safetensors")
+
+
 def test_render_weights_ema_without_ema_is_refused_before_training(tmp_path):
     result = sweep(
         tmp_path, *TINY, "render.weights=ema", "train.learning_rate=1e-3,3e-3", "tracking.enabled=false"
