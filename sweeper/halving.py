@@ -1,6 +1,7 @@
 """Successive halving over a sweep's configurations: train all a little, continue the best.
 
-Every configuration trains to the first rung (``max_train_steps / eta^(rungs-1)`` steps), renders the
+Every configuration trains to the first rung (``max_train_steps / eta^(rungs-1)`` steps, or the first of
+``hydra.sweeper.steps``), renders the
 preview grid there (``hydra.sweeper.preview``) and is scored by ``eval.objective``; the best ``1/eta``
 continue from their checkpoints to the next rung (``eta`` times longer), and so on until the last rung
 trains to ``max_train_steps`` and renders the experiment's own grid. A rung is one batch of jobs for
@@ -112,6 +113,26 @@ def rung_steps(max_train_steps: int, eta: int, rungs: int) -> list[int]:
     return steps
 
 
+def given_rung_steps(max_train_steps: int, eta: int, below: list) -> list[int]:
+    """``hydra.sweeper.steps``: the rungs below the top chosen by hand, then ``max_train_steps``.
+
+    Raises:
+        UserInputError: eta below 2, a step that is not a whole number of at least one, steps not rising,
+            or a step at or past ``max_train_steps``.
+    """
+    rung_steps(max_train_steps, eta, 1)  # eta's check
+    shown = f"hydra.sweeper.steps={list(below)}"
+    if not below or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in below):
+        raise UserInputError(f"{shown}: give the rungs below the top as whole training steps of 1 or more, e.g. [100].")
+    if list(below) != sorted(set(below)):
+        raise UserInputError(f"{shown}: the rungs must rise, each step once.")
+    if below[-1] >= max_train_steps:
+        raise UserInputError(
+            f"{shown}: every rung must come before train.max_train_steps ({max_train_steps}), the top rung."
+        )
+    return [*below, max_train_steps]
+
+
 def survivors(scores: dict[str, float | None], eta: int) -> list[str]:
     """The best ``1/eta`` (at least one) by objective, best first; unscored ones last, ties in given order."""
     order = list(scores)
@@ -192,7 +213,11 @@ def plan_halving(config: DictConfig, plan) -> Bracket:
         raise UserInputError(
             "eval.enabled=false: halving ranks configurations by eval.objective; turn evaluation on."
         )
-    steps = rung_steps(int(top.train.max_train_steps), int(settings.eta), int(settings.rungs))
+    below = OmegaConf.to_container(settings.steps, resolve=True) if settings.get("steps") is not None else None
+    if below is None:
+        steps = rung_steps(int(top.train.max_train_steps), int(settings.eta), int(settings.rungs))
+    else:
+        steps = given_rung_steps(int(top.train.max_train_steps), int(settings.eta), below)
     build_job(compose_job(config, [*first, *rung_overrides(steps[0], len(steps) == 1, preview)]))
     for entry in plan.jobs.values():
         entry["extra_checkpoint_steps"] = sorted({*entry["extra_checkpoint_steps"], *steps[:-1]})

@@ -14,7 +14,7 @@ from sweep_cli import FAST, REPO, mlflow_runs, sweep
 
 from lora_core.adapters import LORA_FILE
 from lora_core.training import list_checkpoints, train_lora
-from sweeper.halving import rung_steps, survivors
+from sweeper.halving import given_rung_steps, rung_steps, survivors
 
 # The quickstart's 2 x 2 learning rates on the tiny model, halved once: rungs at 4 and 8 steps.
 HALVING = ["experiment=quickstart", "hparams_search=halving", "model=tiny", *FAST, "train.max_train_steps=8",
@@ -53,6 +53,11 @@ def test_rungs_grow_by_eta_up_to_max_train_steps():
     assert rung_steps(8, 2, 2) == [4, 8]
 
 
+def test_rungs_given_by_hand_end_at_max_train_steps():
+    assert given_rung_steps(900, 3, [100]) == [100, 900]
+    assert given_rung_steps(900, 3, [50, 300]) == [50, 300, 900]
+
+
 def test_the_best_one_in_eta_go_on_and_unscored_ones_never_do():
     scores = {"a": 0.1, "b": 0.9, "c": None, "d": 0.5, "e": float("nan"), "f": 0.7}
     assert survivors(scores, 3) == ["b", "f"]
@@ -66,6 +71,9 @@ def test_the_best_one_in_eta_go_on_and_unscored_ones_never_do():
         (["hydra.sweeper.rungs=5"], "hydra.sweeper.rungs=5"),  # 8 / 2^4 = 0.5 steps
         (["eval.objective=dino+sharpness"], "eval.objective="),
         (["train.learning_rate=1e-3", "train.text_encoder_lr=1e-4"], "one configuration"),
+        (["hydra.sweeper.steps=[8]"], "hydra.sweeper.steps=[8]"),  # at the top rung, not below it
+        (["hydra.sweeper.steps=[4,2]"], "hydra.sweeper.steps=[4, 2]"),
+        (["hydra.sweeper.steps=[0]"], "hydra.sweeper.steps=[0]"),
     ],
 )
 def test_bad_halving_input_is_one_line_before_anything_trains(tmp_path, args, named):
@@ -73,6 +81,17 @@ def test_bad_halving_input_is_one_line_before_anything_trains(tmp_path, args, na
     assert result.returncode == 2, result.output
     assert named in result.stderr and "Traceback" not in result.output
     assert not list(tmp_path.rglob("lora")), "nothing trained"
+
+
+def test_rungs_given_by_hand_drive_the_bracket(tmp_path, cache_dir):
+    result = sweep(tmp_path, *HALVING, "hydra.sweeper.steps=[2]", "tracking.enabled=false")
+    assert result.returncode == 0, result.output
+    bracket = json.loads((tmp_path / "quickstart" / "bracket.json").read_text())
+    assert bracket["steps"] == [2, 8] and len(bracket["scores"][0]) == 4
+    (promoted,) = bracket["promoted"]
+    assert len(promoted) == 2 and set(bracket["scores"][1]) == set(promoted)
+    for name in bracket["configurations"]:
+        assert (tmp_path / "quickstart" / name / "step-000002").is_dir(), "every configuration rendered rung 1"
 
 
 @pytest.fixture(scope="module")
