@@ -123,7 +123,9 @@ def given_rung_steps(max_train_steps: int, eta: int, below: list) -> list[int]:
     rung_steps(max_train_steps, eta, 1)  # eta's check
     shown = f"hydra.sweeper.steps={list(below)}"
     if not below or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in below):
-        raise UserInputError(f"{shown}: give the rungs below the top as whole training steps of 1 or more, e.g. [100].")
+        raise UserInputError(
+            f"{shown}: give the rungs below the top as whole training steps of 1 or more, e.g. [100]."
+        )
     if list(below) != sorted(set(below)):
         raise UserInputError(f"{shown}: the rungs must rise, each step once.")
     if below[-1] >= max_train_steps:
@@ -213,7 +215,9 @@ def plan_halving(config: DictConfig, plan) -> Bracket:
         raise UserInputError(
             "eval.enabled=false: halving ranks configurations by eval.objective; turn evaluation on."
         )
-    below = OmegaConf.to_container(settings.steps, resolve=True) if settings.get("steps") is not None else None
+    below = (
+        OmegaConf.to_container(settings.steps, resolve=True) if settings.get("steps") is not None else None
+    )
     if below is None:
         steps = rung_steps(int(top.train.max_train_steps), int(settings.eta), int(settings.rungs))
     else:

@@ -91,7 +91,9 @@ def test_rungs_given_by_hand_drive_the_bracket(tmp_path, cache_dir):
     (promoted,) = bracket["promoted"]
     assert len(promoted) == 2 and set(bracket["scores"][1]) == set(promoted)
     for name in bracket["configurations"]:
-        assert (tmp_path / "quickstart" / name / "step-000002").is_dir(), "every configuration rendered rung 1"
+        assert (tmp_path / "quickstart" / name / "step-000002").is_dir(), (
+            "every configuration rendered rung 1"
+        )
 
 
 @pytest.fixture(scope="module")
