@@ -36,8 +36,11 @@ def test_a_failed_job_is_one_line_with_its_error_and_its_log(tmp_path):
 def test_a_cancelled_job_is_one_line_with_its_state(tmp_path):
     executor = submitit.LocalExecutor(folder=tmp_path)
     executor.update_parameters(timeout_min=3)
-    job = executor.submit(time.sleep, 120)
-    time.sleep(2)
+    job = executor.submit(time.sleep, 60)
+    deadline = time.monotonic() + 30
+    while not job.paths.stdout.exists() and time.monotonic() < deadline:  # the job's process is up
+        time.sleep(0.2)
+    time.sleep(1)
     job.cancel()
     with pytest.raises(submitit.core.utils.UncompletedJobError) as cancelled:
         job.result()
