@@ -6,6 +6,7 @@ a QOS or array-size limit). ``tests/test_slurm.py`` runs the same paths on a rea
 """
 
 import os
+import signal
 import stat
 import time
 from pathlib import Path
@@ -36,7 +37,13 @@ def test_a_failed_job_is_one_line_with_its_error_and_its_log(tmp_path):
 def test_a_cancelled_job_is_one_line_with_its_state(tmp_path):
     executor = submitit.LocalExecutor(folder=tmp_path)
     executor.update_parameters(timeout_min=3)
-    job = executor.submit(time.sleep, 60)
+    # submitit cancels a local job with SIGINT; a shell's background job (make test &) ignores SIGINT, and the
+    # job's process would inherit that: give it Python's default handling
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        job = executor.submit(time.sleep, 60)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 30
     while not job.paths.stdout.exists() and time.monotonic() < deadline:  # the job's process is up
         time.sleep(0.2)
