@@ -15,15 +15,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from bench.train_breadth import COMMON, bench_model, seconds_per_step
+
 KINDS = ("lora", "dora", "loha", "lokr")
-
-
-def _seconds_per_step(pipe, images, settings, out: Path) -> float:
-    from lora_core.training import train_lora
-
-    ends: list[float] = []
-    train_lora(pipe, images, settings, out, on_step=lambda record: ends.append(record.seconds))
-    return (ends[-1] - ends[0]) / (len(ends) - 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,25 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-encoder", action="store_true", help="train the text encoder's adapter too")
     args = parser.parse_args(argv)
 
-    from lora_core.drawn_subject import ensure_drawn_subject
-    from lora_core.models import ModelSource, load_pipeline
     from lora_core.settings import UNET_CONV, TrainSettings
-    from lora_core.subject import load_subject_images
-    from lora_core.tiny_model import default_cache_dir
 
-    cache = default_cache_dir()
-    pipe = load_pipeline(ModelSource(path=args.model, device="cpu", cache_dir=str(cache)))
-    resolution = 64
-    images = load_subject_images(ensure_drawn_subject(cache, count=5, seed=0), resolution)
-    common = dict(resolution=resolution, learning_rate=1e-4, text_encoder_lr=1e-5 if args.text_encoder else 0.0,
-                  max_train_steps=args.steps, rank=4, seed=0, progress_bar=False, log_every=1,
+    pipe, images = bench_model(args.model)
+    common = dict(COMMON, text_encoder_lr=1e-5 if args.text_encoder else 0.0, max_train_steps=args.steps,
                   conv_target_modules=UNET_CONV if args.conv else ())  # fmt: skip
     times: dict[str, list[float]] = {kind: [] for kind in KINDS}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for kind in KINDS:
                 settings = TrainSettings(**common, adapter_kind=kind)
-                times[kind].append(_seconds_per_step(pipe, images, settings, Path(tmp) / f"{r}-{kind}"))
+                times[kind].append(seconds_per_step(pipe, images, settings, Path(tmp) / f"{r}-{kind}"))
     base = statistics.median(times["lora"])
     targets = "attention + convolutions (LoCon)" if args.conv else "attention"
     print(f"model={args.model} steps={args.steps} rounds={args.rounds} targets: {targets}"

@@ -18,7 +18,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench.train_breadth import _seconds_per_step
+from bench.train_breadth import COMMON, bench_model, seconds_per_step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,17 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.rounds = 30, 2
 
-    from lora_core.drawn_subject import ensure_drawn_subject
-    from lora_core.models import ModelSource, load_pipeline
     from lora_core.settings import TrainSettings
-    from lora_core.subject import load_subject_images
-    from lora_core.tiny_model import default_cache_dir
 
-    cache = default_cache_dir()
-    pipe = load_pipeline(ModelSource(path=args.model, device="cpu", cache_dir=str(cache)))
-    images = load_subject_images(ensure_drawn_subject(cache, count=5, seed=0), 64)
-    common = dict(resolution=64, learning_rate=1e-4, max_train_steps=args.steps, rank=4, seed=0,
-                  progress_bar=False, log_every=1)  # fmt: skip
+    pipe, images = bench_model(args.model)
+    common = dict(COMMON, max_train_steps=args.steps)
     groups = {"unet": 0.0, "unet + text encoder": 1e-5}
     times = {(group, ema): [] for group in groups for ema in (False, True)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings = TrainSettings(
                     **common, text_encoder_lr=groups[group], ema_decay=args.ema_decay if ema else None
                 )
-                values.append(_seconds_per_step(pipe, images, settings, Path(tmp) / f"{r}-{group}-{ema}"))
+                values.append(seconds_per_step(pipe, images, settings, Path(tmp) / f"{r}-{group}-{ema}"))
     print(f"model={args.model} steps={args.steps} rounds={args.rounds} ema_decay={args.ema_decay}")
     print(f"{'LoRA on':<22} {'off s/step':>10} {'on s/step':>10} {'on/off':>7} {'range':>13}")
     for group in groups:
