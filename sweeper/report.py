@@ -14,9 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from lora_core.atomic import atomic_path, write_text_atomic
+from lora_core.atomic import write_text_atomic
 from lora_core.errors import UserInputError
 from sweeper.cli import user_errors
+from sweeper.drawing import pyplot, save_figure
 from sweeper.grid import first_images
 from sweeper.halving import bracket_lines
 from sweeper.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, SHEETS_DIR, RunFolder
@@ -82,10 +83,7 @@ def write_compare_page(sweep_dir: Path, runs: list[RunResult]) -> Path:
 # ---- report ------------------------------------------------------------------------------------------------
 def plot_losses(runs: list[RunResult], path: Path) -> Path | None:
     """All runs' loss curves (smoothed) in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not any(run.loss for run in runs):
         return None
@@ -104,11 +102,7 @@ def plot_losses(runs: list[RunResult], path: Path) -> Path | None:
     ax.set_title("Training loss of every configuration")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _best_cell(run: RunResult, prompt: str, terms: list[tuple[float, str]]) -> str:

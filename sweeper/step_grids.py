@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lora_core.atomic import atomic_path
 from lora_core.render import GridRenderer, RenderOptions
-from sweeper.drawing import save_sheet, sweep_sheet
+from sweeper.drawing import pyplot, save_figure, save_sheet, sweep_sheet
 from sweeper.grid import GridCell, first_images
 from sweeper.layout import FIDELITY_PLOT, RunFolder
 
@@ -142,10 +142,7 @@ def best_step_lines(sweep_dir: Path, runs: list, objective: str) -> list[str]:
 
 
 def _plot_fidelity(curves: dict[str, dict[int, dict]], path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
     for ax, metric, title in (
@@ -160,8 +157,4 @@ def _plot_fidelity(curves: dict[str, dict[int, dict]], path: Path) -> Path | Non
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_core.atomic import atomic_path
 from lora_core.metrics import mean_scores
+from sweeper.drawing import pyplot, save_figure
 from sweeper.layout import SCALE_PLOT
 from sweeper.naming import format_number
 
@@ -72,10 +72,7 @@ def scale_lines(sweep_dir: Path, runs: list) -> list[str]:
 
 
 def _plot(curves: dict[str, dict[float, dict]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), dpi=110)
     for name, curve in curves.items():
@@ -98,8 +95,4 @@ def _plot(curves: dict[str, dict[float, dict]], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[2].set_ylabel("CLIP-T (prompt)")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
