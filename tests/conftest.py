@@ -102,6 +102,19 @@ def train_killed_then_resumed(pipe, images, settings, folder: Path, **train_args
     return train_lora(pipe, images, settings, folder, resume_from="latest", **train_args)
 
 
+def train_both_adapters(trainer) -> None:
+    """Train a set-up ``LoraTrainer``, assert its UNet and text-encoder adapters both moved, switch to eval."""
+    import torch
+
+    before = [p.detach().clone() for p in trainer.trainable_params]
+    trainer.train()
+    moved = [not torch.equal(a, p) for a, p in zip(before, trainer.trainable_params, strict=True)]
+    n_unet = len(trainer.optimizer.param_groups[0]["params"])
+    assert any(moved[:n_unet]) and any(moved[n_unet:])  # UNet and text-encoder adapters both trained
+    for model in trainer.models:
+        model.eval()
+
+
 def render(pipe, prompt: str = "a photo of ktn cat", seed: int = 7, steps: int = 4):
     """One 64 px image as a float array in [0, 1]."""
     import torch

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import render, train_killed_then_resumed
+from conftest import render, train_both_adapters, train_killed_then_resumed
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
@@ -50,13 +50,7 @@ def _train_live(kind, pipe, images, settings, folder, **overrides):
     """Train; return (live picture, trainer) with the adapter still attached (caller cleans up)."""
     trainer = LoraTrainer(pipe, images, settings(**_options(kind, **overrides)), folder)
     trainer.setup()
-    before = [p.detach().clone() for p in trainer.trainable_params]
-    trainer.train()
-    moved = [not torch.equal(a, p) for a, p in zip(before, trainer.trainable_params, strict=True)]
-    n_unet = len(trainer.optimizer.param_groups[0]["params"])
-    assert any(moved[:n_unet]) and any(moved[n_unet:])  # UNet and text-encoder adapters both trained
-    for model in trainer.models:
-        model.eval()
+    train_both_adapters(trainer)
     return render(pipe), trainer
 
 

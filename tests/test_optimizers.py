@@ -5,7 +5,7 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from conftest import render, train_killed_then_resumed
+from conftest import render, train_both_adapters, train_killed_then_resumed
 from safetensors.torch import load_file
 
 from lora_core.errors import UserInputError
@@ -53,13 +53,7 @@ def test_each_optimizer_trains_both_models_and_renders(optimizer, pipe, subject_
         s = trainer.settings
         rates = [s.learning_rate, s.text_encoder_lr] if optimizer != "prodigy" else [s.optim.prodigy.lr] * 2
         assert [g["lr"] for g in trainer.optimizer.param_groups] == rates
-        before = [p.detach().clone() for p in trainer.trainable_params]
-        trainer.train()
-        moved = [not torch.equal(a, p) for a, p in zip(before, trainer.trainable_params, strict=True)]
-        n_unet = len(trainer.optimizer.param_groups[0]["params"])
-        assert any(moved[:n_unet]) and any(moved[n_unet:])  # UNet and text-encoder LoRA both trained
-        for model in trainer.models:
-            model.eval()
+        train_both_adapters(trainer)
         trained = render(pipe)
         trainer.save_final()
     finally:
