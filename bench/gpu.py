@@ -157,7 +157,7 @@ def resume_section(pipe, images, size: Size, work: Path) -> dict:
     return {"steps": n, "max_abs_diff": diff, "max_abs_weight": scale, "same_keys": sorted(a) == sorted(b)}
 
 
-def grid_section(pipe, images, size: Size, work: Path) -> dict:
+def grid_section(pipe, model_dir: Path, images, size: Size, work: Path) -> dict:
     """The 48-cell grid: ours against the plain loop, same pictures."""
     import numpy as np
 
@@ -173,12 +173,119 @@ def grid_section(pipe, images, size: Size, work: Path) -> dict:
     ours_mb = _peak_mb()
     plain_s, plain = run_plain(pipe, lora, cells, size.grid_steps, size.resolution)
     diff = max(float(np.abs(ours[c] - plain[c]).max()) for c in cells)
+    mean_diff = max(float(np.abs(ours[c] - plain[c]).mean()) for c in cells)
     row = {"cells": len(cells), "steps": size.grid_steps, "ours_images_per_s": len(cells) / ours_s,
            "plain_images_per_s": len(cells) / plain_s, "speed_up": plain_s / ours_s, "max_pixel_diff": diff,
-           "ours_peak_mb": ours_mb}  # fmt: skip
+           "max_mean_pixel_diff": mean_diff, "ours_peak_mb": ours_mb}  # fmt: skip
     print(f"  grid: ours {row['ours_images_per_s']:.2f} img/s, plain {row['plain_images_per_s']:.2f} img/s "
-          f"({row['speed_up']:.2f}x), max pixel diff {diff:.0f}/255", flush=True)  # fmt: skip
+          f"({row['speed_up']:.2f}x), pixel diff: max {diff:.0f}/255, worst cell's mean {mean_diff:.2f}",
+          flush=True)  # fmt: skip
+    if half_precision(pipe):
+        row["fp16_noise"] = _fp16_noise(pipe, model_dir, lora, cells, plain, size)
     return row
+
+
+def half_precision(pipe) -> bool:
+    import torch
+
+    return pipe.unet.dtype == torch.float16
+
+
+def _fp16_noise(pipe, model_dir: Path, lora: Path, cells, plain: dict, size: Size) -> dict:
+    """How far the plain loop's own fp16 pictures are from fp32 ones: the yardstick for ours' differences.
+
+    Random weights over 25 steps amplify rounding, so "same pictures" is judged against this: the plain
+    loop in float32 on the first cells of each prompt, against the plain loop in float16.
+    """
+    import numpy as np
+    import torch
+
+    from bench.render import run_plain
+    from lora_core.models import ModelSource, load_pipeline
+
+    full = load_pipeline(ModelSource(path=str(model_dir), device=str(pipe.unet.device), dtype="float32"))
+    few = cells[:: len(cells) // 3][:3]
+    _, exact = run_plain(full, lora, few, size.grid_steps, size.resolution)
+    del full
+    torch.cuda.empty_cache()
+    row = {"cells": len(few),
+           "max_pixel_diff": max(float(np.abs(exact[c] - plain[c]).max()) for c in few),
+           "max_mean_pixel_diff": max(float(np.abs(exact[c] - plain[c]).mean()) for c in few)}  # fmt: skip
+    print(f"  plain loop fp16 vs fp32 ({len(few)} cells): pixel diff max {row['max_pixel_diff']:.0f}/255, "
+          f"worst cell's mean {row['max_mean_pixel_diff']:.2f}", flush=True)  # fmt: skip
+    return row
+
+
+def sync_section(pipe, model_dir: Path, images, size: Size, device: str, work: Path) -> dict:
+    """Synchronising CUDA calls per training step (ours and the floor), and a profile of each.
+
+    ``torch.cuda.set_sync_debug_mode`` warns at every call that makes the host wait for the GPU; the
+    optimizer-step hook cuts the warnings into steps. The profiles (``torch.profiler``, steps after the
+    warm-up, ops by self CPU time) go to ``profile.txt`` in ``--out``. On the CPU only the profiles are
+    taken (there is nothing to wait for), so the tiny test runs this code too.
+    """
+    try:
+        return {name: _sync_and_profile(name, pipe, model_dir, images, size, device, work)
+                for name in ("ours", "floor")}  # fmt: skip
+    except Exception as error:  # a diagnostic: the figures above are kept whatever happens here
+        import traceback
+
+        traceback.print_exc()
+        return {"error": repr(error)}
+
+
+def _sync_and_profile(name: str, pipe, model_dir: Path, images, size: Size, device: str, work: Path) -> dict:
+    import warnings
+
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from bench.train_floor import make_step
+    from lora_core.training import train_lora
+
+    cuda = device == "cuda"
+    steps = size.warmup + 12
+    settings = _settings(size, train_batch_size=1, max_train_steps=steps)
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if cuda else []
+    )
+    profiler = torch.profiler.profile(
+        activities=activities, schedule=torch.profiler.schedule(wait=size.warmup + 4, warmup=1, active=6)
+    )
+    marks: list[int] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        def tick(*_) -> None:
+            marks.append(len(caught))
+            profiler.step()
+
+        handle = register_optimizer_step_post_hook(tick)
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        profiler.start()
+        try:
+            if name == "ours":
+                train_lora(pipe, images, settings, work / f"sync-{name}")
+            else:
+                step = make_step(str(model_dir), settings.to_dict(), device, half=cuda)
+                for _ in range(steps):
+                    step()
+                del step
+        finally:
+            profiler.stop()
+            if cuda:
+                torch.cuda.set_sync_debug_mode(0)
+            handle.remove()
+    per_step = [b - a for a, b in itertools.pairwise(marks)][size.warmup :]
+    count = statistics.median(per_step) if per_step and cuda else None
+    sites: dict[str, int] = {}
+    for w in caught[marks[size.warmup] : marks[-1]] if cuda and len(marks) > size.warmup else []:
+        key = f"{Path(w.filename).name}:{w.lineno}"
+        sites[key] = sites.get(key, 0) + 1
+    table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    print(f"  {name}: {count} synchronising calls per step; sites {sites}", flush=True)
+    return {"syncs_per_step": count, "sync_sites": sites, "profile": f"== {name}\n{table}"}
 
 
 def sweep_section(model_dir: Path | None, size: Size, work: Path, device: str) -> dict:
@@ -220,10 +327,25 @@ def table(summary: dict) -> str:
     lines += ["", f"Resume ({res['steps']} steps straight vs half + half): max |Δweight| {res['max_abs_diff']:.2e} "
               f"(weights up to {res['max_abs_weight']:.2e}).",
               f"Grid ({grid['cells']} cells, {grid['steps']} steps): ours {grid['ours_images_per_s']:.2f} img/s, plain loop "
-              f"{grid['plain_images_per_s']:.2f} img/s ({grid['speed_up']:.2f}x); max pixel difference {grid['max_pixel_diff']:.0f}.",
+              f"{grid['plain_images_per_s']:.2f} img/s ({grid['speed_up']:.2f}x); pixel difference: max {grid['max_pixel_diff']:.0f}, "
+              f"worst cell's mean {grid.get('max_mean_pixel_diff', float('nan')):.2f} of 255{_noise_text(grid)}.",
               f"Sweep (`python -m sweeper -m`, 2 configurations, MLflow on SQLite): {'green' if sweep['green'] else 'FAILED'} "
               f"in {sweep['seconds']:.0f} s."]  # fmt: skip
+    sync = summary.get("sync") or {}
+    if sync.get("ours", {}).get("syncs_per_step") is not None:
+        lines.append(f"Synchronising CUDA calls per step (batch 1): ours {sync['ours']['syncs_per_step']}, "
+                     f"floor {sync['floor']['syncs_per_step']}.")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _noise_text(grid: dict) -> str:
+    noise = grid.get("fp16_noise")
+    if not noise:
+        return ""
+    return (
+        f" (the plain loop's own fp16 against fp32 on {noise['cells']} cells: max "
+        f"{noise['max_pixel_diff']:.0f}, worst cell's mean {noise['max_mean_pixel_diff']:.2f})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=Path(os.environ.get("OUT") or REPO / "bench" / "results" / "gpu")
     )
-    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "resume", "grid", "sweep"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "resume", "grid", "sweep", "sync"])
     args = parser.parse_args(argv)
     from lora_core.drawn_subject import ensure_drawn_subject
     from lora_core.models import ModelSource, load_pipeline
@@ -261,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         sections = {
             "train": lambda: train_section(pipe, model_dir, images, size, device, work),
             "resume": lambda: resume_section(pipe, images, size, work),
-            "grid": lambda: grid_section(pipe, images, size, work),
+            "grid": lambda: grid_section(pipe, model_dir, images, size, work),
             "sweep": lambda: sweep_section(None if args.tiny else model_dir, size, work, device),
+            "sync": lambda: sync_section(pipe, model_dir, images, size, device, work),
         }
         for name, run in sections.items():
             if name not in args.skip:
@@ -270,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
                 summary[name] = run()
     summary["seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
+    profiles = [part.pop("profile") for part in summary.get("sync", {}).values() if isinstance(part, dict)]
+    if profiles:
+        (args.out / "profile.txt").write_text("\n\n".join(profiles))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     if not args.skip:
         (args.out / "table.md").write_text(table(summary))

@@ -355,6 +355,7 @@ class LoraTrainer:
         self.mixed_precision = self._mixed_precision()
         self.accelerator = Accelerator(mixed_precision=self.mixed_precision, cpu=self.device.type == "cpu")
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self._snr_table = None  # min-SNR weights by timestep, made on first use
         set_seed(s.seed)  # the LoRA init draws from the global generator
         self._attach_adapters()
         self._cache_inputs()
@@ -753,7 +754,7 @@ class LoraTrainer:
         timesteps = torch.randint(
             0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen
         )
-        noise, timesteps = noise.to(self.device), timesteps.to(self.device)
+        noise, timesteps = self._to_device(noise), self._to_device(timesteps)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         with self.accelerator.autocast():
             embeds = self._prompt_embeddings(prompt_index)
@@ -790,20 +791,40 @@ class LoraTrainer:
             torch.randint(0, 2, (len(rows),), generator=gen).tolist() if s.random_flip else [0] * len(rows)
         )
         mean, std = self._latent_stats(flips, rows)
-        eps = torch.randn(mean.shape, generator=gen).to(self.device, mean.dtype)
+        eps = self._to_device(torch.randn(mean.shape, generator=gen)).to(mean.dtype)
         latents = (mean + std * eps) * self.pipe.vae.config.scaling_factor
         return latents.float(), prompt_index
 
     def _prompt_embeddings(self, prompt_index: list[int]):
+        import torch
+
+        # A list index would be copied to the device with a synchronising copy: pass a device tensor.
+        rows = self._to_device(torch.tensor(prompt_index, dtype=torch.long))
         if self.prompt_embeds is not None:
-            return self.prompt_embeds[prompt_index]
-        return self.pipe.text_encoder(self.prompt_ids[prompt_index])[0]
+            return self.prompt_embeds[rows]
+        return self.pipe.text_encoder(self.prompt_ids[rows])[0]
+
+    def _to_device(self, tensor):
+        """A step's host-made tensor (noise, timesteps, indices) on the training device, asynchronously.
+
+        The random numbers are drawn on the CPU so that a run is the same on every device. A plain
+        ``.to("cuda")`` of pageable memory waits for the GPU to drain its queue, which at real size left
+        the GPU idle between steps; a pinned copy does not wait (the pinned block is reused only once
+        the copy is done: torch's caching host allocator records it on the stream).
+        """
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _snr_weights(self, timesteps):
         import torch
         from diffusers.training_utils import compute_snr
 
-        snr = compute_snr(self.noise_scheduler, timesteps)
+        if self._snr_table is None:
+            # Once for every timestep: compute_snr copies the scheduler's table to the device on each call.
+            every = torch.arange(self.noise_scheduler.config.num_train_timesteps, device=timesteps.device)
+            self._snr_table = compute_snr(self.noise_scheduler, every)
+        snr = self._snr_table[timesteps]
         clipped = torch.clamp(snr, max=self.settings.snr_gamma)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             return clipped / (snr + 1)

@@ -22,5 +22,8 @@ def test_the_device_check_runs_every_section_on_the_tiny_model(tmp_path):
     )  # fp32 on the CPU: exact
     assert summary["grid"]["cells"] == 48 and summary["grid"]["max_pixel_diff"] <= 2
     assert summary["sweep"]["green"] and summary["sweep"]["runs_done"] == 2
+    assert set(summary["sync"]) == {"ours", "floor"}  # on the CPU: the profiles only, no sync counts
+    profile = (tmp_path / "profile.txt").read_text()
+    assert "== ours" in profile and "== floor" in profile and "aten::" in profile
     table = (tmp_path / "table.md").read_text()
     assert table.count("\n| ") == 5 and "Device: CPU" in table  # header + 4 training rows
