@@ -2,7 +2,7 @@
 
     python -m bench halving [--quick] [--root outputs/bench-halving]
 
-Runs ``experiment=halving_search`` (12 configurations, rungs at 100/300/900 steps, a 4-picture preview, the
+Runs ``experiment=halving_search`` (12 configurations, one decision at step 80 on a 2-picture preview, the
 48-cell grid at the top) and the same space as a full grid (``hydra.sweeper.rungs=1``: every configuration
 to 900 steps with the 48-cell grid), then prints the halving winner's objective against the full grid's
 best, and the compute of each (training steps, rendered pictures, wall time) as ratios. ``--quick`` runs
