@@ -3,7 +3,7 @@
     python -m bench halving [--quick] [--root outputs/bench-halving]
 
 Runs ``experiment=halving_search`` (12 configurations, one decision at step 80 on a 2-picture preview, the
-48-cell grid at the top) and the same space as a full grid (``hydra.sweeper.rungs=1``: every configuration
+48-cell grid at the top) and the same space as a full grid (``hydra.sweeper.steps=null hydra.sweeper.rungs=1``: every configuration
 to 900 steps with the 48-cell grid), then prints the halving winner's objective against the full grid's
 best, and the compute of each (training steps, rendered pictures, wall time) as ratios. ``--quick`` runs
 the tiny model with ``debug=fast`` (mechanics only; the scores mean nothing).
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     extra = ["model=tiny", "debug=fast", "train.max_train_steps=9"] if args.quick else []
     halving_seconds = _sweep(args.root, "halving", extra)
-    full_seconds = _sweep(args.root, "full", [*extra, "hydra.sweeper.rungs=1"])
+    full_seconds = _sweep(args.root, "full", [*extra, "hydra.sweeper.steps=null", "hydra.sweeper.rungs=1"])
     bracket = json.loads((args.root / "halving" / "bracket.json").read_text())
     full = json.loads((args.root / "full" / "bracket.json").read_text())["scores"][0]
     top = bracket["scores"][-1]
