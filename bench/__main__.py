@@ -17,6 +17,7 @@ BENCHES = {
     "sweep": "bench.sweep",
     "score": "bench.score",
     "halving": "bench.halving",
+    "best_step": "bench.best_step",
     "train_breadth": "bench.train_breadth",
     "adapter_kinds": "bench.adapter_kinds",
     "ema": "bench.ema",

@@ -23,3 +23,36 @@ def test_render_steps_renders_the_grid_at_each_checkpoint_and_the_report_names_t
     assert (tmp_path / "steps" / "steps_fidelity.png").is_file()
     assert "## Subject against prompt over the UNet scale" in report, "two UNet scales were scored"
     assert (tmp_path / "steps" / "scale_tradeoff.png").is_file()
+
+
+def test_a_checkpoints_grid_is_the_grid_of_a_run_trained_to_that_step_under_a_constant_schedule(
+    tmp_path, cache_dir
+):
+    """Why the best step from checkpoints agrees with a real max_train_steps sweep when the LR is constant
+    (bench/best_step.py measures the decaying schedules, where it need not)."""
+    import numpy as np
+    from PIL import Image
+
+    common = [
+        "model=tiny",
+        *FAST,
+        "render.unet_scales=[1]",
+        "train.lr_scheduler=constant",
+        "tracking.enabled=false",
+    ]
+    long = sweep(
+        tmp_path, *common, "sweep.name=long", "train.max_train_steps=6", "render.steps=[3]", multirun=False
+    )
+    short = sweep(tmp_path, *common, "sweep.name=short", "train.max_train_steps=3", multirun=False)
+    assert long.returncode == 0 and short.returncode == 0, long.output + short.output
+    at_step = tmp_path / "long" / "1e-4;1e-5" / "step-000003"
+    trained_to = tmp_path / "short" / "1e-4;1e-5"
+    names = sorted(p.name for p in trained_to.glob("*.png"))
+    assert names and names == sorted(p.name for p in at_step.glob("*.png"))
+    for name in names:
+        a, b = (np.asarray(Image.open(d / name), dtype=np.int16) for d in (at_step, trained_to))
+        assert np.abs(a - b).max() <= 1, name
+    final = {p.name: np.asarray(Image.open(p)) for p in (tmp_path / "long" / "1e-4;1e-5").glob("*.png")}
+    assert any(not np.array_equal(final[n], np.asarray(Image.open(trained_to / n))) for n in names), (
+        "six steps should differ from three: else this test compares nothing"
+    )
