@@ -134,6 +134,59 @@ def train_section(pipe, model_dir: Path, images, size: Size, device: str, work: 
     return rows
 
 
+def reference_section(model_dir: Path, subject_dir: Path, size: Size, device: str, work: Path, script: Path,
+                      python: str) -> list[dict]:  # fmt: skip
+    """diffusers' reference trainer on the same model, pictures and settings, in a process per setting.
+
+    ``script`` is ``examples/dreambooth/train_dreambooth_lora.py`` (carried: it is not in the diffusers
+    wheel), run under ``bench.step_clock`` with the flags ``bench.train`` uses on the CPU, fp16 mixed
+    precision on CUDA and ``--gradient_checkpointing`` where ours has it. Its start-up (model load) is
+    outside the timed steps, as ours is.
+    """
+    from bench.train import reference_args
+
+    rows = []
+    for batch in size.batches:
+        for checkpointing in (False, True):
+            settings = _settings(size, train_batch_size=batch, gradient_checkpointing=checkpointing,
+                                 max_train_steps=size.warmup + size.steps + 1)  # fmt: skip
+            run_dir = work / f"reference-b{batch}-gc{int(checkpointing)}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            flags = [
+                f.replace("{run_dir}", str(run_dir)) for f in reference_args(settings, model_dir, subject_dir)
+            ]
+            flags[flags.index("--mixed_precision") + 1] = "fp16" if device == "cuda" else "no"
+            flags += ["--gradient_checkpointing"] if checkpointing else []
+            clock = run_dir / "clock.json"
+            command = [python, "-m", "bench.step_clock", "--out", str(clock), "--", str(script), *flags]
+            env = {
+                **os.environ,
+                "HF_HUB_OFFLINE": "1",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            }
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+            row = {"batch": batch, "gradient_checkpointing": checkpointing, "flags": flags}
+            if done.returncode != 0 or not clock.is_file():
+                print(f"  reference failed (exit {done.returncode}):\n{done.stderr[-2000:]}", flush=True)
+                rows.append({**row, "error": done.stderr[-2000:]})
+                continue
+            ends = json.loads(clock.read_text())["step_ends"]
+            row["reference_s_per_step"] = _median_step(ends, size.warmup)
+            rows.append(row)
+            print(f"  batch {batch}, checkpointing {'on ' if checkpointing else 'off'}: reference "
+                  f"{row['reference_s_per_step']:.4f} s/step ({len(ends)} steps clocked)", flush=True)  # fmt: skip
+    return rows
+
+
+def merge_reference(summary: dict) -> None:
+    """Put the reference's s/step beside ours in the training rows (``ours_over_reference``)."""
+    by_setting = {(r["batch"], r["gradient_checkpointing"]): r for r in summary.get("reference", [])}
+    for row in summary.get("train", []):
+        ref = by_setting.get((row["batch"], row["gradient_checkpointing"]), {}).get("reference_s_per_step")
+        if ref:
+            row["reference_s_per_step"], row["ours_over_reference"] = ref, row["ours_s_per_step"] / ref
+
+
 def resume_section(pipe, images, size: Size, work: Path) -> dict:
     """Straight to N steps against N/2, checkpoint, resume to N: the LoRA weights' largest difference."""
     from safetensors.torch import load_file
@@ -317,20 +370,29 @@ def _fmt_mb(value: float | None) -> str:
 
 def table(summary: dict) -> str:
     """The README's table for this check (Markdown)."""
+    with_ref = any("reference_s_per_step" in r for r in summary["train"])
+    ref_head, ref_rule = (" reference s/step | ours / reference |", "---|---|") if with_ref else ("", "")
     lines = [f"Device: {summary['device']} (torch {summary['torch']}, {summary['size']})", "",
-             "| batch | grad. checkpointing | ours s/step | floor s/step | ours / floor | peak GPU memory |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+             f"| batch | grad. checkpointing | ours s/step | floor s/step | ours / floor |{ref_head} peak GPU memory |",
+             f"|---|---|---|---|---|{ref_rule}---|"]  # fmt: skip
     for r in summary["train"]:
+        ref = ""
+        if with_ref:
+            ref = (f" {r['reference_s_per_step']:.4f} | {r['ours_over_reference']:.2f} |" if "reference_s_per_step" in r
+                   else " failed | - |")  # fmt: skip
         lines.append(f"| {r['batch']} | {'on' if r['gradient_checkpointing'] else 'off'} | {r['ours_s_per_step']:.4f} | "
-                     f"{r['floor_s_per_step']:.4f} | {r['ratio']:.2f} | {_fmt_mb(r['ours_peak_mb'])} |")  # fmt: skip
-    res, grid, sweep = summary["resume"], summary["grid"], summary["sweep"]
-    lines += ["", f"Resume ({res['steps']} steps straight vs half + half): max |Δweight| {res['max_abs_diff']:.2e} "
-              f"(weights up to {res['max_abs_weight']:.2e}).",
-              f"Grid ({grid['cells']} cells, {grid['steps']} steps): ours {grid['ours_images_per_s']:.2f} img/s, plain loop "
-              f"{grid['plain_images_per_s']:.2f} img/s ({grid['speed_up']:.2f}x); pixel difference: max {grid['max_pixel_diff']:.0f}, "
-              f"worst cell's mean {grid.get('max_mean_pixel_diff', float('nan')):.2f} of 255{_noise_text(grid)}.",
-              f"Sweep (`python -m sweeper -m`, 2 configurations, MLflow on SQLite): {'green' if sweep['green'] else 'FAILED'} "
-              f"in {sweep['seconds']:.0f} s."]  # fmt: skip
+                     f"{r['floor_s_per_step']:.4f} | {r['ratio']:.2f} |{ref} {_fmt_mb(r['ours_peak_mb'])} |")  # fmt: skip
+    lines.append("")
+    if res := summary.get("resume"):
+        lines.append(f"Resume ({res['steps']} steps straight vs half + half): max |Δweight| {res['max_abs_diff']:.2e} "
+                     f"(weights up to {res['max_abs_weight']:.2e}).")  # fmt: skip
+    if grid := summary.get("grid"):
+        lines.append(f"Grid ({grid['cells']} cells, {grid['steps']} steps): ours {grid['ours_images_per_s']:.2f} img/s, plain loop "
+                     f"{grid['plain_images_per_s']:.2f} img/s ({grid['speed_up']:.2f}x); pixel difference: max {grid['max_pixel_diff']:.0f}, "
+                     f"worst cell's mean {grid.get('max_mean_pixel_diff', float('nan')):.2f} of 255{_noise_text(grid)}.")  # fmt: skip
+    if sweep := summary.get("sweep"):
+        lines.append(f"Sweep (`python -m sweeper -m`, 2 configurations, MLflow on SQLite): {'green' if sweep['green'] else 'FAILED'} "
+                     f"in {sweep['seconds']:.0f} s.")  # fmt: skip
     sync = summary.get("sync") or {}
     if sync.get("ours", {}).get("syncs_per_step") is not None:
         lines.append(f"Synchronising CUDA calls per step (batch 1): ours {sync['ours']['syncs_per_step']}, "
@@ -357,7 +419,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=Path(os.environ.get("OUT") or REPO / "bench" / "results" / "gpu")
     )
-    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "resume", "grid", "sweep", "sync"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["train", "reference", "resume", "grid", "sweep", "sync"]
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="diffusers' examples/dreambooth/train_dreambooth_lora.py, timed beside ours",
+    )
+    parser.add_argument("--reference-python", default=sys.executable,
+                        help="the Python that runs it (needs torchvision; default: this one)")  # fmt: skip
     args = parser.parse_args(argv)
     from lora_core.drawn_subject import ensure_drawn_subject
     from lora_core.models import ModelSource, load_pipeline
@@ -375,29 +447,34 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = ensure_tiny_model(TinyModelSpec() if args.tiny else sd15_shaped_spec(), cache)
     print(f"  model ready in {time.perf_counter() - started:.0f} s: {model_dir}", flush=True)
     pipe = load_pipeline(ModelSource(path=str(model_dir), device=device))
-    images = load_subject_images(ensure_drawn_subject(cache, count=5, seed=0, size=512), size.resolution)
+    subject_dir = ensure_drawn_subject(cache, count=5, seed=0, size=512)
+    images = load_subject_images(subject_dir, size.resolution)
     summary = {"device": torch.cuda.get_device_name() if device == "cuda" else "CPU", "torch": torch.__version__,
                "size": f"{size.resolution} px, rank {size.rank}"}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         sections = {
             "train": lambda: train_section(pipe, model_dir, images, size, device, work),
+            "reference": lambda: reference_section(
+                model_dir, subject_dir, size, device, work, args.reference, args.reference_python
+            ),
             "resume": lambda: resume_section(pipe, images, size, work),
             "grid": lambda: grid_section(pipe, model_dir, images, size, work),
             "sweep": lambda: sweep_section(None if args.tiny else model_dir, size, work, device),
             "sync": lambda: sync_section(pipe, model_dir, images, size, device, work),
         }
         for name, run in sections.items():
-            if name not in args.skip:
+            if name not in args.skip and (name != "reference" or args.reference is not None):
                 print(f"{name}:", flush=True)
                 summary[name] = run()
+    merge_reference(summary)
     summary["seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     profiles = [part.pop("profile") for part in summary.get("sync", {}).values() if isinstance(part, dict)]
     if profiles:
         (args.out / "profile.txt").write_text("\n\n".join(profiles))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if not args.skip:
+    if "train" in summary:
         (args.out / "table.md").write_text(table(summary))
         print("\n" + table(summary))
     print(f"Done in {summary['seconds']:.0f} s; {args.out}/summary.json", flush=True)
