@@ -84,6 +84,10 @@ def draw_step_sheets(run: RunFolder, cells: list[GridCell], final_step: int, thu
     return written
 
 
+# Schedules under which a checkpoint at step k holds the weights of a run trained to k.
+STEADY_SCHEDULES = ("constant", "constant_with_warmup")
+
+
 def step_means(run: RunFolder, final_step: int) -> dict[int, dict]:
     """Metric means of a run's grid at each rendered step, over the cells scored at every step.
 
@@ -137,6 +141,14 @@ def best_step_lines(sweep_dir: Path, runs: list, objective: str) -> list[str]:
         best = max(scored, key=scored.get) if scored else None
         text = ", ".join(f"{s}: {v:.4f}" for s, v in scored.items())
         lines.append(f"| `{name}` | {best if best is not None else '-'} | {text} |")
+    decaying = sorted({name for name in curves for r in runs if r.name == name
+                       and r.settings.get("lr_scheduler", "constant") not in STEADY_SCHEDULES})  # fmt: skip
+    if decaying:
+        lines += ["", f"Under a decaying schedule ({', '.join(f'`{n}`' for n in decaying)}) a checkpoint is not "
+                  "the weights of a run trained to that step (that run would have annealed by then): take its "
+                  "best step as a guide and confirm it with `train.max_train_steps=...` (`python -m bench "
+                  "best_step` measured both on the drawn world: they agree exactly under a constant schedule, "
+                  "not always under cosine)."]  # fmt: skip
     plot = _plot_fidelity(curves, Path(sweep_dir) / FIDELITY_PLOT)
     return [*lines, "", *([f"![DINO and CLIP-T over steps]({plot.name})", ""] if plot else [])]
 

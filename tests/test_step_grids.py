@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 
 def test_render_steps_renders_the_grid_at_each_checkpoint_and_the_report_names_the_best(tmp_path, cache_dir):
     args = ["model=tiny", *FAST, "render.steps=[2,4]", "render.unet_scales=[0,1]", "sweep.name=steps",
-            "tracking.enabled=false"]  # fmt: skip
+            "tracking.enabled=false", "train.lr_scheduler=cosine"]  # fmt: skip
     result = sweep(tmp_path, *args, multirun=False)
     assert result.returncode == 0, result.output
     run = tmp_path / "steps" / "1e-4;1e-5"
@@ -20,6 +20,7 @@ def test_render_steps_renders_the_grid_at_each_checkpoint_and_the_report_names_t
     assert (run / "sheets" / "steps_ph.png").is_file()
     report = (tmp_path / "steps" / "report.md").read_text()
     assert "## Best step per configuration" in report and "steps_fidelity.png" in report
+    assert "Under a decaying schedule (`1e-4;1e-5`)" in report, "cosine: the best step is a guide, said so"
     assert (tmp_path / "steps" / "steps_fidelity.png").is_file()
     assert "## Subject against prompt over the UNet scale" in report, "two UNet scales were scored"
     assert (tmp_path / "steps" / "scale_tradeoff.png").is_file()
@@ -47,6 +48,7 @@ def test_a_checkpoints_grid_is_the_grid_of_a_run_trained_to_that_step_under_a_co
     assert long.returncode == 0 and short.returncode == 0, long.output + short.output
     at_step = tmp_path / "long" / "1e-4;1e-5" / "step-000003"
     trained_to = tmp_path / "short" / "1e-4;1e-5"
+    assert "decaying schedule" not in (tmp_path / "long" / "report.md").read_text()
     names = sorted(p.name for p in trained_to.glob("*.png"))
     assert names and names == sorted(p.name for p in at_step.glob("*.png"))
     for name in names:
