@@ -163,12 +163,16 @@ def test_mlflow_shows_each_rung_and_why_a_configuration_stopped(killed_between_r
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_a_rung_is_one_batch_for_the_parallel_launchers(tmp_path, launcher):
     """The same bracket through joblib (2 workers) and submitit (a process per job): every configuration
-    scored at the first rung, the best half finished with the final grid, the rest stopped there."""
-    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.gpus_per_node=0"]
+    scored at the first rung, the best half finished with the final grid, the rest stopped there. submitit
+    gets 2 configurations (one learning rate): each of its jobs is a fresh process with its imports."""
+    if launcher == "joblib":
+        extra, configurations = ["hydra.launcher.n_jobs=2"], 4
+    else:
+        extra, configurations = ["hydra.launcher.gpus_per_node=0", "train.learning_rate=1e-3"], 2
     result = sweep(tmp_path, *HALVING, f"launcher={launcher}", *extra)
     assert result.returncode == 0, result.output
     bracket = json.loads((tmp_path / "quickstart" / "bracket.json").read_text())
-    assert len(bracket["scores"][0]) == 4 and len(bracket["promoted"][0]) == 2
+    assert len(bracket["scores"][0]) == configurations and len(bracket["promoted"][0]) == configurations // 2
     for name in bracket["scores"][0]:
         finished = name in bracket["promoted"][0]
         assert (tmp_path / "quickstart" / name / "lora" / LORA_FILE).is_file() == finished, name
