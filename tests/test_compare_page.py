@@ -55,13 +55,15 @@ def test_the_compare_page_works_from_file_in_a_browser(quickstart_sweep, browser
     _, page = write_report(root / "quickstart")
     browser.get(page.as_uri())
     first = _shown(browser)
-    assert len(first) == 4 and all(src.endswith("/ph_0%3B0%3B4.png") for _, src in first)
+    # it opens on the LoRA at its strongest (UNet 1, text 1), not on four copies of the base model's picture
+    assert len(first) == 4 and all(src.endswith("/ph_1%3B1%3B4.png") for _, src in first)
     assert _all_images_loaded(browser)
 
-    Select(browser.find_element(By.ID, "unet")).select_by_value("1")
+    Select(browser.find_element(By.ID, "unet")).select_by_value("0.5")
+    Select(browser.find_element(By.ID, "text")).select_by_value("0")
     Select(browser.find_element(By.ID, "prompt")).select_by_value("be")
     after = _shown(browser)
-    assert all(src.endswith("/be_1%3B0%3B4.png") for _, src in after)
+    assert all(src.endswith("/be_0.5%3B0%3B4.png") for _, src in after), "the chosen scales stay"
     assert _all_images_loaded(browser)
 
     Select(browser.find_element(By.ID, "sort")).select_by_value("name")
