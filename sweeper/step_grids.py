@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lora_core.atomic import atomic_path
 from lora_core.render import GridRenderer, RenderOptions
+from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS
 from sweeper.drawing import pyplot, save_figure, save_sheet, sweep_sheet
 from sweeper.grid import GridCell, first_images
 from sweeper.layout import FIDELITY_PLOT, RunFolder
@@ -84,10 +85,6 @@ def draw_step_sheets(run: RunFolder, cells: list[GridCell], final_step: int, thu
     return written
 
 
-# Schedules under which a checkpoint at step k holds the weights of a run trained to k.
-STEADY_SCHEDULES = ("constant", "constant_with_warmup")
-
-
 def step_means(run: RunFolder, final_step: int) -> dict[int, dict]:
     """Metric means of a run's grid at each rendered step, over the cells scored at every step.
 
@@ -141,8 +138,9 @@ def best_step_lines(sweep_dir: Path, runs: list, objective: str) -> list[str]:
         best = max(scored, key=scored.get) if scored else None
         text = ", ".join(f"{s}: {v:.4f}" for s, v in scored.items())
         lines.append(f"| `{name}` | {best if best is not None else '-'} | {text} |")
-    decaying = sorted({name for name in curves for r in runs if r.name == name
-                       and r.settings.get("lr_scheduler", "constant") not in STEADY_SCHEDULES})  # fmt: skip
+    # a checkpoint at step k is the weights of a run trained to k only where the schedule ignores the total
+    decaying = sorted(r.name for r in runs if r.name in curves
+                      and r.settings.get("lr_scheduler", "constant") not in STEP_INDEPENDENT_SCHEDULERS)  # fmt: skip
     if decaying:
         lines += ["", f"Under a decaying schedule ({', '.join(f'`{n}`' for n in decaying)}) a checkpoint is not "
                   "the weights of a run trained to that step (that run would have annealed by then): take its "
