@@ -110,28 +110,33 @@ def train_section(pipe, model_dir: Path, images, size: Size, device: str, work: 
 
     half = device.startswith("cuda")
     rows = []
+    for batch, checkpointing, settings in _training_settings(size):
+        clock = StepClock()
+        _reset_peak()
+        train_lora(pipe, images, settings, work / f"train-b{batch}-gc{int(checkpointing)}")
+        ours, ours_mb = _median_step(clock.step_ends, size.warmup), _peak_mb()
+        clock.step_ends.clear()
+        _reset_peak()
+        step = make_step(str(model_dir), settings.to_dict(), device, half=half)
+        for _ in range(size.warmup + size.steps + 1):
+            step()
+        _sync()
+        floor, floor_mb = _median_step(clock.step_ends, size.warmup), _peak_mb()
+        del step
+        rows.append({"batch": batch, "gradient_checkpointing": checkpointing, "ours_s_per_step": ours,
+                     "floor_s_per_step": floor, "ratio": ours / floor, "ours_peak_mb": ours_mb,
+                     "floor_peak_mb": floor_mb})  # fmt: skip
+        print(f"  batch {batch}, checkpointing {'on ' if checkpointing else 'off'}: ours {ours:.4f} s/step, "
+              f"floor {floor:.4f} ({ours / floor:.2f}x), peak {_fmt_mb(ours_mb)}", flush=True)  # fmt: skip
+    return rows
+
+
+def _training_settings(size: Size):
+    """``(batch, checkpointing, settings)`` of every training setting the check times."""
     for batch in size.batches:
         for checkpointing in (False, True):
-            settings = _settings(size, train_batch_size=batch, gradient_checkpointing=checkpointing,
-                                 max_train_steps=size.warmup + size.steps + 1)  # fmt: skip
-            clock = StepClock()
-            _reset_peak()
-            train_lora(pipe, images, settings, work / f"train-b{batch}-gc{int(checkpointing)}")
-            ours, ours_mb = _median_step(clock.step_ends, size.warmup), _peak_mb()
-            clock.step_ends.clear()
-            _reset_peak()
-            step = make_step(str(model_dir), settings.to_dict(), device, half=half)
-            for _ in range(size.warmup + size.steps + 1):
-                step()
-            _sync()
-            floor, floor_mb = _median_step(clock.step_ends, size.warmup), _peak_mb()
-            del step
-            rows.append({"batch": batch, "gradient_checkpointing": checkpointing, "ours_s_per_step": ours,
-                         "floor_s_per_step": floor, "ratio": ours / floor, "ours_peak_mb": ours_mb,
-                         "floor_peak_mb": floor_mb})  # fmt: skip
-            print(f"  batch {batch}, checkpointing {'on ' if checkpointing else 'off'}: ours {ours:.4f} s/step, "
-                  f"floor {floor:.4f} ({ours / floor:.2f}x), peak {_fmt_mb(ours_mb)}", flush=True)  # fmt: skip
-    return rows
+            yield batch, checkpointing, _settings(size, train_batch_size=batch, gradient_checkpointing=checkpointing,
+                                                  max_train_steps=size.warmup + size.steps + 1)  # fmt: skip
 
 
 def reference_section(model_dir: Path, subject_dir: Path, size: Size, device: str, work: Path, script: Path,
@@ -139,42 +144,34 @@ def reference_section(model_dir: Path, subject_dir: Path, size: Size, device: st
     """diffusers' reference trainer on the same model, pictures and settings, in a process per setting.
 
     ``script`` is ``examples/dreambooth/train_dreambooth_lora.py`` (carried: it is not in the diffusers
-    wheel), run under ``bench.step_clock`` with the flags ``bench.train`` uses on the CPU, fp16 mixed
-    precision on CUDA and ``--gradient_checkpointing`` where ours has it. Its start-up (model load) is
-    outside the timed steps, as ours is.
+    wheel), run under ``bench.step_clock`` by ``bench.child.run_child`` with the flags ``bench.train`` uses
+    on the CPU, fp16 mixed precision on CUDA and ``--gradient_checkpointing`` where ours has it. Its
+    start-up (model load) is outside the timed steps, as ours is.
     """
+    from bench.child import ChildFailed, run_child
     from bench.train import reference_args
 
     rows = []
-    for batch in size.batches:
-        for checkpointing in (False, True):
-            settings = _settings(size, train_batch_size=batch, gradient_checkpointing=checkpointing,
-                                 max_train_steps=size.warmup + size.steps + 1)  # fmt: skip
-            run_dir = work / f"reference-b{batch}-gc{int(checkpointing)}"
-            run_dir.mkdir(parents=True, exist_ok=True)
-            flags = [
-                f.replace("{run_dir}", str(run_dir)) for f in reference_args(settings, model_dir, subject_dir)
-            ]
-            flags[flags.index("--mixed_precision") + 1] = "fp16" if device == "cuda" else "no"
-            flags += ["--gradient_checkpointing"] if checkpointing else []
-            clock = run_dir / "clock.json"
-            command = [python, "-m", "bench.step_clock", "--out", str(clock), "--", str(script), *flags]
-            env = {
-                **os.environ,
-                "HF_HUB_OFFLINE": "1",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            }
-            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
-            row = {"batch": batch, "gradient_checkpointing": checkpointing, "flags": flags}
-            if done.returncode != 0 or not clock.is_file():
-                print(f"  reference failed (exit {done.returncode}):\n{done.stderr[-2000:]}", flush=True)
-                rows.append({**row, "error": done.stderr[-2000:]})
-                continue
-            ends = json.loads(clock.read_text())["step_ends"]
-            row["reference_s_per_step"] = _median_step(ends, size.warmup)
-            rows.append(row)
-            print(f"  batch {batch}, checkpointing {'on ' if checkpointing else 'off'}: reference "
-                  f"{row['reference_s_per_step']:.4f} s/step ({len(ends)} steps clocked)", flush=True)  # fmt: skip
+    for batch, checkpointing, settings in _training_settings(size):
+        run_dir = work / f"reference-b{batch}-gc{int(checkpointing)}"
+        flags = [
+            f.replace("{run_dir}", str(run_dir)) for f in reference_args(settings, model_dir, subject_dir)
+        ]
+        flags[flags.index("--mixed_precision") + 1] = "fp16" if device == "cuda" else "no"
+        flags += ["--gradient_checkpointing"] if checkpointing else []
+        clock = run_dir / "clock.json"
+        row = {"batch": batch, "gradient_checkpointing": checkpointing, "flags": flags}
+        try:
+            run = run_child([python, "-m", "bench.step_clock", "--out", str(clock), "--", str(script), *flags],
+                            run_dir, clock)  # fmt: skip
+        except ChildFailed as error:
+            print(f"  reference failed: {error}", flush=True)
+            rows.append({**row, "error": str(error)})
+            continue
+        row["reference_s_per_step"] = run.seconds_per_step(size.warmup)
+        rows.append(row)
+        print(f"  batch {batch}, checkpointing {'on ' if checkpointing else 'off'}: reference "
+              f"{row['reference_s_per_step']:.4f} s/step ({len(run.step_ends)} steps clocked)", flush=True)  # fmt: skip
     return rows
 
 
@@ -389,7 +386,7 @@ def table(summary: dict) -> str:
     if grid := summary.get("grid"):
         lines.append(f"Grid ({grid['cells']} cells, {grid['steps']} steps): ours {grid['ours_images_per_s']:.2f} img/s, plain loop "
                      f"{grid['plain_images_per_s']:.2f} img/s ({grid['speed_up']:.2f}x); pixel difference: max {grid['max_pixel_diff']:.0f}, "
-                     f"worst cell's mean {grid.get('max_mean_pixel_diff', float('nan')):.2f} of 255{_noise_text(grid)}.")  # fmt: skip
+                     f"worst cell's mean {grid['max_mean_pixel_diff']:.2f} of 255{_noise_text(grid)}.")  # fmt: skip
     if sweep := summary.get("sweep"):
         lines.append(f"Sweep (`python -m sweeper -m`, 2 configurations, MLflow on SQLite): {'green' if sweep['green'] else 'FAILED'} "
                      f"in {sweep['seconds']:.0f} s.")  # fmt: skip
@@ -475,8 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "profile.txt").write_text("\n\n".join(profiles))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     if "train" in summary:
-        (args.out / "table.md").write_text(table(summary))
-        print("\n" + table(summary))
+        text = table(summary)
+        (args.out / "table.md").write_text(text)
+        print("\n" + text)
     print(f"Done in {summary['seconds']:.0f} s; {args.out}/summary.json", flush=True)
     return 0 if summary.get("sweep", {"green": True})["green"] else 1
 
