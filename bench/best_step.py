@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from bench.halving import run_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGURATIONS = [
@@ -36,11 +36,7 @@ CONFIGURATIONS = [
 
 
 def _sweep(root: Path, name: str, extra: list[str]) -> float:
-    started = time.perf_counter()
-    command = [sys.executable, "-m", "sweeper", "-m", "experiment=quickstart", f"sweep.root={root}",
-               f"sweep.name={name}", "sweep.print_summary=false", *CONFIGURATIONS, *extra]  # fmt: skip
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    return run_sweep(root, name, ["experiment=quickstart", *CONFIGURATIONS, *extra])
 
 
 def _key(settings: dict) -> str:

@@ -21,12 +21,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _sweep(root: Path, name: str, extra: list[str]) -> float:
+def run_sweep(root: Path, name: str, overrides: list[str]) -> float:
+    """Wall seconds of ``python -m sweeper -m <overrides>`` into ``root/name``; its progress bars stay on the
+    terminal (stderr), its summary is left out. Raises when the sweep fails."""
     started = time.perf_counter()
-    command = [sys.executable, "-m", "sweeper", "-m", "experiment=halving_search", f"sweep.root={root}",
-               f"sweep.name={name}", "sweep.print_summary=false", *extra]  # fmt: skip
+    command = [sys.executable, "-m", "sweeper", "-m", f"sweep.root={root}", f"sweep.name={name}",
+               "sweep.print_summary=false", *overrides]  # fmt: skip
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
+
+
+def _sweep(root: Path, name: str, extra: list[str]) -> float:
+    return run_sweep(root, name, ["experiment=halving_search", *extra])
 
 
 def _compute(sweep_dir: Path) -> tuple[int, int]:
@@ -44,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny model, debug=fast, 9 steps")
     parser.add_argument("--root", type=Path, default=REPO / "outputs" / "bench-halving")
     args = parser.parse_args(argv)
-    extra = ["model=tiny", "debug=fast", "train.max_train_steps=9"] if args.quick else []
+    extra = (
+        ["model=tiny", "debug=fast", "train.max_train_steps=9", "hydra.sweeper.steps=[3]"]
+        if args.quick
+        else []
+    )
     halving_seconds = _sweep(args.root, "halving", extra)
     full_seconds = _sweep(args.root, "full", [*extra, "hydra.sweeper.steps=null", "hydra.sweeper.rungs=1"])
     bracket = json.loads((args.root / "halving" / "bracket.json").read_text())
