@@ -29,6 +29,7 @@ from sweeper.job_spec import JobSpec, build_job
 from sweeper.layout import RunFolder, SweepFolder, read_loss_rows
 from sweeper.plan import SweepPlan
 from sweeper.preemption import HeldSignals
+from sweeper.tracking.helper import TrackerProxy, open_tracker
 from sweeper.tracking.store import tracking_uri
 from sweeper.tracking.tracker import StepLogger, Tracker
 
@@ -88,7 +89,7 @@ class Job:
         self.folder = RunFolder(self.run_dir)
         self.lora_dir = self.folder.lora_dir
         self.result = JobResult(run_dir=self.run_dir, images_total=len(self.spec.cells))
-        self.tracker: Tracker | None = None
+        self.tracker: Tracker | TrackerProxy | None = None
         self.new_pictures: list[Path] = []
         self.mlflow_run: str | None = None
 
@@ -100,7 +101,7 @@ class Job:
         self._write_config()
         if self.spec.stop_at is not None:
             return self.run_rung()
-        # MLflow's import and store (about 1.5 s) overlap the pipeline's load instead of preceding it.
+        # The store opens (in MLflow's helper process, sweeper.tracking.helper) while the pipeline loads.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-start") as pool:
             tracking = pool.submit(self._start_tracking)
             started = time.perf_counter()
@@ -386,7 +387,7 @@ class Job:
         """Open the child run; returns True when a finished run for this folder is already logged."""
         if not (self.cfg.tracking.enabled and self.cfg.tracking.live):
             return True  # nothing to log here (tracking.live=false: the sweep's end logs this run)
-        self.tracker = Tracker.for_config(self.cfg, self.spec.sweep_dir)
+        self.tracker = open_tracker(self.cfg, self.spec.sweep_dir)
         parent = (self.plan.tracking.get("parent_run_id") if self.plan else None) or None
         tags = {"sweep": self.cfg.sweep.name, "experiment_preset": str(self.cfg.experiment)}
         self.mlflow_run, finished = self.tracker.child_run(parent, self.run_dir.name, tags)

@@ -20,6 +20,7 @@ from sweeper.layout import SweepFolder
 from sweeper.optuna_search import LORA_OPTUNA_SWEEPER, check_search, search_space
 from sweeper.plan import SweepPlan, check_inputs, compose_job, expand_jobs, plan_sweep
 from sweeper.slurm import check_slurm_request
+from sweeper.tracking.helper import open_tracker
 from sweeper.tracking.store import tracking_uri
 from sweeper.tracking.tracker import Tracker
 from sweeper.tracking.ui import describe_sweep
@@ -133,7 +134,7 @@ class SweepCallback(Callback):
             write_report(sweep_dir, config.eval.objective)
         experiment = None
         if config.tracking.enabled:
-            tracker = Tracker.for_config(config, sweep_dir)
+            tracker = open_tracker(config, sweep_dir)  # the job's helper process, if it has one
             if not config.tracking.live:  # the job left MLflow to here
                 from sweeper.tracking.replay import log_finished_runs
 

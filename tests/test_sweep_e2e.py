@@ -296,13 +296,39 @@ def test_an_unreachable_tracking_server_does_not_stop_the_sweep(tmp_path, cache_
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 6 for r in children)
 
 
+_MLFLOW_PROBE = """import atexit, json, multiprocessing, os, sys
+def _mark():
+    with open(os.path.join(os.environ['PROBE_DIR'], f'process-{os.getpid()}.json'), 'w') as f:
+        json.dump([multiprocessing.current_process().name, sys.argv, 'mlflow' in sys.modules], f)
+atexit.register(_mark)
+"""
+
+
+def _processes(tmp_path) -> list[tuple[str, list[str], bool]]:
+    """(process name, argv, imported mlflow) of every Python process of the sweep (``_MLFLOW_PROBE``)."""
+    return [tuple(json.loads(p.read_text())) for p in tmp_path.glob("process-*.json")]
+
+
+def _probe_env(tmp_path) -> dict[str, str]:
+    """Every Python process of the sweep runs the probe at start (``sitecustomize``)."""
+    (tmp_path / "sitecustomize.py").write_text(_MLFLOW_PROBE)
+    return {
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "PROBE_DIR": str(tmp_path),
+    }
+
+
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_parallel_launchers_complete_a_2_job_sweep(tmp_path, cache_dir, launcher):
+    """Each job is a process of its own; its live MLflow writes go through its helper process (which ends
+    with os._exit, unseen by the probe), so the job's process never imports MLflow (sweeper.tracking.helper)."""
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.gpus_per_node=0"]
-    result = sweep(
-        tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", f"launcher={launcher}", *extra
-    )
+    result = sweep(tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", f"launcher={launcher}",
+                   *extra, env=_probe_env(tmp_path))  # fmt: skip
     assert result.returncode == 0, result.output
+    processes = _processes(tmp_path)
+    jobs = [p for p in processes if p[0].startswith("Loky") or p[1][0].endswith("_submit.py")]
+    assert jobs and not any(imported for *_, imported in jobs), processes  # yet the runs are logged (below)
     records = run_records(tmp_path / "quickstart")
     assert set(records) == {"1e-3;1e-4", "1e-3;1e-5"} and all(r["status"] == "done" for r in records.values())
     for name in records:
@@ -322,18 +348,13 @@ def test_jobs_without_live_tracking_never_import_mlflow_and_the_sweeps_end_logs_
     finished run at the sweep's end, with the params, the loss curve, the pictures and the parent link."""
     from mlflow.tracking import MlflowClient
 
-    # Every Python process of the sweep runs this at start; one that imported mlflow leaves a mark at exit.
-    (tmp_path / "sitecustomize.py").write_text("import atexit, os, sys\natexit.register(lambda: 'mlflow' in "
-        "sys.modules and open(os.path.join(os.environ['PROBE_DIR'], f'mlflow-{os.getpid()}'), 'w').close())\n")  # fmt: skip
-    env = {
-        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "PROBE_DIR": str(tmp_path),
-    }
     result = sweep(tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", "launcher=joblib",
-                   "hydra.launcher.n_jobs=2", "tracking.live=false", env=env)  # fmt: skip
+                   "hydra.launcher.n_jobs=2", "tracking.live=false", env=_probe_env(tmp_path))  # fmt: skip
     assert result.returncode == 0, result.output
-    marked = {p.name for p in tmp_path.glob("mlflow-*")}
-    assert len(marked) == 1, f"only the launching process imports mlflow, not the workers: {marked}"
+    importers = [(name, argv) for name, argv, imported in _processes(tmp_path) if imported]
+    assert [n for n, _ in importers] == ["MainProcess"], (
+        f"only the launching process imports mlflow: {importers}"
+    )
     records = run_records(tmp_path / "quickstart")
     runs = mlflow_runs(tmp_path, "quickstart")
     parent = next(r for r in runs if r.data.tags.get("sweep_role") == "parent")
