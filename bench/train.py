@@ -174,6 +174,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"interpreter with torchvision for the reference (default {DEFAULT_REFERENCE_PYTHON.relative_to(REPO_ROOT)})")  # fmt: skip
     add("--real-size", action="store_true", help="also train an SD-1.5-shaped model at 512 px (minutes)")
     add("--real-size-steps", type=int, default=3, help="steps of the real-size runs (default 3)")
+    add("--real-size-repeats", type=int, default=1, help="runs of each real-size contestant (default 1)")
     add(
         "--cache-dir",
         type=Path,
@@ -232,7 +233,12 @@ def sweeper_job(
 ) -> tuple[str, ...]:
     """One ``python -m sweeper`` job of the same training, as a SLURM or joblib worker runs it: Hydra, the
     job's checks, the run folder and its records, and MLflow on the SQLite store its sweep shares
-    (``live``), or none (a ``tracking.live=false`` worker, whose runs the sweep's end logs); no grid."""
+    (``live``), or none (a ``tracking.live=false`` worker, whose runs the sweep's end logs); no grid.
+
+    Every run logs into an experiment of its own in the section's store (``prepare_store`` made it, as a
+    sweep's start does before its jobs): in a shared experiment a later round would find its run already
+    logged and skip the logging a job does.
+    """
     s = settings
     overrides = [
         "model=sd15", f"model.path={model_dir}", f"model.resolution={s.resolution}", "model.dtype=float32",
@@ -242,7 +248,7 @@ def sweeper_job(
         f"train.mixed_precision={s.mixed_precision}", f"train.log_every={s.log_every}",
         "render.enabled=false", "eval.enabled=false", "sweep.root={run_dir}/sweeps", "sweep.print_summary=false",
         "hydra.run.dir={run_dir}/hydra", f"tracking.enabled={str(live).lower()}",
-        "tracking.uri=sqlite:///{run_dir}/../mlflow.db",
+        "tracking.uri=sqlite:///{run_dir}/../mlflow.db", "tracking.experiment={run_dir}",
     ]  # fmt: skip
     script = str(REPO_ROOT / "sweeper" / "__main__.py")
     return ("-m", "bench.step_clock", "--out", "{out}", "--", script, *overrides)
@@ -379,7 +385,9 @@ def run_section(title: str, args, settings, dirs: tuple[Path, Path], device: str
     """
     print(f"\n== train: {title} ==\n  {describe(settings, plan, device)}", flush=True)
     found = contestants(args, settings, *dirs, device, plan)
-    results = measure(found, plan.repeats, args.results_dir / title.replace(" ", "-"))
+    run_root = args.results_dir / title.replace(" ", "-")
+    prepare_store(run_root / "mlflow.db")
+    results = measure(found, plan.repeats, run_root)
     print_table(results)
     print_ratios(results)
     return {
@@ -387,6 +395,18 @@ def run_section(title: str, args, settings, dirs: tuple[Path, Path], device: str
         "plan": asdict(plan),
         "results": {k: m.summary() for k, m in results.items()},
     }
+
+
+def prepare_store(path: Path) -> None:
+    """Create the SQLite store the sweeper jobs log to, as a sweep's start does before its jobs run.
+
+    A store left by an earlier run of the bench is replaced: its runs would count as already logged.
+    """
+    from mlflow.tracking import MlflowClient
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    MlflowClient(f"sqlite:///{path.resolve()}").search_experiments()
 
 
 def prepare(args) -> tuple[str, Path, Path]:
@@ -417,7 +437,9 @@ def real_size_section(args, device: str, subject_dir: Path) -> dict:
 
     print("\n(real size: building/finding the SD-1.5-shaped model, ~1 min the first time)", flush=True)
     model_dir = ensure_tiny_model(sd15_shaped_spec(), args.cache_dir or default_cache_dir())
-    plan = Plan(steps=args.real_size_steps, repeats=1, floor_steps=args.real_size_steps, warmup=1)
+    plan = Plan(
+        steps=args.real_size_steps, repeats=args.real_size_repeats, floor_steps=args.real_size_steps, warmup=1
+    )
     settings = training_settings(args, trains_text=False, steps=plan.steps, resolution=512)
     summary = run_section(
         "real size text encoder frozen", args, settings, (model_dir, subject_dir), device, plan
