@@ -234,7 +234,7 @@ def test_schedules_that_depend_on_the_total_train_separately(tmp_path, cache_dir
 
 def test_a_killed_sweep_resumes_from_its_last_checkpoint(tmp_path, cache_dir):
     args = ["experiment=quickstart", *FAST, "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4",
-            "train.max_train_steps=400", "train.checkpoint_every=10", "render.enabled=false"]  # fmt: skip
+            "train.max_train_steps=120", "train.checkpoint_every=10", "render.enabled=false"]  # fmt: skip
     command = [sys.executable, "-m", "sweeper", "-m", *args, f"sweep.root={tmp_path}"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
