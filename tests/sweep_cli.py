@@ -62,3 +62,27 @@ def mlflow_runs(root: Path, experiment: str) -> list:
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no MLflow experiment {experiment}"
     return client.search_runs([found.experiment_id])
+
+
+# Every Python process of a sweep run with ``probe_env`` leaves a note at exit: its name, argv, and whether
+# it imported mlflow (a job's MLflow belongs in its helper process, sweeper.tracking.helper).
+MLFLOW_PROBE = """import atexit, json, multiprocessing, os, sys
+def _mark():
+    with open(os.path.join(os.environ['PROBE_DIR'], f'process-{os.getpid()}.json'), 'w') as f:
+        json.dump([multiprocessing.current_process().name, sys.argv, 'mlflow' in sys.modules], f)
+atexit.register(_mark)
+"""
+
+
+def probed_processes(tmp_path) -> list[tuple[str, list[str], bool]]:
+    """(process name, argv, imported mlflow) of every Python process of the sweep (``MLFLOW_PROBE``)."""
+    return [tuple(json.loads(p.read_text())) for p in tmp_path.glob("process-*.json")]
+
+
+def probe_env(tmp_path) -> dict[str, str]:
+    """Every Python process of the sweep runs the probe at start (``sitecustomize``)."""
+    (tmp_path / "sitecustomize.py").write_text(MLFLOW_PROBE)
+    return {
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "PROBE_DIR": str(tmp_path),
+    }

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from sweep_cli import FAST, REPO, mlflow_runs, run_records, sweep
+from sweep_cli import FAST, REPO, mlflow_runs, probe_env, probed_processes, run_records, sweep
 
 PICTURES = {f"{p}_{u};{t};4.png" for p in ("ph", "be") for u in ("0", "0.5", "1") for t in ("0", "1")}
 LORA = "lora/pytorch_lora_weights.safetensors"
@@ -99,10 +99,15 @@ def _finish(process, timeout=900):
 
 
 def test_a_2_job_sweep_through_sbatch_writes_what_the_local_launcher_writes(tmp_path, cache_dir):
-    result = sweep(tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", *SLURM, env=ENV)
+    """Every SLURM job is a fresh process that logs live through its MLflow helper process, never importing
+    MLflow itself (sweeper.tracking.helper; the probe sees the batch jobs' submitit processes)."""
+    env = {**ENV, **probe_env(tmp_path)}
+    result = sweep(tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", *SLURM, env=env)
     assert result.returncode == 0, result.output
     sweep_dir = tmp_path / "quickstart"
     assert _job_ids(sweep_dir), "the jobs went through sbatch"
+    jobs = [p for p in probed_processes(tmp_path) if p[1][0].endswith("_submit.py")]
+    assert len(jobs) == 2 and not any(imported for *_, imported in jobs), probed_processes(tmp_path)
     records = run_records(sweep_dir)
     assert set(records) == {"1e-3;1e-4", "1e-3;1e-5"} and all(r["status"] == "done" for r in records.values())
     for name in records:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from sweep_cli import FAST, REPO, mlflow_runs, run_records, sweep
+from sweep_cli import FAST, REPO, mlflow_runs, probe_env, probed_processes, run_records, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -296,37 +296,14 @@ def test_an_unreachable_tracking_server_does_not_stop_the_sweep(tmp_path, cache_
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 6 for r in children)
 
 
-_MLFLOW_PROBE = """import atexit, json, multiprocessing, os, sys
-def _mark():
-    with open(os.path.join(os.environ['PROBE_DIR'], f'process-{os.getpid()}.json'), 'w') as f:
-        json.dump([multiprocessing.current_process().name, sys.argv, 'mlflow' in sys.modules], f)
-atexit.register(_mark)
-"""
-
-
-def _processes(tmp_path) -> list[tuple[str, list[str], bool]]:
-    """(process name, argv, imported mlflow) of every Python process of the sweep (``_MLFLOW_PROBE``)."""
-    return [tuple(json.loads(p.read_text())) for p in tmp_path.glob("process-*.json")]
-
-
-def _probe_env(tmp_path) -> dict[str, str]:
-    """Every Python process of the sweep runs the probe at start (``sitecustomize``)."""
-    (tmp_path / "sitecustomize.py").write_text(_MLFLOW_PROBE)
-    return {
-        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "PROBE_DIR": str(tmp_path),
-    }
-
-
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
-def test_parallel_launchers_complete_a_2_job_sweep(tmp_path, cache_dir, launcher):
+def test_the_joblib_launcher_completes_a_2_job_sweep(tmp_path, cache_dir):
     """Each job is a process of its own; its live MLflow writes go through its helper process (which ends
-    with os._exit, unseen by the probe), so the job's process never imports MLflow (sweeper.tracking.helper)."""
-    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.gpus_per_node=0"]
-    result = sweep(tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", f"launcher={launcher}",
-                   *extra, env=_probe_env(tmp_path))  # fmt: skip
+    with os._exit, unseen by the probe), so the job's process never imports MLflow (sweeper.tracking.helper).
+    submitit's launcher: tests/test_slurm.py runs the same sweep through a real SLURM."""
+    result = sweep(tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", "launcher=joblib",
+                   "hydra.launcher.n_jobs=2", env=probe_env(tmp_path))  # fmt: skip
     assert result.returncode == 0, result.output
-    processes = _processes(tmp_path)
+    processes = probed_processes(tmp_path)
     jobs = [p for p in processes if p[0].startswith("Loky") or p[1][0].endswith("_submit.py")]
     assert jobs and not any(imported for *_, imported in jobs), processes  # yet the runs are logged (below)
     records = run_records(tmp_path / "quickstart")
@@ -349,9 +326,9 @@ def test_jobs_without_live_tracking_never_import_mlflow_and_the_sweeps_end_logs_
     from mlflow.tracking import MlflowClient
 
     result = sweep(tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", "launcher=joblib",
-                   "hydra.launcher.n_jobs=2", "tracking.live=false", env=_probe_env(tmp_path))  # fmt: skip
+                   "hydra.launcher.n_jobs=2", "tracking.live=false", env=probe_env(tmp_path))  # fmt: skip
     assert result.returncode == 0, result.output
-    importers = [(name, argv) for name, argv, imported in _processes(tmp_path) if imported]
+    importers = [(name, argv) for name, argv, imported in probed_processes(tmp_path) if imported]
     assert [n for n, _ in importers] == ["MainProcess"], (
         f"only the launching process imports mlflow: {importers}"
     )
