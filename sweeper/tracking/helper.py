@@ -205,7 +205,7 @@ class TrackerProxy:
         self.uri, self.experiment, self.sweep_dir = uri, experiment, Path(sweep_dir)
         self.client = None  # Tracker._disable clears it; the client itself lives in the helper
         self._key = (uri, experiment, str(self.sweep_dir))
-        self._sent: list[Future] = []
+        self._failed_send: BaseException | None = None  # the first send that raised, for the next call
         self._active: bool | None = None
         self._experiment_id: str | None = None
         self._opened = _helper().submit(_open, self._key, timeout)  # the store opens while the job loads
@@ -233,19 +233,23 @@ class TrackerProxy:
                 return _INACTIVE.get(name)
             future = _helper().submit(_call, self._key, name, args, kwargs)
             if name in _ASYNC:
-                self._sent = [f for f in self._sent if not f.done() or f.exception() is not None]
-                self._sent.append(future)
+                future.add_done_callback(self._note_failed_send)
                 return None
-            sent, self._sent = self._sent, []
-            for earlier in sent:  # a send that failed surfaces at the next call that waits
-                self._answer(earlier)
-            answer = self._answer(future)
+            answer = self._answer(future)  # the helper answers in order: every earlier send is done
+            if self._failed_send is not None:  # a send that failed surfaces at the next call that waits
+                failed, self._failed_send = self._failed_send, None
+                raise failed
             if answer is None:
                 return _INACTIVE.get(name)
             result, self._active = answer
             return result
 
         return remote
+
+    def _note_failed_send(self, future: Future) -> None:
+        error = future.exception()
+        if error is not None and not isinstance(error, HelperGone) and self._failed_send is None:
+            self._failed_send = error  # a dead helper is seen by the call that waits, as for any call
 
     def _answer(self, future: Future):
         """The helper's answer; None (and the tracker switched off) if the helper died.
