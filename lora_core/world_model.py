@@ -5,7 +5,8 @@ from nothing but a seed, in four stages that each leave a folder (a rerun skips 
 
 1. ``vae``: an ``AutoencoderKL`` 64 px -> 16 x 16 x 4 (mostly on 32 px crops, which cost a sixth; the
    VAE is convolutional), with its own latent ``scaling_factor`` (SD's 0.18215 is SD's VAE's).
-2. ``clip``: a ``CLIPModel`` (text and vision towers) trained contrastively on the world's captions, its
+2. ``clip``: a ``CLIPModel`` (text and vision towers) trained contrastively on the world's captions: the
+   UNet's text encoder and the evaluation CLIP, as SD 1.x conditions on CLIP's text tower. Its
    tokenizer giving every world word one token (a real BPE vocabulary with merges, like SD's), the
    identifier ``ktn`` a token that no caption uses — as a rare token is in SD 1.5.
 3. ``identity``: a ViT (``ViTModel``, the DINO architecture) trained so that two pictures of the same
@@ -59,30 +60,29 @@ class Recipe:
     vae_lr: float = 2e-3
     width: int = 128  # text hidden size = cross-attention width = vision width
     text_layers: int = 4
-    clip_steps: int = 1200
+    clip_steps: int = 4000
     clip_batch: int = 128
     clip_lr: float = 1e-3
-    identity_steps: int = 800
+    clip_pool: int = 30000  # pictures drawn once (drawing in the loop doubles a step), mirrored at random
+    clip_object_only: float = 0.7  # share of captions that name only the object (see train_clip)
+    identity_steps: int = 2400
     identity_batch: int = 64  # individuals per step, two pictures each
     identity_lr: float = 1e-3
     unet_channels: tuple[int, ...] = (32, 64, 128)
-    unet_steps: int = 9000
+    unet_steps: int = 10000
     unet_batch: int = 32
     unet_lr: float = 6e-4
     unet_pool: int = 40000  # pictures encoded once; captions are re-worded every time they are drawn
     caption_dropout: float = 0.1
     ema_decay: float = 0.9995
-    eval_every: int = 1500
+    eval_every: int = 2500
     eval_inference_steps: int = 25
-    judge_steps: int = 1000
-    judge_object_only: float = 0.5  # share of the judge's captions that name only the object
-    judge_dedup: bool = False  # CLIP's loss with every picture of a caption a positive (see _clip_loss)
 
     def scaled(self, factor: float) -> Recipe:
         """The same recipe with every step count (and the picture pool) multiplied by ``factor``."""
         steps = {k: max(2, int(v * factor)) for k, v in asdict(self).items() if k.endswith("_steps")}
-        pool = max(self.unet_batch, int(self.unet_pool * factor))
-        return replace(self, **steps, eval_every=steps["unet_steps"], unet_pool=pool)
+        pools = {k: max(self.unet_batch, int(getattr(self, k) * factor)) for k in ("unet_pool", "clip_pool")}
+        return replace(self, **steps, **pools, eval_every=steps["unet_steps"])
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -227,9 +227,14 @@ def _clip_config(recipe: Recipe, tokenizer):
 
 
 def train_clip(recipe: Recipe, out: Path) -> dict:
-    """Stage 2: the world CLIP, contrastive on captions drawn with their pictures.
+    """Stage 2: the world CLIP, contrastive on a pool of pictures drawn once, with their captions.
 
-    Its text tower is what the UNet conditions on (as SD 1.x conditions on CLIP's).
+    One CLIP serves twice, as in SD 1.x: its text tower is what the UNet conditions on, and the whole model
+    is the evaluation CLIP (CLIP-I, CLIP-T, the prompt-following reading). Colour and place are global
+    features a CLIP learns first; shapes come later. ``clip_object_only`` of the captions name only the
+    object ("a photo of a dog"), which makes the object the one thing those pictures can be told apart
+    by, and the loss (``_clip_loss``) lets the many pictures of one such caption all be its positives. A
+    text tower that does not tell the objects apart leaves the UNet nothing to draw them from.
     """
     import torch
     from transformers import CLIPModel
@@ -238,40 +243,52 @@ def train_clip(recipe: Recipe, out: Path) -> dict:
     tokenizer = world_tokenizer()
     model = CLIPModel(_clip_config(recipe, tokenizer))
     rng = random.Random(f"clip-{recipe.seed}")
-    _contrastive(model, tokenizer, rng, recipe, recipe.clip_steps, recipe.clip_lr, world.caption, "clip")
-    return {"steps": recipe.clip_steps, **_save_clip(model, tokenizer, out, recipe)}
-
-
-def train_judge(recipe: Recipe, out: Path, clip_dir: Path, pipeline_parts: tuple) -> dict:
-    """Stage 5: the evaluation CLIP: the stage-2 CLIP trained on, half the captions naming only the object.
-
-    Colour and place are global features a CLIP learns first; shapes come later, and a caption that names
-    only the object makes it the one thing a picture can be told apart by. The UNet keeps the stage-2 text
-    tower it was trained with (``sd/text_encoder``); this CLIP (``clip/``) scores pictures (CLIP-I, CLIP-T)
-    and reads them back for the prompt-following measurement, which it repeats here on the final model.
-    """
-    import torch
-    from transformers import CLIPModel, CLIPTokenizer
-
-    torch.manual_seed(recipe.seed + 4)
-    model, tokenizer = CLIPModel.from_pretrained(clip_dir), CLIPTokenizer.from_pretrained(clip_dir)
-    rng = random.Random(f"judge-{recipe.seed}")
+    pool, scenes = _picture_pool(rng, recipe.clip_pool, world.held_out_combinations(recipe.seed))
 
     def caption(scene, rng):
         return (
             f"a photo of a {scene.obj}"
-            if rng.random() < recipe.judge_object_only
+            if rng.random() < recipe.clip_object_only
             else world.caption(scene, rng)
         )
 
-    _contrastive(model, tokenizer, rng, recipe, recipe.judge_steps, recipe.clip_lr / 2, caption, "judge",
-                 dedup=recipe.judge_dedup)  # fmt: skip
-    report = {"steps": recipe.judge_steps, **_save_clip(model, tokenizer, out, recipe)}
-    pipe = assemble_pipeline(*pipeline_parts)
-    return {
-        **report,
-        "prompt_following": prompt_following(pipe, out, recipe.seed, steps=recipe.eval_inference_steps),
-    }
+    opt = torch.optim.AdamW(model.parameters(), recipe.clip_lr, weight_decay=0.05)
+    sched, started = _schedule(opt, 200, recipe.clip_steps), time.time()
+    real = _real_pictures(recipe.seed, per_triple=3)
+    model.train()
+    for step in range(1, recipe.clip_steps + 1):
+        idx = [rng.randrange(len(scenes)) for _ in range(recipe.clip_batch)]
+        x = pool[idx].float().div(127.5).sub(1)
+        if rng.random() < 0.5:
+            x = x.flip(3)  # no caption says left or right
+        captions = [caption(scenes[i], rng) for i in idx]
+        loss = _clip_loss(model, tokenizer(captions, padding=True, return_tensors="pt"), x, captions)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        _progress("clip", step, recipe.clip_steps, loss.item(), started)
+        if step % recipe.eval_every == 0 and step < recipe.clip_steps:
+            model.eval()
+            log.info(
+                "clip %d: zero-shot on held-out pictures %s",
+                step,
+                zero_shot_accuracy(model, tokenizer, *real),
+            )
+            model.train()
+    model.eval()
+    return {"steps": recipe.clip_steps, **_save_clip(model, tokenizer, out, recipe)}
+
+
+def _picture_pool(rng: random.Random, n: int, held_out: frozenset):
+    """``n`` world pictures (none of ``held_out``) as a uint8 (n, 3, 64, 64) tensor, and their scenes."""
+    import torch
+
+    chunks, scenes = [], []
+    for start in range(0, n, 500):
+        x, batch = world_batch(rng, min(500, n - start), held_out)
+        chunks.append(x.add(1).mul(127.5).round().to(torch.uint8))
+        scenes += batch
+    return torch.cat(chunks), scenes
 
 
 def _clip_loss(model, tokens, pixels, captions: list[str]):
@@ -298,39 +315,6 @@ def _clip_loss(model, tokens, pixels, captions: list[str]):
     return (to_text + to_image) / 2
 
 
-def _contrastive(model, tokenizer, rng, recipe: Recipe, steps: int, lr: float, caption, stage: str,
-                 dedup: bool = False) -> None:  # fmt: skip
-    """Train ``model`` with CLIP's loss on fresh world pictures (never a held-out combination).
-
-    ``dedup``: the loss of ``_clip_loss`` (pictures sharing a caption are all positives). Every
-    ``recipe.eval_every`` steps the zero-shot reading of the held-out pictures is logged.
-    """
-    import torch
-
-    opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.05)
-    sched, started = _schedule(opt, 100, steps), time.time()
-    held_out = world.held_out_combinations(recipe.seed)
-    for step in range(1, steps + 1):
-        x, scenes = world_batch(rng, recipe.clip_batch, held_out)
-        captions = [caption(s, rng) for s in scenes]
-        tokens = tokenizer(captions, padding=True, return_tensors="pt")
-        if dedup:
-            loss = _clip_loss(model, tokens, x, captions)
-        else:
-            loss = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=x,
-                         return_loss=True).loss  # fmt: skip
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-        _progress(stage, step, steps, loss.item(), started)
-        if step % recipe.eval_every == 0 and step < steps:
-            model.eval()
-            log.info("%s %d: zero-shot on held-out pictures %s", stage, step,
-                     zero_shot_accuracy(model, tokenizer, *_real_pictures(recipe.seed)))  # fmt: skip
-            model.train()
-    model.eval()
-
-
 def _save_clip(model, tokenizer, out: Path, recipe: Recipe) -> dict:
     from transformers import CLIPImageProcessorPil
 
@@ -339,7 +323,7 @@ def _save_clip(model, tokenizer, out: Path, recipe: Recipe) -> dict:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
-    real = _real_pictures(recipe.seed)
+    real = _real_pictures(recipe.seed, per_triple=3)
     return {"zero_shot_on_world_pictures": zero_shot_accuracy(model, tokenizer, *real)}
 
 
@@ -569,7 +553,7 @@ def prompt_following(pipe, clip_dir: Path, seed: int, guidance: float = 4.0, ste
 # ---------------------------------------------------------------------------------------------- build
 
 
-STAGES = ("vae", "clip", "identity", "unet", "judge")
+STAGES = ("vae", "clip", "identity", "unet")
 
 
 def build(out: Path, recipe: Recipe, stages: tuple[str, ...] = STAGES) -> dict:
@@ -592,7 +576,6 @@ def build(out: Path, recipe: Recipe, stages: tuple[str, ...] = STAGES) -> dict:
         "clip": lambda d: train_clip(recipe, d),
         "identity": lambda d: train_identity(recipe, d),
         "unet": lambda d: train_unet(recipe, d, work / "vae", work / "clip"),
-        "judge": lambda d: train_judge(recipe, d, work / "clip", _pipeline_parts(work)),
     }
     for stage in stages:
         if (work / stage / "config.json").is_file():
@@ -621,10 +604,15 @@ def assemble(out: Path, recipe: Recipe, report: dict) -> dict:
     work = out / "stages"
     with atomic_dir(out / "sd") as tmp:
         assemble_pipeline(*_pipeline_parts(work)).save_pretrained(tmp)
-    judge = work / "judge" if (work / "judge" / "config.json").is_file() else work / "clip"
-    for name, cls, source in (("clip", CLIPModel, judge), ("identity", ViTModel, work / "identity")):
-        with atomic_dir(out / name) as tmp:
-            cls.from_pretrained(source).save_pretrained(tmp)
+    parts = (
+        ("clip", CLIPModel, work / "clip", {}),
+        ("identity", ViTModel, work / "identity", {"add_pooling_layer": False}),
+    )
+    for name, cls, source, options in parts:
+        with atomic_dir(
+            out / name
+        ) as tmp:  # (a pooler would be freshly random: the same recipe, other bytes)
+            cls.from_pretrained(source, **options).save_pretrained(tmp)
             for extra in [*source.glob("*.json"), *source.glob("*.txt")]:
                 if extra.name != "config.json":
                     (tmp / extra.name).write_bytes(extra.read_bytes())

@@ -105,7 +105,7 @@ def test_recipe_writes_a_diffusers_pipeline_clip_identity_model_and_manifest(sma
     assert (out / "sd" / "model_index.json").is_file()
     assert {"sd/unet/diffusion_pytorch_model.safetensors", "clip/model.safetensors",
             "identity/model.safetensors"} <= set(manifest["files"])  # fmt: skip
-    assert set(manifest["report"]) == {"vae", "clip", "identity", "unet", "judge"}
+    assert set(manifest["report"]) == {"vae", "clip", "identity", "unet"}
     assert 0 <= manifest["report"]["unet"]["object"] <= 1
 
 
@@ -132,6 +132,17 @@ def test_recipe_is_deterministic_given_its_seed(tmp_path):
     assert train_vae(recipe, a) == train_vae(recipe, b)
     weights = "diffusion_pytorch_model.safetensors"
     assert (a / weights).read_bytes() == (b / weights).read_bytes()
+
+
+@pytest.mark.slow
+def test_assembling_the_same_stages_twice_gives_the_same_files(small_world, tmp_path):
+    """The shipped folders are re-saved from the stages: nothing in them may be freshly initialised."""
+    from lora_core.world_model import Recipe, assemble
+
+    out, manifest = small_world
+    again = tmp_path / "again"
+    shutil.copytree(out / "stages", again / "stages")
+    assert assemble(again, Recipe(seed=0).scaled(0.002), manifest["report"])["files"] == manifest["files"]
 
 
 @pytest.mark.slow
@@ -183,7 +194,7 @@ def _small_clip():
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)), tokenizer
 
 
-def test_the_judges_loss_is_clips_own_when_captions_differ_and_counts_shared_captions_as_positives():
+def test_the_clip_loss_is_clips_own_when_captions_differ_and_counts_shared_captions_as_positives():
     import torch
 
     from lora_core.world_model import _clip_loss
