@@ -15,7 +15,7 @@ from sweep_cli import FAST, REPO, mlflow_runs, probe_env, probed_processes, run_
 
 pytestmark = pytest.mark.slow
 
-RUNS = {"1e-3;1e-4", "1e-3;1e-5", "1e-4;1e-4", "1e-4;1e-5"}  # the quickstart's learning rates
+RUNS = {"2e-3;1e-4", "2e-3;1e-5", "1e-4;1e-4", "1e-4;1e-5"}  # the quickstart's learning rates
 PICTURES = {f"{p}_{u};{t};4.png" for p in ("ph", "be") for u in ("0", "0.5", "1") for t in ("0", "1")}
 
 
@@ -179,9 +179,9 @@ def test_the_mlflow_ui_serves_the_runs_over_http(quickstart, tmp_path):
         runs = json.load(urllib.request.urlopen(search, timeout=10))["runs"]
         names = {r["info"]["run_name"] for r in runs}
         assert names >= RUNS
-        child = next(r for r in runs if r["info"]["run_name"] == "1e-3;1e-4")
+        child = next(r for r in runs if r["info"]["run_name"] == "2e-3;1e-4")
         params = {p["key"]: p["value"] for p in child["data"]["params"]}
-        assert float(params["train.learning_rate"]) == 1e-3
+        assert float(params["train.learning_rate"]) == 2e-3
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
