@@ -604,6 +604,12 @@ def assemble(out: Path, recipe: Recipe, report: dict) -> dict:
     work = out / "stages"
     with atomic_dir(out / "sd") as tmp:
         assemble_pipeline(*_pipeline_parts(work)).save_pretrained(tmp)
+        for config in tmp.glob(
+            "*/config.json"
+        ):  # diffusers records where a part was loaded from: the build's path
+            saved = json.loads(config.read_text())
+            if saved.pop("_name_or_path", None) is not None:
+                config.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     parts = (
         ("clip", CLIPModel, work / "clip", {}),
         ("identity", ViTModel, work / "identity", {"add_pooling_layer": False}),
