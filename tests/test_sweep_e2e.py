@@ -357,7 +357,7 @@ def test_every_picture_is_scored_and_the_scores_reach_mlflow_and_the_report(quic
             rows = list(csv.DictReader(f))
         assert {r["file"] for r in rows} == PICTURES
         assert all(0 < float(r["dino"]) <= 1.0001 and -1 <= float(r["clip_t"]) <= 1 for r in rows)
-    child = next(r for r in mlflow_runs(root, "quickstart") if r.info.run_name == "1e-3;1e-4")
+    child = next(r for r in mlflow_runs(root, "quickstart") if r.info.run_name == "2e-3;1e-4")
     for key in ("dino", "clip_i", "clip_t", "dino/ph", "clip_t/be", "dino/cell/ph_1_0_4", "real_dino"):
         assert key in child.data.metrics, key
     report = (root / "quickstart" / "report.md").read_text()
