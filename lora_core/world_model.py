@@ -276,7 +276,7 @@ def train_clip(recipe: Recipe, out: Path) -> dict:
             )
             model.train()
     model.eval()
-    return {"steps": recipe.clip_steps, **_save_clip(model, tokenizer, out, recipe)}
+    return {"steps": recipe.clip_steps, **_save_clip(model, tokenizer, out, real)}
 
 
 def _picture_pool(rng: random.Random, n: int, held_out: frozenset):
@@ -315,7 +315,8 @@ def _clip_loss(model, tokens, pixels, captions: list[str]):
     return (to_text + to_image) / 2
 
 
-def _save_clip(model, tokenizer, out: Path, recipe: Recipe) -> dict:
+def _save_clip(model, tokenizer, out: Path, real: tuple) -> dict:
+    """Save the CLIP with its tokenizer and processor; its zero-shot reading of ``real`` (``_real_pictures``)."""
     from transformers import CLIPImageProcessorPil
 
     processor = CLIPImageProcessorPil(size={"shortest_edge": world.SIZE}, crop_size={"height": world.SIZE,
@@ -323,7 +324,6 @@ def _save_clip(model, tokenizer, out: Path, recipe: Recipe) -> dict:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
-    real = _real_pictures(recipe.seed, per_triple=3)
     return {"zero_shot_on_world_pictures": zero_shot_accuracy(model, tokenizer, *real)}
 
 
@@ -604,9 +604,8 @@ def assemble(out: Path, recipe: Recipe, report: dict) -> dict:
     work = out / "stages"
     with atomic_dir(out / "sd") as tmp:
         assemble_pipeline(*_pipeline_parts(work)).save_pretrained(tmp)
-        for config in tmp.glob(
-            "*/config.json"
-        ):  # diffusers records where a part was loaded from: the build's path
+        # diffusers records where each part was loaded from (the build's folder): not part of the model
+        for config in tmp.glob("*/config.json"):
             saved = json.loads(config.read_text())
             if saved.pop("_name_or_path", None) is not None:
                 config.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
@@ -614,10 +613,8 @@ def assemble(out: Path, recipe: Recipe, report: dict) -> dict:
         ("clip", CLIPModel, work / "clip", {}),
         ("identity", ViTModel, work / "identity", {"add_pooling_layer": False}),
     )
-    for name, cls, source, options in parts:
-        with atomic_dir(
-            out / name
-        ) as tmp:  # (a pooler would be freshly random: the same recipe, other bytes)
+    for name, cls, source, options in parts:  # (a ViT pooler would be freshly random: other bytes)
+        with atomic_dir(out / name) as tmp:
             cls.from_pretrained(source, **options).save_pretrained(tmp)
             for extra in [*source.glob("*.json"), *source.glob("*.txt")]:
                 if extra.name != "config.json":

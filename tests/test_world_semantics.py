@@ -62,6 +62,12 @@ def scorer(world_subject):
     return scorer
 
 
+@pytest.fixture(scope="module")
+def base_identity(world_pipe, trained_lora, scorer) -> float:
+    """Identity similarity of the subject prompt with both LoRA scales at 0: the base model's picture."""
+    return _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 0.0, 0.0))
+
+
 def _render(pipe, lora, prompt, unet, text, guidance=4.0, seeds=SEEDS):
     cells = [RenderCell(prompt, unet, text, guidance, seed) for seed in seeds]
     with GridRenderer(pipe, lora, RenderOptions(num_inference_steps=20, resolution=world.SIZE)) as renderer:
@@ -81,21 +87,21 @@ def test_unet_scale_zero_and_text_scale_zero_render_the_base_models_picture(worl
 
 
 def test_the_trained_lora_draws_the_subject_at_least_half_way_from_the_base_model(
-    world_pipe, world_subject, trained_lora, scorer
+    world_pipe, world_subject, trained_lora, scorer, base_identity
 ):
     from sweeper.evaluation import reference_scores
 
-    base = _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 0.0, 0.0))
+    base = base_identity
     learned = _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 1.0, 0.0))  # the UNet's LoRA alone
     real = reference_scores(scorer, world_subject[1])["dino"]  # the subject pictures' own mutual similarity
     print(f"identity: base {base:.3f}, LoRA {learned:.3f}, subject pictures {real:.3f}")
     assert learned - base >= 0.5 * (real - base), (base, learned, real)
 
 
-def test_text_scale_changes_how_the_identifier_is_understood(world_pipe, trained_lora, scorer):
+def test_text_scale_changes_how_the_identifier_is_understood(world_pipe, trained_lora, scorer, base_identity):
     # With the UNet's LoRA off, only the text encoder's LoRA can move the picture: at text scale 1 the base
     # UNet reads "ktn" as the learned kitten (measured: 0.546 -> 0.632 identity similarity).
-    without = _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 0.0, 0.0))
+    without = base_identity
     with_text = _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 0.0, 1.0))
     print(f"identity at unet 0: text scale 0 {without:.3f}, text scale 1 {with_text:.3f}")
     assert with_text >= without + 0.05, (without, with_text)
