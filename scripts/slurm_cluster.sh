@@ -70,6 +70,7 @@ SelectTypeParameters=CR_Core
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobRequeue=1
+SchedulerParameters=sched_interval=5,bf_interval=5   # a requeued job waits for a scheduling pass (default 60 s / 30 s)
 ReturnToService=2
 KillWait=30
 MinJobAge=300
