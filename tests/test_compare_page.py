@@ -14,7 +14,7 @@ def test_the_report_has_a_row_per_configuration_and_the_loss_plot(quickstart_swe
     root, _ = quickstart_sweep
     report, page = write_report(root / "quickstart")
     text = report.read_text()
-    for run in ("1e-4;1e-4", "1e-4;1e-5", "2e-3;1e-4", "2e-3;1e-5"):
+    for run in ("1e-5;1e-4", "1e-5;1e-5", "2e-3;1e-4", "2e-3;1e-5"):
         assert f"| `{run}` |" in text
     assert text.count("**") >= 2, "the best configuration is highlighted"
     assert (root / "quickstart" / "loss_curves.png").stat().st_size > 1000
@@ -67,18 +67,18 @@ def test_the_compare_page_works_from_file_in_a_browser(quickstart_sweep, browser
     assert _all_images_loaded(browser)
 
     Select(browser.find_element(By.ID, "sort")).select_by_value("name")
-    assert [run for run, _ in _shown(browser)] == ["1e-4;1e-4", "1e-4;1e-5", "2e-3;1e-4", "2e-3;1e-5"]
+    assert [run for run, _ in _shown(browser)] == ["1e-5;1e-4", "1e-5;1e-5", "2e-3;1e-4", "2e-3;1e-5"]
     colours = {
         c.value_of_css_property("background-color") for c in browser.find_elements(By.CSS_SELECTOR, ".card")
     }
     assert len(colours) > 1, "cards are coloured by the chosen metric"
 
     browser.find_element(By.ID, "tab-run").click()
-    Select(browser.find_element(By.ID, "run")).select_by_value("1e-4;1e-5")
+    Select(browser.find_element(By.ID, "run")).select_by_value("1e-5;1e-5")
     sheets = browser.find_elements(By.CSS_SELECTOR, "#sheets img")
     assert [s.get_attribute("alt") for s in sheets] == [
-        "1e-4;1e-5/sheets/be_g4.png",
-        "1e-4;1e-5/sheets/ph_g4.png",
+        "1e-5;1e-5/sheets/be_g4.png",
+        "1e-5;1e-5/sheets/ph_g4.png",
     ]
     assert _all_images_loaded(browser)
     browser.find_element(By.ID, "tab-cell").click()

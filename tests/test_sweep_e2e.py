@@ -15,7 +15,7 @@ from sweep_cli import FAST, REPO, mlflow_runs, probe_env, probed_processes, run_
 
 pytestmark = pytest.mark.slow
 
-RUNS = {"2e-3;1e-4", "2e-3;1e-5", "1e-4;1e-4", "1e-4;1e-5"}  # the quickstart's learning rates
+RUNS = {"2e-3;1e-4", "2e-3;1e-5", "1e-5;1e-4", "1e-5;1e-5"}  # the quickstart's learning rates
 PICTURES = {f"{p}_{u};{t};4.png" for p in ("ph", "be") for u in ("0", "0.5", "1") for t in ("0", "1")}
 
 
@@ -64,7 +64,7 @@ def test_contact_sheets_hold_each_picture_in_its_row_and_column(quickstart):
     """The run sheet has the UNet scales as rows and the text scales as columns, each picture once, in
     order, below a title and right of the row labels; the sweep sheet has a row per run."""
     root, _ = quickstart
-    run_dir = root / "quickstart" / "1e-4;1e-4"
+    run_dir = root / "quickstart" / "1e-5;1e-4"
     sheet = Image.open(run_dir / "sheets" / "ph_g4.png")
     unets, texts = ("0", "0.5", "1"), ("0", "1")
     where = {(u, t): _locate(sheet, Image.open(run_dir / f"ph_{u};{t};4.png")) for u in unets for t in texts}
@@ -105,9 +105,9 @@ def test_child_runs_hold_params_metrics_and_artifacts(quickstart):
 
     root, _ = quickstart
     client = MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow.db'}")
-    child = next(r for r in mlflow_runs(root, "quickstart") if r.info.run_name == "1e-4;1e-5")
+    child = next(r for r in mlflow_runs(root, "quickstart") if r.info.run_name == "1e-5;1e-5")
     params = child.data.params
-    assert float(params["train.learning_rate"]) == 1e-4 and float(params["train.text_encoder_lr"]) == 1e-5
+    assert float(params["train.learning_rate"]) == 1e-5 and float(params["train.text_encoder_lr"]) == 1e-5
     assert params["model.path"] == "world" and params["render.num_inference_steps"] == "3"
     assert params["model.identity"].startswith("world-"), "the shipped weights' content hash"
     loss = client.get_metric_history(child.info.run_id, "loss")
@@ -115,8 +115,8 @@ def test_child_runs_hold_params_metrics_and_artifacts(quickstart):
     for key in ("steps_per_second", "peak_memory_mb", "render_seconds", "lr", "text_encoder_lr"):
         assert key in child.data.metrics, key
     top = {a.path for a in client.list_artifacts(child.info.run_id)}
-    assert {"1e-4;1e-5", "sheets", "lora", "config", "images"} <= top
-    pictures = {a.path.split("/")[-1] for a in client.list_artifacts(child.info.run_id, "1e-4;1e-5")}
+    assert {"1e-5;1e-5", "sheets", "lora", "config", "images"} <= top
+    pictures = {a.path.split("/")[-1] for a in client.list_artifacts(child.info.run_id, "1e-5;1e-5")}
     assert pictures == PICTURES
     lora = {a.path for a in client.list_artifacts(child.info.run_id, "lora")}
     assert {
