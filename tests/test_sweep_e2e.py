@@ -46,25 +46,31 @@ def test_each_run_trained_with_its_own_learning_rates(quickstart):
         assert record["status"] == "done" and record["result"]["images_total"] == 12
 
 
-def _locate(sheet: Image.Image, picture: Image.Image) -> tuple[int, int]:
-    """Where ``picture`` (already at thumbnail size) sits in ``sheet``: its top-left corner, found by pixels."""
+def _places(sheet: Image.Image, picture: Image.Image) -> list[tuple[float, int, int]]:
+    """Where ``picture`` (already at thumbnail size) sits in ``sheet``, best first: (error, x, y) of each place."""
     import numpy as np
 
     big = np.asarray(sheet.convert("L"), dtype=np.float32)
     small = np.asarray(picture.convert("L"), dtype=np.float32)
-    h, w = small.shape
-    windows = np.lib.stride_tricks.sliding_window_view(big, (h, w))[:, :, ::8, ::8]
-    errors = np.abs(windows - small[::8, ::8]).mean(axis=(2, 3))
-    y, x = np.unravel_index(np.argmin(errors), errors.shape)
-    assert np.abs(big[y : y + h, x : x + w] - small).mean() < 2.0, "picture not found in the sheet"
-    return int(x), int(y)
+    windows = np.lib.stride_tricks.sliding_window_view(big, small.shape)
+    coarse = np.abs(windows[:, :, ::8, ::8] - small[::8, ::8]).mean(axis=(2, 3))  # every 8th pixel first
+    errors = ((float(np.abs(windows[y, x] - small).mean()), int(x), int(y))
+              for y, x in zip(*np.nonzero(coarse < 4.0), strict=True))  # fmt: skip
+    return sorted(e for e in errors if e[0] < 2.0)
+
+
+def _locate(sheet: Image.Image, picture: Image.Image) -> tuple[int, int]:
+    """Where ``picture`` sits in ``sheet``: the top-left corner of its best match."""
+    places = _places(sheet, picture)
+    assert places, "picture not found in the sheet"
+    return places[0][1:]
 
 
 def test_contact_sheets_hold_each_picture_in_its_row_and_column(quickstart):
     """The run sheet has the UNet scales as rows and the text scales as columns, each picture once, in
     order, below a title and right of the row labels; the sweep sheet has a row per run."""
     root, _ = quickstart
-    run_dir = root / "quickstart" / "1e-5;1e-4"
+    run_dir = root / "quickstart" / "2e-3;1e-4"  # the run whose cells differ most after debug=fast's 6 steps
     sheet = Image.open(run_dir / "sheets" / "ph_g4.png")
     unets, texts = ("0", "0.5", "1"), ("0", "1")
     where = {(u, t): _locate(sheet, Image.open(run_dir / f"ph_{u};{t};4.png")) for u in unets for t in texts}
@@ -75,11 +81,14 @@ def test_contact_sheets_hold_each_picture_in_its_row_and_column(quickstart):
     assert ys[0][0] > 0 and xs[0][0] > 0  # room for the title above and the row labels left
     assert sheet.width < 2 * 64 + 400 and sheet.height < 3 * 64 + 300  # thumbnails at 64 px, not larger
     sweep_sheet = Image.open(root / "quickstart" / "sheets" / "be.png")
-    rows = [
-        _locate(sweep_sheet, Image.open(root / "quickstart" / run / "be_1;1;4.png"))[1]
-        for run in sorted(RUNS)
-    ]
-    assert rows == sorted(rows) and len(set(rows)) == len(RUNS)  # one row per run, in name order
+    # at debug=fast's 6 steps both 1e-5 runs draw the same picture, so a picture may sit in several rows
+    found = {
+        run: {y for *_, y in _places(sweep_sheet, Image.open(root / "quickstart" / run / "be_1;1;4.png"))}
+        for run in RUNS
+    }
+    rows = sorted(set().union(*found.values()))
+    assert len(rows) == len(RUNS), found  # one row per run
+    assert all(y in found[run] for run, y in zip(sorted(RUNS), rows, strict=True)), found  # in name order
 
 
 def test_the_summary_says_where_everything_is(quickstart):
