@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 HALVING_SWEEPER = "hydra_plugins.lora_sweeps.halving_sweeper.HalvingSweeper"
 # render.* keys a preview may not set: the grid's prompts and explicit cells stay the experiment's.
 _NOT_PREVIEW = ("prompts", "cells", "steps")
+DEFAULT_RUNGS = 3  # hydra.sweeper.rungs when neither it nor hydra.sweeper.steps is given
 
 
 @dataclass
@@ -218,10 +219,18 @@ def plan_halving(config: DictConfig, plan) -> Bracket:
     below = (
         OmegaConf.to_container(settings.steps, resolve=True) if settings.get("steps") is not None else None
     )
+    rungs = settings.get("rungs")
     if below is None:
-        steps = rung_steps(int(top.train.max_train_steps), int(settings.eta), int(settings.rungs))
+        steps = rung_steps(
+            int(top.train.max_train_steps), int(settings.eta), DEFAULT_RUNGS if rungs is None else int(rungs)
+        )
     else:
         steps = given_rung_steps(int(top.train.max_train_steps), int(settings.eta), below)
+        if rungs is not None and int(rungs) != len(steps):
+            raise UserInputError(
+                f"hydra.sweeper.rungs={rungs} and hydra.sweeper.steps={below} disagree: those steps and "
+                f"train.max_train_steps make {len(steps)} rungs. Give one of the two (rungs=null to use steps)."
+            )
     build_job(compose_job(config, [*first, *rung_overrides(steps[0], len(steps) == 1, preview)]))
     for entry in plan.jobs.values():
         entry["extra_checkpoint_steps"] = sorted({*entry["extra_checkpoint_steps"], *steps[:-1]})

@@ -74,6 +74,7 @@ def test_the_best_one_in_eta_go_on_and_unscored_ones_never_do():
         (["hydra.sweeper.steps=[8]"], "hydra.sweeper.steps=[8]"),  # at the top rung, not below it
         (["hydra.sweeper.steps=[4,2]"], "hydra.sweeper.steps=[4, 2]"),
         (["hydra.sweeper.steps=[0]"], "hydra.sweeper.steps=[0]"),
+        (["hydra.sweeper.steps=[2,4]"], "hydra.sweeper.rungs=2 and hydra.sweeper.steps=[2, 4] disagree"),
     ],
 )
 def test_bad_halving_input_is_one_line_before_anything_trains(tmp_path, args, named):

@@ -20,8 +20,8 @@ class HalvingSweeperConf:
 
     _target_: str = "hydra_plugins.lora_sweeps.halving_sweeper.HalvingSweeper"
     eta: int = 3  # keep the best 1/eta of each rung; the rungs are eta times longer each
-    rungs: int = 3  # rung steps: max_train_steps / eta^(rungs-1), ..., max_train_steps
-    steps: Any = None  # or the rungs below the top by hand ([100]: one decision at step 100); rungs unused
+    rungs: Any = None  # rung steps: max_train_steps / eta^(rungs-1), ..., max_train_steps (3 when null)
+    steps: Any = None  # or the rungs below the top by hand ([100]: one decision at step 100); not with rungs
     # Hydra loads plugin modules outside sys.modules: plain annotations only (no __future__ import).
     preview: Any = field(default_factory=dict)  # render.* values of the rungs below the top
     params: Any = None  # the search space, as comma lists (like the basic sweeper's)
@@ -35,7 +35,7 @@ ConfigStore.instance().store(
 class HalvingSweeper(Sweeper):
     """Runs every configuration to the first rung, then the best ``1/eta`` to the next, up to the top."""
 
-    def __init__(self, eta: int, rungs: int, preview: DictConfig, params: Any, steps: Any = None) -> None:
+    def __init__(self, eta: int, rungs: Any, preview: DictConfig, params: Any, steps: Any = None) -> None:
         self.eta, self.rungs, self.preview, self.params, self.steps = eta, rungs, preview, params, steps
         self.config = None
         self.launcher = None
