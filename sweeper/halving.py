@@ -179,6 +179,13 @@ def check_preview(preview: dict) -> None:
             )
 
 
+def _whole_number(value, key: str) -> int:
+    """``value`` as an int, or one line naming ``key`` (Hydra reads ``3`` as an int; ``3.0`` and ``abc`` not)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserInputError(f"{key}={value}: give a whole number, e.g. {key}=3.")
+    return value
+
+
 def plan_halving(config: DictConfig, plan) -> Bracket:
     """Check a halving sweep before anything trains, checkpoint every job at the rungs, open the bracket.
 
@@ -219,13 +226,13 @@ def plan_halving(config: DictConfig, plan) -> Bracket:
     below = (
         OmegaConf.to_container(settings.steps, resolve=True) if settings.get("steps") is not None else None
     )
+    eta = int(settings.eta)  # typed int in HalvingSweeperConf: Hydra refuses anything else
     rungs = settings.get("rungs")
     if below is None:
-        steps = rung_steps(
-            int(top.train.max_train_steps), int(settings.eta), DEFAULT_RUNGS if rungs is None else int(rungs)
-        )
+        rungs = DEFAULT_RUNGS if rungs is None else _whole_number(rungs, "hydra.sweeper.rungs")
+        steps = rung_steps(int(top.train.max_train_steps), eta, rungs)
     else:
-        steps = given_rung_steps(int(top.train.max_train_steps), int(settings.eta), below)
+        steps = given_rung_steps(int(top.train.max_train_steps), eta, below)
         if rungs is not None and int(rungs) != len(steps):
             raise UserInputError(
                 f"hydra.sweeper.rungs={rungs} and hydra.sweeper.steps={below} disagree: those steps and "
@@ -234,7 +241,7 @@ def plan_halving(config: DictConfig, plan) -> Bracket:
     build_job(compose_job(config, [*first, *rung_overrides(steps[0], len(steps) == 1, preview)]))
     for entry in plan.jobs.values():
         entry["extra_checkpoint_steps"] = sorted({*entry["extra_checkpoint_steps"], *steps[:-1]})
-    wanted = Bracket(eta=int(settings.eta), steps=steps, configurations=names, preview=preview)
+    wanted = Bracket(eta=eta, steps=steps, configurations=names, preview=preview)
     sweep_dir = sweep_dir_of(config)
     saved = Bracket.load(sweep_dir)
     bracket = saved if saved is not None and saved.same_bracket(wanted) else wanted

@@ -69,6 +69,7 @@ def test_the_best_one_in_eta_go_on_and_unscored_ones_never_do():
     [
         (["hydra.sweeper.eta=1"], "hydra.sweeper.eta=1"),
         (["hydra.sweeper.rungs=5"], "hydra.sweeper.rungs=5"),  # 8 / 2^4 = 0.5 steps
+        (["hydra.sweeper.rungs=two"], "hydra.sweeper.rungs=two: give a whole number"),
         (["eval.objective=dino+sharpness"], "eval.objective="),
         (["train.learning_rate=1e-3", "train.text_encoder_lr=1e-4"], "one configuration"),
         (["hydra.sweeper.steps=[8]"], "hydra.sweeper.steps=[8]"),  # at the top rung, not below it
