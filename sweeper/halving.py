@@ -228,12 +228,12 @@ def plan_halving(config: DictConfig, plan) -> Bracket:
     )
     eta = int(settings.eta)  # typed int in HalvingSweeperConf: Hydra refuses anything else
     rungs = settings.get("rungs")
+    rungs = None if rungs is None else _whole_number(rungs, "hydra.sweeper.rungs")
     if below is None:
-        rungs = DEFAULT_RUNGS if rungs is None else _whole_number(rungs, "hydra.sweeper.rungs")
-        steps = rung_steps(int(top.train.max_train_steps), eta, rungs)
+        steps = rung_steps(int(top.train.max_train_steps), eta, DEFAULT_RUNGS if rungs is None else rungs)
     else:
         steps = given_rung_steps(int(top.train.max_train_steps), eta, below)
-        if rungs is not None and int(rungs) != len(steps):
+        if rungs is not None and rungs != len(steps):
             raise UserInputError(
                 f"hydra.sweeper.rungs={rungs} and hydra.sweeper.steps={below} disagree: those steps and "
                 f"train.max_train_steps make {len(steps)} rungs. Give one of the two (rungs=null to use steps)."
