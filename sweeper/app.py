@@ -13,8 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lora_core.errors import UserInputError
-from sweeper.cli import user_errors
+from sweeper.errors import job_errors
 from sweeper.schema import register_configs
 
 log = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ def run(cfg: DictConfig) -> float | None:
     overrides = list(hydra_cfg.overrides.task) if hydra_cfg else []
     in_process = hydra_cfg is None or "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
     _quiet_libraries()
-    try:
+    with job_errors(in_process):  # elsewhere the launcher reports the failed job
         device = place_job(cfg.model.device, Path(cfg.sweep.root) / ".gpu-locks", _parallel_jobs(hydra_cfg))
         objective = run_job(cfg, overrides, device).objective
         if (
@@ -110,11 +109,6 @@ def run(cfg: DictConfig) -> float | None:
             )
             return float("nan")
         return objective
-    except UserInputError:
-        if not in_process:
-            raise  # the launcher reports the failed job
-        with user_errors():
-            raise
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from lora_core.identifiers import identifier_warnings, rare_identifiers
 from sweeper.app import CONF_DIR
-from sweeper.cli import user_errors
+from sweeper.errors import user_errors
 from sweeper.job_spec import build_job
 
 

@@ -5,15 +5,14 @@ Runs in the launching process, whichever launcher runs the jobs (in-process, job
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.cli import user_errors
+from lora_core.errors import UserInputError
+from sweeper.errors import exit_on_error
 from sweeper.halving import HALVING_SWEEPER, plan_halving
 from sweeper.job_spec import build_job, sweep_dir_of
 from sweeper.layout import SweepFolder
@@ -30,21 +29,6 @@ log = logging.getLogger(__name__)
 _BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
-@contextlib.contextmanager
-def exit_on_error():
-    """Stop the whole command on an error here: Hydra only warns about exceptions raised in callbacks.
-
-    A ``UserInputError`` is printed as one line (no traceback), exit status 2; anything else with its
-    traceback, exit status 1. Either way no job starts.
-    """
-    try:
-        with user_errors():
-            yield
-    except Exception:
-        log.exception("Planning the sweep failed; no job was started.")
-        sys.exit(1)
-
-
 def searched_train_keys(config: DictConfig) -> list[str]:
     """Keys a non-basic sweeper (Optuna) searches over, as they name run folders."""
     params = config.hydra.sweeper.get("params") or {}
@@ -57,6 +41,17 @@ def _fixed_overrides(config: DictConfig) -> list[str]:
 
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
+def _make_sweep_dir(sweep_dir: Path, root: str) -> None:
+    """Create the sweep's folder; an output root that cannot be written is the user's ``sweep.root``."""
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserInputError(
+            f"sweep.root={root}: cannot create the sweep folder {sweep_dir} ({err.strerror or err}); "
+            "choose a folder you can write to"
+        ) from None
 
 
 class SweepCallback(Callback):
@@ -81,7 +76,7 @@ class SweepCallback(Callback):
             else:  # another search: its trials are not known yet; the values outside the search space are
                 check_inputs([build_job(compose_job(config, _fixed_overrides(config)))])
                 plan = SweepPlan(name=config.sweep.name, varying=searched_train_keys(config))
-            sweep_dir.mkdir(parents=True, exist_ok=True)
+            _make_sweep_dir(sweep_dir, config.sweep.root)
             self._plan = plan
             plan.tracking = self._open_parent(config, sweep_dir, SweepPlan.load(sweep_dir))
             plan.save(sweep_dir)

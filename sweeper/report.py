@@ -16,8 +16,8 @@ from pathlib import Path
 
 from lora_core.atomic import write_text_atomic
 from lora_core.errors import UserInputError
-from sweeper.cli import user_errors
 from sweeper.drawing import pyplot, save_figure
+from sweeper.errors import user_errors
 from sweeper.grid import first_images
 from sweeper.halving import bracket_lines
 from sweeper.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, SHEETS_DIR, RunFolder

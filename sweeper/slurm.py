@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 
 from lora_core.errors import UserInputError
+from sweeper.errors import FAILURE_EXIT, USER_ERROR_EXIT
 
 SLURM_LAUNCHERS = (
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
@@ -173,10 +174,10 @@ def describe_failure(err: Exception, launcher: dict) -> tuple[int, str]:
     again = "finished runs are kept; the same command continues the others from their last checkpoints"
     if isinstance(cause, subprocess.CalledProcessError) and "sbatch" in str(cause.cmd):
         said = " ".join(line.strip() for line in (cause.stderr or text).splitlines() if line.strip())
-        return 2, f"sbatch refused the jobs of this sweep: {said}. {_request(launcher)}"
+        return USER_ERROR_EXIT, f"sbatch refused the jobs of this sweep: {said}. {_request(launcher)}"
     if (match := _NO_RESULT.search(text)) is not None:
         job, state = match.groups()
-        return 1, f"SLURM job {job} ended without a result (state: {state.strip()}); {again}."
+        return FAILURE_EXIT, f"SLURM job {job} ended without a result (state: {state.strip()}); {again}."
     log = _LOG.search(text)
     trace = [line.strip() for line in text.split("You can check full logs")[0].splitlines() if line.strip()]
     last = next((line for line in reversed(trace) if not set(line) <= {"-"}), text)
@@ -185,7 +186,7 @@ def describe_failure(err: Exception, launcher: dict) -> tuple[int, str]:
         if log
         else "its log is in the sweep's _hydra/.submitit folder"
     )
-    return 1, f"a SLURM job failed: {last} ({where}); {again}."
+    return FAILURE_EXIT, f"a SLURM job failed: {last} ({where}); {again}."
 
 
 def describe_stopped(returns) -> tuple[int, list[str]] | None:
@@ -216,4 +217,4 @@ def describe_stopped(returns) -> tuple[int, list[str]] | None:
                          f"{checkpoint}; run the same command again to continue from it.")  # fmt: skip
         else:
             lines.append(str(err))
-    return (2 if all(isinstance(e, UserInputError) for e in failed) else 1), lines
+    return (USER_ERROR_EXIT if all(isinstance(e, UserInputError) for e in failed) else FAILURE_EXIT), lines

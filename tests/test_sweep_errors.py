@@ -80,3 +80,24 @@ def test_values_used_after_training_are_checked_before_any_job(tmp_path, value, 
     _refused(result, "error:", named)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
     assert not list(tmp_path.rglob("lora"))
+
+
+def test_an_output_root_that_cannot_be_written_is_one_line_naming_sweep_root(capsys):
+    from hydra import compose, initialize_config_dir
+
+    from sweeper.app import CONF_DIR
+    from sweeper.errors import USER_ERROR_EXIT
+    from sweeper.lifecycle import SweepCallback
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "config",
+            return_hydra_config=True,
+            overrides=["experiment=quickstart", "model=tiny", *FAST, "sweep.root=/proc/nope"],
+        )
+        with pytest.raises(SystemExit) as stopped:  # the jobs are expanded with Hydra's config loader
+            SweepCallback().on_multirun_start(cfg)
+    assert stopped.value.code == USER_ERROR_EXIT
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: sweep.root=/proc/nope: "), lines

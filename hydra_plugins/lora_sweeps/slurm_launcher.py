@@ -37,6 +37,7 @@ class LoraSlurmLauncher(SlurmLauncher):
         """Submit, wait and collect as submitit's launcher does; a failure is one ``error:`` line and an exit."""
         from submitit.core.utils import FailedSubmissionError, UncompletedJobError
 
+        from sweeper.errors import exit_with
         from sweeper.slurm import describe_failure, describe_stopped
 
         try:
@@ -44,14 +45,10 @@ class LoraSlurmLauncher(SlurmLauncher):
                 returns = super().launch(job_overrides, initial_job_idx)
         except (UncompletedJobError, FailedSubmissionError) as err:
             code, line = describe_failure(err, dict(self.params))
-            print(f"error: {line}", file=sys.stderr, flush=True)
-            sys.exit(code)
+            exit_with(code, [line])
         stopped = describe_stopped(returns)
         if stopped is not None:
-            code, lines = stopped
-            for line in lines:
-                print(f"error: {line}", file=sys.stderr, flush=True)
-            sys.exit(code)
+            exit_with(*stopped)
         return returns
 
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sweeper.cli import user_errors
+from sweeper.errors import user_errors
 from sweeper.tracking.replay import log_sweep_folder
 
 

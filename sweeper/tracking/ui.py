@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from lora_core.errors import UserInputError
-from sweeper.cli import user_errors
+from sweeper.errors import user_errors
 
 VIEW_KEY = "sweep"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
