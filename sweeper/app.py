@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.errors import job_errors
+from sweeper.objective import objective_or_nan
 from sweeper.schema import register_configs
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def run(cfg: DictConfig) -> float | None:
             log.warning(
                 "No scores for this trial (evaluation off or its models missing): Optuna records it as failed."
             )
-            return float("nan")
+            return objective_or_nan(objective)
         return objective
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lora_core.atomic import write_text_atomic
 from lora_core.errors import UserInputError
 from sweeper.layout import SweepFolder
+from sweeper.objective import known_objective
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,8 @@ def survivors(scores: dict[str, float | None], eta: int) -> list[str]:
     order = list(scores)
 
     def rank(name: str) -> tuple:
-        value = scores[name]
-        missing = value is None or (isinstance(value, float) and math.isnan(value))
-        return (missing, 0.0 if missing else -value, order.index(name))
+        value = known_objective(scores[name])
+        return (value is None, 0.0 if value is None else -value, order.index(name))
 
     return sorted(order, key=rank)[: max(1, len(order) // eta)]
 
@@ -280,7 +279,7 @@ def run_bracket(config: DictConfig, launcher) -> list:
             returns += list(done)
             for name, job in zip(todo, done, strict=True):
                 value = job.return_value  # a failed job raises here, as under the basic sweeper
-                bracket.scores[rung][name] = None if value is None or math.isnan(value) else float(value)
+                bracket.scores[rung][name] = known_objective(value)
             bracket.save(sweep_dir)
         if not top and rung == len(bracket.promoted):
             scores = {name: bracket.scores[rung].get(name) for name in bracket.candidates(rung)}

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
 from sweeper.layout import OPTUNA_FILE, SweepFolder
+from sweeper.objective import known_objective
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +372,8 @@ def _decide(config: DictConfig, study, t: _Trial, value, settings: SearchSetting
     from optuna.trial import TrialState
 
     step, top = t.steps[t.stage], t.stage == len(t.steps) - 1
-    if value is None or math.isnan(value):
+    value = known_objective(value)
+    if value is None:
         log.warning(
             "Trial %d has no objective at step %d: Optuna records it as failed.", t.trial.number, step
         )

@@ -22,7 +22,7 @@ from sweeper.grid import first_images
 from sweeper.halving import bracket_lines
 from sweeper.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, SHEETS_DIR, RunFolder
 from sweeper.naming import format_number
-from sweeper.objective import parse_objective
+from sweeper.objective import DEFAULT_OBJECTIVE, parse_objective
 from sweeper.optuna_search import trials_lines
 from sweeper.results import METRICS, RunResult, differing_settings, load_results
 from sweeper.step_grids import best_step_lines
@@ -210,7 +210,7 @@ def _cell_text(value) -> str:
     return format_number(value) if isinstance(value, int | float) else str(value)
 
 
-def write_report(sweep_dir: str | Path, objective: str = "dino+clip_t") -> tuple[Path, Path]:
+def write_report(sweep_dir: str | Path, objective: str = DEFAULT_OBJECTIVE) -> tuple[Path, Path]:
     """Write ``report.md``, ``loss_curves.png`` and ``compare.html`` for a sweep folder.
 
     Args:
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m sweeper.report <sweep folder> [--objective dino+clip_t]``."""
     parser = argparse.ArgumentParser(prog="python -m sweeper.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--objective", default="dino+clip_t")
+    parser.add_argument("--objective", default=DEFAULT_OBJECTIVE)
     args = parser.parse_args(argv)
     with user_errors():
         report, page = write_report(args.sweep_dir, args.objective)

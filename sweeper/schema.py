@@ -13,6 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from lora_core.settings import TEXT_ATTENTION, UNET_ATTENTION, Hyperparameters
+from sweeper.objective import DEFAULT_OBJECTIVE
 
 
 @dataclass
@@ -119,7 +120,7 @@ class EvalConfig:
     device: str = "auto"  # auto: the model's device
     batch_size: int = 16
     objective: str = (
-        "dino+clip_t"  # what "best" means in the report and what a metric-driven search maximises
+        DEFAULT_OBJECTIVE  # what "best" means in the report and what a metric-driven search maximises
     )
 
 

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
 from sweeper.layout import RunFolder, SweepFolder
+from sweeper.objective import DEFAULT_OBJECTIVE
 from sweeper.tracking.store import default_uri
 from sweeper.tracking.tracker import Tracker, flatten, image_key
 from sweeper.tracking.ui import (
@@ -115,7 +116,7 @@ def job_note(run: RunFolder, chart_steps: dict[str, tuple[str, int, str, str]]) 
     cells_by_prompt: dict[str, list[str]] = {}
     for _key, _step, cell, prompt in chart_steps.values():
         cells_by_prompt.setdefault(prompt, []).append(cell)
-    best = result.best_cells(parse_objective(objective or "dino+clip_t"))
+    best = result.best_cells(parse_objective(objective or DEFAULT_OBJECTIVE))
     return note_for_job(run.name, result.settings, plan.varying if plan else [], best, cells_by_prompt)
 
 
@@ -241,7 +242,7 @@ def log_sweep_folder(
     config: DictConfig = runs[-1].read_config()
     describe_sweep(tracker, parent, config, plan)
     logged = log_finished_runs(tracker, parent, sweep)
-    close_sweep(tracker, parent, sweep, OmegaConf.select(config, "eval.objective") or "dino+clip_t")
+    close_sweep(tracker, parent, sweep, OmegaConf.select(config, "eval.objective") or DEFAULT_OBJECTIVE)
     if not tracker.active:
         raise UserInputError(f"--tracking-uri {uri}: the store stopped answering; run this again.")
     plan.tracking = {"uri": uri, "experiment_id": tracker.experiment_id, "parent_run_id": parent}
