@@ -388,7 +388,7 @@ class Job:
         if not (self.cfg.tracking.enabled and self.cfg.tracking.live):
             return True  # nothing to log here (tracking.live=false: the sweep's end logs this run)
         self.tracker = open_tracker(self.cfg, self.spec.sweep_dir)
-        parent = (self.plan.tracking.get("parent_run_id") if self.plan else None) or None
+        parent = self.plan.parent_run_id if self.plan else None
         tags = {"sweep": self.cfg.sweep.name, "experiment_preset": str(self.cfg.experiment)}
         self.mlflow_run, finished = self.tracker.child_run(parent, self.run_dir.name, tags)
         self.result.mlflow_run_id = self.mlflow_run

@@ -17,7 +17,7 @@ from sweeper.halving import HALVING_SWEEPER, plan_halving
 from sweeper.job_spec import build_job, sweep_dir_of
 from sweeper.layout import SweepFolder
 from sweeper.optuna_search import LORA_OPTUNA_SWEEPER, check_search, search_space
-from sweeper.plan import SweepPlan, check_inputs, compose_job, expand_jobs, plan_sweep
+from sweeper.plan import SweepPlan, TrackingIds, check_inputs, compose_job, expand_jobs, plan_sweep
 from sweeper.slurm import check_slurm_request
 from sweeper.tracking.helper import open_tracker
 from sweeper.tracking.store import tracking_uri
@@ -81,19 +81,15 @@ class SweepCallback(Callback):
             plan.tracking = self._open_parent(config, sweep_dir, SweepPlan.load(sweep_dir))
             plan.save(sweep_dir)
 
-    def _open_parent(self, config: DictConfig, sweep_dir: Path, previous: SweepPlan | None) -> dict:
+    def _open_parent(self, config: DictConfig, sweep_dir: Path, previous: SweepPlan | None) -> TrackingIds:
         if not config.tracking.enabled:
-            return {}
+            return TrackingIds()
         uri = tracking_uri(config)
         tracker = Tracker.for_config(config, sweep_dir)
-        reuse = (
-            previous.tracking.get("parent_run_id")
-            if previous and previous.tracking.get("uri") == uri
-            else None
-        )
+        reuse = previous.tracking.parent_in(uri) if previous else None
         parent = tracker.parent_run(reuse, config.sweep.name, {"sweep": config.sweep.name})
         describe_sweep(tracker, parent, config, self._plan)
-        return {"uri": uri, "experiment_id": tracker.experiment_id, "parent_run_id": parent}
+        return TrackingIds(uri=uri, experiment_id=tracker.experiment_id, parent_run_id=parent)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         """Sweep-wide sheets, report and compare page; the parent run closed with them; where to look."""
@@ -107,14 +103,14 @@ class SweepCallback(Callback):
         with exit_on_error():
             write_report(sweep_dir, config.eval.objective)
         plan = SweepPlan.load(sweep_dir)
-        parent = plan.tracking.get("parent_run_id") if plan else None
+        parent = plan.parent_run_id if plan else None
         if parent and config.tracking.enabled:
             tracker = Tracker.for_config(config, sweep_dir)
             if not config.tracking.live:  # the jobs left MLflow to the sweep's end
                 log_finished_runs(tracker, parent, SweepFolder(sweep_dir))
             close_sweep(tracker, parent, SweepFolder(sweep_dir), config.eval.objective)
         if config.sweep.print_summary:
-            print_summary(config, sweep_dir, sheets, plan.tracking.get("experiment_id") if plan else None)
+            print_summary(config, sweep_dir, sheets, plan.tracking.experiment_id if plan else None)
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         """A single run (no ``-m``): its report and compare page, the MLflow view, and where all of it is."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -29,6 +29,29 @@ _TRAIN_ORDER = [f.name for f in fields(Hyperparameters)]
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
+@dataclass(frozen=True)
+class TrackingIds:
+    """Where a sweep is logged in MLflow, kept in ``sweep.json`` by whoever opened its parent run.
+
+    Attributes:
+        uri: The tracking URI, None when the sweep is not logged.
+        experiment_id: The sweep's MLflow experiment.
+        parent_run_id: The sweep's own run (``sweep_role=parent``); job runs point to it.
+    """
+
+    uri: str | None = None
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+
+    def parent_in(self, uri: str) -> str | None:
+        """The parent run id when it lives in the store ``uri`` (a run of another store cannot be reused)."""
+        return self.parent_run_id if self.uri == uri else None
+
+    def to_json(self) -> dict:
+        """The ids that are set, as ``sweep.json`` holds them (``{}`` for a sweep not logged)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
 @dataclass
 class SweepPlan:
     """What the launching process decided for the jobs of one multirun.
@@ -37,23 +60,38 @@ class SweepPlan:
         name: Sweep name.
         varying: Config keys whose value differs between jobs (``train.`` keys by their short name).
         jobs: Run folder name -> {"overrides": [...], "extra_checkpoint_steps": [...]}.
-        tracking: MLflow ids (uri, experiment_id, parent_run_id), filled by the callback.
+        tracking: MLflow ids, filled by the callback (or by ``python -m sweeper.tracking``).
     """
 
     name: str
     varying: list[str]
     jobs: dict[str, dict] = field(default_factory=dict)
-    tracking: dict = field(default_factory=dict)
+    tracking: TrackingIds = field(default_factory=TrackingIds)
+
+    @property
+    def parent_run_id(self) -> str | None:
+        """The sweep's MLflow parent run, None when it has none."""
+        return self.tracking.parent_run_id or None
 
     def save(self, sweep_dir: Path) -> None:
         """Write ``sweep.json`` atomically."""
-        write_text_atomic(sweep_dir / PLAN_FILE, json.dumps(self.__dict__, indent=2))
+        data = {**self.__dict__, "tracking": self.tracking.to_json()}
+        write_text_atomic(sweep_dir / PLAN_FILE, json.dumps(data, indent=2))
 
     @classmethod
     def load(cls, sweep_dir: Path) -> SweepPlan | None:
         """Read ``sweep.json``, or None when the folder has none."""
         path = Path(sweep_dir) / PLAN_FILE
-        return cls(**json.loads(path.read_text())) if path.is_file() else None
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return cls(**{**data, "tracking": TrackingIds(**data.get("tracking", {}))})
+
+
+def parent_run_of(sweep_dir: Path) -> str | None:
+    """The MLflow parent run of the sweep in ``sweep_dir``, None without a plan or a logged sweep."""
+    plan = SweepPlan.load(sweep_dir)
+    return plan.parent_run_id if plan else None
 
 
 def expand_jobs(config: DictConfig) -> list[list[str]]:

@@ -15,7 +15,8 @@ import pytest
 from conftest import ARTIFACTS
 from sweep_cli import REPO, mlflow_runs
 
-from sweeper.tracking.ui import JOB_FILTER, VIEW_TAG, experiment_link, view_state
+from sweeper.tracking.tags import JOB_FILTER
+from sweeper.tracking.ui import VIEW_TAG, experiment_link, view_state
 
 pytestmark = pytest.mark.slow
 

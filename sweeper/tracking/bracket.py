@@ -49,10 +49,9 @@ def bracket_table(bracket) -> dict[str, list]:
 
 def log_rung(config: DictConfig, sweep_dir: Path, bracket, rung: int) -> None:
     """Log what rung ``rung`` decided: stopped configurations' runs, or, at the top, the whole bracket."""
-    from sweeper.plan import SweepPlan
+    from sweeper.plan import parent_run_of
 
-    plan = SweepPlan.load(sweep_dir)
-    parent = plan.tracking.get("parent_run_id") if plan else None
+    parent = parent_run_of(sweep_dir)
     if not (config.tracking.enabled and parent):
         return
     tracker = Tracker.for_config(config, sweep_dir)

@@ -223,7 +223,7 @@ def log_sweep_folder(
     Raises:
         UserInputError: Not a sweep folder, or the store cannot be reached.
     """
-    from sweeper.plan import SweepPlan
+    from sweeper.plan import SweepPlan, TrackingIds
 
     sweep = SweepFolder(Path(sweep_dir))
     runs = sweep.done_runs() if sweep.path.is_dir() else []
@@ -236,7 +236,7 @@ def log_sweep_folder(
             f"--tracking-uri {uri}: the store cannot be reached; start it and run this again."
         )
     plan = SweepPlan.load(sweep.path) or SweepPlan(name=sweep.name, varying=[])
-    previous = plan.tracking.get("parent_run_id") if plan.tracking.get("uri") == uri else None
+    previous = plan.tracking.parent_in(uri)
     parent = tracker.parent_run(previous, sweep.name, {"sweep": sweep.name})
     tracker.unfold_children(parent)  # a store logged when jobs were MLflow child runs
     config: DictConfig = runs[-1].read_config()
@@ -245,7 +245,7 @@ def log_sweep_folder(
     close_sweep(tracker, parent, sweep, OmegaConf.select(config, "eval.objective") or DEFAULT_OBJECTIVE)
     if not tracker.active:
         raise UserInputError(f"--tracking-uri {uri}: the store stopped answering; run this again.")
-    plan.tracking = {"uri": uri, "experiment_id": tracker.experiment_id, "parent_run_id": parent}
+    plan.tracking = TrackingIds(uri=uri, experiment_id=tracker.experiment_id, parent_run_id=parent)
     plan.save(sweep.path)
     sweep.pending_file.unlink(missing_ok=True)
     return logged, experiment_link(ui_base(uri), tracker.experiment_id)

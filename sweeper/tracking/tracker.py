@@ -24,6 +24,7 @@ from sweeper.tracking.store import (
     tracking_uri,
     unreachable_reason,
 )
+from sweeper.tracking.tags import JOB_ROLE, PARENT_ROLE, PARENT_TAG, ROLE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Tracker:
                 except MlflowException:  # gone from this store (deleted, or another store): start anew
                     pass
             return client.create_run(
-                self.experiment_id, tags={**tags, "sweep_role": "parent"}, run_name=name
+                self.experiment_id, tags={**tags, ROLE_TAG: PARENT_ROLE}, run_name=name
             ).info.run_id
 
         return self.call("creating the parent run", fn)
@@ -158,9 +159,9 @@ class Tracker:
                 if run.info.status == "FINISHED":
                     return run.info.run_id, True
                 client.delete_run(run.info.run_id)  # an interrupted attempt: its data is replayed from disk
-            all_tags = {**tags, "run_dir": run_dir_name, "sweep_role": "job"}
+            all_tags = {**tags, "run_dir": run_dir_name, ROLE_TAG: JOB_ROLE}
             if parent_id:  # not mlflow.parentRunId: the UI would fold the jobs under the parent (tracking.ui)
-                all_tags["sweep_parent"] = parent_id
+                all_tags[PARENT_TAG] = parent_id
             return client.create_run(
                 self.experiment_id, tags=all_tags, run_name=run_dir_name
             ).info.run_id, False
@@ -172,7 +173,7 @@ class Tracker:
         quoted = run_dir_name.replace("'", "\\'")
         query = f"tags.run_dir = '{quoted}'"
         if parent_id:
-            query += f" and tags.sweep_parent = '{parent_id}'"
+            query += f" and tags.{PARENT_TAG} = '{parent_id}'"
         return self.call("searching runs", lambda c: c.search_runs([self.experiment_id], query)) or []
 
     def unfold_children(self, parent_id: str | None) -> int:
@@ -186,7 +187,7 @@ class Tracker:
             query = f"tags.mlflow.parentRunId = '{parent_id}'"
             runs = client.search_runs([self.experiment_id], query)
             for run in runs:
-                client.set_tag(run.info.run_id, "sweep_parent", parent_id)
+                client.set_tag(run.info.run_id, PARENT_TAG, parent_id)
                 client.delete_tag(run.info.run_id, "mlflow.parentRunId")
             return len(runs)
 

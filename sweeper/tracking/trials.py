@@ -36,11 +36,10 @@ def trial_tags(number: int, reported: dict[int, float], decision: str) -> dict[s
 def log_trial(config: DictConfig, sweep_dir: Path, name: str, reported: dict[int, float], decision: str,
               number: int) -> None:  # fmt: skip
     """Log one decided trial to the job run of its folder ``name`` (created from the folder if pruned)."""
-    from sweeper.plan import SweepPlan
+    from sweeper.plan import parent_run_of
     from sweeper.tracking.bracket import log_unfinished_run
 
-    plan = SweepPlan.load(sweep_dir)
-    parent = plan.tracking.get("parent_run_id") if plan else None
+    parent = parent_run_of(sweep_dir)
     if not (config.tracking.enabled and parent):
         return
     tracker = Tracker.for_config(config, sweep_dir)

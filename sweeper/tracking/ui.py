@@ -25,11 +25,11 @@ from pathlib import Path
 
 from lora_core.errors import UserInputError
 from sweeper.errors import user_errors
+from sweeper.tracking.tags import JOB_FILTER, JOB_ROLE, ROLE_TAG
 
 VIEW_KEY = "sweep"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
-JOB_FILTER = "tags.sweep_role = 'job'"
 SCORE_METRICS = ("objective", "dino", "clip_i", "clip_t")
 CURVES = ("loss", "val_loss", "lr", "text_encoder_lr")
 DEFAULT_UI = "http://127.0.0.1:5000"
@@ -184,7 +184,7 @@ def summarise_sweep(tracker, parent: str | None, sweep_dir: Path, objective: str
     terms = parse_objective(objective)
     scored = [(objective_value(run.means(), terms), run) for run in load_results(sweep_dir)]
     scored = [(value, run) for value, run in scored if value is not None]
-    lines = [f"Sweep `{sweep_dir.name}`: every job is a run of this experiment (tag `sweep_role=job`); "
+    lines = [f"Sweep `{sweep_dir.name}`: every job is a run of this experiment (tag `{ROLE_TAG}={JOB_ROLE}`); "
              "`report.md`, `compare.html`, `loss_curves.png` and the sweep sheets are this run's artifacts."]  # fmt: skip
     if scored:
         value, best = max(scored, key=lambda pair: pair[0])

@@ -1,0 +1,9 @@
+"""The MLflow tags that mark a sweep's runs: written by the tracker, filtered on by the UI's shared view."""
+
+from __future__ import annotations
+
+ROLE_TAG = "sweep_role"  # what a run is in its sweep: PARENT_ROLE or JOB_ROLE
+PARENT_ROLE = "parent"  # the sweep's run: report, sheets, best configuration
+JOB_ROLE = "job"  # one job's run: its params, curves, scores and pictures
+PARENT_TAG = "sweep_parent"  # a job run's parent run id (not mlflow.parentRunId: the UI would fold the jobs)
+JOB_FILTER = f"tags.{ROLE_TAG} = '{JOB_ROLE}'"  # the runs search that shows a sweep's jobs
