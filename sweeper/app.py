@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper.errors import job_errors
 from sweeper.objective import objective_or_nan
+from sweeper.plugins import LauncherKind, SweeperKind, launcher_kind, sweeper_kind
 from sweeper.schema import register_configs
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ OmegaConf.register_new_resolver("safe_name", _safe_name, replace=True)
 
 def _parallel_jobs(hydra_cfg) -> int:
     """Jobs the launcher runs at once on this node (joblib's n_jobs; 1 otherwise)."""
-    if hydra_cfg is None or "joblib" not in str(hydra_cfg.launcher.get("_target_", "")).lower():
+    if launcher_kind(hydra_cfg) != LauncherKind.JOBLIB:
         return 1
     n_jobs = int(hydra_cfg.launcher.get("n_jobs") or 1)
     return n_jobs if n_jobs > 0 else os.cpu_count() or 1
@@ -95,16 +96,12 @@ def run(cfg: DictConfig) -> float | None:
 
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     overrides = list(hydra_cfg.overrides.task) if hydra_cfg else []
-    in_process = hydra_cfg is None or "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
+    in_process = launcher_kind(hydra_cfg) == LauncherKind.BASIC
     _quiet_libraries()
     with job_errors(in_process):  # elsewhere the launcher reports the failed job
         device = place_job(cfg.model.device, Path(cfg.sweep.root) / ".gpu-locks", _parallel_jobs(hydra_cfg))
         objective = run_job(cfg, overrides, device).objective
-        if (
-            objective is None
-            and hydra_cfg is not None
-            and "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
-        ):
+        if objective is None and sweeper_kind(hydra_cfg) == SweeperKind.OPTUNA:
             log.warning(
                 "No scores for this trial (evaluation off or its models missing): Optuna records it as failed."
             )

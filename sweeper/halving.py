@@ -30,7 +30,6 @@ from sweeper.objective import known_objective
 
 log = logging.getLogger(__name__)
 
-HALVING_SWEEPER = "hydra_plugins.lora_sweeps.halving_sweeper.HalvingSweeper"
 # render.* keys a preview may not set: the grid's prompts and explicit cells stay the experiment's.
 _NOT_PREVIEW = ("prompts", "cells", "steps")
 DEFAULT_RUNGS = 3  # hydra.sweeper.rungs when neither it nor hydra.sweeper.steps is given

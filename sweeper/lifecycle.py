@@ -5,6 +5,7 @@ Runs in the launching process, whichever launcher runs the jobs (in-process, job
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -13,11 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
 from sweeper.errors import exit_on_error
-from sweeper.halving import HALVING_SWEEPER, plan_halving
+from sweeper.halving import plan_halving
 from sweeper.job_spec import build_job, sweep_dir_of
 from sweeper.layout import SweepFolder
-from sweeper.optuna_search import LORA_OPTUNA_SWEEPER, check_search, search_space
+from sweeper.optuna_search import check_search, search_space
 from sweeper.plan import SweepPlan, TrackingIds, check_inputs, compose_job, expand_jobs, plan_sweep
+from sweeper.plugins import SweeperKind, sweeper_kind
 from sweeper.slurm import check_slurm_request
 from sweeper.tracking.helper import open_tracker
 from sweeper.tracking.store import tracking_uri
@@ -25,8 +27,6 @@ from sweeper.tracking.tracker import Tracker
 from sweeper.tracking.ui import describe_sweep
 
 log = logging.getLogger(__name__)
-
-_BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 def searched_train_keys(config: DictConfig) -> list[str]:
@@ -41,6 +41,41 @@ def _fixed_overrides(config: DictConfig) -> list[str]:
 
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
+def _plan_grid(config: DictConfig, bracket: bool = False) -> SweepPlan:
+    """The basic sweeper's jobs (every combination of the comma lists), each checked and named.
+
+    With ``bracket`` (the halving sweeper) the same jobs, checkpointed at the rungs.
+    """
+    jobs = expand_jobs(config)
+    plan = plan_sweep(config, jobs)
+    if bracket:
+        plan_halving(config, plan)  # checks eta, rungs, preview; checkpoints at the rungs
+    log.info("Sweep %s: %d jobs, folders %s", config.sweep.name, len(jobs), ", ".join(plan.jobs))
+    return plan
+
+
+def _plan_search(config: DictConfig) -> SweepPlan:
+    """An Optuna search: its trials are not known yet, so the search space and the rest are checked."""
+    check_search(config, list(config.hydra.overrides.task))
+    space = search_space(config, list(config.hydra.overrides.task))
+    check_inputs([build_job(compose_job(config, space.fixed))])
+    return SweepPlan(name=config.sweep.name, varying=space.train_keys())
+
+
+def _plan_other(config: DictConfig) -> SweepPlan:
+    """Another search: its trials are not known yet; the values outside the search space are checked."""
+    check_inputs([build_job(compose_job(config, _fixed_overrides(config)))])
+    return SweepPlan(name=config.sweep.name, varying=searched_train_keys(config))
+
+
+PLANNERS = {
+    SweeperKind.BASIC: _plan_grid,
+    SweeperKind.HALVING: functools.partial(_plan_grid, bracket=True),
+    SweeperKind.OPTUNA: _plan_search,
+    SweeperKind.OTHER: _plan_other,
+}
 
 
 def _make_sweep_dir(sweep_dir: Path, root: str) -> None:
@@ -62,20 +97,7 @@ class SweepCallback(Callback):
         with exit_on_error():
             sweep_dir = sweep_dir_of(config)
             check_slurm_request(OmegaConf.to_container(config.hydra.launcher, resolve=True))
-            if config.hydra.sweeper._target_ in (_BASIC_SWEEPER, HALVING_SWEEPER):
-                jobs = expand_jobs(config)
-                plan = plan_sweep(config, jobs)
-                if config.hydra.sweeper._target_ == HALVING_SWEEPER:
-                    plan_halving(config, plan)  # checks eta, rungs, preview; checkpoints at the rungs
-                log.info("Sweep %s: %d jobs, folders %s", config.sweep.name, len(jobs), ", ".join(plan.jobs))
-            elif config.hydra.sweeper._target_ == LORA_OPTUNA_SWEEPER:  # trials not known yet: check the rest
-                check_search(config, list(config.hydra.overrides.task))
-                space = search_space(config, list(config.hydra.overrides.task))
-                check_inputs([build_job(compose_job(config, space.fixed))])
-                plan = SweepPlan(name=config.sweep.name, varying=space.train_keys())
-            else:  # another search: its trials are not known yet; the values outside the search space are
-                check_inputs([build_job(compose_job(config, _fixed_overrides(config)))])
-                plan = SweepPlan(name=config.sweep.name, varying=searched_train_keys(config))
+            plan = PLANNERS[sweeper_kind(config.hydra)](config)
             _make_sweep_dir(sweep_dir, config.sweep.root)
             self._plan = plan
             plan.tracking = self._open_parent(config, sweep_dir, SweepPlan.load(sweep_dir))

@@ -30,7 +30,6 @@ from sweeper.objective import known_objective
 
 log = logging.getLogger(__name__)
 
-LORA_OPTUNA_SWEEPER = "hydra_plugins.lora_sweeps.optuna_sweeper.LoraOptunaSweeper"
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
 DIRECTIONS = ("maximize", "minimize")

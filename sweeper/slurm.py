@@ -17,11 +17,8 @@ import tempfile
 
 from lora_core.errors import UserInputError
 from sweeper.errors import FAILURE_EXIT, USER_ERROR_EXIT
+from sweeper.plugins import SLURM_LAUNCHERS
 
-SLURM_LAUNCHERS = (
-    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
-    "hydra_plugins.lora_sweeps.slurm_launcher.LoraSlurmLauncher",  # launcher=submitit_slurm: one-line failures
-)
 _GPU = re.compile(r"^gpu(?::[^:(]+)?:(\d+)")  # gres "gpu:4", "gpu:a100:4(S:0-1)"; a bare "gpu" counts 1
 
 

@@ -219,3 +219,22 @@ def test_any_experiment_can_be_searched_with_optuna():
     assert "optuna" in cfg.hydra.sweeper._target_.lower() and cfg.hydra.sweeper.direction == "maximize"
     assert "train.learning_rate" in cfg.hydra.sweeper.params
     assert cfg.sweep.name == "study3" and list(cfg.render.unet_scales) == [0, 0.2, 0.4, 0.6, 0.8, 1]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sweeper", "launcher"),
+    [
+        ((), "basic", "basic"),
+        (("launcher=joblib",), "basic", "joblib"),
+        (("launcher=submitit_slurm",), "basic", "slurm"),
+        (("launcher=submitit_local",), "basic", "other"),
+        (("hparams_search=halving",), "halving", "basic"),
+        (("hparams_search=optuna",), "optuna", "basic"),
+    ],
+)
+def test_the_presets_sweeper_and_launcher_are_known_by_their_plugin(overrides, sweeper, launcher):
+    from sweeper.plugins import launcher_kind, sweeper_kind
+
+    cfg = _compose(*overrides, hydra=True)
+    assert (sweeper_kind(cfg.hydra), launcher_kind(cfg.hydra)) == (sweeper, launcher)
+    assert (sweeper_kind(None), launcher_kind(None)) == ("basic", "basic")  # a plain call: in this process
