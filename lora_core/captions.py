@@ -40,6 +40,11 @@ def is_caption_file(path: Path, pictures: list[Path]) -> bool:
     return path.suffix == CAPTION_SUFFIX and any(path == p.with_suffix(CAPTION_SUFFIX) for p in pictures)
 
 
+def fill_prompt(text: str, token: str, class_name: str) -> str:
+    """Replace ``{token}`` and ``{class}`` (other braces are left alone): prompts and captions alike."""
+    return text.replace("{token}", token).replace("{class}", class_name)
+
+
 def fill_caption(text: str, token: str, class_name: str, where: str) -> str:
     """Fill ``{token}`` and ``{class}`` into a caption, refusing any other placeholder.
 
@@ -67,7 +72,7 @@ def fill_caption(text: str, token: str, class_name: str, where: str) -> str:
             f"{where}: unknown placeholder {{{unknown[0]}}}; captions may use {{token}} and {{class}} only "
             "(fix the spelling or write the word itself)."
         )
-    return text.replace("{token}", token).replace("{class}", class_name)
+    return fill_prompt(text, token, class_name)
 
 
 def _read_text(path: Path, what: str = "caption file") -> str:

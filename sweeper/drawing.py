@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from lora_core.atomic import atomic_path
 from lora_core.errors import UserInputError
-from sweeper.naming import format_number
+from sweeper.naming import cell_label, format_number
 
 log = logging.getLogger(__name__)
 
@@ -427,7 +427,6 @@ def sweep_sheet(
     columns: Sequence[tuple[float, float, float]],
     title: str,
     thumb: int = 256,
-    label: Callable[[float], str] = format_number,
 ) -> Image.Image:
     """The whole sweep for one prompt: a row per training configuration, a column per grid cell.
 
@@ -438,13 +437,12 @@ def sweep_sheet(
         columns: (unet_scale, text_scale, guidance) per column, left to right (labelled ``0.9;0.5;3.6``).
         title: Title, usually the prompt.
         thumb: Wanted cell size in pixels (smaller for a very large sweep; see ``plan_layout``).
-        label: Formats a number for a column label.
 
     Returns:
         The sheet.
     """
     cells = _by_position(images, runs, columns)
-    col_labels = [";".join(label(value) for value in column) for column in columns]
+    col_labels = [cell_label(*column) for column in columns]
     return grid_sheet(title, list(runs), col_labels, cells, thumb)
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import product
 
+from lora_core.captions import fill_prompt
 from lora_core.errors import UserInputError
 from lora_core.render import RenderCell
 from sweeper.naming import check_short_name, image_stem, short_names
@@ -51,11 +52,6 @@ class GridCell:
         return RenderCell(
             self.prompt, self.unet_scale, self.text_scale, self.guidance, self.seed, self.index, self.count
         )
-
-
-def fill_prompt(template: str, token: str, class_name: str) -> str:
-    """Replace ``{token}`` and ``{class}`` (other braces are left alone)."""
-    return template.replace("{token}", token).replace("{class}", class_name)
 
 
 def resolve_prompts(prompts, token: str, class_name: str) -> dict[str, str]:

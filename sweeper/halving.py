@@ -21,11 +21,12 @@ import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lora_core.atomic import write_text_atomic
 from lora_core.errors import UserInputError
 from sweeper.layout import SweepFolder
+from sweeper.naming import override_value
 from sweeper.objective import known_objective
 
 log = logging.getLogger(__name__)
@@ -146,19 +147,11 @@ def survivors(scores: dict[str, float | None], eta: int) -> list[str]:
     return sorted(order, key=rank)[: max(1, len(order) // eta)]
 
 
-def _override_value(value) -> str:
-    if isinstance(value, list | tuple | ListConfig):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
 def rung_overrides(step: int, top: bool, preview: dict) -> list[str]:
     """What a configuration's overrides gain at a rung: stop at its step, render the preview grid."""
     if top:
         return []
-    return [f"sweep.stop_at_step={step}", *(f"render.{k}={_override_value(v)}" for k, v in preview.items())]
+    return [f"sweep.stop_at_step={step}", *(f"render.{k}={override_value(v)}" for k, v in preview.items())]
 
 
 def check_preview(preview: dict) -> None:

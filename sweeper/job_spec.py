@@ -9,14 +9,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lora_core.adapters import format_notes
+from lora_core.captions import fill_prompt
 from lora_core.class_images import ClassImageSpec
 from lora_core.errors import UserInputError
 from lora_core.models import ModelSource
 from lora_core.render import RenderOptions
 from lora_core.settings import TrainSettings
 from lora_core.tiny_model import TinyModelSpec, default_cache_dir
-from sweeper.grid import GridCell, fill_prompt, grid_cells
-from sweeper.naming import check_safe_name, run_dir_name
+from sweeper.grid import GridCell, grid_cells
+from sweeper.naming import check_safe_name, run_dir_name, short_key
 
 DATA_KINDS = ("object", "live")
 # render.weights: which LoRA weights render the grid; with both, the run folder holds the raw grid and its
@@ -234,7 +235,7 @@ def naming_values(cfg: DictConfig) -> dict:
             continue
         values = OmegaConf.to_container(cfg[section], resolve=True)
         for key, value in _flat_items(values) if section == "train" else values.items():
-            name = key if section == "train" else f"{section}.{key}"
+            name = short_key(f"{section}.{key}")
             flat[name] = Path(value).name if name in _PATH_KEYS and value else value
     return flat
 

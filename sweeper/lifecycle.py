@@ -17,6 +17,7 @@ from sweeper.errors import exit_on_error
 from sweeper.halving import plan_halving
 from sweeper.job_spec import build_job, sweep_dir_of
 from sweeper.layout import SweepFolder
+from sweeper.naming import train_short_keys
 from sweeper.optuna_search import check_search, search_space
 from sweeper.plan import SweepPlan, TrackingIds, check_inputs, compose_job, expand_jobs, plan_sweep
 from sweeper.plugins import SweeperKind, sweeper_kind
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 def searched_train_keys(config: DictConfig) -> list[str]:
     """Keys a non-basic sweeper (Optuna) searches over, as they name run folders."""
     params = config.hydra.sweeper.get("params") or {}
-    return [k.removeprefix("train.") for k in params if k.startswith("train.")]
+    return train_short_keys(params)
 
 
 def _fixed_overrides(config: DictConfig) -> list[str]:

@@ -1,20 +1,31 @@
 """The naming contract: run folders ``3e-4;1e-5[;...]``, images ``<pr>_<u>;<t>;<g>.png``, prompt short names.
 
+Config keys name things by one rule: ``train.`` keys by their short name (``learning_rate``), every other
+key as ``section.key`` (``lora.name``); ``short_key`` applies it and ``param_key`` undoes it.
+
 Numbers get their shortest stable form (``0.9``, ``3``, ``3.6``, ``1e-4``): the same value always gives
 the same name, whichever way it was typed. Every name is checked to stay inside the output folder.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+from omegaconf import ListConfig
 
 from lora_core.errors import UserInputError
+from lora_core.settings import Hyperparameters
+
+TRAIN_PREFIX = "train."
+TRAIN_KEYS = [f.name for f in fields(Hyperparameters)]  # train keys by short name, in schema order
+_LORA_MODULE_LISTS = ("lora.unet_target_modules", "lora.text_target_modules", "lora.conv_target_modules")
 
 # Words that carry no content in a prompt's short name ("sitting in the pub" -> "sp").
 STOP_WORDS = frozenset(
@@ -97,6 +108,15 @@ def format_value(value) -> str:
     return _UNSAFE_CHARS.sub("_", str(value)).strip("._") or "_"
 
 
+def override_value(value) -> str:
+    """A config value as a command-line override writes it: ``true``, ``1e-4``, ``[25,30]``."""
+    if isinstance(value, list | tuple | ListConfig):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
 def run_dir_name(template: str, values: Mapping, varying: Iterable[str]) -> str:
     """Name of a training configuration's folder.
 
@@ -120,6 +140,59 @@ def run_dir_name(template: str, values: Mapping, varying: Iterable[str]) -> str:
     except KeyError as err:
         raise UserInputError(f"sweep.run_dir_template={template!r}: {err} is not a train key.") from err
     return check_safe_name(name, "sweep.run_dir_template")
+
+
+def short_key(key: str) -> str:
+    """A config key as it names things: ``train.learning_rate`` -> ``learning_rate``; others unchanged."""
+    return key.removeprefix(TRAIN_PREFIX)
+
+
+def param_key(name: str) -> str:
+    """The config key of a naming key (``short_key`` undone): ``learning_rate`` -> ``train.learning_rate``."""
+    return name if "." in name else TRAIN_PREFIX + name
+
+
+def train_short_keys(keys: Iterable[str]) -> list[str]:
+    """The ``train.`` keys among ``keys``, by their short name (they name the run folders)."""
+    return [short_key(k) for k in keys if k.startswith(TRAIN_PREFIX)]
+
+
+def cell_label(unet: float, text: float, guidance: float) -> str:
+    """A grid cell's label ``unet;text;guidance`` (``0.9;0.5;3.6``): sheet columns, scores, MLflow."""
+    return ";".join(format_number(v) for v in (unet, text, guidance))
+
+
+def differing_keys(rows: Sequence[Mapping], settings: bool = False) -> list[str]:
+    """Keys whose value differs between runs.
+
+    Args:
+        rows: Each run's values: its naming values (keys as ``short_key`` names them), or with ``settings``
+            its training settings.
+        settings: The report's rule for finished runs' settings: the learning rates always come first, then
+            the first run's other keys in its order, ``checkpoint_steps`` (when to save, not what is
+            trained) left out. Otherwise the planner's rule: none for a single job, train keys in schema
+            order then the others sorted, and a LoRA target set varies by its preset name (``lora.name``),
+            not by its module lists.
+
+    Returns:
+        The keys.
+    """
+
+    def differs(key: str) -> bool:
+        return len({json.dumps(r.get(key), sort_keys=True) for r in rows}) > 1
+
+    if settings:
+        keys = ["learning_rate", "text_encoder_lr"]
+        return keys + [
+            k for k in (rows[0] if rows else ()) if differs(k) and k not in (*keys, "checkpoint_steps")
+        ]
+    if len(rows) < 2:
+        return []
+    differ = {k for k in {k for values in rows for k in values} if differs(k)}
+    if "lora.name" in differ:
+        differ -= set(_LORA_MODULE_LISTS)
+    train = [k for k in TRAIN_KEYS if k in differ]
+    return train + sorted(differ - set(train))
 
 
 def image_stem(template: str, prompt_name: str, unet: float, text: float, guidance: float,

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
 from sweeper.layout import OPTUNA_FILE, SweepFolder
+from sweeper.naming import override_value, train_short_keys
 from sweeper.objective import known_objective
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,11 @@ class SearchSpace:
 
     def overrides(self, params: dict) -> list[str]:
         """A trial's overrides: the fixed ones, then its sampled values."""
-        return [*self.fixed, *(f"{key}={_override_value(value)}" for key, value in params.items())]
+        return [*self.fixed, *(f"{key}={override_value(value)}" for key, value in params.items())]
 
     def train_keys(self) -> list[str]:
         """The searched ``train.`` keys by their short name (they name the run folders)."""
-        return [k.removeprefix("train.") for k in self.distributions if k.startswith("train.")]
+        return train_short_keys(self.distributions)
 
     def largest(self, key: str, default: int) -> int:
         """The largest value a searched integer key can take (``default`` when it is not searched)."""
@@ -68,10 +69,6 @@ def _bounds(distribution) -> tuple[float, float]:
     if isinstance(distribution, CategoricalDistribution):
         return min(distribution.choices), max(distribution.choices)
     return distribution.low, distribution.high
-
-
-def _override_value(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _distribution(line: str, sweep):
@@ -447,7 +444,7 @@ def trials_lines(sweep_dir: Path) -> list[str]:
         return (not done, -(t["value"] if done else int(last[0])), -(last[1] or 0.0), t["number"])
 
     for t in sorted(trials, key=order):
-        params = [_override_value(t["params"][k]) if k in t["params"] else "" for k in names]
+        params = [override_value(t["params"][k]) if k in t["params"] else "" for k in names]
         reports = [f"{v:.4f}" if (v := t["reports"].get(str(s))) is not None else "" for s in steps]
         run = f"`{t['run']}`" if t["run"] else "-"
         lines.append(f"| {t['number']} | {run} | " + " | ".join([*params, *reports, t["state"]]) + " |")

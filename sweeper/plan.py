@@ -11,21 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from lora_core.atomic import write_text_atomic
 from lora_core.errors import UserInputError
-from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS, Hyperparameters
+from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS
 from lora_core.world_weights import WORLD, verified_world_dir
 from sweeper.job_spec import JobSpec, build_job
 from sweeper.layout import PLAN_FILE
+from sweeper.naming import differing_keys
 
 log = logging.getLogger(__name__)
 
-_TRAIN_ORDER = [f.name for f in fields(Hyperparameters)]
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -145,7 +145,7 @@ def plan_sweep(config: DictConfig, job_overrides: list[list[str]]) -> SweepPlan:
             raise UserInputError(f"job {index} ({' '.join(own) or 'no overrides'}): {err}") from None
         composed.append(cfg)
     check_inputs(specs)
-    varying = varying_keys([spec.name_values for spec in specs])
+    varying = differing_keys([spec.name_values for spec in specs])
     _refuse_render_only_differences(varying)
     sweep = composed[0].sweep if composed else config.sweep
     names = [spec.run_dir(sweep.run_dir_template, varying).name for spec in specs]
@@ -156,27 +156,6 @@ def plan_sweep(config: DictConfig, job_overrides: list[list[str]]) -> SweepPlan:
         for name, ov, ex in zip(names, job_overrides, extra, strict=True)
     }
     return SweepPlan(name=str(sweep.name), varying=varying, jobs=jobs)
-
-
-def varying_keys(job_values: list[dict]) -> list[str]:
-    """Keys whose value differs between jobs: train keys in schema order, then the others sorted.
-
-    A LoRA target set varies by its preset name (``lora.name``), not by its module lists.
-
-    Args:
-        job_values: Each job's comparable values.
-
-    Returns:
-        The varying keys.
-    """
-    if len(job_values) < 2:
-        return []
-    keys = {k for values in job_values for k in values}
-    differ = {k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in job_values}) > 1}
-    if "lora.name" in differ:
-        differ -= {"lora.unet_target_modules", "lora.text_target_modules", "lora.conv_target_modules"}
-    train = [k for k in _TRAIN_ORDER if k in differ]
-    return train + sorted(differ - set(train))
 
 
 def _refuse_render_only_differences(varying: list[str]) -> None:

@@ -21,10 +21,10 @@ from sweeper.errors import user_errors
 from sweeper.grid import first_images
 from sweeper.halving import bracket_lines
 from sweeper.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, SHEETS_DIR, RunFolder
-from sweeper.naming import format_number
+from sweeper.naming import differing_keys, format_number
 from sweeper.objective import DEFAULT_OBJECTIVE, parse_objective
 from sweeper.optuna_search import trials_lines
-from sweeper.results import METRICS, RunResult, differing_settings, load_results
+from sweeper.results import METRICS, RunResult, load_results
 from sweeper.step_grids import best_step_lines
 from sweeper.tradeoff import scale_lines
 
@@ -34,7 +34,7 @@ _TEMPLATE = Path(__file__).with_name("compare_page.html")
 # ---- compare page ------------------------------------------------------------------------------------------
 def page_data(sweep_dir: Path, runs: list[RunResult]) -> dict:
     """Everything the compare page shows, with paths relative to the sweep folder."""
-    keys = differing_settings(runs)
+    keys = differing_keys([r.settings for r in runs], settings=True)
     cells: dict[str, dict] = {}
     images: dict[str, dict] = {}
     for run in runs:
@@ -113,7 +113,7 @@ def _best_cell(run: RunResult, prompt: str, terms: list[tuple[float, str]]) -> s
 def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot: Path | None) -> str:
     """The report: a row per configuration, best per metric in bold, best cell per prompt."""
     terms = parse_objective(objective)
-    keys = differing_settings(runs)
+    keys = differing_keys([r.settings for r in runs], settings=True)
     metrics = sorted({m for r in runs for m in r.metric_names()}, key=METRICS.index)
     columns = [*metrics, "final_loss"]
     values = {r.name: {**r.means(), "final_loss": r.final_loss} for r in runs}

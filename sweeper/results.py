@@ -6,7 +6,6 @@ The compare page, the report and the sweep sheets all start from here; disk is t
 from __future__ import annotations
 
 import csv
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from lora_core.errors import UserInputError
 from lora_core.metrics import METRICS, mean_scores
 from sweeper.grid import GridCell
 from sweeper.layout import RunFolder, SweepFolder
-from sweeper.naming import format_number
+from sweeper.naming import cell_label
 from sweeper.objective import objective_value
 
 SCORE_COLUMNS = ("file", "prompt_name", "prompt", "unet_scale", "text_scale", "guidance", "seed", "index")
@@ -101,7 +100,7 @@ class RunResult:
 
 def cell_scales(row: dict) -> str:
     """A scored picture's cell as ``unet;text;guidance`` (``0.9;0.5;3.6``)."""
-    return ";".join(format_number(row[k]) for k in ("unet_scale", "text_scale", "guidance"))
+    return cell_label(row["unet_scale"], row["text_scale"], row["guidance"])
 
 
 def cell_key(row: dict) -> str:
@@ -150,14 +149,3 @@ def load_run(run_dir: Path) -> RunResult:
         run_dir, record.get("settings", {}), cells, read_scores(run_dir), read_loss(run_dir),
         read_loss(run_dir, "val_loss"),
     )  # fmt: skip
-
-
-def differing_settings(runs: list[RunResult]) -> list[str]:
-    """Training settings whose value differs between the runs (learning rates always shown)."""
-    keys = ["learning_rate", "text_encoder_lr"]
-    if runs:
-        for key in runs[0].settings:
-            values = {json.dumps(r.settings.get(key), sort_keys=True) for r in runs}
-            if len(values) > 1 and key not in keys and key not in ("checkpoint_steps",):
-                keys.append(key)
-    return keys

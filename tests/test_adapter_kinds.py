@@ -16,7 +16,7 @@ from lora_core.settings import UNET_CONV, TrainSettings
 from lora_core.training import ADAPTER_NAME, LoraTrainer, train_lora
 from sweeper.app import CONF_DIR
 from sweeper.job_spec import build_job
-from sweeper.plan import varying_keys
+from sweeper.naming import differing_keys
 
 KINDS = ("lora", "dora", "loha", "lokr")
 # LoCon on every kind: the UNet's convolutions with their own rank and alpha (scale 0.5; attention: 2).
@@ -221,12 +221,12 @@ def test_the_locon_preset_reaches_the_training_settings():
 def test_a_kind_sweep_names_run_folders_by_kind():
     template = "{learning_rate};{text_encoder_lr}{varying}"
     jobs = [build_job(_compose(f"lora.kind={kind}", "train.learning_rate=1e-4")) for kind in ("lora", "dora")]
-    varying = varying_keys([job.name_values for job in jobs])
+    varying = differing_keys([job.name_values for job in jobs])
     assert varying == ["lora.kind"]
     assert [job.run_dir(template, varying).name for job in jobs] == ["1e-4;1e-5;lora", "1e-4;1e-5;dora"]
     # with the target preset varying too, the preset's name stands for its module lists
     jobs = [build_job(_compose(f"lora={targets}", "lora.kind=loha")) for targets in ("attn", "attn_ff_conv")]
-    varying = varying_keys([job.name_values for job in jobs])
+    varying = differing_keys([job.name_values for job in jobs])
     assert [job.run_dir(template, varying).name for job in jobs] == [
         "1e-4;1e-5;attn",
         "1e-4;1e-5;attn_ff_conv",

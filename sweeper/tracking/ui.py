@@ -25,6 +25,7 @@ from pathlib import Path
 
 from lora_core.errors import UserInputError
 from sweeper.errors import user_errors
+from sweeper.naming import param_key
 from sweeper.tracking.tags import JOB_FILTER, JOB_ROLE, ROLE_TAG
 
 VIEW_KEY = "sweep"
@@ -40,11 +41,6 @@ def image_chart_key(prompt_name: str) -> str:
     from sweeper.tracking.tracker import image_key
 
     return f"grid/{image_key(prompt_name)}"
-
-
-def param_name(varying_key: str) -> str:
-    """A run-folder naming key (``learning_rate``, ``lora.name``) as its MLflow param (``train.learning_rate``)."""
-    return varying_key if "." in varying_key else f"train.{varying_key}"
 
 
 def _column(kind: str, key: str) -> str:
@@ -66,7 +62,7 @@ def view_state(varying: list[str], prompts: list[str]) -> dict:
         The state, as the UI's "share view" writes it (search facets and UI state in one object).
     """
     params = list(dict.fromkeys(["learning_rate", "text_encoder_lr", *varying]))
-    columns = [_column("params", param_name(k)) for k in params]
+    columns = [_column("params", param_key(k)) for k in params]
     columns += [_column("metrics", m) for m in (*SCORE_METRICS, "final_loss")]
     sections = {name: _uid("section", name) for name in ("Training curves", "Scores", "Pictures")}
     charts = [_chart("LINE", sections["Training curves"], metricKey=m) for m in CURVES]
