@@ -16,14 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from lora_core.adapters import find_weights_file, read_training_metadata
-from lora_core.atomic import atomic_path
 from lora_core.captions import captions_digest
 from lora_core.errors import UserInputError
 from lora_core.models import dtype_name, load_pipeline, model_identity
-from lora_core.render import GridRenderer
 from lora_core.training import checkpoint_dir, find_checkpoint, list_checkpoints, train_lora
 from sweeper.job_spec import JobSpec, build_job
 from sweeper.layout import RunFolder, SweepFolder, read_loss_rows
@@ -140,24 +137,18 @@ class Job:
         Returns:
             The objective of the step's grid, or None without scores.
         """
-        from sweeper.evaluation import evaluate_run
+        from sweeper.rendering import render_missing
         from sweeper.sheets import draw_run_sheets
-        from sweeper.step_grids import render_grid
 
         started = time.perf_counter()
-        objectives = []
-        for folder, lora in self._grids(self.folder.step(step), checkpoint_dir(self.lora_dir, step)):
-            written = render_grid(pipe, lora, folder, self.spec.cells, self.spec.render)
+        grids = self._grids(self.folder.step(step), checkpoint_dir(self.lora_dir, step))
+        for folder, lora in grids:
+            written = render_missing(pipe, folder, lora, self.spec.cells, self.spec.render)
             self.result.images_rendered += len(written)
             draw_run_sheets(folder.path, self.spec.cells, self.cfg.render.sheet_thumb)
-            if self.cfg.eval.enabled and self.spec.cells:
-                objectives.append(
-                    evaluate_run(
-                        folder.path, self.spec.cells, self._instance_dir(), self.cfg, self.spec.model.device
-                    )
-                )
+        objective = self._score_grids([folder for folder, _ in grids])
         self.result.timings[f"render_seconds/step-{step}"] = time.perf_counter() - started
-        return objectives[0] if objectives else None  # the run folder's own grid decides
+        return objective
 
     def train(self, pipe, until: int | None = None) -> None:
         """Train the LoRA (to step ``until`` only, if given) unless that is already in the run folder."""
@@ -199,62 +190,62 @@ class Job:
 
     def render(self, pipe) -> None:
         """Render the grids' missing pictures (existing ones are kept as they are): one per ``render.weights``."""
+        from sweeper.rendering import render_missing
+
         self._check_render_settings()
         started, rendered = time.perf_counter(), 0
         for folder, lora in self._grids(self.folder, self.lora_dir):
-            rendered += self._render_grid(pipe, folder, lora)
+            label = self.run_dir.name if folder == self.folder else f"{self.run_dir.name}/{folder.name}"
+            written = render_missing(pipe, folder, lora, self.spec.cells, self.spec.render, f"render {label}")
+            self.new_pictures += written
+            rendered += len(written)
         if rendered:
             seconds = time.perf_counter() - started
             self.result.images_rendered = rendered
             self.result.timings.update(render_seconds=seconds, images_per_second=rendered / seconds)
 
-    def _render_grid(self, pipe, folder: RunFolder, lora: Path) -> int:
-        """Render ``folder``'s missing pictures with the adapter in ``lora``; returns how many."""
-        missing = [c for c in self.spec.cells if not folder.picture(c.file_name).is_file()]
-        if not missing:
-            return 0
-        folder.path.mkdir(parents=True, exist_ok=True)
-        label = self.run_dir.name if folder == self.folder else f"{self.run_dir.name}/{folder.name}"
-        with (
-            GridRenderer(pipe, lora, self.spec.render) as renderer,
-            tqdm(total=len(missing), desc=f"render {label}", unit="img", dynamic_ncols=True) as bar,
-        ):
-            by_render_cell = {c.render_cell(): c for c in missing}
-            for render_cell, image in renderer.render(by_render_cell):
-                path = folder.picture(by_render_cell[render_cell].file_name)
-                with atomic_path(path) as tmp:
-                    image.save(tmp, format="PNG")
-                self.new_pictures.append(path)
-                bar.update(1)
-        return len(missing)
-
     def evaluate(self) -> None:
         """Score every picture not yet in ``scores.csv`` (DINO, CLIP-I, CLIP-T) and set the objective."""
-        from sweeper.evaluation import evaluate_run
-
         if self.cfg.eval.enabled and self.spec.cells:
             started = time.perf_counter()
-            objectives = [
-                evaluate_run(
-                    folder.path, self.spec.cells, self._instance_dir(), self.cfg, self.spec.model.device
-                )
-                for folder, _ in self._grids(self.folder, self.lora_dir)
-            ]
-            self.result.objective = objectives[0]  # the run folder's own grid decides
+            self.result.objective = self._score_grids(
+                [folder for folder, _ in self._grids(self.folder, self.lora_dir)]
+            )
             self.result.timings["eval_seconds"] = time.perf_counter() - started
+
+    def _score_grids(self, grids: list[RunFolder]) -> float | None:
+        """Score the pictures of each grid not yet in its ``scores.csv``; the objective of the first.
+
+        Returns:
+            The objective of the run folder's own grid (the first: it decides), or None when evaluation is
+            off or the grid is empty.
+        """
+        from sweeper.evaluation import evaluate_run
+
+        if not (self.cfg.eval.enabled and self.spec.cells):
+            return None
+        objectives = [
+            evaluate_run(folder.path, self.spec.cells, self._instance_dir(), self.cfg, self.spec.model.device)
+            for folder in grids
+        ]
+        return objectives[0]  # the run folder's own grid decides
 
     def draw_sheets(self) -> None:
         """One contact sheet per prompt and guidance: rows UNet scale, columns text-encoder scale."""
-        from sweeper.sheets import draw_run_sheets
-        from sweeper.step_grids import draw_step_sheets
-        from sweeper.weights_grids import draw_weights_sheets
+        from sweeper.sheets import draw_rows_sheets, draw_run_sheets
+        from sweeper.step_grids import step_rows
+        from sweeper.weights_grids import weights_rows
 
-        thumb = self.cfg.render.sheet_thumb
-        sheets = draw_run_sheets(self.run_dir, self.spec.cells, thumb)
-        sheets += draw_step_sheets(self.folder, self.spec.cells, self.spec.settings.max_train_steps, thumb)
+        thumb, cells = self.cfg.render.sheet_thumb, self.spec.cells
+        sheets = draw_run_sheets(self.run_dir, cells, thumb)
+        steps = step_rows(self.folder, self.spec.settings.max_train_steps)
+        sheets += draw_rows_sheets(self.folder, steps, cells, thumb, "training step", self.folder.step_sheet)
         if self.spec.weights == "both":
-            sheets += draw_run_sheets(self.folder.ema.path, self.spec.cells, thumb)
-            sheets += draw_weights_sheets(self.folder, self.spec.cells, thumb)
+            sheets += draw_run_sheets(self.folder.ema.path, cells, thumb)
+            weights = weights_rows(self.folder)
+            sheets += draw_rows_sheets(
+                self.folder, weights, cells, thumb, "LoRA weights", self.folder.weights_sheet
+            )
         self.result.sheets = [str(p) for p in sheets]
 
     # ---- helpers -----------------------------------------------------------------------------------------

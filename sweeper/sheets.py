@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sweeper.drawing import run_sheet, save_sheet, sweep_sheet
 from sweeper.grid import GridCell, first_images
-from sweeper.layout import SHEETS_DIR
+from sweeper.layout import SHEETS_DIR, RunFolder
 from sweeper.naming import format_number
 from sweeper.results import load_results
 
@@ -70,6 +70,39 @@ def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
         path = Path(sweep_dir) / SHEETS_DIR / f"{name}.png"
         save_sheet(sheet, path)
         written.append(path)
+    return written
+
+
+def draw_rows_sheets(
+    run: RunFolder, rows: dict[str, RunFolder], cells: list[GridCell], thumb: int, what: str, sheet_file
+) -> list[Path]:
+    """One sheet per prompt: a row per grid folder of the run, a column per cell (``u;t;g``).
+
+    Args:
+        run: The run folder (named in the titles).
+        rows: Row label -> the grid folder its pictures come from, top to bottom (``step 100``, ``ema``).
+        cells: The grid (the same in every row).
+        thumb: Cell size in pixels.
+        what: What the rows are, for the title (``training step``, ``LoRA weights``).
+        sheet_file: Prompt short name -> the sheet's file (``RunFolder.step_sheet``, ``weights_sheet``).
+
+    Returns:
+        The sheet files (none without rows).
+    """
+    written = []
+    for prompt in dict.fromkeys(c.prompt_name for c in cells) if rows else ():
+        group = [c for c in first_images(cells) if c.prompt_name == prompt]
+        columns = list(dict.fromkeys((c.unet_scale, c.text_scale, c.guidance) for c in group))
+        pictures = {
+            (label, (c.unet_scale, c.text_scale, c.guidance)): path
+            for label, folder in rows.items()
+            for c in group
+            if (path := folder.picture(c.file_name)).is_file()
+        }
+        title = f'"{group[0].prompt}" | {run.name} | rows: {what}, columns: unet;text;guidance'
+        written.append(
+            save_sheet(sweep_sheet(pictures, list(rows), columns, title, thumb), sheet_file(prompt))
+        )
     return written
 
 

@@ -11,42 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_core.atomic import atomic_path
-from lora_core.render import GridRenderer, RenderOptions
 from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS
-from sweeper.drawing import pyplot, save_figure, save_sheet, sweep_sheet
-from sweeper.grid import GridCell, first_images
+from sweeper.drawing import pyplot, save_figure
 from sweeper.layout import FIDELITY_PLOT, RunFolder
-
-
-def render_grid(
-    pipe, lora: Path, folder: RunFolder, cells: list[GridCell], options: RenderOptions
-) -> list[Path]:
-    """Render the cells whose picture is not in ``folder`` yet, with the LoRA ``lora``.
-
-    Args:
-        pipe: The loaded base pipeline (borrowed).
-        lora: A folder holding a diffusers-format LoRA (the training folder or a checkpoint).
-        folder: Where the pictures go (the run folder or one of its step folders).
-        cells: The grid.
-        options: Render settings.
-
-    Returns:
-        The pictures written now.
-    """
-    missing = [c for c in cells if not folder.picture(c.file_name).is_file()]
-    written: list[Path] = []
-    if not missing:
-        return written
-    folder.path.mkdir(parents=True, exist_ok=True)
-    by_render_cell = {c.render_cell(): c for c in missing}
-    with GridRenderer(pipe, lora, options) as renderer:
-        for render_cell, image in renderer.render(by_render_cell):
-            path = folder.picture(by_render_cell[render_cell].file_name)
-            with atomic_path(path) as tmp:
-                image.save(tmp, format="PNG")
-            written.append(path)
-    return written
 
 
 def step_label(step: int) -> str:
@@ -54,35 +21,14 @@ def step_label(step: int) -> str:
     return f"step {step}"
 
 
-def draw_step_sheets(run: RunFolder, cells: list[GridCell], final_step: int, thumb: int) -> list[Path]:
-    """One sheet per prompt: a row per rendered step (the final one from the run folder), a column per cell.
-
-    Args:
-        run: The run folder.
-        cells: The grid (the same at every step).
-        final_step: The run's last training step (its pictures are in the run folder itself).
-        thumb: Cell size in pixels.
+def step_rows(run: RunFolder, final_step: int) -> dict[str, RunFolder]:
+    """The rows of a run's step sheets: ``step 100`` -> its step folder, the final step -> the run folder.
 
     Returns:
-        The sheet files (none when no step folder holds pictures).
+        The rows in step order; empty when no step folder was rendered (nothing to compare).
     """
     folders = {**run.steps(), final_step: run}
-    if len(folders) < 2:
-        return []
-    rows = [step_label(step) for step in folders]
-    written = []
-    for prompt in dict.fromkeys(c.prompt_name for c in cells):
-        group = [c for c in first_images(cells) if c.prompt_name == prompt]
-        columns = list(dict.fromkeys((c.unet_scale, c.text_scale, c.guidance) for c in group))
-        pictures = {
-            (step_label(step), (c.unet_scale, c.text_scale, c.guidance)): path
-            for step, folder in folders.items()
-            for c in group
-            if (path := folder.picture(c.file_name)).is_file()
-        }
-        title = f'"{group[0].prompt}" | {run.name} | rows: training step, columns: unet;text;guidance'
-        written.append(save_sheet(sweep_sheet(pictures, rows, columns, title, thumb), run.step_sheet(prompt)))
-    return written
+    return {step_label(step): folder for step, folder in folders.items()} if len(folders) > 1 else {}
 
 
 def step_means(run: RunFolder, final_step: int) -> dict[int, dict]:

@@ -16,8 +16,6 @@ from pathlib import Path
 from lora_core.adapters import find_weights_file
 from lora_core.errors import UserInputError
 from lora_core.training import EMA_DIR
-from sweeper.drawing import save_sheet, sweep_sheet
-from sweeper.grid import GridCell, first_images
 from sweeper.layout import RunFolder
 
 
@@ -46,32 +44,10 @@ def weight_grids(folder: RunFolder, lora: Path, weights: str) -> list[tuple[RunF
     return [(folder, ema if weights == "ema" else raw)]
 
 
-def draw_weights_sheets(run: RunFolder, cells: list[GridCell], thumb: int) -> list[Path]:
-    """One sheet per prompt: a row for the raw weights, one for the EMA, a column per cell.
-
-    Args:
-        run: The run folder (raw pictures in it, EMA pictures in ``ema/``).
-        cells: The grid.
-        thumb: Cell size in pixels.
+def weights_rows(run: RunFolder) -> dict[str, RunFolder]:
+    """The rows of a run's weights sheets: ``raw`` -> the run folder, ``ema`` -> its EMA grid.
 
     Returns:
-        The sheet files (none when the run has no EMA grid).
+        The rows; empty when the run has no EMA grid.
     """
-    if not run.ema.pictures():
-        return []
-    rows = {"raw": run, "ema": run.ema}
-    written = []
-    for prompt in dict.fromkeys(c.prompt_name for c in cells):
-        group = [c for c in first_images(cells) if c.prompt_name == prompt]
-        columns = list(dict.fromkeys((c.unet_scale, c.text_scale, c.guidance) for c in group))
-        pictures = {
-            (label, (c.unet_scale, c.text_scale, c.guidance)): path
-            for label, folder in rows.items()
-            for c in group
-            if (path := folder.picture(c.file_name)).is_file()
-        }
-        title = f'"{group[0].prompt}" | {run.name} | rows: LoRA weights, columns: unet;text;guidance'
-        written.append(
-            save_sheet(sweep_sheet(pictures, list(rows), columns, title, thumb), run.weights_sheet(prompt))
-        )
-    return written
+    return {"raw": run, "ema": run.ema} if run.ema.pictures() else {}
