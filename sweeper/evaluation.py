@@ -8,22 +8,18 @@ process; when they are not available evaluation is skipped with one warning line
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 from PIL import Image
 
-from lora_core.atomic import write_text_atomic
-from lora_core.metrics import METRICS, EvalModels, ImageScorer, clip_t_prompt, mean_scores, try_load_scorer
+from lora_core.metrics import EvalModels, ImageScorer, clip_t_prompt, mean_scores, try_load_scorer
 from lora_core.models import resolve_device
 from lora_core.tiny_eval import resolve_eval_model
 from sweeper.grid import GridCell
 from sweeper.layout import RunFolder
 from sweeper.objective import objective_value, parse_objective
-from sweeper.results import SCORE_COLUMNS, read_scores
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +72,7 @@ def evaluate_run(
     Returns:
         ``eval.objective`` over the run's mean scores, or None without scores.
     """
-    rows = {row["file"]: row for row in read_scores(run_dir)}
+    rows = {row["file"]: row for row in RunFolder(run_dir).read_scores()}
     todo = [c for c in cells if c.file_name not in rows and (run_dir / c.file_name).is_file()]
     if todo:
         scorer = scorer_for(cfg, device)
@@ -90,7 +86,7 @@ def evaluate_run(
         prompts = [clip_t_prompt(c.prompt, cfg.data.token, cfg.data.class_name) for c in todo]
         for cell, score in zip(todo, scorer.score(pictures, prompts), strict=True):
             rows[cell.file_name] = {**_cell_columns(cell), **score}
-        _write_scores(run_dir, [rows[c.file_name] for c in cells if c.file_name in rows])
+        RunFolder(run_dir).write_scores([rows[c.file_name] for c in cells if c.file_name in rows])
     if not rows:
         return None
     return objective_value(mean_scores(rows.values()), parse_objective(cfg.eval.objective))
@@ -100,11 +96,3 @@ def _cell_columns(cell: GridCell) -> dict:
     return {"file": cell.file_name, "prompt_name": cell.prompt_name, "prompt": cell.prompt,
             "unet_scale": cell.unet_scale, "text_scale": cell.text_scale, "guidance": cell.guidance,
             "seed": cell.seed, "index": cell.index}  # fmt: skip
-
-
-def _write_scores(run_dir: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*SCORE_COLUMNS, *METRICS], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(RunFolder(run_dir).scores_file, buffer.getvalue())

@@ -16,14 +16,12 @@ checkpoints and pictures).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lora_core.atomic import write_text_atomic
 from lora_core.errors import UserInputError
 from sweeper.layout import SweepFolder
 from sweeper.naming import override_value
@@ -58,13 +56,13 @@ class Bracket:
 
     def save(self, sweep_dir: Path) -> None:
         """Write ``bracket.json`` atomically."""
-        write_text_atomic(SweepFolder(sweep_dir).bracket_file, json.dumps(asdict(self), indent=2))
+        SweepFolder(sweep_dir).write_bracket(asdict(self))
 
     @classmethod
     def load(cls, sweep_dir: Path) -> Bracket | None:
         """Read ``bracket.json``, or None."""
-        path = SweepFolder(Path(sweep_dir)).bracket_file
-        return cls(**json.loads(path.read_text())) if path.is_file() else None
+        data = SweepFolder(Path(sweep_dir)).read_bracket()
+        return cls(**data) if data is not None else None
 
     def same_bracket(self, other: Bracket) -> bool:
         """Whether ``other`` is this bracket's plan (eta, steps, configurations, preview)."""

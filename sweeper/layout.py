@@ -3,9 +3,11 @@
 Disk is the source of truth (MLflow, the report and the compare page are rebuilt from it)::
 
     <sweep.root>/optuna.db                     Optuna searches' studies, one per sweep name (sweeper.optuna_search)
+    <sweep.root>/mlflow.db  mlartifacts/       the default MLflow store and its artifacts (sweeper.tracking)
     <sweep.root>/<sweep.name>/                 SweepFolder
         sweep.json                             the plan: varying keys, jobs, MLflow ids (sweeper.plan)
         bracket.json                           a halving sweep's rungs, scores and decisions (sweeper.halving)
+        trials.json                            an Optuna search's trials, reports and states (sweeper.optuna_search)
         report.md  compare.html  loss_curves.png  sheets/<prompt>.png
         MLFLOW_PENDING                         the store could not be reached; how to log later
         <learning_rate>;<text_encoder_lr>/     RunFolder (name: sweep.run_dir_template)
@@ -14,7 +16,7 @@ Disk is the source of truth (MLflow, the report and the compare page are rebuilt
             render.json                        what the pictures were rendered with (reused on resume)
             <pr>_<unet>;<text>;<guidance>[-i].png   one picture per grid cell (and seed / index)
             scores.csv  reference_scores.json  DreamBooth metrics of each picture; of the real pictures
-            sheets/                            contact sheets of this run
+            sheets/<pr>_g<guidance>.png        contact sheets of this run: rows UNet scale, columns text scale
             lora/                              adapter, kohya export, train_result.json, loss log,
                                                checkpoints/step-<n>/ (resumable states)
             step-<n>/                          the grid at training step n (render.steps, halving rungs):
@@ -32,6 +34,8 @@ that share a prefix (``purple``, ``purple_rug``) cannot be confused.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +45,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_core.adapters import KOHYA_FILE, LORA_FILE, PEFT_FILE
 from lora_core.atomic import write_text_atomic
+from lora_core.metrics import METRICS
 from lora_core.training import EMA_DIR, LOSS_LOG, RESULT_FILE
+from sweeper.naming import format_number
 
 # Run folder.
 RECORD_FILE = "run.json"
@@ -51,11 +57,14 @@ RENDER_FILE = "render.json"
 SCORES_FILE = "scores.csv"
 REFERENCE_FILE = "reference_scores.json"
 SHEETS_DIR = "sheets"
+EMA_GRID_DIR = "ema"  # <run>/ema/: the EMA weights' grid (the EMA adapter itself is lora/<EMA_DIR>/)
 LORA_DIR = "lora"
 CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step-"
 # Sweep root.
 OPTUNA_FILE = "optuna.db"
+MLFLOW_DB = "mlflow.db"  # the default MLflow store (SQLite)
+MLFLOW_ARTIFACTS = "mlartifacts"  # the default store's artifacts
 # Sweep folder.
 PLAN_FILE = "sweep.json"
 BRACKET_FILE = "bracket.json"
@@ -68,10 +77,23 @@ SCALE_PLOT = "scale_tradeoff.png"
 PENDING_FILE = "MLFLOW_PENDING"
 
 DONE = "done"
+# scores.csv: a picture's cell, then its metrics (lora_core.metrics.METRICS).
+SCORE_COLUMNS = ("file", "prompt_name", "prompt", "unet_scale", "text_scale", "guidance", "seed", "index")
+_NUMERIC_SCORES = {"unet_scale", "text_scale", "guidance", *METRICS}
 
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def default_store(root: str | Path) -> Path:
+    """``<root>/mlflow.db``: the default MLflow store of the sweeps under ``root`` (``sweep.root``)."""
+    return Path(root) / MLFLOW_DB
+
+
+def artifacts_dir(root: Path) -> Path:
+    """``<root>/mlartifacts``: where the default store keeps the artifacts of the sweeps under ``root``."""
+    return root / MLFLOW_ARTIFACTS
 
 
 def read_loss_rows(folder: Path) -> list[dict]:
@@ -167,7 +189,15 @@ class RunFolder:
     @property
     def ema(self) -> RunFolder:
         """``ema/``: the grid rendered with the EMA weights beside the raw one (``render.weights=both``)."""
-        return RunFolder(self.path / EMA_DIR)
+        return RunFolder(self.path / EMA_GRID_DIR)
+
+    def guidance_sheet(self, prompt_name: str, guidance: float) -> Path:
+        """``sheets/<pr>_g<guidance>.png``: a prompt's cells at one guidance (rows UNet, columns text scale)."""
+        return self.sheets_dir / f"{prompt_name}_g{format_number(guidance)}.png"
+
+    def sheet_links(self) -> list[str]:
+        """This run's sheets as paths from the sweep folder (``1e-4;1e-5/sheets/ph_g4.png``), by name."""
+        return [f"{self.name}/{SHEETS_DIR}/{p.name}" for p in sorted(self.sheets_dir.glob("*.png"))]
 
     def weights_sheet(self, prompt_name: str) -> Path:
         """``sheets/weights_<pr>.png``: a prompt's cells with the raw weights and with their EMA."""
@@ -176,6 +206,11 @@ class RunFolder:
     def picture(self, file_name: str) -> Path:
         """A grid picture's path from its file name (``ph_1;0;4.png``)."""
         return self.path / file_name
+
+    def existing_picture(self, file_name: str) -> Path | None:
+        """A grid picture's path, or None when it was not rendered."""
+        path = self.picture(file_name)
+        return path if path.is_file() else None
 
     def pictures(self) -> list[Path]:
         """Every picture in the folder, by name."""
@@ -258,6 +293,26 @@ class RunFolder:
         """Write ``reference_scores.json``."""
         write_text_atomic(self.reference_file, json.dumps(scores, indent=2))
 
+    def read_scores(self) -> list[dict]:
+        """Rows of ``scores.csv``, numbers parsed (empty when the run was not evaluated)."""
+        if not self.scores_file.is_file():
+            return []
+        with self.scores_file.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            for key in _NUMERIC_SCORES & row.keys():
+                row[key] = float(row[key])
+            row["seed"], row["index"] = int(row["seed"]), int(row["index"])
+        return rows
+
+    def write_scores(self, rows: list[dict]) -> None:
+        """Write ``scores.csv`` atomically: ``SCORE_COLUMNS`` then every metric, one row per picture."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=[*SCORE_COLUMNS, *METRICS], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(self.scores_file, buffer.getvalue())
+
     def read_train_result(self) -> dict:
         """``lora/train_result.json`` ({} when absent)."""
         return _read_json(self.train_result_file)
@@ -312,6 +367,27 @@ class SweepFolder:
     def sheets_dir(self) -> Path:
         """``sheets/``: one sheet per prompt, a row per run."""
         return self.path / SHEETS_DIR
+
+    def prompt_sheet(self, prompt_name: str) -> Path:
+        """``sheets/<pr>.png``: a prompt's cells (columns) for every run (rows)."""
+        return self.sheets_dir / f"{prompt_name}.png"
+
+    def read_bracket(self) -> dict | None:
+        """``bracket.json`` (``sweeper.halving.Bracket``'s fields), or None when absent."""
+        return _read_json(self.bracket_file) if self.bracket_file.is_file() else None
+
+    def write_bracket(self, bracket: dict) -> None:
+        """Write ``bracket.json`` atomically."""
+        write_text_atomic(self.bracket_file, json.dumps(bracket, indent=2))
+
+    def read_trials(self) -> dict | None:
+        """``trials.json`` ({"study": name, "trials": [...]}), or None when absent."""
+        return _read_json(self.trials_file) if self.trials_file.is_file() else None
+
+    def write_trials(self, study: str, trials: list[dict]) -> None:
+        """Write ``trials.json`` atomically: the study's name and its trials."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.trials_file, json.dumps({"study": study, "trials": trials}, indent=1))
 
     @property
     def pending_file(self) -> Path:

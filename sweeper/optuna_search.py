@@ -16,7 +16,6 @@ a trial that was running resumes from the steps it reported (and its jobs from t
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -412,23 +411,18 @@ def _log_trial(config: DictConfig, study, t: _Trial, decision: str) -> None:
 
 def save_trials(study, sweep_dir: Path) -> None:
     """``trials.json``: every trial of the study, its run folder, values, reports and state (for report.md)."""
-    from lora_core.atomic import write_text_atomic
-
     rows = [{"number": t.number, "run": t.user_attrs.get(RUN_DIR_ATTR), "params": t.params,
              "reports": {str(step): v for step, v in sorted(t.intermediate_values.items())},
              "state": t.state.name.lower(), "value": t.value}
             for t in study.get_trials(deepcopy=False)]  # fmt: skip
-    folder = SweepFolder(sweep_dir)
-    folder.path.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder.trials_file, json.dumps({"study": study.study_name, "trials": rows}, indent=1))
+    SweepFolder(sweep_dir).write_trials(study.study_name, rows)
 
 
 def trials_lines(sweep_dir: Path) -> list[str]:
     """The report's Optuna section: each trial's objective at every report step and how it ended, best first."""
-    path = SweepFolder(sweep_dir).trials_file
-    if not path.is_file():
+    data = SweepFolder(sweep_dir).read_trials()
+    if data is None:
         return []
-    data = json.loads(path.read_text())
     trials = data["trials"]
     steps = sorted({int(s) for t in trials for s in t["reports"]})
     names = sorted({k for t in trials for k in t["params"]})

@@ -20,7 +20,7 @@ from sweeper.drawing import pyplot, save_figure
 from sweeper.errors import user_errors
 from sweeper.grid import first_images
 from sweeper.halving import bracket_lines
-from sweeper.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, SHEETS_DIR, RunFolder
+from sweeper.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, RunFolder
 from sweeper.naming import differing_keys, format_number
 from sweeper.objective import DEFAULT_OBJECTIVE, parse_objective
 from sweeper.optuna_search import trials_lines
@@ -57,10 +57,7 @@ def page_data(sweep_dir: Path, runs: list[RunResult]) -> dict:
                 "name": run.name,
                 "params": {k: run.settings.get(k) for k in keys},
                 "metrics": {**run.means(), "final_loss": run.final_loss},
-                "sheets": [
-                    f"{run.name}/{SHEETS_DIR}/{p.name}"
-                    for p in sorted(RunFolder(run.run_dir).sheets_dir.glob("*.png"))
-                ],
+                "sheets": RunFolder(run.run_dir).sheet_links(),
             }
             for run in runs
         ],

@@ -5,7 +5,6 @@ The compare page, the report and the sweep sheets all start from here; disk is t
 
 from __future__ import annotations
 
-import csv
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,6 @@ from sweeper.grid import GridCell
 from sweeper.layout import RunFolder, SweepFolder
 from sweeper.naming import cell_label
 from sweeper.objective import objective_value
-
-SCORE_COLUMNS = ("file", "prompt_name", "prompt", "unet_scale", "text_scale", "guidance", "seed", "index")
 
 
 @dataclass
@@ -108,21 +105,6 @@ def cell_key(row: dict) -> str:
     return f"{row['prompt_name']}_{cell_scales(row)}"
 
 
-def read_scores(run_dir: Path) -> list[dict]:
-    """Rows of a run's ``scores.csv``, numbers parsed (empty when the run was not evaluated)."""
-    path = RunFolder(run_dir).scores_file
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    numeric = {"unet_scale", "text_scale", "guidance", *METRICS}
-    for row in rows:
-        for key in numeric & row.keys():
-            row[key] = float(row[key])
-        row["seed"], row["index"] = int(row["seed"]), int(row["index"])
-    return rows
-
-
 def read_loss(run_dir: Path, key: str = "loss") -> list[tuple[int, float]]:
     """(step, value) pairs of a run's training: ``loss``, or ``val_loss`` where it was measured."""
     rows = RunFolder(run_dir).read_loss_log()
@@ -146,6 +128,6 @@ def load_run(run_dir: Path) -> RunResult:
     record = RunFolder(run_dir).read_record()
     cells = [GridCell(**c) for c in record.get("cells", [])]
     return RunResult(
-        run_dir, record.get("settings", {}), cells, read_scores(run_dir), read_loss(run_dir),
+        run_dir, record.get("settings", {}), cells, RunFolder(run_dir).read_scores(), read_loss(run_dir),
         read_loss(run_dir, "val_loss"),
     )  # fmt: skip

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sweeper.drawing import run_sheet, save_sheet, sweep_sheet
 from sweeper.grid import GridCell, first_images
-from sweeper.layout import SHEETS_DIR, RunFolder
+from sweeper.layout import RunFolder, SweepFolder
 from sweeper.naming import format_number
 from sweeper.results import load_results
 
@@ -22,6 +22,7 @@ def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Pa
     Returns:
         The sheet files.
     """
+    run = RunFolder(run_dir)
     groups: dict[tuple[str, float], list[GridCell]] = {}
     for cell in first_images(cells):
         groups.setdefault((cell.prompt_name, cell.guidance), []).append(cell)
@@ -29,10 +30,10 @@ def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Pa
     for (name, guidance), group in groups.items():
         unet = list(dict.fromkeys(c.unet_scale for c in group))
         text = sorted({c.text_scale for c in group})
-        pictures = {(c.unet_scale, c.text_scale): _picture(run_dir, c) for c in group}
+        pictures = {(c.unet_scale, c.text_scale): run.existing_picture(c.file_name) for c in group}
         title = f'"{group[0].prompt}" | {run_dir.name} | guidance {format_number(guidance)}'
         sheet = run_sheet(pictures, unet, text, title, thumb)
-        path = run_dir / SHEETS_DIR / f"{name}_g{format_number(guidance)}.png"
+        path = run.guidance_sheet(name, guidance)
         save_sheet(sheet, path)
         written.append(path)
     return written
@@ -48,7 +49,7 @@ def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
     Returns:
         The sheet files.
     """
-    runs = [(run.run_dir, run.cells) for run in load_results(sweep_dir)]
+    runs = [(RunFolder(run.run_dir), run.cells) for run in load_results(sweep_dir)]
     prompts: dict[str, str] = {}
     columns: dict[str, list[tuple[float, float, float]]] = {}
     for _, cells in runs:
@@ -60,14 +61,14 @@ def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
     written = []
     for name, keys in columns.items():
         pictures = {
-            (run_dir.name, (c.unet_scale, c.text_scale, c.guidance)): _picture(run_dir, c)
-            for run_dir, cells in runs
+            (run.name, (c.unet_scale, c.text_scale, c.guidance)): run.existing_picture(c.file_name)
+            for run, cells in runs
             for c in first_images(cells)
             if c.prompt_name == name
         }
         title = f'"{prompts[name]}" | every run of {Path(sweep_dir).name} | columns: unet;text;guidance'
-        sheet = sweep_sheet(pictures, [run_dir.name for run_dir, _ in runs], keys, title, thumb)
-        path = Path(sweep_dir) / SHEETS_DIR / f"{name}.png"
+        sheet = sweep_sheet(pictures, [run.name for run, _ in runs], keys, title, thumb)
+        path = SweepFolder(Path(sweep_dir)).prompt_sheet(name)
         save_sheet(sheet, path)
         written.append(path)
     return written
@@ -97,16 +98,10 @@ def draw_rows_sheets(
             (label, (c.unet_scale, c.text_scale, c.guidance)): path
             for label, folder in rows.items()
             for c in group
-            if (path := folder.picture(c.file_name)).is_file()
+            if (path := folder.existing_picture(c.file_name)) is not None
         }
         title = f'"{group[0].prompt}" | {run.name} | rows: {what}, columns: unet;text;guidance'
         written.append(
             save_sheet(sweep_sheet(pictures, list(rows), columns, title, thumb), sheet_file(prompt))
         )
     return written
-
-
-def _picture(run_dir: Path, cell: GridCell) -> Path | None:
-    """The cell's picture file, or None (a placeholder on the sheet) when it was not rendered."""
-    path = run_dir / cell.file_name
-    return path if path.is_file() else None

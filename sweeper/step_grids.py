@@ -41,10 +41,9 @@ def step_means(run: RunFolder, final_step: int) -> dict[int, dict]:
         Step -> {metric: mean}; empty when the run has no step folder with scores.
     """
     from lora_core.metrics import mean_scores
-    from sweeper.results import read_scores
 
     folders = {**run.steps(), final_step: run}
-    rows = {step: {r["file"]: r for r in read_scores(folder.path)} for step, folder in folders.items()}
+    rows = {step: {r["file"]: r for r in folder.read_scores()} for step, folder in folders.items()}
     scored = [set(r) for r in rows.values() if r]
     if len(scored) < 2:
         return {}

@@ -59,9 +59,9 @@ def run_summary_metrics(run: RunFolder) -> list[tuple[str, float, int]]:
 
 def score_metrics(run: RunFolder) -> list[tuple[str, float, int]]:
     """DreamBooth metric means of a run: overall, per prompt (``dino/ph``) and per cell (``dino/cell/ph_1_1_3``)."""
-    from sweeper.results import RunResult, read_scores
+    from sweeper.results import RunResult
 
-    result = RunResult(run.path, {}, [], read_scores(run.path))
+    result = RunResult(run.path, {}, [], run.read_scores())
     if not result.scores:
         return []
     rows = [(m, v, 0) for m, v in result.means().items()]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from sweeper.layout import default_store
+
 # A dead server should cost seconds, not MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -16,7 +18,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 def default_uri(root: str | os.PathLike) -> str:
     """The default store: SQLite at ``<root>/mlflow.db`` (an absolute URI)."""
-    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{default_store(root).resolve()}"
 
 
 def unreachable_reason(uri: str, timeout: float) -> str | None:

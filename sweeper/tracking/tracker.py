@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sweeper.layout import PENDING_FILE
+from sweeper.layout import PENDING_FILE, artifacts_dir
 from sweeper.tracking.store import (
     client_for,
     experiment_id,
@@ -84,7 +84,7 @@ class Tracker:
             return
         try:
             self.client = client_for(uri)
-            root = self.sweep_dir.parent / "mlartifacts" if uri.startswith("sqlite") else None
+            root = artifacts_dir(self.sweep_dir.parent) if uri.startswith("sqlite") else None
             self.experiment_id = experiment_id(self.client, experiment, root)
         except _tracking_errors() as err:
             self._disable(f"MLflow store {uri} failed: {err}")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from lora_core.errors import UserInputError
 from sweeper.errors import user_errors
+from sweeper.layout import default_store
 from sweeper.naming import param_key
 from sweeper.tracking.tags import JOB_FILTER, JOB_ROLE, ROLE_TAG
 
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sweeper.tracking.ui", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--store", type=Path, default=Path("outputs/mlflow.db"))
+    parser.add_argument("--store", type=Path, default=default_store("outputs"))
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--print-only", action="store_true", help="print the links and exit")
     args = parser.parse_args(argv)
