@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sweeper.layout import default_store
+from sweeper.tracking.tags import KIND, KIND_TAG
 
 # A dead server should cost seconds, not MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -59,8 +60,6 @@ def client_for(uri: str):
 def experiment_id(client, name: str, artifact_root: Path | None) -> str:
     """The experiment named ``name`` (a model-training experiment), created (artifacts under ``artifact_root``) if missing."""
     from mlflow.exceptions import MlflowException
-
-    from sweeper.tracking.ui import KIND, KIND_TAG
 
     found = client.get_experiment_by_name(name)
     if found is not None:

@@ -28,10 +28,10 @@ from sweeper.errors import user_errors
 from sweeper.layout import default_store
 from sweeper.naming import param_key
 from sweeper.tracking.tags import JOB_FILTER, JOB_ROLE, ROLE_TAG
+from sweeper.tracking.tracker import image_key
 
 VIEW_KEY = "sweep"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 SCORE_METRICS = ("objective", "dino", "clip_i", "clip_t")
 CURVES = ("loss", "val_loss", "lr", "text_encoder_lr")
 DEFAULT_UI = "http://127.0.0.1:5000"
@@ -39,8 +39,6 @@ DEFAULT_UI = "http://127.0.0.1:5000"
 
 def image_chart_key(prompt_name: str) -> str:
     """The MLflow image key of a prompt's cells (``grid/sf``); step ``i`` is the prompt's ``i``-th cell."""
-    from sweeper.tracking.tracker import image_key
-
     return f"grid/{image_key(prompt_name)}"
 
 
