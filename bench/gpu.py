@@ -1,7 +1,7 @@
 """The prepared device check: real-size training, resume, grid and a whole sweep, in one call.
 
-``python -m bench gpu [--out DIR]`` on a machine with CUDA (about 5 minutes on one H100; see the README's
-"GPU check" for the wheels to carry where diffusers, Hydra, OmegaConf or MLflow are missing):
+``python -m bench gpu [--out DIR]`` on a machine with CUDA (about 5 minutes on one H100; see
+``docs/gpu_check.md`` for the wheels to carry where diffusers, Hydra, OmegaConf or MLflow are missing):
 
 1. **train** — an SD-1.5-shaped model with random weights (built from config on the machine, no
    download), 512 px, rank 16, fp16 mixed precision with fp32 LoRA weights, text encoder frozen; batch 1
@@ -16,8 +16,8 @@
 
 ``--tiny`` runs the same code on the tiny model at 64 px with a few steps: the CPU path the tests run, so
 the check cannot rot between GPU sessions. Results: ``summary.json`` and ``table.md`` in ``--out``
-(default ``$OUT`` where set, else ``bench/results/gpu``). Nothing is asserted here; the figures go to the
-README with the card named.
+(default ``$OUT`` where set, else ``bench/results/gpu``). Nothing is asserted here; the figures go to
+``docs/gpu_check.md`` with the card named.
 """
 
 from __future__ import annotations
@@ -366,7 +366,7 @@ def _fmt_mb(value: float | None) -> str:
 
 
 def table(summary: dict) -> str:
-    """The README's table for this check (Markdown)."""
+    """The table of ``docs/gpu_check.md`` for this check (Markdown)."""
     with_ref = any("reference_s_per_step" in r for r in summary["train"])
     ref_head, ref_rule = (" reference s/step | ours / reference |", "---|---|") if with_ref else ("", "")
     lines = [f"Device: {summary['device']} (torch {summary['torch']}, {summary['size']})", "",

@@ -159,6 +159,11 @@ class Hyperparameters:
     Hydra's typed config (``sweeper.schema``) uses this class as it is, so a key, its type and its default
     are defined once, here. ``TrainSettings`` adds what a run takes from the subject and the LoRA targets.
 
+    Every field can be set or swept on the command line (``python -m sweeper -m
+    train.learning_rate=1e-4,3e-4 train.lr_scheduler=constant,cosine``) or in a ``conf/train/`` option;
+    ``python -m sweeper --cfg job -p train`` prints them all with their values. Prodigy and schedule-free
+    AdamW need ``pip install 'lora-sweeps[optimizers]'``.
+
     Attributes:
         learning_rate: UNet LoRA learning rate.
         text_encoder_lr: Text-encoder LoRA learning rate; 0 keeps the text encoder frozen (no LoRA on it).

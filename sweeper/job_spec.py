@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -134,14 +134,8 @@ def build_job(cfg: DictConfig) -> JobSpec:
     _check_captions_and_weights(cfg)
     settings.validate()
     _say_format_notes(settings.adapter_kind)
-    render = RenderOptions(
-        num_inference_steps=cfg.render.num_inference_steps,
-        resolution=cfg.render.resolution or resolution,
-        negative_prompt=cfg.render.negative_prompt,
-        scheduler=cfg.render.scheduler,
-        batch_size=cfg.render.batch_size,
-        fuse=cfg.render.fuse,
-    )
+    shared = {f.name: cfg.render[f.name] for f in fields(RenderOptions)}  # RenderConfig holds every one
+    render = RenderOptions(**shared | {"resolution": cfg.render.resolution or resolution})
     render.validate()
     cells = grid_cells(cfg.render, cfg.data.token, cfg.data.class_name) if cfg.render.enabled else []
     steps, stop_at = _checkpoint_axis(cfg, settings.max_train_steps)

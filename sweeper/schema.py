@@ -12,16 +12,18 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from lora_core.render import RenderOptions
 from lora_core.settings import TEXT_ATTENTION, UNET_ATTENTION, Hyperparameters
 from sweeper.objective import DEFAULT_OBJECTIVE
 
 
 @dataclass
 class ModelConfig:
-    """Base model (``model=tiny|sd15``)."""
+    """Base model (``model=world|tiny|sd15``); the defaults are the embedded world model's."""
 
-    name: str = "tiny"
-    path: str = "tiny"  # "tiny", a hub id, a local diffusers folder, or a .safetensors checkpoint
+    name: str = "world"
+    # "world" (embedded), "tiny" (random, offline), a hub id, a local diffusers folder, or a .safetensors file
+    path: str = "world"
     revision: str | None = None
     variant: str | None = None
     dtype: str = "auto"  # auto: float16 on CUDA, float32 on CPU
@@ -29,7 +31,7 @@ class ModelConfig:
     single_file_config: str | None = None
     local_files_only: bool = False
     resolution: int = 64  # native resolution; train/render default to it
-    tiny_seed: int = 0
+    tiny_seed: int = 0  # model=tiny: seed of its random weights
 
 
 @dataclass
@@ -65,23 +67,32 @@ class LoraTargetsConfig:
 
 @dataclass
 class RenderConfig:
-    """The inference grid rendered for every trained LoRA."""
+    """The inference grid rendered for every trained LoRA: prompts x scales x guidance x seeds.
 
-    # A list of prompts, each plain (short name derived) or {short_name: prompt}; {token}/{class} filled in.
+    The settings shared by every cell (``num_inference_steps``, ``scheduler``, ``negative_prompt``,
+    ``batch_size``, ``fuse``) take their defaults from ``lora_core.render.RenderOptions``, which
+    ``sweeper.job_spec.build_job`` builds from this node; ``resolution`` is None here (the training
+    resolution) and a number there.
+    """
+
+    # A list of prompts, each plain (short name derived: initials) or {short_name: prompt}; {token}/{class}
+    # filled in.
     prompts: Any = field(default_factory=lambda: [{"ph": "a photo of {token} {class}"}])
     unet_scales: list[float] = field(default_factory=lambda: [1.0])
     text_scales: list[float] = field(default_factory=lambda: [1.0])
     guidance_scales: list[float] = field(default_factory=lambda: [7.5])
+    # The same seeds for every cell: cells differ only by the swept values.
     seeds: list[int] = field(default_factory=lambda: [0])
     # Instead of the full product: {short_name: [{unet: .., text: .., guidance: ..}, ...]}
     cells: Any = None
-    num_inference_steps: int = 25
-    scheduler: str = "default"
+    num_inference_steps: int = RenderOptions.num_inference_steps
+    # default: the model's own; or ddim, euler, euler_a, dpmpp_2m, ... (lora_core.render.SCHEDULERS)
+    scheduler: str = RenderOptions.scheduler
     resolution: int | None = None  # None: the training resolution
-    negative_prompt: str = ""
+    negative_prompt: str = RenderOptions.negative_prompt
     images_per_cell: int = 1
-    batch_size: int = 0  # images per pipeline call; 0: automatic
-    fuse: bool = True  # fuse the UNet LoRA at each scale (faster; same pictures)
+    batch_size: int = RenderOptions.batch_size  # images per pipeline call; 0: automatic
+    fuse: bool = RenderOptions.fuse  # fuse the UNet LoRA at each scale (faster; same pictures)
     image_name: str = "{pr}_{unet};{text};{guidance}"
     sheet_thumb: int = 256
     enabled: bool = True
@@ -98,37 +109,42 @@ class TrackingConfig:
     """MLflow."""
 
     enabled: bool = True
-    uri: str | None = None  # None: sqlite:///<sweep.root>/mlflow.db
+    # None: sqlite:///<sweep.root>/mlflow.db (`make ui` opens it); or a tracking server, http://host:5000
+    uri: str | None = None
     experiment: str | None = None  # None: sweep.name
-    log_images: bool = True
+    log_images: bool = True  # also as MLflow images, which the UI compares across runs
     log_adapters: bool = True
     connect_timeout: float = 5.0
     # true: each job logs its own run as it trains (live loss curves in the UI). false: jobs never import
-    # MLflow (about 2.5 s less per job, which counts on SLURM where every job is a process); the sweep's
+    # MLflow (a faster start per job, which counts on SLURM where every job is a process); the sweep's
     # end logs every finished run from its folder, so the store ends up the same.
     live: bool = True
 
 
 @dataclass
 class EvalConfig:
-    """DreamBooth metrics (DINO, CLIP-I, CLIP-T) on every rendered picture."""
+    """DreamBooth metrics (DINO, CLIP-I, CLIP-T) on every rendered picture.
+
+    The defaults are the world model's evaluators (``eval=world``, which ``model=world`` picks); ``eval=default``
+    (``model=sd15``) sets the paper's hub models, ``eval=tiny`` and ``eval=real_shape`` random ones.
+    """
 
     enabled: bool = True
-    dino_model: str = "facebook/dino-vits16"  # hub id, local folder, or "tiny" (random, offline)
-    clip_model: str = "openai/clip-vit-base-patch32"
+    # "world" (shipped), a hub id, a local folder, "tiny" or "real-shape" (random, offline)
+    dino_model: str = "world"
+    clip_model: str = "world"
     local_files_only: bool = False
     device: str = "auto"  # auto: the model's device
     batch_size: int = 16
-    objective: str = (
-        DEFAULT_OBJECTIVE  # what "best" means in the report and what a metric-driven search maximises
-    )
+    # What "best" means in the report and what a metric-driven search maximises; e.g. 0.5*dino+clip_i+clip_t
+    objective: str = DEFAULT_OBJECTIVE
 
 
 @dataclass
 class SweepConfig:
     """Where a sweep writes and how its folders are named."""
 
-    name: str = "default"
+    name: str = "${experiment}"  # outputs go to <root>/<name>/; by default the preset's name
     root: str = "outputs"
     run_dir_template: str = "{learning_rate};{text_encoder_lr}{varying}"
     reuse_steps: bool = True  # sweeps over max_train_steps train once under step-independent schedules
@@ -150,7 +166,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
-    experiment: str | None = None  # name of the preset in use (set by each experiment file)
+    experiment: str = "default"  # name of the preset in use (set by each experiment file)
 
 
 def register_configs() -> None:
