@@ -36,9 +36,9 @@ SCALES = [0.25, 0.5, 0.75, 1.0]
 
 
 def _train_lora(pipe, folder: Path) -> Path:
+    from lora_core.data.subject import load_subject_images
     from lora_core.drawn_subject import ensure_drawn_subject
     from lora_core.settings import TrainSettings
-    from lora_core.subject import load_subject_images
     from lora_core.tiny_model import default_cache_dir
     from lora_core.training import train_lora
 

@@ -29,9 +29,9 @@ def throughput(repeats: int, count: int) -> None:
     import numpy as np
     from PIL import Image
 
+    from lora_core.data.subject import load_subject_images
     from lora_core.drawn_subject import ensure_drawn_subject
     from lora_core.metrics import EvalModels, ImageScorer
-    from lora_core.subject import load_subject_images
     from lora_core.tiny_eval import ensure_tiny_clip, ensure_tiny_dino
     from lora_core.tiny_model import default_cache_dir
 

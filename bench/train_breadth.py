@@ -32,9 +32,9 @@ COMMON = dict(resolution=64, learning_rate=1e-4, rank=4, seed=0, progress_bar=Fa
 
 def bench_model(model: str) -> tuple:
     """The pipeline of ``model`` (tiny or world) on the CPU and the drawn kitten's five pictures at 64 px."""
+    from lora_core.data.subject import load_subject_images
     from lora_core.drawn_subject import ensure_drawn_subject
     from lora_core.models import ModelSource, load_pipeline
-    from lora_core.subject import load_subject_images
     from lora_core.tiny_model import default_cache_dir
 
     cache = default_cache_dir()

@@ -2,12 +2,13 @@
 
 Only what a step cannot do without: the UNet forward and backward on pre-made tensors (latents, noise,
 timesteps, and prompt embeddings or, when the text encoder trains, token ids through its forward and
-backward), gradient clipping and the AdamW step. The LoRA layers and the optimizer are made exactly as
-``lora_core.training.LoraTrainer`` makes them (peft ``LoraConfig`` + ``add_adapter``, AdamW with
-``foreach=True`` and one parameter group per model), so the only difference left is a trainer's overhead.
+backward), gradient clipping and the AdamW step. The LoRA layers and the optimizer are made by the trainer's
+own pieces (``lora_core.training.recipe.adapter_configs`` and ``parameter_groups``,
+``lora_core.optimizers.make_optimizer``), so the only difference left is a trainer's overhead.
 
-It imports torch, diffusers, transformers and peft only, so the reference environment can run it too
-(then it measures what that environment's torch costs for the same work). Usage::
+Besides torch, diffusers, transformers and peft it imports only those pure-Python pieces of ``lora_core``
+(from this checkout), so the reference environment can run it too (then it measures what that
+environment's torch costs for the same work). Usage::
 
     python -m bench.train_floor --model DIR --settings '{"rank": 4, ...}' --steps 60 --warmup 5 --out clock.json
 """
@@ -22,15 +23,6 @@ from bench.step_clock import StepClock
 
 # The timestep of every floor step: any fixed value costs the same.
 _TIMESTEP = 500
-
-
-def _lora_config(settings: dict, targets: list[str]):
-    from peft import LoraConfig
-
-    # As lora_core.training.LoraTrainer._attach_adapters builds it.
-    alpha = float(settings["rank"] if settings.get("alpha") is None else settings["alpha"])
-    return LoraConfig(r=settings["rank"], lora_alpha=alpha, lora_dropout=settings["dropout"],
-                      init_lora_weights="gaussian", target_modules=list(targets))  # fmt: skip
 
 
 def load_models(model_dir: str, settings: dict, device: str, half: bool = False):
@@ -50,19 +42,23 @@ def load_models(model_dir: str, settings: dict, device: str, half: bool = False)
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    from lora_core.settings import TrainSettings
+    from lora_core.training.recipe import adapter_configs
+
+    unet_config, text_config = adapter_configs(TrainSettings.from_dict(settings))
     torch.manual_seed(settings["seed"])
     dtype = torch.float16 if half else torch.float32
     unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=dtype).to(device)
     unet.requires_grad_(False)
-    unet.add_adapter(_lora_config(settings, settings["unet_target_modules"]))
+    unet.add_adapter(unet_config)
     unet.train()
     text_encoder = None
-    if settings["text_encoder_lr"] > 0:
+    if text_config is not None:
         text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=dtype).to(
             device
         )
         text_encoder.requires_grad_(False)
-        text_encoder.add_adapter(_lora_config(settings, settings["text_target_modules"]))
+        text_encoder.add_adapter(text_config)
         text_encoder.train()
     for model in (unet, text_encoder):
         for param in model.parameters() if model is not None else []:
@@ -74,7 +70,7 @@ def load_models(model_dir: str, settings: dict, device: str, half: bool = False)
 
 
 def make_optimizer(unet, text_encoder, settings: dict):
-    """AdamW exactly as ``lora_core.training.LoraTrainer._make_optimizer`` builds it.
+    """The optimizer as the trainer builds it (``parameter_groups`` and ``lora_core.optimizers.make_optimizer``).
 
     Args:
         unet: The UNet with LoRA layers.
@@ -84,17 +80,14 @@ def make_optimizer(unet, text_encoder, settings: dict):
     Returns:
         ``(optimizer, trainable parameters)``.
     """
-    import torch
+    from lora_core.optimizers import make_optimizer as trainer_optimizer
+    from lora_core.settings import TrainSettings
+    from lora_core.training.recipe import parameter_groups
 
-    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": settings["learning_rate"]}]
-    if text_encoder is not None:
-        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad],
-                       "lr": settings["text_encoder_lr"]})  # fmt: skip
-    optimizer = torch.optim.AdamW(
-        groups, betas=(settings["adam_beta1"], settings["adam_beta2"]), weight_decay=settings["adam_weight_decay"],
-        eps=settings["adam_epsilon"], foreach=True,
-    )  # fmt: skip
-    return optimizer, [p for group in groups for p in group["params"]]
+    s = TrainSettings.from_dict(settings)
+    groups = parameter_groups(unet, text_encoder, s)
+    device_type = next(unet.parameters()).device.type
+    return trainer_optimizer(groups, s, device_type), [p for group in groups for p in group["params"]]
 
 
 def vae_scale_factor(model_dir: str) -> int:

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     clock = StepClock()
 
+    from lora_core.data.subject import load_subject_images
     from lora_core.models import ModelSource, load_pipeline
     from lora_core.settings import TrainSettings
-    from lora_core.subject import load_subject_images
     from lora_core.training import train_lora
 
     settings = TrainSettings.from_dict(json.loads(args.settings))

@@ -15,7 +15,7 @@ pictures faster:
   other cells share its batch.
 
 Per-component scales go through ``set_adapters(..., adapter_weights=[{"unet": u, "text_encoder": t}])``;
-``cross_attention_kwargs={"scale": ...}`` would reset them (see ARCHITECTURE.md).
+``cross_attention_kwargs={"scale": ...}`` would reset them.
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ UNET_CONV = (
 )
 # Adapter kinds (``lora.kind``), each from peft; lora_core.adapters builds them.
 ADAPTER_KINDS = ("lora", "dora", "loha", "lokr")
-# TrainSettings fields that come from the ``lora`` config group, by their config key (for messages).
-LORA_KEYS = {
+# TrainSettings fields that come from other config groups than ``train``, by their config key (for messages).
+FIELD_SOURCES = {
+    "caption_mode": "data.caption_mode",
     "adapter_kind": "lora.kind",
     "conv_target_modules": "lora.conv_target_modules",
     "conv_rank": "lora.conv_rank",
@@ -268,7 +269,7 @@ class TrainSettings(Hyperparameters):
         class_prompt: Prompt of the class pictures (``a photo of a cat``; ``data.class_prompt``).
         center_crop: Crop pictures to the centre square, else stretch (``data.center_crop``).
         caption_mode: Where each picture's caption comes from (``data.caption_mode``,
-            ``lora_core.captions.CAPTION_MODES``); the captions themselves are given to the trainer.
+            ``lora_core.data.captions.CAPTION_MODES``); the captions themselves are given to the trainer.
         unet_target_modules: UNet modules that get LoRA layers (``lora.unet_target_modules``).
         text_target_modules: Text-encoder modules that get LoRA layers when it trains
             (``lora.text_target_modules``).
@@ -382,7 +383,7 @@ class TrainSettings(Hyperparameters):
             value = self
             for part in key.split("."):  # nested keys: optim.prodigy.d_coef
                 value = getattr(value, part)
-            raise UserInputError(f"{LORA_KEYS.get(key, f'{prefix}.{key}')}={value!r}: {message}")
+            raise UserInputError(f"{FIELD_SOURCES.get(key, f'{prefix}.{key}')}={value!r}: {message}")
 
     def _problems(self):
         def finite(v):
@@ -446,10 +447,10 @@ class TrainSettings(Hyperparameters):
         yield from self._caption_and_ema_problems()
 
     def _caption_and_ema_problems(self):
-        from lora_core.captions import CAPTION_MODES
+        from lora_core.data.captions import CAPTION_MODES
 
         if self.caption_mode not in CAPTION_MODES:
-            yield "caption_mode", f"use one of {', '.join(CAPTION_MODES)} (data.caption_mode)."
+            yield "caption_mode", f"use one of {', '.join(CAPTION_MODES)}."
         if not (math.isfinite(self.caption_dropout) and 0 <= self.caption_dropout < 1):
             yield "caption_dropout", "must be in [0, 1) (0 disables; 0.05-0.1 is typical)."
         if self.ema_decay is not None and not (math.isfinite(self.ema_decay) and 0 <= self.ema_decay < 1):

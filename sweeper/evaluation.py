@@ -41,7 +41,7 @@ def scorer_for(cfg: DictConfig, model_device: str = "auto") -> ImageScorer | Non
 
 
 def _real_pictures(instance_dir: Path) -> list[Image.Image]:
-    from lora_core.subject import list_subject_images, open_rgb
+    from lora_core.data.subject import list_subject_images, open_rgb
 
     return [open_rgb(p) for p in list_subject_images(instance_dir)]
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import product
 
-from lora_core.captions import fill_prompt
+from lora_core.data.captions import fill_prompt
 from lora_core.errors import UserInputError
 from lora_core.render import RenderCell
 from sweeper.naming import check_short_name, image_stem, short_names

@@ -17,13 +17,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lora_core.adapters import find_weights_file, read_training_metadata
-from lora_core.captions import captions_digest
+from lora_core.adapters import find_weights_file
+from lora_core.data.captions import captions_digest
 from lora_core.errors import UserInputError
 from lora_core.models import dtype_name, load_pipeline, model_identity
-from lora_core.training import checkpoint_dir, find_checkpoint, list_checkpoints, train_lora
+from lora_core.training import checkpoint_dir, find_checkpoint, incompatibility, list_checkpoints, train_lora
+from lora_core.training.loss_log import read_rows
 from sweeper.job_spec import JobSpec, build_job
-from sweeper.layout import RunFolder, SweepFolder, read_loss_rows
+from sweeper.layout import RunFolder, SweepFolder
 from sweeper.plan import SweepPlan
 from sweeper.preemption import HeldSignals
 from sweeper.tracking.helper import TrackerProxy, open_tracker
@@ -162,7 +163,7 @@ class Job:
         ):
             log.info("%s: LoRA already trained, skipping training.", self.run_dir.name)
             return
-        from lora_core.subject import load_subject_images
+        from lora_core.data.subject import load_subject_images
 
         started = time.perf_counter()
         images = load_subject_images(
@@ -176,7 +177,7 @@ class Job:
             log.info("%s: continuing from %s", self.run_dir.name, checkpoint)
             self.result.resumed_from = str(checkpoint)
             if steps:
-                steps.add_history(read_loss_rows(checkpoint))
+                steps.add_history(read_rows(checkpoint))
         with HeldSignals() as should_stop:  # a time limit or preemption stops training between two steps
             train_lora(
                 pipe, images, self.spec.settings, self.lora_dir, resume_from=checkpoint, class_images=class_images,
@@ -268,8 +269,8 @@ class Job:
         spec = self.spec.class_images
         if spec is None:
             return None
-        from lora_core.class_images import ensure_class_images
-        from lora_core.subject import load_subject_images
+        from lora_core.data.class_images import ensure_class_images
+        from lora_core.data.subject import load_subject_images
         from lora_core.tiny_model import default_cache_dir
 
         paths = ensure_class_images(pipe, spec, model_identity(self.spec.model), default_cache_dir())
@@ -307,20 +308,12 @@ class Job:
 
     def _check_folder_matches(self) -> None:
         """Refuse to mix work of other settings into a folder that already holds a trained LoRA."""
-        lora = find_weights_file(self.lora_dir)
-        if lora is None:
+        if find_weights_file(self.lora_dir) is None:
             return
-        saved = read_training_metadata(lora)
-        wanted = {**self.spec.settings.weights_key(), "alpha": self.spec.settings.lora_alpha}
-        if isinstance(saved.get("optim"), dict):  # the file holds every optimizer's options; one counts
-            saved["optim"] = {k: v for k, v in saved["optim"].items() if k in wanted["optim"]}
-        wanted |= {f"identity.{k}": v for k, v in self._identity.items()}
-        differs = {k: (saved.get(k), v) for k, v in wanted.items() if k in saved and saved[k] != v}
-        if differs:
-            key, (was, now) = next(iter(differs.items()))
-            name = key.replace("identity.", "") if key.startswith("identity.") else f"train.{key}"
+        reason = incompatibility(self.lora_dir, self.spec.settings, self._identity, finished=True)
+        if reason:
             raise UserInputError(
-                f"{self.run_dir}: holds a LoRA trained with {name}={was!r}, not {now!r}. "
+                f"{self.run_dir}: holds a LoRA {reason}. "
                 "Nothing was changed; choose another sweep.name or move that folder away."
             )
 
@@ -366,7 +359,7 @@ class Job:
         self.folder.write_record(record)
 
     def _captions_by_picture(self) -> dict[str, str]:
-        from lora_core.subject import list_subject_images
+        from lora_core.data.subject import list_subject_images
 
         pictures = list_subject_images(self._instance_dir())
         return {

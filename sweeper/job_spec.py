@@ -9,8 +9,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lora_core.adapters import format_notes
-from lora_core.captions import fill_prompt
-from lora_core.class_images import ClassImageSpec
+from lora_core.data.captions import fill_prompt
+from lora_core.data.class_images import ClassImageSpec
 from lora_core.errors import UserInputError
 from lora_core.models import ModelSource
 from lora_core.render import RenderOptions
@@ -70,13 +70,13 @@ class JobSpec:
         return ["raw", "ema"] if self.weights == "both" else [self.weights]
 
     def read_captions(self, instance_dir: Path) -> list[str]:
-        """Each subject picture's caption (``data.caption_mode``), checked; see ``lora_core.captions``.
+        """Each subject picture's caption (``data.caption_mode``), checked; see ``lora_core.data.captions``.
 
         Raises:
             UserInputError: A bad caption file, named with what to do.
         """
-        from lora_core.captions import read_captions
-        from lora_core.subject import list_subject_images
+        from lora_core.data.captions import read_captions
+        from lora_core.data.subject import list_subject_images
 
         s = self.settings
         pictures = list_subject_images(instance_dir)
@@ -131,8 +131,8 @@ def build_job(cfg: DictConfig) -> JobSpec:
             "conv_alpha": cfg.lora.conv_alpha,
         }
     )
-    _check_captions_and_weights(cfg)
     settings.validate()
+    _check_captions_and_weights(cfg)
     _say_format_notes(settings.adapter_kind)
     shared = {f.name: cfg.render[f.name] for f in fields(RenderOptions)}  # RenderConfig holds every one
     render = RenderOptions(**shared | {"resolution": cfg.render.resolution or resolution})
@@ -172,12 +172,8 @@ def _say_format_notes(kind: str) -> None:
 
 
 def _check_captions_and_weights(cfg: DictConfig) -> None:
-    """``data.caption_mode`` and ``render.weights`` against what the training will have."""
-    from lora_core.captions import CAPTION_MODES
-
+    """``data.caption_mode`` (valid: ``TrainSettings.validate``) and ``render.weights`` against the training."""
     mode = cfg.data.caption_mode
-    if mode not in CAPTION_MODES:
-        raise UserInputError(f"data.caption_mode={mode}: use one of {', '.join(CAPTION_MODES)}.")
     if mode != "instance_prompt" and not cfg.data.instance_dir:
         raise UserInputError(
             f"data.caption_mode={mode}: the drawn subject has no caption files; set data.instance_dir to a "

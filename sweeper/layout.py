@@ -46,7 +46,16 @@ from omegaconf import DictConfig, OmegaConf
 from lora_core.adapters import KOHYA_FILE, LORA_FILE, PEFT_FILE
 from lora_core.atomic import write_text_atomic
 from lora_core.metrics import METRICS
-from lora_core.training import EMA_DIR, LOSS_LOG, RESULT_FILE
+from lora_core.training import (
+    CHECKPOINTS,
+    EMA_DIR,
+    LOSS_LOG,
+    RESULT_FILE,
+    STEP_PREFIX,
+    parse_step,
+    step_folder_name,
+)
+from lora_core.training.loss_log import read_rows
 from sweeper.naming import format_number
 
 # Run folder.
@@ -59,8 +68,6 @@ REFERENCE_FILE = "reference_scores.json"
 SHEETS_DIR = "sheets"
 EMA_GRID_DIR = "ema"  # <run>/ema/: the EMA weights' grid (the EMA adapter itself is lora/<EMA_DIR>/)
 LORA_DIR = "lora"
-CHECKPOINTS_DIR = "checkpoints"
-STEP_PREFIX = "step-"
 # Sweep root.
 OPTUNA_FILE = "optuna.db"
 MLFLOW_DB = "mlflow.db"  # the default MLflow store (SQLite)
@@ -94,14 +101,6 @@ def default_store(root: str | Path) -> Path:
 def artifacts_dir(root: Path) -> Path:
     """``<root>/mlartifacts``: where the default store keeps the artifacts of the sweeps under ``root``."""
     return root / MLFLOW_ARTIFACTS
-
-
-def read_loss_rows(folder: Path) -> list[dict]:
-    """The loss log rows ({step, loss, lr, ...}) of a training folder or checkpoint; empty when absent."""
-    path = Path(folder) / LOSS_LOG
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @dataclass(frozen=True)
@@ -159,11 +158,11 @@ class RunFolder:
     @property
     def checkpoints_dir(self) -> Path:
         """``lora/checkpoints/``: resumable training states, one ``step-<n>`` folder each."""
-        return self.lora_dir / CHECKPOINTS_DIR
+        return self.lora_dir / CHECKPOINTS
 
     @property
     def loss_log(self) -> Path:
-        """``lora/loss.jsonl``: one row per logged step."""
+        """``lora/loss_log.jsonl``: one row per logged step."""
         return self.lora_dir / LOSS_LOG
 
     @property
@@ -225,15 +224,15 @@ class RunFolder:
 
     def step(self, step: int) -> RunFolder:
         """The folder of the grid rendered at training ``step`` (``step-000400``), laid out like this one."""
-        return RunFolder(self.path / f"{STEP_PREFIX}{step:06d}")
+        return RunFolder(self.path / step_folder_name(step))
 
     def steps(self) -> dict[int, RunFolder]:
         """The step folders that hold pictures, by step."""
         found = {}
         for folder in self.path.glob(f"{STEP_PREFIX}*"):
-            digits = folder.name.removeprefix(STEP_PREFIX)
-            if folder.is_dir() and digits.isdigit() and any(folder.glob("*.png")):
-                found[int(digits)] = RunFolder(folder)
+            step = parse_step(folder)
+            if step is not None and folder.is_dir() and any(folder.glob("*.png")):
+                found[step] = RunFolder(folder)
         return dict(sorted(found.items()))
 
     def step_sheet(self, prompt_name: str) -> Path:
@@ -319,7 +318,7 @@ class RunFolder:
 
     def read_loss_log(self) -> list[dict]:
         """The loss log's rows ({step, loss, lr, ...}), empty when absent."""
-        return read_loss_rows(self.lora_dir)
+        return read_rows(self.lora_dir)
 
 
 @dataclass(frozen=True)
@@ -409,7 +408,7 @@ class SweepFolder:
 
     def checkpoint_dirs(self) -> list[Path]:
         """Every run folder's checkpoint folder (where resume and step reuse look)."""
-        return sorted(self.path.glob(f"*/{LORA_DIR}/{CHECKPOINTS_DIR}"))
+        return sorted(self.path.glob(f"*/{LORA_DIR}/{CHECKPOINTS}"))
 
     def sheets(self) -> list[Path]:
         """The sweep-wide sheets."""

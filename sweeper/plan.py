@@ -189,7 +189,7 @@ def check_inputs(specs: list[JobSpec]) -> None:
         UserInputError: The world model's weights missing or corrupt, a local model path that does not exist, a malformed hub id, or a subject folder
             that is missing, empty, or holds an unreadable picture or a bad caption file.
     """
-    from lora_core.subject import load_subject_images
+    from lora_core.data.subject import load_subject_images
 
     for path in sorted({spec.model.path for spec in specs}):
         if path == WORLD:

@@ -46,7 +46,7 @@ class DataConfig:
     class_prompt: str = "a photo of a {class}"
     center_crop: bool = True
     # instance_prompt: every picture under instance_prompt; sidecar: each picture's img.txt or metadata.jsonl
-    # line (all must have one); sidecar_or_instance: a caption where there is one (lora_core/captions.py).
+    # line (all must have one); sidecar_or_instance: a caption where there is one (lora_core/data/captions.py).
     caption_mode: str = "instance_prompt"
     drawn_count: int = 5
     drawn_seed: int = 0

@@ -51,7 +51,7 @@ def subject_dir(cache_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def subject_images(subject_dir):
-    from lora_core.subject import load_subject_images
+    from lora_core.data.subject import load_subject_images
 
     return load_subject_images(subject_dir, 64)
 

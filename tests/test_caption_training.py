@@ -7,8 +7,8 @@ import torch
 from conftest import train_killed_then_resumed
 from safetensors.torch import load_file
 
-from lora_core.captions import caption_dropped
-from lora_core.training import LoraTrainer, picture_indices, train_lora
+from lora_core.data.order import caption_dropped, picture_indices
+from lora_core.training import LoraTrainer, train_lora
 
 CAPTIONS = ["ktn cat on the beach", "ktn cat in snow", "ktn cat on the beach", "a ktn cat", "ktn in the pub"]
 
@@ -42,20 +42,20 @@ def trainer_of(pipe, subject_images, settings, tmp_path):
 def test_each_picture_trains_under_its_own_captions_embedding(pipe, trainer_of):
     with trainer_of(CAPTIONS) as trainer:
         for index, caption in enumerate(CAPTIONS):
-            row = trainer.picture_prompt[index]
+            row = trainer.prompts.picture_rows[index]
             torch.testing.assert_close(
-                trainer.prompt_embeds[row], _encode(pipe, caption), rtol=1e-5, atol=1e-5
+                trainer.prompts.embeds[row], _encode(pipe, caption), rtol=1e-5, atol=1e-5
             )
-        rows = trainer.picture_prompt
+        rows = trainer.prompts.picture_rows
         assert rows[0] == rows[2], "one embedding per distinct caption"
-        assert not torch.allclose(trainer.prompt_embeds[rows[0]], trainer.prompt_embeds[rows[1]])
+        assert not torch.allclose(trainer.prompts.embeds[rows[0]], trainer.prompts.embeds[rows[1]])
 
 
 def test_a_changed_caption_never_meets_the_old_embedding(pipe, trainer_of):
     with trainer_of(CAPTIONS) as before:
-        old = before.prompt_embeds[before.picture_prompt[1]].clone()
+        old = before.prompts.embeds[before.prompts.picture_rows[1]].clone()
     with trainer_of([CAPTIONS[0], "ktn cat under the night sky", *CAPTIONS[2:]]) as after:
-        new = after.prompt_embeds[after.picture_prompt[1]]
+        new = after.prompts.embeds[after.prompts.picture_rows[1]]
     assert not torch.allclose(new, old)
     torch.testing.assert_close(new, _encode(pipe, "ktn cat under the night sky"), rtol=1e-5, atol=1e-5)
 
@@ -63,13 +63,13 @@ def test_a_changed_caption_never_meets_the_old_embedding(pipe, trainer_of):
 def test_caption_dropout_trains_the_drawn_pictures_under_the_empty_caption(trainer_of):
     seen_dropped = 0
     with trainer_of(CAPTIONS, caption_dropout=0.4, train_batch_size=2, seed=5) as trainer:
-        empty = trainer.prompt_rows[""]
+        empty = trainer.prompts.rows[""]
         for micro_step in range(12):
             rows = picture_indices(micro_step, 2, len(CAPTIONS), 5)
-            _, prompts = trainer._sample_latents(micro_step)
+            _, prompts = trainer.micro_batch(micro_step)
             dropped = caption_dropped(micro_step, 2, 5, 0.4)
             assert prompts == [
-                empty if d else trainer.picture_prompt[r] for r, d in zip(rows, dropped, strict=True)
+                empty if d else trainer.prompts.picture_rows[r] for r, d in zip(rows, dropped, strict=True)
             ]
             seen_dropped += sum(dropped)
     assert 0 < seen_dropped < 24
@@ -79,7 +79,7 @@ def test_caption_dropout_leaves_the_training_random_stream_alone(trainer_of):
     drawn = []
     for dropout in (0.0, 0.5):
         with trainer_of(CAPTIONS, caption_dropout=dropout) as trainer:
-            latents = [trainer._sample_latents(micro_step)[0] for micro_step in range(4)]
+            latents = [trainer.micro_batch(micro_step)[0] for micro_step in range(4)]
             drawn.append((latents, trainer.progress.generator.get_state()))
     (plain, plain_state), (dropping, dropping_state) = drawn
     for a, b in zip(plain, dropping, strict=True):

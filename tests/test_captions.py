@@ -5,9 +5,10 @@ import json
 import pytest
 from PIL import Image
 
-from lora_core.captions import caption_dropped, captions_digest, read_captions
+from lora_core.data.captions import captions_digest, read_captions
+from lora_core.data.order import caption_dropped
+from lora_core.data.subject import list_subject_images
 from lora_core.errors import UserInputError
-from lora_core.subject import list_subject_images
 
 PROMPT = "a photo of ktn cat"
 
@@ -110,8 +111,11 @@ def test_a_bad_metadata_line_is_named_with_its_number(tmp_path, line, needles):
     _refused(folder, *needles)
 
 
-def test_an_unknown_caption_mode_is_named(tmp_path):
-    _refused(_folder(tmp_path), "data.caption_mode=kohya", mode="kohya")
+def test_an_unknown_caption_mode_is_named(settings):
+    with pytest.raises(UserInputError) as info:
+        settings(caption_mode="kohya").validate()
+    message = str(info.value)
+    assert "data.caption_mode='kohya': use one of instance_prompt, sidecar" in message and "\n" not in message
 
 
 def test_caption_dropout_is_a_pure_function_of_seed_and_step():

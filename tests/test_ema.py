@@ -76,7 +76,7 @@ def test_a_checkpoint_without_ema_is_not_continued_with_ema(pipe, subject_images
         (dict(ema_decay=1.0), "train.ema_decay=1.0: must be in [0, 1)"),
         (dict(ema_decay=0.99, optimizer="schedulefree_adamw"), "schedulefree_adamw already saves an average"),
         (dict(caption_dropout=1.0), "train.caption_dropout=1.0"),
-        (dict(caption_mode="captions"), "train.caption_mode='captions'"),
+        (dict(caption_mode="captions"), "data.caption_mode='captions'"),
     ],
 )
 def test_bad_ema_and_caption_settings_are_named(settings, overrides, named):

@@ -4,9 +4,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from lora_core.class_images import ClassImageSpec, ensure_class_images
+from lora_core.data.class_images import ClassImageSpec, ensure_class_images
+from lora_core.data.subject import load_subject_images
 from lora_core.errors import UserInputError
-from lora_core.subject import load_subject_images
 from lora_core.training import LoraTrainer, train_lora
 
 
@@ -83,11 +83,11 @@ def test_batch_holds_instance_and_class_pictures(pipe, subject_images, settings,
     trainer = LoraTrainer(pipe, subject_images, s, tmp_path, class_images=subject_images[:2])
     try:
         trainer.setup()
-        latents, prompts = trainer._sample_latents(0)
+        latents, prompts = trainer.micro_batch(0)
     finally:
         trainer.cleanup()
     assert latents.shape[0] == 4 and prompts == [0, 0, 1, 1]
-    assert trainer.latent_mean.shape[1] == len(subject_images) + 2
+    assert trainer.latents.mean.shape[1] == len(subject_images) + 2
 
 
 def test_prior_preservation_without_class_images_is_an_error(pipe, subject_images, settings, tmp_path):

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lora_core.data.subject import (
+    fit_to_resolution,
+    list_subject_images,
+    load_subject_images,
+    open_rgb,
+    to_tensor,
+)
 from lora_core.errors import UserInputError
-from lora_core.subject import fit_to_resolution, list_subject_images, load_subject_images, open_rgb, to_tensor
 
 
 def _save(img: Image.Image, path, **kwargs):

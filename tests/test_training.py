@@ -7,6 +7,7 @@ from conftest import render, train_killed_then_resumed
 from safetensors.torch import load_file
 
 from lora_core.adapters import KOHYA_FILE, LORA_FILE, read_training_metadata
+from lora_core.data.order import picture_indices
 from lora_core.errors import UserInputError
 from lora_core.training import (
     LOSS_LOG,
@@ -15,7 +16,6 @@ from lora_core.training import (
     denoising_loss,
     find_checkpoint,
     list_checkpoints,
-    picture_indices,
     train_lora,
 )
 
@@ -284,7 +284,7 @@ def test_min_snr_weights_follow_their_formula(pipe, subject_images, settings, tm
         alpha_bar = trainer.noise_scheduler.alphas_cumprod[t]
         snr = alpha_bar / (1 - alpha_bar)
         expected = torch.minimum(snr, torch.tensor(5.0)) / snr
-        assert torch.allclose(trainer._snr_weights(t), expected)
+        assert torch.allclose(trainer.snr_weights(t), expected)
         assert expected[0] < 1 and expected[-1] == 1  # low noise is down-weighted, high noise kept
     finally:
         trainer.cleanup()
@@ -326,11 +326,11 @@ def test_pictures_are_encoded_when_a_step_first_draws_them(pipe, subject_images,
     trainer = LoraTrainer(pipe, subject_images, settings(random_flip=True), tmp_path)
     try:
         trainer.setup()
-        assert trainer._encoded == {}
-        latents, _ = trainer._sample_latents(0)
-        assert len(trainer._encoded) == latents.shape[0] == 1
-        drawn = dict(trainer._encoded)
-        every = trainer.latent_mean  # encodes the rest: both orientations of every picture
+        assert trainer.latents.encoded == {}
+        latents, _ = trainer.micro_batch(0)
+        assert len(trainer.latents.encoded) == latents.shape[0] == 1
+        drawn = dict(trainer.latents.encoded)
+        every = trainer.latents.mean  # encodes the rest: both orientations of every picture
         assert tuple(every.shape[:2]) == (2, len(subject_images))
         (flip, row), (mean, _std) = next(iter(drawn.items()))
         assert torch.equal(every[flip, row], mean)

@@ -29,8 +29,8 @@ def world_pipe():
 @pytest.fixture(scope="module")
 def world_subject(tmp_path_factory):
     """The drawn kitten at the world's 64 px, as pictures and as a folder."""
+    from lora_core.data.subject import load_subject_images
     from lora_core.drawn_subject import ensure_drawn_subject
-    from lora_core.subject import load_subject_images
 
     folder = ensure_drawn_subject(tmp_path_factory.mktemp("subject"), count=5, seed=0)
     return folder, load_subject_images(folder, world.SIZE)

@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
+from lora_core.training.loss_log import metric_rows
 from sweeper.layout import RunFolder, SweepFolder
 from sweeper.objective import DEFAULT_OBJECTIVE
 from sweeper.tracking.store import default_uri
@@ -78,11 +79,7 @@ def step_metrics(run: RunFolder) -> list[tuple[str, float, int]]:
     """Loss, learning rates and (where measured) the validation loss per step, from the run's loss log."""
     rows: list[tuple[str, float, int]] = []
     for row in run.read_loss_log():
-        rows += [("loss", row["loss"], row["step"]), ("lr", row["lr"], row["step"])]
-        if row.get("text_encoder_lr") is not None:
-            rows.append(("text_encoder_lr", row["text_encoder_lr"], row["step"]))
-        if row.get("val_loss") is not None:
-            rows.append(("val_loss", row["val_loss"], row["step"]))
+        rows += metric_rows(row)
     return rows
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from lora_core.training.loss_log import metric_rows
 from sweeper.layout import PENDING_FILE, artifacts_dir
 from sweeper.tracking.store import (
     client_for,
@@ -285,22 +286,14 @@ class StepLogger:
 
     def __call__(self, record) -> None:
         """Take a ``lora_core.training.StepRecord``."""
-        self.rows += [("loss", record.loss, record.step), ("lr", record.lr, record.step)]
-        if record.text_encoder_lr is not None:
-            self.rows.append(("text_encoder_lr", record.text_encoder_lr, record.step))
-        if getattr(record, "val_loss", None) is not None:
-            self.rows.append(("val_loss", record.val_loss, record.step))
+        self.rows += metric_rows(record.log_row())
         if time.monotonic() - self.sent > self.every:
             self.flush()
 
     def add_history(self, rows: Iterable[dict]) -> None:
         """Queue steps a resumed or reused training did not redo (from a checkpoint's loss log)."""
         for row in rows:
-            self.rows += [("loss", row["loss"], row["step"]), ("lr", row["lr"], row["step"])]
-            if row.get("text_encoder_lr") is not None:
-                self.rows.append(("text_encoder_lr", row["text_encoder_lr"], row["step"]))
-            if row.get("val_loss") is not None:
-                self.rows.append(("val_loss", row["val_loss"], row["step"]))
+            self.rows += metric_rows(row)
 
     def flush(self) -> None:
         """Send what is buffered."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lora_core.captions import is_caption_file
+from lora_core.data.captions import is_caption_file
 from lora_core.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ SMALL_IMAGE_FRACTION = 0.5
 def list_subject_images(folder: str | os.PathLike) -> list[Path]:
     """List the image files of a subject folder, sorted by name; other files are skipped with a warning.
 
-    Caption files (``img.txt`` beside ``img.png``, ``metadata.jsonl``: ``lora_core.captions``) are skipped
+    Caption files (``img.txt`` beside ``img.png``, ``metadata.jsonl``: ``lora_core.data.captions``) are skipped
     silently.
 
     Args:

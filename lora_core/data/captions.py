@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import re
 from pathlib import Path
 
@@ -89,7 +88,7 @@ def read_metadata(folder: Path, pictures: list[Path]) -> dict[Path, tuple[str, s
 
     Args:
         folder: The subject folder.
-        pictures: Its pictures (``lora_core.subject.list_subject_images``).
+        pictures: Its pictures (``lora_core.data.subject.list_subject_images``).
 
     Returns:
         Picture -> (caption as written, ``metadata.jsonl:<line>`` for messages).
@@ -145,7 +144,7 @@ def read_captions(
     Args:
         folder: The subject folder.
         pictures: Its pictures, in training order (``list_subject_images``).
-        mode: One of ``CAPTION_MODES`` (``data.caption_mode``).
+        mode: One of ``CAPTION_MODES`` (``data.caption_mode``, checked by ``TrainSettings.validate``).
         token: The identifier filled into ``{token}``.
         class_name: The class noun filled into ``{class}``.
         instance_prompt: The filled ``data.instance_prompt``, for pictures without a caption.
@@ -154,11 +153,9 @@ def read_captions(
         A caption per picture (``instance_prompt`` for every picture in ``instance_prompt`` mode).
 
     Raises:
-        UserInputError: An unknown mode, a bad caption file (see ``fill_caption``, ``read_metadata``; empty,
+        UserInputError: A bad caption file (see ``fill_caption``, ``read_metadata``; empty,
             not UTF-8), or, in ``sidecar`` mode, a picture without a caption. One line naming the file.
     """
-    if mode not in CAPTION_MODES:
-        raise UserInputError(f"data.caption_mode={mode}: use one of {', '.join(CAPTION_MODES)}.")
     if mode == "instance_prompt":
         return [instance_prompt] * len(pictures)
     folder = Path(folder).expanduser()
@@ -189,24 +186,3 @@ def captions_digest(captions: list[str]) -> str:
     captions.
     """
     return hashlib.sha256(json.dumps(list(captions)).encode()).hexdigest()[:16]
-
-
-def caption_dropped(micro_step: int, count: int, seed: int, probability: float) -> list[bool]:
-    """Which of a micro-batch's subject pictures train with the empty caption (caption dropout).
-
-    A pure function of the step and the seed, drawn from a generator of its own: the training's random
-    stream is the same with and without dropout, and a resumed run drops the same captions.
-
-    Args:
-        micro_step: Index of the micro-batch since step 0.
-        count: Subject pictures in the micro-batch.
-        seed: Training seed.
-        probability: ``train.caption_dropout``.
-
-    Returns:
-        One flag per picture.
-    """
-    if probability <= 0:
-        return [False] * count
-    rng = random.Random(seed * 1_000_003 + micro_step * 7 + 0xCA9)
-    return [rng.random() < probability for _ in range(count)]

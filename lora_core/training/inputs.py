@@ -1,0 +1,121 @@
+"""The training's inputs, encoded once: the prompt table (embeddings of every caption) and the latent cache."""
+
+from __future__ import annotations
+
+from lora_core.training.device import to_device
+
+
+class PromptTable:
+    """Every prompt the training uses, tokenized once and, while the text encoder is frozen, encoded once.
+
+    The table is keyed by the caption text itself: a picture's row is its caption's, so a changed caption
+    can only ever meet its own embedding.
+
+    Args:
+        pipe: The pipeline (tokenizer and text encoder).
+        device: The training device.
+        prompts: The prompts, in row order (duplicates are dropped).
+        captions: One caption per subject picture (each among ``prompts``).
+        encode: Encode the prompts now (the text encoder is frozen); else on every use.
+    """
+
+    def __init__(self, pipe, device, prompts: list[str], captions: list[str], encode: bool):
+        import torch
+
+        self.text_encoder, self.device = pipe.text_encoder, device
+        prompts = list(dict.fromkeys(prompts))
+        self.rows = {prompt: row for row, prompt in enumerate(prompts)}
+        self.picture_rows = [self.rows[c] for c in captions]
+        tok = pipe.tokenizer
+        self.ids = tok(
+            prompts,
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        self.embeds = None
+        if encode:
+            with torch.no_grad():
+                self.embeds = self.text_encoder(self.ids)[0]
+
+    def embeddings(self, rows: list[int]):
+        """The embeddings of the prompts at ``rows`` (through the text encoder when it trains)."""
+        import torch
+
+        # A list index would be copied to the device with a synchronising copy: pass a device tensor.
+        index = to_device(torch.tensor(rows, dtype=torch.long), self.device)
+        if self.embeds is not None:
+            return self.embeds[index]
+        return self.text_encoder(self.ids[index])[0]
+
+
+class LatentCache:
+    """VAE latent distributions of the training pictures, each encoded the first time a step draws it.
+
+    Args:
+        vae: The pipeline's VAE.
+        device: The training device.
+        pictures: Subject pictures, then class pictures.
+        random_flip: Whether steps also draw the mirrored pictures.
+    """
+
+    def __init__(self, vae, device, pictures: list, random_flip: bool):
+        self.vae, self.device, self.pictures, self.random_flip = vae, device, pictures, random_flip
+        self.encoded: dict[tuple[int, int], tuple] = {}  # (flipped, picture) -> (mean, std)
+
+    def stats(self, flips: list[int], rows: list[int]):
+        """Latent mean and std of each (orientation, picture), encoding the ones no step has drawn yet.
+
+        Each picture is encoded on its own, so its latents are the same whichever pictures a step draws
+        with it and whether the run was resumed (batched convolutions may round differently).
+        """
+        import torch
+
+        for key in dict.fromkeys(zip(flips, rows, strict=True)):
+            if key not in self.encoded:
+                self.encoded[key] = self.encode_one(self.pictures[key[1]], bool(key[0]))
+        pairs = [self.encoded[key] for key in zip(flips, rows, strict=True)]
+        return torch.stack([m for m, _ in pairs]), torch.stack([sd for _, sd in pairs])
+
+    def encode_one(self, picture, flip: bool = False):
+        """One picture's latent distribution (mean, std), encoded on its own."""
+        import torch
+
+        from lora_core.data.subject import to_tensor
+
+        vae, pixels = self.vae, to_tensor(picture)[None]
+        with torch.no_grad():
+            dist = vae.encode((pixels.flip(-1) if flip else pixels).to(self.device, vae.dtype)).latent_dist
+        return dist.mean[0], dist.std[0]
+
+    def sample(self, rows: list[int], generator):
+        """Latents of the pictures at ``rows``, scaled as the UNet expects.
+
+        Draws from ``generator`` the flips (with ``random_flip``), then one sample of each distribution.
+        """
+        import torch
+
+        n = len(rows)
+        flips = torch.randint(0, 2, (n,), generator=generator).tolist() if self.random_flip else [0] * n
+        mean, std = self.stats(flips, rows)
+        eps = to_device(torch.randn(mean.shape, generator=generator), self.device).to(mean.dtype)
+        return ((mean + std * eps) * self.vae.config.scaling_factor).float()
+
+    @property
+    def mean(self):
+        """Every picture's latent mean, (orientations, pictures, C, H, W), encoding what is not yet."""
+        return self._all()[0]
+
+    @property
+    def std(self):
+        """Every picture's latent std, shaped as ``mean``."""
+        return self._all()[1]
+
+    def _all(self):
+        orientations = (0, 1) if self.random_flip else (0,)
+        n = len(self.pictures)
+        mean, std = self.stats(
+            [f for f in orientations for _ in range(n)], list(range(n)) * len(orientations)
+        )
+        return mean.unflatten(0, (len(orientations), n)), std.unflatten(0, (len(orientations), n))

@@ -1,0 +1,558 @@
+"""DreamBooth-style LoRA training of a Stable Diffusion 1.x pipeline (diffusers + peft + accelerate).
+
+``LoraTrainer`` runs in named stages (``setup``, ``train``, ``save_checkpoint``, ``save_final``,
+``cleanup``); ``train_lora`` runs them all. A resumed run ends with the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lora_core.adapters import (
+    DIFFUSERS_KINDS,
+    KOHYA_FILE,
+    adapter_config,
+    peft_state_dict,
+    save_diffusers_lora,
+    save_kohya_lora,
+    save_peft_adapter,
+    weights_file_name,
+)
+from lora_core.atomic import write_text_atomic
+from lora_core.data.order import caption_dropped, class_picture_rows, picture_indices
+from lora_core.errors import UserInputError
+from lora_core.optimizers import check_optimizer, make_optimizer, set_optimizer_mode
+from lora_core.settings import TrainSettings
+from lora_core.training.checkpoint import (
+    EMA_DIR,
+    Checkpointer,
+    checkpoint_dir,
+    checkpoint_due,
+    list_checkpoints,
+    write_training_files,
+)
+from lora_core.training.device import mixed_precision, peak_memory, to_device
+from lora_core.training.inputs import LatentCache, PromptTable
+from lora_core.training.loss_log import LossLog
+from lora_core.training.objective import SnrWeights, denoising_target
+from lora_core.training.results import RESULT_FILE, StepRecord, TrainingStopped, TrainResult
+from lora_core.training.validation import ValidationSet
+from lora_core.training.weights import ema_weights, evaluation_weights, make_ema
+
+ADAPTER_NAME = "lora_sweeps_train"
+
+
+class LoraTrainer:
+    """Trains one LoRA on a loaded pipeline, in stages.
+
+    The pipeline is borrowed: ``cleanup`` removes the adapter and restores the models' modes, so a
+    process-wide cached pipeline can serve the next job unchanged.
+
+    Args:
+        pipe: A ``StableDiffusionPipeline`` (no adapter active).
+        images: Subject pictures, already at ``settings.resolution``.
+        settings: Validated training settings.
+        output_dir: Training folder (LoRA files, checkpoints, loss log).
+        class_images: Class pictures at ``settings.resolution`` when prior preservation is on.
+        on_step: Called with a ``StepRecord`` for every step, in bursts: the records of the last
+            ``settings.log_every`` steps together (one device sync each), and the rest at the end.
+        on_checkpoint: Called with (step, folder) after each checkpoint is written.
+        metadata: Extra values stored with the LoRA files (e.g. base model id, data folder).
+        identity: What else the weights depend on (base model, pictures, class pictures), JSON values:
+            saved with each checkpoint and the final folder; saved training is only continued or reused
+            under an equal identity.
+        should_stop: Asked after every optimizer step; True makes ``train`` save a checkpoint and raise
+            ``TrainingStopped`` (a job asked to give its slot back: time limit, preemption).
+        validation_images: Pictures of the validation loss (held-out pictures of the subject, at
+            ``settings.resolution``); None uses the subject pictures.
+        captions: One caption per subject picture (``lora_core.data.captions.read_captions``); None trains
+            every picture under ``settings.instance_prompt``.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        images: list,
+        settings: TrainSettings,
+        output_dir: str | os.PathLike,
+        class_images: list | None = None,
+        on_step: Callable[[StepRecord], None] | None = None,
+        on_checkpoint: Callable[[int, Path], None] | None = None,
+        metadata: dict | None = None,
+        identity: dict | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        validation_images: list | None = None,
+        captions: list[str] | None = None,
+    ):
+        settings.validate()
+        if captions is not None and len(captions) != len(images):
+            raise ValueError(f"{len(captions)} captions for {len(images)} pictures")
+        if settings.with_prior_preservation and not class_images:
+            raise UserInputError("train.with_prior_preservation is on but no class images were given.")
+        self.pipe, self.images, self.settings = pipe, images, settings
+        self.class_images = class_images if settings.with_prior_preservation else None
+        self.output_dir = Path(output_dir)
+        self.on_step, self.on_checkpoint = on_step, on_checkpoint
+        self.metadata = metadata or {}
+        self.identity = identity or {}
+        self.should_stop = should_stop
+        self.validation_images = validation_images
+        self.captions = list(captions) if captions is not None else [settings.instance_prompt] * len(images)
+        self.log = LossLog(self.output_dir)
+        self._timing: dict[str, float] = {}
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def setup(self, resume_from: str | os.PathLike | None = None) -> None:
+        """Attach the LoRA adapters, build the optimizer and schedule, prepare the inputs, maybe resume.
+
+        Args:
+            resume_from: A checkpoint folder to continue from, ``"latest"`` for this training folder's
+                newest compatible checkpoint (fresh start when there is none), or None.
+
+        Raises:
+            UserInputError: The checkpoint was trained under incompatible settings.
+        """
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+        from diffusers import DDPMScheduler
+
+        s, pipe = self.settings, self.pipe
+        self.device = pipe.unet.device
+        check_optimizer(s, self.device.type)  # a missing library or a CUDA-only optimizer: fail first
+        self.unet_dtype = pipe.unet.dtype  # ModelMixin.dtype walks the parameters: read it once
+        precision = mixed_precision(self.unet_dtype, s.mixed_precision, self.device.type)
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=self.device.type == "cpu")
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.snr_weights = SnrWeights(self.noise_scheduler, s.snr_gamma) if s.snr_gamma is not None else None
+        set_seed(s.seed)  # the LoRA init draws from the global generator
+        self._setup_adapters()
+        self._setup_inputs()
+        self.optimizer = self._setup_optimizer()
+        self.lr_schedule = self._setup_schedule()
+        self.optimizer, self.lr_schedule = self.accelerator.prepare(self.optimizer, self.lr_schedule)
+        self.ema = make_ema(self.trainable_params, s.ema_decay) if s.uses_ema else None
+        self.checkpointer = Checkpointer(self.output_dir, s, self.identity, self.accelerator, self.ema)
+        self.progress = self.checkpointer.progress
+        start = self.checkpointer.resume_point(resume_from)
+        if start is not None:
+            self.log.restore(self.checkpointer.load(start, self.models, self.device))
+            self.log.rewrite()  # drops what came after the checkpoint
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _setup_adapters(self) -> None:
+        import torch
+        from diffusers.training_utils import cast_training_params
+
+        s, pipe = self.settings, self.pipe
+        for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+            model.requires_grad_(False)
+        self.configs = unet_config, text_config = adapter_configs(s)
+        _add_adapter(pipe.unet, unet_config, "train.unet_target_modules")
+        self.models = [pipe.unet]
+        if text_config is not None:
+            _add_adapter(pipe.text_encoder, text_config, "train.text_target_modules")
+            self.models.append(pipe.text_encoder)
+        if pipe.unet.dtype != torch.float32:
+            cast_training_params(self.models, dtype=torch.float32)  # trainable LoRA weights stay fp32
+        if s.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
+            if s.trains_text_encoder:
+                pipe.text_encoder.gradient_checkpointing_enable()
+        for model in self.models:
+            model.train()
+
+    def _setup_inputs(self) -> None:
+        """The prompt table and the latent cache (pictures are encoded when a step first draws them)."""
+        s, pictures = self.settings, list(self.images) + list(self.class_images or [])
+        self.n_instance = len(self.images)
+        prompts = [s.instance_prompt, *self.captions, *([s.class_prompt] if self.class_images else []),
+                   *([""] if s.caption_dropout else [])]  # fmt: skip
+        self.prompts = PromptTable(self.pipe, self.device, prompts, self.captions, not s.trains_text_encoder)
+        self.latents = LatentCache(self.pipe.vae, self.device, pictures, s.random_flip)
+        self.validation = None
+        if s.validation_every:
+            rows = self.prompts.picture_rows
+            self.validation = ValidationSet(
+                s, self.latents, self.noise_scheduler, self.n_instance, rows, self.validation_images
+            )
+
+    def _setup_optimizer(self):
+        groups = parameter_groups(self.pipe.unet, self.pipe.text_encoder, self.settings)
+        self.trainable_params = [p for group in groups for p in group["params"]]
+        return make_optimizer(groups, self.settings, self.device.type)
+
+    def _setup_schedule(self):
+        from diffusers.optimization import get_scheduler
+
+        s = self.settings
+        return get_scheduler(
+            s.lr_scheduler, optimizer=self.optimizer, num_warmup_steps=s.lr_warmup_steps,
+            num_training_steps=s.max_train_steps, num_cycles=s.lr_num_cycles, power=s.lr_power,
+        )  # fmt: skip
+
+    # ---- train -------------------------------------------------------------------------------------------
+    def train(self, until: int | None = None) -> None:
+        """Run optimizer steps from the current step, saving checkpoints on the way.
+
+        Args:
+            until: Stop after this step with a resumable checkpoint there (a rung of a halving sweep);
+                None trains to ``max_train_steps``. The schedule is always the one of ``max_train_steps``,
+                so continuing later gives the weights of one uninterrupted run.
+
+        Raises:
+            TrainingStopped: ``should_stop`` said so; the checkpoint to continue from is saved.
+        """
+        from tqdm.auto import tqdm
+
+        s = self.settings
+        last = s.max_train_steps if until is None else min(until, s.max_train_steps)
+        self.start_step = self.progress.step
+        bar = tqdm(total=last, initial=self.start_step, desc="train", unit="step",
+                   disable=not s.progress_bar, dynamic_ncols=True)  # fmt: skip
+        pending: list = []
+        set_optimizer_mode(self.optimizer, training=True)
+        started = time.perf_counter()
+        first_done = None
+        while self.progress.step < last:
+            loss = self.training_step()
+            self.progress.step += 1
+            step = self.progress.step
+            pending.append((step, loss.detach(), _step_sizes(self.optimizer)))
+            if s.validation_every and step % s.validation_every == 0:
+                self.log.val_losses[step] = self.validation_loss()
+            if first_done is None:
+                first_done = time.perf_counter()
+            stop = step < last and self.should_stop is not None and self.should_stop()
+            save = checkpoint_due(s, step) or (step == until and step < s.max_train_steps) or stop
+            if len(pending) >= s.log_every or step == last or save:
+                self._report(pending, started, bar)
+                pending = []
+            if save:
+                folder = self.save_checkpoint(step)
+            if stop:
+                bar.close()
+                raise TrainingStopped(step, folder)
+        bar.close()
+        set_optimizer_mode(self.optimizer, training=False)  # the trained weights are the evaluation ones
+        end, steps = time.perf_counter(), self.progress.step - self.start_step
+        self._timing = {
+            "train_seconds": end - started,
+            "first_step_seconds": (first_done - started) if first_done else 0.0,
+            "steps_per_second": (steps - 1) / (end - first_done)
+            if first_done and steps > 1 and end > first_done
+            else 0.0,
+        }
+
+    def training_step(self):
+        """One optimizer step (all micro-batches). Returns the mean loss as a tensor."""
+        s = self.settings
+        total = 0.0
+        for micro in range(s.gradient_accumulation_steps):
+            micro_step = self.progress.step * s.gradient_accumulation_steps + micro
+            loss = self._loss_step(micro_step) / s.gradient_accumulation_steps
+            self.accelerator.backward(loss)
+            total = total + loss.detach()
+        if s.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.trainable_params, s.max_grad_norm)
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.trainable_params)
+        return total
+
+    def micro_batch(self, micro_step: int):
+        """Latents and prompt rows of one micro-batch: subject pictures, then as many class pictures.
+
+        The pictures and dropped captions are pure functions of the step (``lora_core.data.order``); flips
+        and latent samples come from the training's generator.
+
+        Returns:
+            ``(latents, prompt rows)``.
+        """
+        s = self.settings
+        rows = picture_indices(micro_step, s.train_batch_size, self.n_instance, s.seed)
+        dropped = caption_dropped(micro_step, len(rows), s.seed, s.caption_dropout)
+        prompt_rows = [self.prompts.rows[""] if drop else self.prompts.picture_rows[row]
+                       for row, drop in zip(rows, dropped, strict=True)]  # fmt: skip
+        if self.class_images:
+            rows += class_picture_rows(
+                micro_step, s.train_batch_size, self.n_instance, len(self.class_images)
+            )
+            prompt_rows += [self.prompts.rows[s.class_prompt]] * s.train_batch_size
+        return self.latents.sample(rows, self.progress.generator), prompt_rows
+
+    def _loss_step(self, micro_step: int):
+        """The loss of one micro-batch: noise its latents, predict, compare with the target."""
+        import torch
+        import torch.nn.functional as F
+
+        s, gen, scheduler = self.settings, self.progress.generator, self.noise_scheduler
+        latents, prompt_rows = self.micro_batch(micro_step)
+        noise = torch.randn(latents.shape, generator=gen)
+        if s.noise_offset:
+            noise += s.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=gen)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+        noise, timesteps = to_device(noise, self.device), to_device(timesteps, self.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        with self.accelerator.autocast():
+            embeds = self.prompts.embeddings(prompt_rows)
+            pred = self.pipe.unet(noisy.to(self.unet_dtype), timesteps, embeds.to(self.unet_dtype)).sample
+        target = denoising_target(scheduler, latents, noise, timesteps)
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.snr_weights is not None:
+            per_sample = per_sample * self.snr_weights(timesteps)
+        if self.class_images:
+            half = per_sample.shape[0] // 2
+            return per_sample[:half].mean() + s.prior_loss_weight * per_sample[half:].mean()
+        return per_sample.mean()
+
+    def validation_loss(self) -> float:
+        """Denoising loss on the fixed validation triples, with the weights that are saved (no dropout)."""
+        import torch
+
+        with torch.no_grad(), self.evaluation_weights(), self.accelerator.autocast():
+            for model in self.models:
+                model.eval()  # dropout off: it would draw from the global generator the training uses
+            try:
+                return self.validation.loss(self.pipe.unet, self.unet_dtype, self.prompts)
+            finally:
+                for model in self.models:
+                    model.train()
+
+    def evaluation_weights(self):
+        """A context holding the weights that are saved and rendered (``weights.evaluation_weights``)."""
+        return evaluation_weights(self.trainable_params, self.optimizer)
+
+    def _report(self, pending: list, started: float, bar) -> None:
+        import torch
+
+        losses = torch.stack([loss for _, loss, _ in pending]).float().tolist()  # one device sync per report
+        rows = []
+        for (step, _, lrs), loss in zip(pending, losses, strict=True):
+            text_lr = lrs[1] if len(lrs) > 1 else None
+            rows.append(self.log.record(step, loss, lrs[0], text_lr))
+            if self.on_step:
+                val = self.log.val_losses.get(step)
+                self.on_step(StepRecord(step, loss, lrs[0], text_lr, time.perf_counter() - started, val))
+        self.log.append(rows)
+        bar.update(len(pending))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{pending[-1][2][0]:.2e}", refresh=False)
+
+    # ---- save --------------------------------------------------------------------------------------------
+    def training_metadata(self) -> dict:
+        """Every training hyperparameter, plus the caller's metadata, as stored in the LoRA files."""
+        return {**self.settings.to_dict(), "alpha": self.settings.lora_alpha, **self.metadata}
+
+    def _write_adapters(self, folder: Path, kohya: bool, raw_weights=contextlib.nullcontext) -> None:
+        """Write the adapter files of the weights ``raw_weights`` holds, and of their EMA into ``folder/ema/``."""
+        meta, configs = {**self.training_metadata(), "trained_steps": self.progress.step}, self.configs
+        with raw_weights():
+            write_adapter(
+                self.pipe, folder, configs, self.settings.adapter_kind, meta | {"weights": "raw"}, kohya
+            )
+        if self.ema is not None:
+            with ema_weights(self.trainable_params, self.ema):
+                ema_meta = meta | {"weights": "ema"}
+                write_adapter(
+                    self.pipe, folder / EMA_DIR, configs, self.settings.adapter_kind, ema_meta, kohya
+                )
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Write the LoRA weights and the full training state at ``step`` (atomically).
+
+        Args:
+            step: The step just finished.
+
+        Returns:
+            The checkpoint folder.
+        """
+        # The training weights and state first (what resume continues), then the evaluation weights.
+        write = functools.partial(self._write_adapters, kohya=False, raw_weights=self.evaluation_weights)
+        target = self.checkpointer.save(step, self.models, write, self.log)
+        if self.on_checkpoint:
+            self.on_checkpoint(step, target)
+        return target
+
+    def save_final(self) -> TrainResult:
+        """Write the final adapter files and kohya exports, settings, identity, loss log and result file.
+
+        Returns:
+            The result, with paths, histories, speed and peak memory.
+        """
+        s, out = self.settings, self.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        self._write_adapters(out, kohya=True)
+        write_training_files(out, s, self.identity)
+        self.log.rewrite()
+        peak, kind = peak_memory(self.device)
+        steps = range(1, s.max_train_steps + 1)
+        result = TrainResult(
+            output_dir=out,
+            lora_path=out / weights_file_name(s.adapter_kind),
+            kohya_path=out / KOHYA_FILE,
+            checkpoints=list_checkpoints(out),
+            loss_history=[self.log.losses.get(k, float("nan")) for k in steps],
+            lr_history=[self.log.lrs.get(k, float("nan")) for k in steps],
+            val_losses=dict(sorted(self.log.val_losses.items())),
+            peak_memory_mb=peak,
+            memory_kind=kind,
+            resumed_from_step=getattr(self, "start_step", 0),
+            ema_lora_path=out / EMA_DIR / weights_file_name(s.adapter_kind) if self.ema is not None else None,
+            **self._timing,
+        )
+        write_text_atomic(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
+        return result
+
+    # ---- cleanup -----------------------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """Remove the training adapter and restore the borrowed pipeline's state."""
+        from accelerate.state import AcceleratorState, GradientState
+
+        _restore_pipeline(self.pipe, self.settings.gradient_checkpointing)
+        # Accelerate keeps one process-wide state and refuses a second Accelerator with another precision;
+        # the next job in this process may train with other settings.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
+
+def adapter_configs(s: TrainSettings) -> tuple:
+    """The peft configs of the UNet's adapter and of the text encoder's (None while it is frozen)."""
+    unet = adapter_config(
+        s.adapter_kind, s.rank, s.lora_alpha, s.dropout, list(s.unet_target_modules),
+        list(s.conv_target_modules), s.conv_rank, s.conv_alpha,
+    )  # fmt: skip
+    if not s.trains_text_encoder:
+        return unet, None
+    return unet, adapter_config(s.adapter_kind, s.rank, s.lora_alpha, s.dropout, list(s.text_target_modules))
+
+
+def parameter_groups(unet, text_encoder, s: TrainSettings) -> list[dict]:
+    """The optimizer's parameter groups: the UNet's trainable weights, then the text encoder's when it trains."""
+    groups = [{"params": _trainable(unet), "lr": s.learning_rate}]
+    if s.trains_text_encoder:
+        groups.append({"params": _trainable(text_encoder), "lr": s.text_encoder_lr})
+    return groups
+
+
+def write_adapter(pipe, folder: Path, configs: tuple, kind: str, meta: dict, kohya: bool) -> None:
+    """Write the training adapter of ``pipe`` into ``folder``, with ``meta`` in its files.
+
+    Args:
+        pipe: The pipeline holding the adapter (``ADAPTER_NAME``).
+        folder: Where to write.
+        configs: The peft configs of the UNet's and the text encoder's adapter (None: frozen).
+        kind: ``train.adapter_kind``: diffusers' loader reads LoRA and DoRA; the other kinds are kept in
+            peft naming (``lora_core.adapters``).
+        meta: The training metadata stored in the files.
+        kohya: Also write the kohya export.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    unet_config, text_config = configs
+    unet_peft = peft_state_dict(pipe.unet, ADAPTER_NAME)
+    text_peft = peft_state_dict(pipe.text_encoder, ADAPTER_NAME) if text_config else None
+    dicts = (unet_config.to_dict(), text_config.to_dict() if text_config else None)
+    save = save_diffusers_lora if kind in DIFFUSERS_KINDS else save_peft_adapter
+    save(folder, unet_peft, text_peft, *dicts, meta)
+    if kohya:
+        save_kohya_lora(folder / KOHYA_FILE, unet_peft, text_peft, *dicts, meta)
+
+
+def _restore_pipeline(pipe, gradient_checkpointing: bool) -> None:
+    """Take the training adapter out of ``pipe`` and leave its models frozen, in eval mode."""
+    if any(ADAPTER_NAME in (getattr(m, "peft_config", None) or {}) for m in (pipe.unet, pipe.text_encoder)):
+        pipe.unload_lora_weights()  # removes the LoRA layers themselves, not just the adapter
+    if gradient_checkpointing:
+        pipe.unet.disable_gradient_checkpointing()
+        pipe.text_encoder.gradient_checkpointing_disable()
+    for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+        model.requires_grad_(False)
+        model.eval()
+
+
+def _step_sizes(optimizer) -> list[float]:
+    """The learning rate of each parameter group; Prodigy's times its estimated step size ``d``."""
+    return [group["lr"] * group.get("d", 1.0) for group in optimizer.param_groups]
+
+
+def _add_adapter(model, config, key: str) -> None:
+    try:
+        model.add_adapter(config, adapter_name=ADAPTER_NAME)
+    except ValueError as err:
+        if not getattr(model, "peft_config", None):
+            # diffusers marks the model as holding adapters before injecting; undo it, or the next job's
+            # add_adapter on this (cached) model fails.
+            model._hf_peft_config_loaded = None
+        raise UserInputError(
+            f"{key}={list(config.target_modules)}: no such module in the model ({err})."
+        ) from err
+
+
+def _trainable(model) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train_lora(
+    pipe,
+    images: list,
+    settings: TrainSettings,
+    output_dir: str | os.PathLike,
+    resume_from: str | os.PathLike | None = None,
+    class_images: list | None = None,
+    on_step: Callable[[StepRecord], None] | None = None,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
+    metadata: dict | None = None,
+    identity: dict | None = None,
+    until: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    validation_images: list | None = None,
+    captions: list[str] | None = None,
+) -> TrainResult | Path:
+    """Train a LoRA on ``pipe`` with the subject ``images`` and save it to ``output_dir``.
+
+    Args:
+        pipe: A loaded ``StableDiffusionPipeline`` (borrowed; left as found).
+        images: Subject pictures at ``settings.resolution``.
+        settings: Training settings.
+        output_dir: Training folder.
+        resume_from: Checkpoint folder, ``"latest"``, or None for a fresh start.
+        class_images: Class pictures for prior preservation.
+        on_step: Per-step report callback.
+        on_checkpoint: Called after each checkpoint.
+        metadata: Extra values for the LoRA files' metadata.
+        identity: What else the weights depend on (see ``LoraTrainer``).
+        until: Stop after this step (below ``max_train_steps``) with a resumable checkpoint there, under
+            the schedule of the whole run: a successive-halving rung.
+        should_stop: Asked after every step; True saves a checkpoint and stops (see ``LoraTrainer``).
+        validation_images: Pictures of the validation loss (see ``LoraTrainer``).
+        captions: One caption per picture (see ``LoraTrainer``); None: ``settings.instance_prompt``.
+
+    Returns:
+        The ``TrainResult``; with ``until`` below ``max_train_steps``, the checkpoint folder at ``until``.
+
+    Raises:
+        TrainingStopped: ``should_stop`` asked for a stop; the checkpoint to continue from is saved.
+    """
+    trainer = LoraTrainer(
+        pipe, images, settings, output_dir, class_images, on_step, on_checkpoint, metadata, identity,
+        should_stop=should_stop, validation_images=validation_images, captions=captions,
+    )  # fmt: skip
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        trainer.setup(resume_from)
+        if trainer.progress.step == 0:
+            trainer.log.path.unlink(missing_ok=True)
+        trainer.train(until)
+        if until is not None and until < settings.max_train_steps:
+            return checkpoint_dir(output_dir, until)
+        return trainer.save_final()
+    finally:
+        trainer.cleanup()
