@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from sweep_cli import FAST, REPO, mlflow_runs, sweep
+from sweep_cli import FAST, REPO, mlflow_runs, planned_refusal, refused, sweep
 
 from lora_core.adapters import LORA_FILE
 from lora_core.training import list_checkpoints, train_lora
@@ -78,13 +78,19 @@ def test_the_best_one_in_eta_go_on_and_unscored_ones_never_do():
         (["hydra.sweeper.steps=[2,4]"], "hydra.sweeper.rungs=2 and hydra.sweeper.steps=[2, 4] disagree"),
     ],
 )
-def test_bad_halving_input_is_one_line_before_anything_trains(tmp_path, args, named):
-    result = sweep(tmp_path, *HALVING, *args)
-    assert result.returncode == 2, result.output
-    assert named in result.stderr and "Traceback" not in result.output
+def test_bad_halving_input_is_one_line_before_anything_trains(tmp_path, capsys, args, named):
+    refused(planned_refusal(capsys, tmp_path, *HALVING, *args), named)
     assert not list(tmp_path.rglob("lora")), "nothing trained"
 
 
+def test_the_halving_sweeper_command_refuses_bad_input_with_exit_2_and_one_line(tmp_path):
+    refused(
+        sweep(tmp_path, *HALVING, "hydra.sweeper.rungs=two"), "hydra.sweeper.rungs=two: give a whole number"
+    )
+    assert not list(tmp_path.rglob("lora")), "nothing trained"
+
+
+@pytest.mark.slow
 def test_rungs_given_by_hand_drive_the_bracket(tmp_path, cache_dir):
     result = sweep(tmp_path, *HALVING, "hydra.sweeper.steps=[2]", "tracking.enabled=false")
     assert result.returncode == 0, result.output
