@@ -8,8 +8,7 @@ import sys
 import time
 
 import pytest
-import torch
-from safetensors.torch import load_file
+from conftest import assert_same_weights
 from sweep_cli import FAST, REPO, mlflow_runs, planned_refusal, refused, sweep
 
 from lora_core.adapters import LORA_FILE
@@ -19,13 +18,6 @@ from sweeper.halving import given_rung_steps, rung_steps, survivors
 # The quickstart's 2 x 2 learning rates on the tiny model, halved once: rungs at 4 and 8 steps.
 HALVING = ["experiment=quickstart", "hparams_search=halving", "model=tiny", *FAST, "train.max_train_steps=8",
            "hydra.sweeper.eta=2", "hydra.sweeper.rungs=2"]  # fmt: skip
-
-
-def _same_weights(a, b):
-    a, b = load_file(str(a)), load_file(str(b))
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
 
 
 def test_rungs_resumed_from_checkpoints_end_with_the_weights_of_one_straight_run(
@@ -41,10 +33,10 @@ def test_rungs_resumed_from_checkpoints_end_with_the_weights_of_one_straight_run
     second = train_lora(pipe, subject_images, rungs, tmp_path / "rungs", resume_from="latest", until=3)
     assert (first.name, second.name) == ("step-000001", "step-000003")
     assert not (tmp_path / "rungs" / LORA_FILE).exists(), "a rung writes a checkpoint, not a final LoRA"
-    _same_weights(straight.checkpoints[3] / LORA_FILE, second / LORA_FILE)
+    assert_same_weights(straight.checkpoints[3] / LORA_FILE, second / LORA_FILE)
     top = train_lora(pipe, subject_images, rungs, tmp_path / "rungs", resume_from="latest")
     assert top.resumed_from_step == 3
-    _same_weights(straight.lora_path, top.lora_path)
+    assert_same_weights(straight.lora_path, top.lora_path)
     assert set(list_checkpoints(tmp_path / "rungs")) == {1, 3}
 
 

@@ -8,9 +8,8 @@ import sys
 import time
 
 import pytest
-import torch
+from conftest import assert_same_weights
 from PIL import Image
-from safetensors.torch import load_file
 from sweep_cli import FAST, REPO, mlflow_runs, probe_env, probed_processes, run_records, sweep
 
 pytestmark = pytest.mark.slow
@@ -196,16 +195,6 @@ def test_the_mlflow_ui_serves_the_runs_over_http(quickstart, tmp_path):
         server.wait(timeout=30)
 
 
-def _weights(path):
-    return load_file(str(path))
-
-
-def _assert_same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
-
-
 def test_step_axis_reuse_equals_separate_training(tmp_path, cache_dir):
     base = ["experiment=quickstart", *FAST, "render.enabled=false", "tracking.enabled=false",
             "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4"]  # fmt: skip
@@ -228,8 +217,8 @@ def test_step_axis_reuse_equals_separate_training(tmp_path, cache_dir):
         (separate,) = (tmp_path / f"alone{steps}" / "quickstart").glob(
             "*/lora/pytorch_lora_weights.safetensors"
         )
-        _assert_same(_weights(tmp_path / "shared" / "quickstart" / f"1e-3;1e-4;{steps}" / "lora" / separate.name),
-                     _weights(separate))  # fmt: skip
+        reused = tmp_path / "shared" / "quickstart" / f"1e-3;1e-4;{steps}" / "lora" / separate.name
+        assert_same_weights(reused, separate)
 
 
 def test_schedules_that_depend_on_the_total_train_separately(tmp_path, cache_dir):
@@ -262,8 +251,8 @@ def test_a_killed_sweep_resumes_from_its_last_checkpoint(tmp_path, cache_dir):
     assert step >= 20 and record["status"] == "done"
     fresh = sweep(tmp_path / "fresh", *args, "train.checkpoint_every=0")
     assert fresh.returncode == 0, fresh.output
-    _assert_same(_weights(checkpoints.parent / "pytorch_lora_weights.safetensors"),
-                 _weights(tmp_path / "fresh" / "quickstart" / "1e-3;1e-4" / "lora" / "pytorch_lora_weights.safetensors"))  # fmt: skip
+    fresh_lora = tmp_path / "fresh" / "quickstart" / "1e-3;1e-4" / "lora" / "pytorch_lora_weights.safetensors"
+    assert_same_weights(checkpoints.parent / "pytorch_lora_weights.safetensors", fresh_lora)
     # the interrupted attempt's MLflow run was replaced: one finished child run for the folder
     children = [r for r in mlflow_runs(tmp_path, "quickstart") if r.info.run_name == "1e-3;1e-4"]
     assert [r.info.status for r in children] == ["FINISHED"]
