@@ -1,11 +1,15 @@
 """End to end, as a user runs it: ``python -m sweeper -m experiment=quickstart ...`` in a subprocess."""
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import assert_same_weights
@@ -137,8 +141,26 @@ def test_child_runs_hold_params_metrics_and_artifacts(quickstart):
     }
 
 
-def test_rerunning_the_sweep_skips_everything_finished(quickstart):
-    root, _ = quickstart
+def _moved_sweep_root(source: Path, target: Path) -> Path:
+    """A copy of a finished sweep root at ``target``, as if it had run there: its records and its MLflow store
+    name the new place (absolute paths), so running it again leaves ``source`` untouched."""
+    shutil.copytree(source, target, symlinks=True)
+    old, new = str(source.resolve()), str(target.resolve())
+    for record in target.rglob("*.json"):
+        text = record.read_text()
+        if old in text:
+            record.write_text(text.replace(old, new))
+    with contextlib.closing(sqlite3.connect(target / "mlflow.db")) as store, store:
+        store.execute(
+            "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (old, new)
+        )
+        store.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
+    return target
+
+
+def test_rerunning_the_sweep_skips_everything_finished(quickstart, tmp_path):
+    # its own copy: the session's sweep is read by other tests (test_mlflow_ui, test_compare_page)
+    root = _moved_sweep_root(quickstart[0], tmp_path / "root")
     sweep_dir = root / "quickstart"
     # the finished work: pictures and adapters (sheets, report and compare page are views, redrawn at the end)
     files = [p for run in RUNS for pattern in ("*.png", "lora/*.safetensors", "scores.csv")
@@ -232,7 +254,7 @@ def test_schedules_that_depend_on_the_total_train_separately(tmp_path, cache_dir
 
 def test_a_killed_sweep_resumes_from_its_last_checkpoint(tmp_path, cache_dir):
     args = ["experiment=quickstart", *FAST, "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4",
-            "train.max_train_steps=120", "train.checkpoint_every=10", "render.enabled=false"]  # fmt: skip
+            "train.max_train_steps=60", "train.checkpoint_every=10", "render.enabled=false"]  # fmt: skip
     command = [sys.executable, "-m", "sweeper", "-m", *args, f"sweep.root={tmp_path}"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
