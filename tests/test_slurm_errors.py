@@ -40,6 +40,7 @@ def _job_started(job) -> bool:
     return job.state == "RUNNING" and log.exists() and "Loading pickle" in log.read_text()
 
 
+@pytest.mark.slow  # the local job's controller waits for its task to stop after the cancel
 def test_a_cancelled_job_is_one_line_with_its_state(tmp_path):
     executor = submitit.LocalExecutor(folder=tmp_path)
     executor.update_parameters(timeout_min=3)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sweep_cli import REPO
 
 # Each script runs in a fresh interpreter, as a SLURM or joblib job does: no MLflow imported before.
@@ -78,6 +79,7 @@ print(json.dumps({"run": run, "finished": finished, "experiment": tracker.experi
     ]
 
 
+@pytest.mark.slow  # a fresh interpreter and its helper, which imports MLflow and creates a store
 def test_the_helper_ignores_the_signals_the_job_handles(tmp_path):
     done = _script(tmp_path, """
 for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
@@ -94,6 +96,7 @@ print(json.dumps({"run": run, "active": tracker.active}))
     assert run.info.status == "FINISHED" and run.data.params["after"] == "signals"
 
 
+@pytest.mark.slow  # a fresh interpreter and its helper, which imports MLflow and creates a store
 def test_a_dead_helper_is_a_store_gone_away_one_warning_and_the_pending_note(tmp_path):
     done = _script(tmp_path, """
 os.kill(helper_pid, signal.SIGKILL)
@@ -113,6 +116,7 @@ print(json.dumps({"first": first, "second": second, "active": tracker.active}))
     assert "helper process stopped" in note and "python -m sweeper.tracking" in note
 
 
+@pytest.mark.slow  # a fresh interpreter and its helper, which imports MLflow and creates a store
 def test_a_bug_in_a_call_sent_without_waiting_surfaces_at_the_next_call(tmp_path):
     done = _script(tmp_path, """
 tracker.log_metrics(run, [("loss", "not a number", 1)])
