@@ -78,8 +78,13 @@ def test_render_weights_ema_without_ema_is_refused_before_training(tmp_path, cap
 
 def test_a_bad_caption_file_stops_the_sweep_before_training(tmp_path, capsys):
     pictures = _pictures(tmp_path, {"a.txt": "a photo of {tokn} {class}", "b.txt": "fine"})
-    args = [*TINY, f"data.instance_dir={pictures}", "data.caption_mode=sidecar_or_instance",
-            "train.learning_rate=1e-3,3e-3", "tracking.enabled=false"]  # fmt: skip
+    args = [
+        *TINY,
+        f"data.instance_dir={pictures}",
+        "data.caption_mode=sidecar_or_instance",
+        "train.learning_rate=1e-3,3e-3",
+        "tracking.enabled=false",
+    ]
     result = planned_refusal(capsys, tmp_path, *args)
     refused(result, "a.txt", "unknown placeholder {tokn}")
     assert not list(tmp_path.rglob("lora"))
@@ -88,8 +93,14 @@ def test_a_bad_caption_file_stops_the_sweep_before_training(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_captioned_run_records_its_captions_and_refuses_changed_ones(tmp_path):
     pictures = _pictures(tmp_path, {"a.txt": "{token} {class} on the beach", "b.txt": "{token} in snow"})
-    args = [*TINY, f"data.instance_dir={pictures}", "data.caption_mode=sidecar_or_instance",
-            "train.caption_dropout=0.2", "sweep.name=cap", "tracking.enabled=false"]  # fmt: skip
+    args = [
+        *TINY,
+        f"data.instance_dir={pictures}",
+        "data.caption_mode=sidecar_or_instance",
+        "train.caption_dropout=0.2",
+        "sweep.name=cap",
+        "tracking.enabled=false",
+    ]
     first = sweep(tmp_path, *args, multirun=False)
     assert first.returncode == 0, first.output
     record = run_records(tmp_path / "cap")["0.01;1e-5"]

@@ -30,8 +30,14 @@ def _kind(kind):
 
 def _optimizer(optimizer):
     # warm-up and dropout: Prodigy's safeguard and schedule-free's own warm-up read state a checkpoint keeps
-    values = dict(optimizer=optimizer, learning_rate=1e-3, text_encoder_lr=5e-4, max_train_steps=6, dropout=0.1,
-                  lr_warmup_steps=2)  # fmt: skip
+    values = dict(
+        optimizer=optimizer,
+        learning_rate=1e-3,
+        text_encoder_lr=5e-4,
+        max_train_steps=6,
+        dropout=0.1,
+        lr_warmup_steps=2,
+    )
     values["lr_scheduler"] = "constant" if optimizer == "schedulefree_adamw" else "constant_with_warmup"
     if optimizer == "prodigy":  # a larger first step-size estimate: the run trains 6 steps
         values["optim"] = OptimizerOptions(prodigy=ProdigyOptions(d0=1e-4))
@@ -41,14 +47,28 @@ def _optimizer(optimizer):
 # feature -> (settings of both runs, the step the first run dies after)
 FEATURES = {
     # dropout, flips, accumulation and a warm-up schedule all draw or depend on state a checkpoint must keep
-    "training": (dict(max_train_steps=10, text_encoder_lr=5e-4, dropout=0.1, random_flip=True,
-                      gradient_accumulation_steps=2, lr_scheduler="cosine", lr_warmup_steps=3, noise_offset=0.1), 4),
+    "training": (
+        dict(
+            max_train_steps=10,
+            text_encoder_lr=5e-4,
+            dropout=0.1,
+            random_flip=True,
+            gradient_accumulation_steps=2,
+            lr_scheduler="cosine",
+            lr_warmup_steps=3,
+            noise_offset=0.1,
+        ),
+        4,
+    ),
     "ema": (dict(max_train_steps=10, text_encoder_lr=5e-4, ema_decay=0.8, random_flip=True), 4),
-    **{f"optimizer-{name}": _optimizer(name) for name in ("adamw", "prodigy", "adafactor", "schedulefree_adamw")},
+    **{
+        f"optimizer-{name}": _optimizer(name)
+        for name in ("adamw", "prodigy", "adafactor", "schedulefree_adamw")
+    },
     **{f"kind-{kind}": _kind(kind) for kind in ("lora", "dora", "loha", "lokr")},
     "caption-dropout": (dict(max_train_steps=8, text_encoder_lr=5e-4, caption_dropout=0.3), 3),
     "validation-loss": (dict(max_train_steps=6, validation_every=2), 3),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("feature", list(FEATURES))

@@ -5,8 +5,16 @@ from sweep_cli import FAST, planned_refusal, refused, sweep
 
 
 def test_two_jobs_sharing_a_folder_are_refused_before_training(tmp_path, capsys):
-    result = planned_refusal(capsys, tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3",
-                             "train.text_encoder_lr=1e-4", "train.seed=1,2", "sweep.run_dir_template='{learning_rate}'")  # fmt: skip
+    result = planned_refusal(
+        capsys,
+        tmp_path,
+        "experiment=quickstart",
+        *FAST,
+        "train.learning_rate=1e-3",
+        "train.text_encoder_lr=1e-4",
+        "train.seed=1,2",
+        "sweep.run_dir_template='{learning_rate}'",
+    )
     refused(result, "would both write 1e-3/")
     assert not list(tmp_path.glob("quickstart/*/lora"))
 
