@@ -102,6 +102,23 @@ def train_killed_then_resumed(pipe, images, settings, folder: Path, **train_args
     return train_lora(pipe, images, settings, folder, resume_from="latest", **train_args)
 
 
+def assert_same_weights(a, b, atol: float = 1e-6) -> None:
+    """Assert two sets of adapter weights hold the same tensors (within ``atol``, relative 1e-5).
+
+    Args:
+        a: A safetensors file (path) or its loaded state dict.
+        b: The same for the other set.
+        atol: Absolute tolerance.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    a, b = (w if isinstance(w, dict) else load_file(str(w)) for w in (a, b))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-5, msg=key)
+
+
 def train_both_adapters(trainer) -> None:
     """Train a set-up ``LoraTrainer``, assert its UNet and text-encoder adapters both moved, switch to eval."""
     import torch

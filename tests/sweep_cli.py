@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 # Small enough to keep each sweep to seconds on 2 CPU cores, large enough to exercise every stage.
 FAST = ["debug=fast"]  # conf/debug/fast.yaml
@@ -47,6 +49,40 @@ def sweep(
     """``python -m sweeper [-m] args... sweep.root=<root>``."""
     flags = ["-m"] if multirun else []
     return run_cli("sweeper", *flags, *args, f"sweep.root={root}", timeout=timeout, env=env)
+
+
+def refused(result: Result, *needles: str) -> None:
+    """Assert a command refused its input: exit status 2 and one ``error:`` line naming each needle."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.output
+    assert "Traceback" not in result.output and len(lines) == 1, result.output
+    assert lines[0].startswith("error: "), result.output
+    for needle in needles:
+        assert needle in lines[0], result.output
+
+
+def planned_refusal(capsys, root: Path, *args: str) -> Result:
+    """Run the checks ``python -m sweeper -m args... sweep.root=<root>`` makes before any job, in-process.
+
+    The config is composed as Hydra composes a multirun's, and the sweep callback plans and checks it; it
+    must stop the command. Returns the exit status and what it printed, as ``sweep`` does.
+    """
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from sweeper.app import CONF_DIR
+    from sweeper.lifecycle import SweepCallback
+
+    overrides = [*args, f"sweep.root={root}"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        config = GlobalHydra.instance().hydra.compose_config(
+            "config", overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False
+        )
+        with pytest.raises(SystemExit) as stopped:
+            SweepCallback().on_multirun_start(config)
+    printed = capsys.readouterr()
+    return Result(stopped.value.code, printed.out, printed.err)
 
 
 def run_records(sweep_dir: Path) -> dict[str, dict]:

@@ -4,11 +4,9 @@ import contextlib
 
 import pytest
 import torch
-from conftest import train_killed_then_resumed
-from safetensors.torch import load_file
 
 from lora_core.data.order import caption_dropped, picture_indices
-from lora_core.training import LoraTrainer, train_lora
+from lora_core.training import LoraTrainer
 
 CAPTIONS = ["ktn cat on the beach", "ktn cat in snow", "ktn cat on the beach", "a ktn cat", "ktn in the pub"]
 
@@ -85,24 +83,3 @@ def test_caption_dropout_leaves_the_training_random_stream_alone(trainer_of):
     for a, b in zip(plain, dropping, strict=True):
         torch.testing.assert_close(a, b)
     assert torch.equal(plain_state, dropping_state)
-
-
-def test_caption_dropout_changes_the_weights_and_resume_matches_uninterrupted(
-    pipe, subject_images, settings, tmp_path
-):
-    common = dict(max_train_steps=8, text_encoder_lr=5e-4, caption_dropout=0.3)
-    full = train_lora(pipe, subject_images, settings(**common), tmp_path / "full", captions=CAPTIONS)
-    undropped = train_lora(pipe, subject_images, settings(max_train_steps=8, text_encoder_lr=5e-4),
-                           tmp_path / "undropped", captions=CAPTIONS)  # fmt: skip
-    resumed = train_killed_then_resumed(
-        pipe,
-        subject_images,
-        settings(**common, checkpoint_steps=(3,)),
-        tmp_path / "resumed",
-        captions=CAPTIONS,
-    )
-    assert resumed.resumed_from_step == 3
-    a, b, c = (load_file(str(r.lora_path)) for r in (full, resumed, undropped))
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
-    assert any(not torch.allclose(a[k], c[k]) for k in a), "dropout made no difference"

@@ -4,9 +4,7 @@ import json
 
 import pytest
 from PIL import Image
-from sweep_cli import FAST, mlflow_runs, run_records, sweep
-
-pytestmark = pytest.mark.slow
+from sweep_cli import FAST, mlflow_runs, planned_refusal, refused, run_records, sweep
 
 TINY = ["model=tiny", *FAST, "train.learning_rate=1e-2", "eval.enabled=false"]
 
@@ -21,13 +19,7 @@ def _pictures(tmp_path, captions: dict[str, str]):
     return folder
 
 
-def _refused(result, *needles):
-    assert result.returncode == 2, result.output
-    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1, result.output
-    for needle in needles:
-        assert needle in result.output, result.output
-
-
+@pytest.mark.slow
 def test_render_weights_both_renders_the_raw_and_the_ema_grid_apart(tmp_path, cache_dir):
     args = [*TINY, "train.ema_decay=0.5", "render.weights=both", "render.steps=[3]", "render.unet_scales=[0,1]",
             "sweep.name=ema", "eval.enabled=true"]  # fmt: skip
@@ -57,6 +49,7 @@ def test_render_weights_both_renders_the_raw_and_the_ema_grid_apart(tmp_path, ca
     }
 
 
+@pytest.mark.slow
 def test_the_ema_of_a_loha_adapter_renders_from_its_own_file(tmp_path, cache_dir):
     # LoHa has no diffusers file: the EMA is kept, found and rendered in peft naming like the raw weights
     args = [*TINY, "lora.kind=loha", "train.ema_decay=0.5", "render.weights=ema", "sweep.name=loha_ema"]
@@ -70,26 +63,44 @@ def test_the_ema_of_a_loha_adapter_renders_from_its_own_file(tmp_path, cache_dir
     assert result_file["ema_lora_path"].endswith("ema/adapter_peft.safetensors")
 
 
-def test_render_weights_ema_without_ema_is_refused_before_training(tmp_path):
-    result = sweep(
-        tmp_path, *TINY, "render.weights=ema", "train.learning_rate=1e-3,3e-3", "tracking.enabled=false"
+def test_render_weights_ema_without_ema_is_refused_before_training(tmp_path, capsys):
+    result = planned_refusal(
+        capsys,
+        tmp_path,
+        *TINY,
+        "render.weights=ema",
+        "train.learning_rate=1e-3,3e-3",
+        "tracking.enabled=false",
     )
-    _refused(result, "render.weights=ema", "train.ema_decay")
+    refused(result, "render.weights=ema", "train.ema_decay")
     assert not list(tmp_path.rglob("lora"))
 
 
-def test_a_bad_caption_file_stops_the_sweep_before_training(tmp_path):
+def test_a_bad_caption_file_stops_the_sweep_before_training(tmp_path, capsys):
     pictures = _pictures(tmp_path, {"a.txt": "a photo of {tokn} {class}", "b.txt": "fine"})
-    result = sweep(tmp_path, *TINY, f"data.instance_dir={pictures}", "data.caption_mode=sidecar_or_instance",
-                   "train.learning_rate=1e-3,3e-3", "tracking.enabled=false")  # fmt: skip
-    _refused(result, "a.txt", "unknown placeholder {tokn}")
+    args = [
+        *TINY,
+        f"data.instance_dir={pictures}",
+        "data.caption_mode=sidecar_or_instance",
+        "train.learning_rate=1e-3,3e-3",
+        "tracking.enabled=false",
+    ]
+    result = planned_refusal(capsys, tmp_path, *args)
+    refused(result, "a.txt", "unknown placeholder {tokn}")
     assert not list(tmp_path.rglob("lora"))
 
 
+@pytest.mark.slow
 def test_a_captioned_run_records_its_captions_and_refuses_changed_ones(tmp_path):
     pictures = _pictures(tmp_path, {"a.txt": "{token} {class} on the beach", "b.txt": "{token} in snow"})
-    args = [*TINY, f"data.instance_dir={pictures}", "data.caption_mode=sidecar_or_instance",
-            "train.caption_dropout=0.2", "sweep.name=cap", "tracking.enabled=false"]  # fmt: skip
+    args = [
+        *TINY,
+        f"data.instance_dir={pictures}",
+        "data.caption_mode=sidecar_or_instance",
+        "train.caption_dropout=0.2",
+        "sweep.name=cap",
+        "tracking.enabled=false",
+    ]
     first = sweep(tmp_path, *args, multirun=False)
     assert first.returncode == 0, first.output
     record = run_records(tmp_path / "cap")["0.01;1e-5"]
@@ -104,7 +115,7 @@ def test_a_captioned_run_records_its_captions_and_refuses_changed_ones(tmp_path)
     )
     (pictures / "b.txt").write_text("{token} under the night sky")
     again = sweep(tmp_path, *args, multirun=False)
-    _refused(again, "captions", "Nothing was changed")
+    refused(again, "captions", "Nothing was changed")
     assert (
         json.loads((tmp_path / "cap" / "0.01;1e-5" / "run.json").read_text())["captions"]["b.png"]
         == "ktn in snow"

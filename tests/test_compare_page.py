@@ -5,8 +5,8 @@ import re
 import pytest
 from conftest import ARTIFACTS
 
-from sweeper.objective import parse_objective
 from sweeper.report import write_report
+from sweeper.results import load_results
 
 
 @pytest.mark.slow
@@ -16,7 +16,7 @@ def test_the_report_has_a_row_per_configuration_and_the_loss_plot(quickstart_swe
     text = report.read_text()
     for run in ("1e-5;1e-4", "1e-5;1e-5", "2e-3;1e-4", "2e-3;1e-5"):
         assert f"| `{run}` |" in text
-    assert text.count("**") >= 2, "the best configuration is highlighted"
+    _assert_the_best_per_metric_is_bold(text, load_results(root / "quickstart"))
     assert (root / "quickstart" / "loss_curves.png").stat().st_size > 1000
     html = page.read_text()
     external = re.findall(
@@ -25,11 +25,24 @@ def test_the_report_has_a_row_per_configuration_and_the_loss_plot(quickstart_swe
     assert page.name == "compare.html" and external == [], "the page must open offline"
 
 
-def test_objectives_parse_with_weights():
-    assert parse_objective("dino+clip_t") == [(1.0, "dino"), (1.0, "clip_t")]
-    assert parse_objective("0.5*dino + 2*clip_i") == [(0.5, "dino"), (2.0, "clip_i")]
-    with pytest.raises(Exception, match=r"eval\.objective"):
-        parse_objective("dino+beauty")
+def _assert_the_best_per_metric_is_bold(text, runs):
+    """In each metric's column exactly the best run's cell is bold (highest score; lowest final_loss)."""
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| configuration |")).strip("|").split("|")
+    columns = {name.strip(): i for i, name in enumerate(header)}
+    rows = {}
+    for line in lines:
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells
+    assert set(rows) == {run.name for run in runs}
+    metrics = [m for m in ("dino", "clip_i", "clip_t", "final_loss") if m in columns]
+    assert "dino" in metrics and "final_loss" in metrics, header
+    for metric in metrics:
+        value = {run.name: run.final_loss if metric == "final_loss" else run.means()[metric] for run in runs}
+        best = (min if metric == "final_loss" else max)(value, key=value.get)
+        bold = [name for name, cells in rows.items() if cells[columns[metric]].startswith("**")]
+        assert bold == [best], f"{metric}: {bold} is bold, the best is {best}"
 
 
 def _shown(driver):

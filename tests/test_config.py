@@ -190,11 +190,6 @@ def test_every_train_key_reaches_the_training_settings():
     assert settings.instance_prompt == "a photo of ktn cat"
 
 
-def test_the_train_node_has_no_key_training_does_not_know():
-    with pytest.raises(Exception, match="lerning_rate"):
-        _compose("train.lerning_rate=1e-4")
-
-
 def test_study2_extends_study1_and_study4_extends_study3():
     study1, study2 = _compose("experiment=study1"), _compose("experiment=study2")
     assert study2.render.cells.sf == study1.render.cells.sf and study2.render.prompts == study1.render.prompts

@@ -41,20 +41,26 @@ def test_a_rare_single_token_passes(bpe):
     assert identifier_warnings(bpe, "vox") == []
 
 
-def test_the_world_model_knows_ktn_as_one_rare_token(cache_dir):
-    from sweep_cli import run_cli
+def test_the_world_model_knows_ktn_as_one_rare_token(cache_dir, capsys):
+    from sweeper.identifiers import main
 
-    result = run_cli("sweeper.identifiers", "--count", "3", "data.token=ktn")
-    assert result.returncode == 0, result.output
-    assert "Identifier candidates for world" in result.stdout
-    assert "data.token='ktn' is a single rare token: good." in result.stdout
+    assert main(["--count", "3", "data.token=ktn"]) == 0
+    printed = capsys.readouterr().out
+    assert "Identifier candidates for world" in printed
+    assert "data.token='ktn' is a single rare token: good." in printed
 
 
-def test_the_command_lists_candidates_for_the_configured_model(cache_dir):
-    from sweep_cli import run_cli
+def test_the_command_lists_candidates_for_the_configured_model(cache_dir, capsys):
+    from sweeper.identifiers import main
 
-    result = run_cli("sweeper.identifiers", "--count", "3", "data.token=ktn", "model=tiny")
-    assert result.returncode == 0, result.output
-    assert "Identifier candidates for tiny" in result.stdout
-    assert len([line for line in result.stdout.splitlines() if "token " in line and "rank" in line]) == 3
-    assert "warning: identifier 'ktn' splits into 3 tokens" in result.stdout
+    assert main(["--count", "3", "data.token=ktn", "model=tiny"]) == 0
+    printed = capsys.readouterr().out
+    assert "Identifier candidates for tiny" in printed
+    assert len([line for line in printed.splitlines() if "token " in line and "rank" in line]) == 3
+    assert "warning: identifier 'ktn' splits into 3 tokens" in printed
+
+
+def test_the_command_refuses_a_bad_value_with_exit_2_and_one_line():
+    from sweep_cli import refused, run_cli
+
+    refused(run_cli("sweeper.identifiers", "train.learning_rate=-1"), "train.learning_rate=-1.0: must be > 0")

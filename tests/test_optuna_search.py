@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from optuna.trial import TrialState
-from sweep_cli import FAST, mlflow_runs, run_records, sweep
+from sweep_cli import FAST, mlflow_runs, planned_refusal, refused, run_records, sweep
 
 from lora_core.adapters import LORA_FILE
 from sweeper.app import CONF_DIR
@@ -122,6 +122,9 @@ def test_an_interrupted_trial_resumes_after_its_last_report(tmp_path):
     assert study.trials[0].state == TrialState.COMPLETE and len(study.trials) == 3
 
 
+SEARCH = ["experiment=optuna_search", "model=tiny", *FAST, "hydra.sweeper.report_steps=[2,4]"]
+
+
 @pytest.mark.parametrize(
     ("args", "named"),
     [
@@ -136,12 +139,14 @@ def test_an_interrupted_trial_resumes_after_its_last_report(tmp_path):
         (["train.rank=interval(8,4)"], "train.rank=interval(8,4)"),
     ],
 )
-def test_bad_optuna_input_is_one_line_before_anything_trains(tmp_path, args, named):
-    result = sweep(tmp_path, "experiment=optuna_search", "model=tiny", *FAST, "hydra.sweeper.report_steps=[2,4]",
-                   *args, timeout=120)  # fmt: skip
-    assert result.returncode == 2, result.output
-    assert named in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "Traceback" not in result.output and not list(tmp_path.rglob("lora")), "nothing trained"
+def test_bad_optuna_input_is_one_line_before_anything_trains(tmp_path, capsys, args, named):
+    refused(planned_refusal(capsys, tmp_path, *SEARCH, *args), named)
+    assert not list(tmp_path.rglob("lora")), "nothing trained"
+
+
+def test_the_optuna_sweeper_command_refuses_bad_input_with_exit_2_and_one_line(tmp_path):
+    refused(sweep(tmp_path, *SEARCH, "hydra.sweeper.n_trials=0", timeout=120), "hydra.sweeper.n_trials=0")
+    assert not list(tmp_path.rglob("lora")), "nothing trained"
 
 
 # Three trials of the tiny model scored at step 3 and pruned there by the median of the completed ones.

@@ -13,8 +13,7 @@ import sys
 import time
 
 import pytest
-import torch
-from safetensors.torch import load_file
+from conftest import assert_same_weights
 from sweep_cli import FAST, REPO, mlflow_runs, probe_env, probed_processes, run_records, sweep
 
 PICTURES = {f"{p}_{u};{t};4.png" for p in ("ph", "be") for u in ("0", "0.5", "1") for t in ("0", "1")}
@@ -50,13 +49,6 @@ SLURM = ["launcher=submitit_slurm", "hydra.launcher.cpus_per_task=1", "hydra.lau
 # One job that trains long enough to be interrupted (120 steps, a few seconds to a minute here).
 LONG = ["train.learning_rate=1e-3", "train.max_train_steps=120", "train.checkpoint_every=10",
         "render.enabled=false", "tracking.enabled=false"]  # fmt: skip
-
-
-def _assert_same(a, b):
-    a, b = load_file(str(a)), load_file(str(b))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +191,7 @@ def test_a_signalled_job_saves_a_checkpoint_is_requeued_and_ends_with_uninterrup
     record = run_records(tmp_path / "quickstart")["1e-3;1e-4"]
     resumed = record["result"]["resumed_from"]
     assert record["status"] == "done" and resumed and 0 < int(resumed.rsplit("-", 1)[1]) < 120
-    _assert_same(run / LORA, uninterrupted)
+    assert_same_weights(run / LORA, uninterrupted)
 
 
 def _restarts(job: str) -> int:
@@ -256,4 +248,4 @@ def test_a_cancelled_sweep_run_again_continues_from_the_last_checkpoint(tmp_path
     assert finished.stat().st_mtime_ns == stamp
     resumed = records["1e-3;1e-4"]["result"]["resumed_from"]
     assert resumed and int(resumed.rsplit("-", 1)[1]) >= 10
-    _assert_same(checkpoints.parent / "pytorch_lora_weights.safetensors", uninterrupted)
+    assert_same_weights(checkpoints.parent / "pytorch_lora_weights.safetensors", uninterrupted)

@@ -34,6 +34,13 @@ def test_a_failed_job_is_one_line_with_its_error_and_its_log(tmp_path):
     assert "the same command continues" in line
 
 
+def _job_started(job) -> bool:
+    """The job's process runs and its task has started Python (submitit logs the pickle it loads)."""
+    log = job.paths.stdout
+    return job.state == "RUNNING" and log.exists() and "Loading pickle" in log.read_text()
+
+
+@pytest.mark.slow  # the local job's controller waits for its task to stop after the cancel
 def test_a_cancelled_job_is_one_line_with_its_state(tmp_path):
     executor = submitit.LocalExecutor(folder=tmp_path)
     executor.update_parameters(timeout_min=3)
@@ -45,9 +52,9 @@ def test_a_cancelled_job_is_one_line_with_its_state(tmp_path):
     finally:
         signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 30
-    while not job.paths.stdout.exists() and time.monotonic() < deadline:  # the job's process is up
-        time.sleep(0.2)
-    time.sleep(1)
+    while not _job_started(job):
+        assert time.monotonic() < deadline, "the local job never started"
+        time.sleep(0.05)
     job.cancel()
     with pytest.raises(submitit.core.utils.UncompletedJobError) as cancelled:
         job.result()

@@ -1,16 +1,19 @@
 """End to end, as a user runs it: ``python -m sweeper -m experiment=quickstart ...`` in a subprocess."""
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-import torch
+from conftest import assert_same_weights
 from PIL import Image
-from safetensors.torch import load_file
 from sweep_cli import FAST, REPO, mlflow_runs, probe_env, probed_processes, run_records, sweep
 
 pytestmark = pytest.mark.slow
@@ -138,8 +141,26 @@ def test_child_runs_hold_params_metrics_and_artifacts(quickstart):
     }
 
 
-def test_rerunning_the_sweep_skips_everything_finished(quickstart):
-    root, _ = quickstart
+def _moved_sweep_root(source: Path, target: Path) -> Path:
+    """A copy of a finished sweep root at ``target``, as if it had run there: its records and its MLflow store
+    name the new place (absolute paths), so running it again leaves ``source`` untouched."""
+    shutil.copytree(source, target, symlinks=True)
+    old, new = str(source.resolve()), str(target.resolve())
+    for record in target.rglob("*.json"):
+        text = record.read_text()
+        if old in text:
+            record.write_text(text.replace(old, new))
+    with contextlib.closing(sqlite3.connect(target / "mlflow.db")) as store, store:
+        store.execute(
+            "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (old, new)
+        )
+        store.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
+    return target
+
+
+def test_rerunning_the_sweep_skips_everything_finished(quickstart, tmp_path):
+    # its own copy: the session's sweep is read by other tests (test_mlflow_ui, test_compare_page)
+    root = _moved_sweep_root(quickstart[0], tmp_path / "root")
     sweep_dir = root / "quickstart"
     # the finished work: pictures and adapters (sheets, report and compare page are views, redrawn at the end)
     files = [p for run in RUNS for pattern in ("*.png", "lora/*.safetensors", "scores.csv")
@@ -196,16 +217,6 @@ def test_the_mlflow_ui_serves_the_runs_over_http(quickstart, tmp_path):
         server.wait(timeout=30)
 
 
-def _weights(path):
-    return load_file(str(path))
-
-
-def _assert_same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
-
-
 def test_step_axis_reuse_equals_separate_training(tmp_path, cache_dir):
     base = ["experiment=quickstart", *FAST, "render.enabled=false", "tracking.enabled=false",
             "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4"]  # fmt: skip
@@ -228,8 +239,8 @@ def test_step_axis_reuse_equals_separate_training(tmp_path, cache_dir):
         (separate,) = (tmp_path / f"alone{steps}" / "quickstart").glob(
             "*/lora/pytorch_lora_weights.safetensors"
         )
-        _assert_same(_weights(tmp_path / "shared" / "quickstart" / f"1e-3;1e-4;{steps}" / "lora" / separate.name),
-                     _weights(separate))  # fmt: skip
+        reused = tmp_path / "shared" / "quickstart" / f"1e-3;1e-4;{steps}" / "lora" / separate.name
+        assert_same_weights(reused, separate)
 
 
 def test_schedules_that_depend_on_the_total_train_separately(tmp_path, cache_dir):
@@ -243,7 +254,7 @@ def test_schedules_that_depend_on_the_total_train_separately(tmp_path, cache_dir
 
 def test_a_killed_sweep_resumes_from_its_last_checkpoint(tmp_path, cache_dir):
     args = ["experiment=quickstart", *FAST, "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4",
-            "train.max_train_steps=120", "train.checkpoint_every=10", "render.enabled=false"]  # fmt: skip
+            "train.max_train_steps=60", "train.checkpoint_every=10", "render.enabled=false"]  # fmt: skip
     command = [sys.executable, "-m", "sweeper", "-m", *args, f"sweep.root={tmp_path}"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
@@ -262,8 +273,8 @@ def test_a_killed_sweep_resumes_from_its_last_checkpoint(tmp_path, cache_dir):
     assert step >= 20 and record["status"] == "done"
     fresh = sweep(tmp_path / "fresh", *args, "train.checkpoint_every=0")
     assert fresh.returncode == 0, fresh.output
-    _assert_same(_weights(checkpoints.parent / "pytorch_lora_weights.safetensors"),
-                 _weights(tmp_path / "fresh" / "quickstart" / "1e-3;1e-4" / "lora" / "pytorch_lora_weights.safetensors"))  # fmt: skip
+    fresh_lora = tmp_path / "fresh" / "quickstart" / "1e-3;1e-4" / "lora" / "pytorch_lora_weights.safetensors"
+    assert_same_weights(checkpoints.parent / "pytorch_lora_weights.safetensors", fresh_lora)
     # the interrupted attempt's MLflow run was replaced: one finished child run for the folder
     children = [r for r in mlflow_runs(tmp_path, "quickstart") if r.info.run_name == "1e-3;1e-4"]
     assert [r.info.status for r in children] == ["FINISHED"]

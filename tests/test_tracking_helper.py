@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sweep_cli import REPO
 
 # Each script runs in a fresh interpreter, as a SLURM or joblib job does: no MLflow imported before.
@@ -19,6 +20,29 @@ root = Path(sys.argv[1])
 tracker = helper.TrackerProxy(f"sqlite:///{root / 'mlflow.db'}", "exp", root / "sweep")
 run, finished = tracker.child_run(None, "1e-4;0", {"sweep": "s"})
 helper_pid = helper._helper().submit(os.getpid).result()
+
+
+def wait_until(condition, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{condition.__name__}: still false after {seconds} s"
+        time.sleep(0.01)
+
+
+def signals_handled():  # none pending: each was ignored, or delivered (and the helper is gone)
+    try:
+        status = Path(f"/proc/{helper_pid}/status").read_text().splitlines()
+    except FileNotFoundError:
+        return True
+    return all(int(line.split()[1], 16) == 0 for line in status if line.startswith(("SigPnd:", "ShdPnd:")))
+
+
+def helper_gone():  # reaped by the proxy's reader, which then marks the store gone
+    try:
+        os.kill(helper_pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 """
 
 
@@ -55,11 +79,12 @@ print(json.dumps({"run": run, "finished": finished, "experiment": tracker.experi
     ]
 
 
+@pytest.mark.slow  # a fresh interpreter and its helper, which imports MLflow and creates a store
 def test_the_helper_ignores_the_signals_the_job_handles(tmp_path):
     done = _script(tmp_path, """
 for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
     os.kill(helper_pid, getattr(signal, name))
-time.sleep(0.5)
+wait_until(signals_handled)
 tracker.log_params(run, {"after": "signals"})
 tracker.finish(run)
 print(json.dumps({"run": run, "active": tracker.active}))
@@ -71,10 +96,11 @@ print(json.dumps({"run": run, "active": tracker.active}))
     assert run.info.status == "FINISHED" and run.data.params["after"] == "signals"
 
 
+@pytest.mark.slow  # a fresh interpreter and its helper, which imports MLflow and creates a store
 def test_a_dead_helper_is_a_store_gone_away_one_warning_and_the_pending_note(tmp_path):
     done = _script(tmp_path, """
 os.kill(helper_pid, signal.SIGKILL)
-time.sleep(0.5)
+wait_until(helper_gone)
 first = tracker.log_params(run, {"a": "1"})
 second = tracker.finish(run)
 print(json.dumps({"first": first, "second": second, "active": tracker.active}))
@@ -90,6 +116,7 @@ print(json.dumps({"first": first, "second": second, "active": tracker.active}))
     assert "helper process stopped" in note and "python -m sweeper.tracking" in note
 
 
+@pytest.mark.slow  # a fresh interpreter and its helper, which imports MLflow and creates a store
 def test_a_bug_in_a_call_sent_without_waiting_surfaces_at_the_next_call(tmp_path):
     done = _script(tmp_path, """
 tracker.log_metrics(run, [("loss", "not a number", 1)])

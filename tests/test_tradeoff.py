@@ -2,8 +2,13 @@
 
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from sweeper.results import RunResult
 from sweeper.tradeoff import knee, scale_curves, scale_lines
+
+CYCLE = [(31, 119, 180), (255, 127, 14), (44, 160, 44)]  # matplotlib's first colours: C0, C1, C2
 
 
 def _run(name: str, points: dict[float, tuple[float, float]], prompts=("be", "sn")) -> RunResult:
@@ -38,7 +43,18 @@ def test_section_has_a_row_per_run_and_writes_the_plot(tmp_path):
         "CLIP-T peaks at the top: no cost"
     )
     assert "3e-4;0" not in text
-    assert (tmp_path / "scale_tradeoff.png").stat().st_size > 10_000
+    _assert_a_line_per_curve_in_each_panel(tmp_path / "scale_tradeoff.png", lines=2)
+
+
+def _assert_a_line_per_curve_in_each_panel(path, lines: int):
+    """The plot's three panels (DINO, CLIP-T, CLIP-T against DINO) each draw one line per configuration with a
+    curve, in matplotlib's colour cycle: the first ``lines`` colours are there, the next is not."""
+    image = Image.open(path).convert("RGB")
+    assert image.size == (1650, 495)  # 15 x 4.5 inches at 110 dpi
+    for panel in np.array_split(np.asarray(image).astype(int), 3, axis=1):
+        for k, colour in enumerate(CYCLE[: lines + 1]):
+            drawn = int((np.abs(panel - colour).sum(axis=2) < 30).sum())
+            assert (drawn > 50) == (k < lines), f"colour {colour}: {drawn} pixels"
 
 
 def test_no_section_without_two_scored_scales(tmp_path):
