@@ -428,10 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-python", default=sys.executable,
                         help="the Python that runs it (needs torchvision; default: this one)")  # fmt: skip
     args = parser.parse_args(argv)
+    from lora_core.cache import default_cache_dir
     from lora_core.data.subject import load_subject_images
-    from lora_core.drawn_subject import ensure_drawn_subject
+    from lora_core.embedded.drawn_subject import ensure_drawn_subject
+    from lora_core.embedded.tiny_model import TinyModelSpec, ensure_tiny_model, sd15_shaped_spec
     from lora_core.models import ModelSource, load_pipeline
-    from lora_core.tiny_model import TinyModelSpec, default_cache_dir, ensure_tiny_model, sd15_shaped_spec
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = TINY if args.tiny else REAL

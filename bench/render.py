@@ -36,10 +36,10 @@ SCALES = [0.25, 0.5, 0.75, 1.0]
 
 
 def _train_lora(pipe, folder: Path) -> Path:
+    from lora_core.cache import default_cache_dir
     from lora_core.data.subject import load_subject_images
-    from lora_core.drawn_subject import ensure_drawn_subject
+    from lora_core.embedded.drawn_subject import ensure_drawn_subject
     from lora_core.settings import TrainSettings
-    from lora_core.tiny_model import default_cache_dir
     from lora_core.training import train_lora
 
     images = load_subject_images(ensure_drawn_subject(default_cache_dir()), 64)
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
+    from lora_core.embedded.tiny_model import ensure_tiny_model
     from lora_core.models import ModelSource, load_pipeline
 
     parser = argparse.ArgumentParser(prog="python -m bench render", description=__doc__.splitlines()[0])
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    pipe = load_pipeline(ModelSource(device="cpu"))
+    pipe = load_pipeline(ModelSource(path=str(ensure_tiny_model()), device="cpu"))
     cells = _cells(args.guidance, seed=123)
     batch = 16  # the renderer's CPU default
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,11 +29,11 @@ def throughput(repeats: int, count: int) -> None:
     import numpy as np
     from PIL import Image
 
+    from lora_core.cache import default_cache_dir
     from lora_core.data.subject import load_subject_images
-    from lora_core.drawn_subject import ensure_drawn_subject
+    from lora_core.embedded.drawn_subject import ensure_drawn_subject
+    from lora_core.embedded.tiny_eval import ensure_tiny_clip, ensure_tiny_dino
     from lora_core.metrics import EvalModels, ImageScorer
-    from lora_core.tiny_eval import ensure_tiny_clip, ensure_tiny_dino
-    from lora_core.tiny_model import default_cache_dir
 
     models = EvalModels(str(ensure_tiny_dino()), str(ensure_tiny_clip()), local_files_only=True)
     references = load_subject_images(ensure_drawn_subject(default_cache_dir()), 64)

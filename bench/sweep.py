@@ -62,9 +62,10 @@ def sweeper(*overrides: str) -> list[str]:
 def economy(args, root: Path) -> None:
     """Section 1: one sweep command against reference trainer + plain grid loop, four times."""
     from bench.train import reference_args
-    from lora_core.drawn_subject import ensure_drawn_subject
+    from lora_core.cache import default_cache_dir
+    from lora_core.embedded.drawn_subject import ensure_drawn_subject
+    from lora_core.embedded.tiny_model import ensure_tiny_model
     from lora_core.settings import TrainSettings
-    from lora_core.tiny_model import default_cache_dir, ensure_tiny_model
 
     steps = args.steps
     ours = timed(sweeper(*GRID, f"train.max_train_steps={steps}", "train.rank=4",

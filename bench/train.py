@@ -415,9 +415,10 @@ def prepare(args) -> tuple[str, Path, Path]:
     Returns:
         ``(device, tiny_model_dir, subject_dir)``.
     """
-    from lora_core.drawn_subject import ensure_drawn_subject
+    from lora_core.cache import default_cache_dir
+    from lora_core.embedded.drawn_subject import ensure_drawn_subject
+    from lora_core.embedded.tiny_model import TinyModelSpec, ensure_tiny_model
     from lora_core.models import resolve_device
-    from lora_core.tiny_model import TinyModelSpec, default_cache_dir, ensure_tiny_model
 
     cache = args.cache_dir or default_cache_dir()
     device = resolve_device(args.device)
@@ -433,7 +434,8 @@ def real_size_section(args, device: str, subject_dir: Path) -> dict:
     """The frozen-text-encoder comparison on an SD-1.5-shaped model at 512 px, a few steps, one run each."""
     import torch
 
-    from lora_core.tiny_model import default_cache_dir, ensure_tiny_model, sd15_shaped_spec
+    from lora_core.cache import default_cache_dir
+    from lora_core.embedded.tiny_model import ensure_tiny_model, sd15_shaped_spec
 
     print("\n(real size: building/finding the SD-1.5-shaped model, ~1 min the first time)", flush=True)
     model_dir = ensure_tiny_model(sd15_shaped_spec(), args.cache_dir or default_cache_dir())

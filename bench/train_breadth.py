@@ -32,13 +32,14 @@ COMMON = dict(resolution=64, learning_rate=1e-4, rank=4, seed=0, progress_bar=Fa
 
 def bench_model(model: str) -> tuple:
     """The pipeline of ``model`` (tiny or world) on the CPU and the drawn kitten's five pictures at 64 px."""
+    from lora_core.cache import default_cache_dir
     from lora_core.data.subject import load_subject_images
-    from lora_core.drawn_subject import ensure_drawn_subject
+    from lora_core.embedded.drawn_subject import ensure_drawn_subject
     from lora_core.models import ModelSource, load_pipeline
-    from lora_core.tiny_model import default_cache_dir
+    from sweeper.embedded_models import base_model
 
     cache = default_cache_dir()
-    pipe = load_pipeline(ModelSource(path=model, device="cpu", cache_dir=str(cache)))
+    pipe = load_pipeline(base_model(ModelSource(path=model, device="cpu"), cache_dir=cache))
     images = load_subject_images(ensure_drawn_subject(cache, count=5, seed=0), COMMON["resolution"])
     return pipe, images
 

@@ -1,23 +1,21 @@
-"""Load a base Stable Diffusion 1.x pipeline: hub id, local folder, single-file checkpoint, world or tiny model.
+"""Load a base Stable Diffusion 1.x pipeline: hub id, local folder or single-file checkpoint.
 
 Pipelines are cached per process, so the later jobs of a sweep that run in the same process reuse the
 weights instead of loading them again. Callers must leave the cached pipeline as they found it (no
-adapters left attached, no fused weights); the trainer and the renderer do.
+adapters left attached, no fused weights); the trainer and the renderer do. The project's own models
+(``world``, ``tiny``) arrive here as folders: ``sweeper.embedded_models`` resolves their names.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lora_core.errors import UserInputError
-from lora_core.tiny_model import TinyModelSpec, ensure_tiny_model
-from lora_core.world_weights import WORLD, world_hash, world_part
 
 log = logging.getLogger(__name__)
 
-TINY = "tiny"
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
            "bfloat16": "bfloat16", "bf16": "bfloat16"}  # fmt: skip
 _SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -28,9 +26,8 @@ class ModelSource:
     """Where the base model comes from and how to hold it.
 
     Attributes:
-        path: ``"world"`` (the embedded default, pretrained on the drawn world), ``"tiny"`` (random weights,
-            fastest), a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``),
-            a local diffusers folder, or a single ``.safetensors``/``.ckpt`` checkpoint.
+        path: A hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``), a local diffusers folder, or a
+            single ``.safetensors``/``.ckpt`` checkpoint.
         revision: Hub revision (branch, tag or commit); None for the default.
         variant: Weight variant on the hub (``fp16``) to download less; None for full weights.
         dtype: ``auto`` (float16 on CUDA, float32 on CPU), ``float32``, ``float16`` or ``bfloat16``.
@@ -38,19 +35,18 @@ class ModelSource:
         single_file_config: For a single-file checkpoint: a diffusers folder or hub id whose component
             configs describe it (needed offline; by default diffusers infers one and may download it).
         local_files_only: Never touch the network (what this machine needs; hub ids must be cached).
-        tiny: Sizes of the tiny model when ``path == "tiny"``.
-        cache_dir: Where the tiny model is built; None for the default cache.
+        identity: The weights' identity when the path does not say it (a folder the project builds or
+            ships: ``tiny-<fingerprint>``, ``world-<content hash>``); None: the path, revision and variant.
     """
 
-    path: str = TINY
+    path: str
     revision: str | None = None
     variant: str | None = None
     dtype: str = "auto"
     device: str = "auto"
     single_file_config: str | None = None
     local_files_only: bool = False
-    tiny: TinyModelSpec = field(default_factory=TinyModelSpec)
-    cache_dir: str | None = None
+    identity: str | None = None
 
 
 def resolve_device(device: str) -> str:
@@ -109,15 +105,10 @@ def model_identity(source: ModelSource) -> str:
         source: The model source.
 
     Returns:
-        ``tiny-<fingerprint>``, ``world-<content hash>``, or the path/hub id with its revision and variant.
-
-    Raises:
-        UserInputError: The world model's files are missing or corrupt.
+        ``source.identity`` when set, else the path/hub id with its revision and variant.
     """
-    if source.path == TINY:
-        return f"tiny-{source.tiny.fingerprint()}"
-    if source.path == WORLD:
-        return f"world-{world_hash()}"
+    if source.identity is not None:
+        return source.identity
     local = Path(source.path).expanduser()
     path = str(local.resolve()) if local.exists() else source.path
     return f"{path}@{source.revision or 'main'}:{source.variant or 'full'}"
@@ -175,7 +166,7 @@ def load_tokenizer(source: ModelSource):
     """
     from transformers import CLIPTokenizer
 
-    path = _embedded_folder(source)
+    path = source.path
     if Path(path).expanduser().is_file() or path.endswith(_SINGLE_FILE_SUFFIXES):
         path = source.single_file_config or "openai/clip-vit-large-patch14"
         if not Path(path).is_dir():
@@ -187,15 +178,6 @@ def load_tokenizer(source: ModelSource):
         raise UserInputError(f"model.path={source.path}: cannot load its tokenizer ({err}).") from err
 
 
-def _embedded_folder(source: ModelSource) -> str:
-    """The folder of ``tiny`` (built on first use) or ``world`` (verified); any other path unchanged."""
-    if source.path == TINY:
-        return str(ensure_tiny_model(source.tiny, source.cache_dir))
-    if source.path == WORLD:
-        return world_part("sd")
-    return source.path
-
-
 def clear_pipeline_cache() -> None:
     """Forget every cached pipeline (frees their memory once no one else holds them)."""
     _PIPELINES.clear()
@@ -205,7 +187,7 @@ def _load_uncached(source: ModelSource, dtype):
     from diffusers import StableDiffusionPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
-    path = _embedded_folder(source)
+    path = source.path
     local = Path(path).expanduser()
     common = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     try:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from lora_core.metrics import EvalModels, ImageScorer, clip_t_prompt, mean_scores, try_load_scorer
 from lora_core.models import resolve_device
-from lora_core.tiny_eval import resolve_eval_model
+from sweeper.embedded_models import resolve_eval_model
 from sweeper.grid import GridCell
 from sweeper.layout import RunFolder
 from sweeper.objective import objective_value, parse_objective

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = compose("config", overrides=args.overrides)
         from lora_core.models import load_tokenizer
 
-        tokenizer = load_tokenizer(build_job(cfg).model)
+        tokenizer = load_tokenizer(build_job(cfg).base_model())
     print(f"Identifier candidates for {cfg.model.path} (single rare tokens, rarest first):")
     for c in rare_identifiers(tokenizer, args.count, args.max_length):
         print(f"  {c.text:<6} token {c.token_id:>6}   vocabulary rank {c.rank:.2f}")

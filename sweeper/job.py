@@ -18,9 +18,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lora_core.adapters import find_weights_file
+from lora_core.cache import default_cache_dir
 from lora_core.data.captions import captions_digest
 from lora_core.errors import UserInputError
-from lora_core.models import dtype_name, load_pipeline, model_identity
+from lora_core.models import ModelSource, dtype_name, load_pipeline, model_identity
 from lora_core.training import checkpoint_dir, find_checkpoint, incompatibility, list_checkpoints, train_lora
 from lora_core.training.loss_log import read_rows
 from sweeper.job_spec import JobSpec, build_job
@@ -103,7 +104,7 @@ class Job:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-start") as pool:
             tracking = pool.submit(self._start_tracking)
             started = time.perf_counter()
-            pipe = load_pipeline(self.spec.model)
+            pipe = load_pipeline(self.model)
             self.result.timings["load_seconds"] = time.perf_counter() - started
             already_logged = tracking.result()
         self.train(pipe)
@@ -125,7 +126,7 @@ class Job:
         The rung's objective is the job's; ``run.json`` says ``status: rung`` until a later rung finishes
         the run. MLflow hears of rungs from the halving sweeper, which decides what they mean.
         """
-        pipe = load_pipeline(self.spec.model)
+        pipe = load_pipeline(self.model)
         self.train(pipe, until=self.spec.stop_at)
         self.result.objective = self.render_step(pipe, self.spec.stop_at)
         self._save_record("rung")
@@ -250,6 +251,11 @@ class Job:
         self.result.sheets = [str(p) for p in sheets]
 
     # ---- helpers -----------------------------------------------------------------------------------------
+    @functools.cached_property
+    def model(self) -> ModelSource:
+        """The base model this job loads: ``tiny``/``world`` resolved on first use (built or checked)."""
+        return self.spec.base_model()
+
     def _grids(self, folder: RunFolder, lora: Path) -> list[tuple[RunFolder, Path]]:
         """(grid folder, adapter folder) of each grid ``render.weights`` asks for (``weight_grids``)."""
         from sweeper.weights_grids import weight_grids
@@ -259,8 +265,7 @@ class Job:
     def _instance_dir(self) -> Path:
         if self.spec.instance_dir is not None:
             return self.spec.instance_dir
-        from lora_core.drawn_subject import ensure_drawn_subject
-        from lora_core.tiny_model import default_cache_dir
+        from lora_core.embedded.drawn_subject import ensure_drawn_subject
 
         data = self.cfg.data
         return ensure_drawn_subject(default_cache_dir(), count=data.drawn_count, seed=data.drawn_seed)
@@ -271,9 +276,8 @@ class Job:
             return None
         from lora_core.data.class_images import ensure_class_images
         from lora_core.data.subject import load_subject_images
-        from lora_core.tiny_model import default_cache_dir
 
-        paths = ensure_class_images(pipe, spec, model_identity(self.spec.model), default_cache_dir())
+        paths = ensure_class_images(pipe, spec, model_identity(self.model), default_cache_dir())
         return load_subject_images(paths[0].parent, spec.resolution)[: spec.count]
 
     def _training_dirs(self) -> list[Path]:
@@ -286,11 +290,11 @@ class Job:
     @functools.cached_property
     def _identity(self) -> dict:
         """What the weights depend on besides the training settings: base model and pictures."""
-        spec, base = self.spec.class_images, model_identity(self.spec.model)
+        spec, base = self.spec.class_images, model_identity(self.model)
         identity = {
             "base_model": base,
             "instance_dir": str(self._instance_dir().resolve()),
-            "class_images": spec.cache_key(base, dtype_name(self.spec.model)) if spec else None,
+            "class_images": spec.cache_key(base, dtype_name(self.model)) if spec else None,
         }
         if self.spec.settings.caption_mode != "instance_prompt":  # captions are read from files: hash them
             identity["captions"] = captions_digest(self.spec.read_captions(self._instance_dir()))
@@ -320,7 +324,7 @@ class Job:
     def _check_render_settings(self) -> None:
         # The run folder's own pictures: render.weights raw and both render them with the raw weights.
         weights = "ema" if self.spec.weights == "ema" else "raw"
-        wanted = {**self.spec.render.__dict__, "model": model_identity(self.spec.model), "weights": weights}
+        wanted = {**self.spec.render.__dict__, "model": model_identity(self.model), "weights": weights}
         saved = self.folder.read_render()
         if saved is not None:
             saved.setdefault("weights", "raw")  # written before the weights axis existed

@@ -15,7 +15,7 @@ from lora_core.errors import UserInputError
 from lora_core.models import ModelSource
 from lora_core.render import RenderOptions
 from lora_core.settings import TrainSettings
-from lora_core.tiny_model import TinyModelSpec, default_cache_dir
+from sweeper.embedded_models import base_model
 from sweeper.grid import GridCell, grid_cells
 from sweeper.naming import check_safe_name, run_dir_name, short_key
 
@@ -32,7 +32,7 @@ class JobSpec:
     """Everything one job needs, checked.
 
     Attributes:
-        model: Base model source.
+        model: Base model as configured: its path may name ``tiny`` or ``world`` (see ``base_model``).
         instance_dir: Subject picture folder (None: the drawn default subject).
         settings: Training settings.
         class_images: What to generate for prior preservation, or None.
@@ -47,6 +47,7 @@ class JobSpec:
         token: The identifier (``data.token``), filled into captions.
         class_name: The class noun (``data.class_name``), filled into captions.
         weights: ``render.weights``: raw, ema or both.
+        tiny_seed: Seed of the tiny model's random weights (``model.tiny_seed``).
     """
 
     model: ModelSource
@@ -63,11 +64,20 @@ class JobSpec:
     token: str = "ktn"
     class_name: str = "cat"
     weights: str = "raw"
+    tiny_seed: int = 0
 
     @property
     def weights_grids(self) -> list[str]:
         """The weights each rendered grid uses, the run folder's first (``["raw", "ema"]`` for both)."""
         return ["raw", "ema"] if self.weights == "both" else [self.weights]
+
+    def base_model(self) -> ModelSource:
+        """The model to load: ``model`` with ``tiny``/``world`` made their folders (built or checked here).
+
+        Raises:
+            UserInputError: The world model's files are missing or corrupt.
+        """
+        return base_model(self.model, self.tiny_seed)
 
     def read_captions(self, instance_dir: Path) -> list[str]:
         """Each subject picture's caption (``data.caption_mode``), checked; see ``lora_core.data.captions``.
@@ -157,6 +167,7 @@ def build_job(cfg: DictConfig) -> JobSpec:
         token=cfg.data.token,
         class_name=cfg.data.class_name,
         weights=cfg.render.weights,
+        tiny_seed=cfg.model.tiny_seed,
     )
 
 
@@ -262,8 +273,6 @@ def _model_source(cfg: DictConfig) -> ModelSource:
     return ModelSource(
         path=m.path, revision=m.revision, variant=m.variant, dtype=m.dtype, device=m.device,
         single_file_config=m.single_file_config, local_files_only=m.local_files_only,
-        tiny=TinyModelSpec(seed=m.tiny_seed),
-        cache_dir=str(default_cache_dir()),
     )  # fmt: skip
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from lora_core.atomic import write_text_atomic
+from lora_core.embedded.weights import verified_world_dir
 from lora_core.errors import UserInputError
 from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS
-from lora_core.world_weights import WORLD, verified_world_dir
+from sweeper.embedded_models import TINY, WORLD
 from sweeper.job_spec import JobSpec, build_job
 from sweeper.layout import PLAN_FILE
 from sweeper.naming import differing_keys
@@ -195,7 +196,7 @@ def check_inputs(specs: list[JobSpec]) -> None:
         if path == WORLD:
             verified_world_dir()  # missing or corrupt weights stop the sweep here, named
             continue
-        if path == "tiny" or Path(path).expanduser().exists():
+        if path == TINY or Path(path).expanduser().exists():
             continue
         if (
             path.startswith((".", "/", "~"))

@@ -29,9 +29,11 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_source(cache_dir):
+    """The tiny model as a job loads it: its folder in the session cache, its identity ``tiny-<fingerprint>``."""
     from lora_core.models import ModelSource
+    from sweeper.embedded_models import base_model
 
-    return ModelSource(path="tiny", device="cpu", cache_dir=str(cache_dir))
+    return base_model(ModelSource(path="tiny", device="cpu"), cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +46,7 @@ def pipe(tiny_source):
 
 @pytest.fixture(scope="session")
 def subject_dir(cache_dir) -> Path:
-    from lora_core.drawn_subject import ensure_drawn_subject
+    from lora_core.embedded.drawn_subject import ensure_drawn_subject
 
     return ensure_drawn_subject(cache_dir, count=5, seed=0, size=128)
 

@@ -1,8 +1,8 @@
 import pytest
 from transformers import CLIPTokenizer
 
+from lora_core.embedded.tiny_model import byte_level_vocab
 from lora_core.identifiers import encode, identifier_warnings, rare_identifiers
-from lora_core.tiny_model import byte_level_vocab
 
 
 @pytest.fixture(scope="module")

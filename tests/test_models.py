@@ -69,6 +69,6 @@ def test_cuda_without_a_gpu_is_refused():
         resolve_device("cuda")
 
 
-def test_model_identity_separates_sources(tmp_path):
-    assert model_identity(ModelSource()) != model_identity(ModelSource(path=str(tmp_path)))
+def test_model_identity_separates_sources(tiny_source, tmp_path):
+    assert model_identity(tiny_source) != model_identity(ModelSource(path=str(tmp_path)))
     assert model_identity(ModelSource(path="a/b", revision="v1")) != model_identity(ModelSource(path="a/b"))

@@ -10,9 +10,9 @@ from conftest import render
 from ldm_checkpoint import ldm_state_dict, save_ldm_checkpoint
 from safetensors.torch import save_file
 
+from lora_core.embedded.tiny_model import TinyModelSpec, build_tiny_pipeline, sd15_shaped_spec
 from lora_core.errors import UserInputError
 from lora_core.models import ModelSource, load_pipeline
-from lora_core.tiny_model import TinyModelSpec, build_tiny_pipeline, sd15_shaped_spec
 
 # Stable Diffusion's block order (cross-attention in all but the deepest block), three levels, still tiny.
 SD_LAYOUT = TinyModelSpec(sd_layout=True, unet_channels=(32, 64, 64), vae_channels=(32, 64, 64))

@@ -139,7 +139,7 @@ def test_far_smaller_image_gives_a_warning(tmp_path, caplog):
 
 
 def test_drawn_subject_is_deterministic_and_varied(tmp_path):
-    from lora_core.drawn_subject import ensure_drawn_subject
+    from lora_core.embedded.drawn_subject import ensure_drawn_subject
 
     a = ensure_drawn_subject(tmp_path / "a", count=5, seed=1, size=64)
     b = ensure_drawn_subject(tmp_path / "b", count=5, seed=1, size=64)

@@ -2,7 +2,12 @@ import json
 
 import torch
 
-from lora_core.tiny_model import TinyModelSpec, build_tiny_pipeline, byte_level_vocab, ensure_tiny_model
+from lora_core.embedded.tiny_model import (
+    TinyModelSpec,
+    build_tiny_pipeline,
+    byte_level_vocab,
+    ensure_tiny_model,
+)
 
 
 def _weights(pipe):

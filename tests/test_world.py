@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from lora_core import world
-from lora_core.drawn_subject import TEAL, draw_subject_image
+from lora_core.embedded import world
+from lora_core.embedded.drawn_subject import TEAL, draw_subject_image
 
 
 def test_world_has_the_classes_colours_and_places_it_promises():
@@ -69,7 +69,7 @@ def test_world_cats_never_have_the_drawn_subjects_teal_eyes():
 
 
 def test_world_tokenizer_gives_every_world_word_and_identifier_one_token():
-    from lora_core.world_model import RARE_TOKENS, world_tokenizer
+    from lora_core.embedded.recipe import RARE_TOKENS, world_tokenizer
 
     tokenizer = world_tokenizer()
     for word in [*world.vocabulary_words(), *RARE_TOKENS]:
@@ -79,7 +79,7 @@ def test_world_tokenizer_gives_every_world_word_and_identifier_one_token():
 
 
 def test_identifier_token_appears_in_no_pretraining_caption():
-    from lora_core.world_model import RARE_TOKENS
+    from lora_core.embedded.recipe import RARE_TOKENS
 
     rng = random.Random(0)
     words = {w for _ in range(3000) for w in world.caption(world.sample_scene(rng), rng).split()}
@@ -92,7 +92,7 @@ def test_identifier_token_appears_in_no_pretraining_caption():
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory):
     """The whole recipe at 1/500 of its steps: every stage runs, the result has the shipped layout."""
-    from lora_core.world_model import Recipe, build
+    from lora_core.embedded.recipe import Recipe, build
 
     out = tmp_path_factory.mktemp("world")
     manifest = build(out, Recipe(seed=0).scaled(0.002))
@@ -112,9 +112,10 @@ def test_recipe_writes_a_diffusers_pipeline_clip_identity_model_and_manifest(sma
 @pytest.mark.slow
 def test_world_model_loads_by_name_and_renders(small_world, monkeypatch):
     from lora_core.models import ModelSource, load_pipeline, model_identity
+    from sweeper.embedded_models import base_model
 
     monkeypatch.setenv("LORA_SWEEPS_WORLD", str(small_world[0]))
-    source = ModelSource(path="world", device="cpu")
+    source = base_model(ModelSource(path="world", device="cpu"))
     pipe = load_pipeline(source)
     image = pipe(
         "a red ball on the beach", num_inference_steps=2, height=64, width=64, output_type="np"
@@ -124,7 +125,7 @@ def test_world_model_loads_by_name_and_renders(small_world, monkeypatch):
 
 
 def test_recipe_is_deterministic_given_its_seed(tmp_path):
-    from lora_core.world_model import Recipe, train_vae
+    from lora_core.embedded.recipe import Recipe, train_vae
 
     recipe = Recipe(seed=4).scaled(0.002)
     a, b = tmp_path / "a", tmp_path / "b"
@@ -137,7 +138,7 @@ def test_recipe_is_deterministic_given_its_seed(tmp_path):
 @pytest.mark.slow
 def test_assembling_the_same_stages_twice_gives_the_same_files(small_world, tmp_path):
     """The shipped folders are re-saved from the stages: nothing in them may be freshly initialised."""
-    from lora_core.world_model import Recipe, assemble
+    from lora_core.embedded.recipe import Recipe, assemble
 
     out, manifest = small_world
     again = tmp_path / "again"
@@ -148,8 +149,8 @@ def test_assembling_the_same_stages_twice_gives_the_same_files(small_world, tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_damaged_world_weights_are_named_with_how_to_restore_them(small_world, tmp_path, monkeypatch, damage):
+    from lora_core.embedded.weights import verified_world_dir
     from lora_core.errors import UserInputError
-    from lora_core.world_weights import verified_world_dir
 
     copy = tmp_path / "world"
     shutil.copytree(small_world[0] / "sd", copy / "sd")
@@ -163,7 +164,7 @@ def test_damaged_world_weights_are_named_with_how_to_restore_them(small_world, t
     else:
         weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
     monkeypatch.setenv("LORA_SWEEPS_WORLD", str(copy))
-    with pytest.raises(UserInputError, match=rf"{weights}.*{damage}.*lora_core.world_model build"):
+    with pytest.raises(UserInputError, match=rf"{weights}.*{damage}.*lora_core.embedded.recipe build"):
         verified_world_dir()
 
 
@@ -182,7 +183,7 @@ def _small_clip():
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from lora_core.world_model import world_tokenizer
+    from lora_core.embedded.recipe import world_tokenizer
 
     tokenizer = world_tokenizer()
     torch.manual_seed(0)
@@ -197,7 +198,7 @@ def _small_clip():
 def test_the_clip_loss_is_clips_own_when_captions_differ_and_counts_shared_captions_as_positives():
     import torch
 
-    from lora_core.world_model import _clip_loss
+    from lora_core.embedded.recipe import _clip_loss
 
     model, tokenizer = _small_clip()
     model.requires_grad_(False)

@@ -10,7 +10,7 @@ import statistics
 import numpy as np
 import pytest
 
-from lora_core import world
+from lora_core.embedded import world
 from lora_core.render import GridRenderer, RenderCell, RenderOptions
 
 pytestmark = pytest.mark.slow
@@ -22,15 +22,16 @@ SUBJECT = "a photo of ktn cat"
 @pytest.fixture(scope="module")
 def world_pipe():
     from lora_core.models import ModelSource, load_pipeline
+    from sweeper.embedded_models import base_model
 
-    return load_pipeline(ModelSource(path="world", device="cpu"))
+    return load_pipeline(base_model(ModelSource(path="world", device="cpu")))
 
 
 @pytest.fixture(scope="module")
 def world_subject(tmp_path_factory):
     """The drawn kitten at the world's 64 px, as pictures and as a folder."""
     from lora_core.data.subject import load_subject_images
-    from lora_core.drawn_subject import ensure_drawn_subject
+    from lora_core.embedded.drawn_subject import ensure_drawn_subject
 
     folder = ensure_drawn_subject(tmp_path_factory.mktemp("subject"), count=5, seed=0)
     return folder, load_subject_images(folder, world.SIZE)
@@ -56,8 +57,8 @@ def trained_lora(world_pipe, world_subject, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scorer(world_subject):
+    from lora_core.embedded.weights import world_part
     from lora_core.metrics import EvalModels, ImageScorer
-    from lora_core.world_weights import world_part
 
     models = EvalModels(
         dino_model=world_part("identity"), clip_model=world_part("clip"), local_files_only=True
@@ -87,8 +88,8 @@ def _identity(scorer, images) -> float:
 def test_the_shipped_model_follows_held_out_compositions(world_pipe):
     # every object / colour / place combination pretraining never drew, generated once (DDIM 25, guidance 4)
     # and read back by the world CLIP; the manifest's figure from the build: object 82.5 %, place 100 %
-    from lora_core.world_model import Recipe, prompt_following
-    from lora_core.world_weights import world_part
+    from lora_core.embedded.recipe import Recipe, prompt_following
+    from lora_core.embedded.weights import world_part
 
     measured = prompt_following(world_pipe, world_part("clip"), Recipe().seed)
     print(f"prompt following on the held-out compositions: {measured}")
@@ -96,7 +97,7 @@ def test_the_shipped_model_follows_held_out_compositions(world_pipe):
 
 
 def test_the_shipped_vae_reconstructs_fresh_world_pictures_above_25_db(world_pipe):
-    from lora_core.world_model import Recipe, vae_psnr
+    from lora_core.embedded.recipe import Recipe, vae_psnr
 
     psnr = vae_psnr(world_pipe.vae, Recipe().seed)
     print(f"VAE PSNR on 256 fresh world pictures: {psnr} dB")
@@ -148,8 +149,8 @@ def test_text_scale_changes_how_the_identifier_is_understood(world_pipe, trained
 def test_the_subject_keeps_the_prompts_place(world_pipe, trained_lora):
     from transformers import CLIPModel, CLIPTokenizer
 
-    from lora_core.world_model import zero_shot_read
-    from lora_core.world_weights import world_part
+    from lora_core.embedded.recipe import zero_shot_read
+    from lora_core.embedded.weights import world_part
 
     images = _render(world_pipe, trained_lora, "a ktn cat on the beach", 1.0, 1.0)
     clip = CLIPModel.from_pretrained(world_part("clip")).eval()
@@ -168,8 +169,8 @@ def test_guidance_raises_prompt_adherence(world_pipe):
     """
     from transformers import CLIPModel, CLIPTokenizer
 
-    from lora_core.world_model import zero_shot_accuracy
-    from lora_core.world_weights import world_part
+    from lora_core.embedded.recipe import zero_shot_accuracy
+    from lora_core.embedded.weights import world_part
 
     triples = sorted(world.held_out_combinations(0))[:24]
     captions = [world.caption(world.Scene(*t)) for t in triples]

@@ -1,6 +1,6 @@
 """Tiny DINO and CLIP folders laid out as the hub ships the real evaluation models.
 
-``lora_core.tiny_eval`` builds the tiny random models (a DINO-shaped ``ViTModel`` with 16 px patches, a
+``lora_core.embedded.tiny_eval`` builds the tiny random models (a DINO-shaped ``ViTModel`` with 16 px patches, a
 ``CLIPModel`` with tiny vision and text towers and the byte-level CLIP tokenizer) and saves them with
 ``save_pretrained``. Its processor configs are the modern kind. The real ``facebook/dino-vits16`` and
 ``openai/clip-vit-base-patch32`` still ship the legacy ``feature_extractor_type`` files with integer
@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from lora_core.tiny_eval import IMAGE_SIZE, ensure_tiny_clip, ensure_tiny_dino
+from lora_core.embedded.tiny_eval import IMAGE_SIZE, ensure_tiny_clip, ensure_tiny_dino
 
 # facebook/dino-vits16's preprocessor_config.json: squash to a square (no crop), ImageNet statistics.
 HUB_DINO_PROCESSOR = {

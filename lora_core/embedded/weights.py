@@ -3,7 +3,7 @@
 ``model.path=world`` loads ``sd/`` (a diffusers pipeline folder), ``eval.clip_model=world`` the world CLIP,
 ``eval.dino_model=world`` the identity ViT. ``manifest.json`` lists every weight file's sha256; a file that is
 missing or differs stops the run with one line naming it and how to get it back. The manifest's hash is
-the model's content hash, recorded with every run (``model_identity``).
+the model's content hash, recorded with every run (``sweeper.embedded_models`` makes it the model's identity).
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from pathlib import Path
 
 from lora_core.errors import UserInputError
 
-WORLD = "world"
-REBUILD = "python -m lora_core.world_model build --out lora_core/weights/world (about 2 hours on 2 CPU cores)"
+REBUILD = (
+    "python -m lora_core.embedded.recipe build --out lora_core/embedded/weights/world "
+    "(about 2 hours on 2 CPU cores)"
+)
 _VERIFIED: dict[tuple[str, float], str] = {}
 
 
 def world_dir() -> Path:
-    """Folder of the world model: ``LORA_SWEEPS_WORLD`` if set, else the copy shipped in ``lora_core``."""
+    """Folder of the world model: ``LORA_SWEEPS_WORLD`` if set, else the copy shipped beside this module."""
     if env := os.environ.get("LORA_SWEEPS_WORLD"):
         return Path(env)
     return Path(__file__).resolve().parent / "weights" / "world"

@@ -1,7 +1,8 @@
 """The recipe of the embedded world model: a tiny SD-1.x pipeline, a world CLIP and an identity model.
 
-``python -m lora_core.world_model build --out DIR`` trains, on the drawn world (``lora_core.world``) and
-from nothing but a seed, in four stages that each leave a folder (a rerun skips finished stages):
+``python -m lora_core.embedded.recipe build --out DIR`` trains, on the drawn world
+(``lora_core.embedded.world``) and from nothing but a seed, in four stages that each leave a folder (a
+rerun skips finished stages):
 
 1. ``vae``: an ``AutoencoderKL`` 64 px -> 16 x 16 x 4 (mostly on 32 px crops, which cost a sixth; the
    VAE is convolutional), with its own latent ``scaling_factor`` (SD's 0.18215 is SD's VAE's).
@@ -37,9 +38,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from lora_core import world
 from lora_core.atomic import atomic_dir
-from lora_core.tiny_model import byte_level_vocab, sd15_scheduler
+from lora_core.embedded import world
+from lora_core.embedded.tiny_model import byte_level_vocab, sd15_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -641,9 +642,9 @@ def assemble(out: Path, recipe: Recipe, report: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lora_core.world_model build --out DIR [--seed N] [--scale F] [--stages ...]``."""
+    """``python -m lora_core.embedded.recipe build --out DIR [--seed N] [--scale F] [--stages ...]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m lora_core.world_model", description=__doc__.splitlines()[0]
+        prog="python -m lora_core.embedded.recipe", description=__doc__.splitlines()[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="train the world model (about 2 hours on 2 CPU cores at --scale 1)")

@@ -5,7 +5,8 @@ the whole evaluation path (``from_pretrained``, processors, batching, arithmetic
 ``eval.dino_model=real-shape`` / ``eval.clip_model=real-shape`` are DINO ViT-S/16 and CLIP ViT-B/32 as
 their hub configurations define them (depth, width, heads, patch size, 224 px input, the hub's legacy
 processor files), with random weights: the real metrics' code path at real size, memory and speed, on
-a machine that cannot download. Their scores measure nothing about pictures.
+a machine that cannot download. Their scores measure nothing about pictures. ``sweeper.embedded_models``
+turns these names (and ``world``) into folders.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import os
 from pathlib import Path
 
 from lora_core.atomic import atomic_dir
-from lora_core.tiny_model import byte_level_vocab, default_cache_dir
-from lora_core.world_weights import WORLD, world_part
+from lora_core.cache import default_cache_dir
+from lora_core.embedded.tiny_model import byte_level_vocab
 
-TINY = "tiny"
-REAL_SHAPE = "real-shape"
 REAL_SIZE = 224
 _VERSION = 1
 IMAGE_SIZE = 32
@@ -142,23 +141,3 @@ def ensure_real_shape_clip(cache_dir: str | os.PathLike | None = None, seed: int
         CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77).save_pretrained(tmp)
         (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
     return target
-
-
-def resolve_eval_model(name: str, kind: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """``tiny``/``real-shape``/``world`` -> the folder of that evaluation model; anything else unchanged.
-
-    ``tiny`` and ``real-shape`` are built on first use; ``world`` is the world model's identity ViT (``dino``) or world CLIP
-    (``clip``), its files checked.
-
-    Args:
-        name: ``eval.dino_model`` or ``eval.clip_model``.
-        kind: ``dino`` or ``clip``.
-        cache_dir: Cache folder (default: ``default_cache_dir()``).
-    """
-    if name == WORLD:
-        return world_part("identity" if kind == "dino" else "clip")
-    if name == REAL_SHAPE:
-        return str(ensure_real_shape_dino(cache_dir) if kind == "dino" else ensure_real_shape_clip(cache_dir))
-    if name != TINY:
-        return name
-    return str(ensure_tiny_dino(cache_dir) if kind == "dino" else ensure_tiny_clip(cache_dir))

@@ -1,8 +1,8 @@
 """The embedded default subject: a cartoon kitten the project draws itself, so a run needs no data.
 
 Five pictures of the same distinctive character (orange head with cream muzzle, teal eyes, a blue scarf
-with a yellow star, a striped tail) in different places of the drawn world (``lora_core.world``), sizes,
-tilts and poses — the kind of variation a person's 3-5 photos of one subject have. The world's own cats
+with a yellow star, a striped tail) in different places of the drawn world (``lora_core.embedded.world``),
+sizes, tilts and poses — the kind of variation a person's 3-5 photos of one subject have. The world's own cats
 never have these markings, so the embedded world model has never seen this individual. Drawn with Pillow
 from a seed: same seed, same pixels.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFilter
 
 from lora_core.atomic import atomic_dir
-from lora_core.world import PLACES, draw_place
+from lora_core.embedded.world import PLACES, draw_place
 
 _VERSION = 2  # bump when the drawing changes, so cached folders are redrawn
 _SUPERSAMPLE = 2

@@ -1,4 +1,4 @@
-"""The embedded default model: a tiny SD-1.x-shaped pipeline built offline from config.
+"""The tiny stand-in model (``model.path=tiny``): a tiny SD-1.x-shaped pipeline built offline from config.
 
 It has the real architecture classes (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer)
 at a few MB, random weights drawn from a seed, and a byte-level CLIP tokenizer, so every code path that a
@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lora_core.atomic import atomic_dir
+from lora_core.cache import default_cache_dir
 
 # Bump when the saved layout changes, so old caches are rebuilt rather than misread.
 _FORMAT_VERSION = 2
@@ -79,16 +80,6 @@ def sd15_shaped_spec(seed: int = 0) -> TinyModelSpec:
         cross_attention_dim=768, text_layers=12, text_heads=12, text_intermediate=3072,
         vae_channels=(128, 256, 512, 512), vae_layers_per_block=2, resolution=512, sd_layout=True, vocab_size=49408,
     )  # fmt: skip
-
-
-def default_cache_dir() -> Path:
-    """Folder for built models and generated class images.
-
-    ``LORA_SWEEPS_CACHE`` overrides it; otherwise ``$XDG_CACHE_HOME/lora-sweeps`` (``~/.cache/lora-sweeps``).
-    """
-    if env := os.environ.get("LORA_SWEEPS_CACHE"):
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lora-sweeps"
 
 
 def byte_level_vocab() -> dict[str, int]:

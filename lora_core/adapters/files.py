@@ -1,0 +1,201 @@
+"""Save and load adapters in diffusers' and peft's files, and read the training settings stored in them.
+
+``pytorch_lora_weights.safetensors`` (LoRA, DoRA) and ``adapter_peft.safetensors`` (LoHa, LoKr); which kind
+goes in which file is ``lora_core.adapters.config``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from lora_core.adapters.config import LORA_FILE, PEFT_FILE, TRAINING_METADATA_KEY
+from lora_core.atomic import atomic_path
+
+_PEFT_CONFIG_KEY = "{}_peft_config"  # metadata key of a model's peft config in PEFT_FILE
+_COMPONENTS = ("unet", "text_encoder")
+
+
+def peft_state_dict(model, adapter_name: str) -> dict:
+    """The LoRA weights of one adapter of a model, in peft naming without the adapter name.
+
+    Args:
+        model: A UNet or text encoder with a peft adapter attached.
+        adapter_name: The adapter.
+
+    Returns:
+        Parameter name to tensor (``...to_q.lora_A.weight``).
+    """
+    from peft.utils import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model, adapter_name=adapter_name)
+
+
+def save_diffusers_lora(
+    folder: str | os.PathLike,
+    unet_peft: dict,
+    text_encoder_peft: dict | None,
+    unet_config: dict,
+    text_encoder_config: dict | None,
+    training_metadata: dict,
+) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` loadable with ``pipe.load_lora_weights(folder)``.
+
+    Args:
+        folder: Destination folder (created).
+        unet_peft: UNet LoRA weights in peft naming.
+        text_encoder_peft: Text-encoder LoRA weights in peft naming, or None when it was not trained.
+        unet_config: The UNet ``LoraConfig.to_dict()`` (rank, alpha, targets) stored as adapter metadata.
+        text_encoder_config: The text encoder's, or None.
+        training_metadata: Every training hyperparameter, stored as JSON under ``lora_sweeps_training``.
+
+    Returns:
+        The written file.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        StableDiffusionPipeline.save_lora_weights(
+            tmp,
+            unet_lora_layers=unet_peft,
+            text_encoder_lora_layers=_transformers_naming(text_encoder_peft) if text_encoder_peft else None,
+            unet_lora_adapter_metadata=_jsonable(unet_config),
+            text_encoder_lora_adapter_metadata=_jsonable(text_encoder_config) if text_encoder_peft else None,
+        )
+        return _rewrite_with_metadata(Path(tmp) / LORA_FILE, Path(folder) / LORA_FILE, training_metadata)
+
+
+def save_peft_adapter(
+    folder: str | os.PathLike,
+    unet_peft: dict,
+    text_encoder_peft: dict | None,
+    unet_config: dict,
+    text_encoder_config: dict | None,
+    training_metadata: dict,
+) -> Path:
+    """Write ``adapter_peft.safetensors``: any peft adapter kind, read back by ``load_peft_adapter``.
+
+    For kinds diffusers' ``load_lora_weights`` cannot load (LoHa, LoKr). Keys are ``unet.<peft key>`` and
+    ``text_encoder.<peft key>``; each model's peft config is in the metadata.
+
+    Args:
+        folder: Destination folder (created).
+        unet_peft: UNet adapter weights in peft naming.
+        text_encoder_peft: Text-encoder adapter weights in peft naming, or None when it was not trained.
+        unet_config: The UNet's peft config (``to_dict()``).
+        text_encoder_config: The text encoder's, or None.
+        training_metadata: Every training hyperparameter, stored as JSON under ``lora_sweeps_training``.
+
+    Returns:
+        The written file.
+    """
+    from safetensors.torch import save_file
+
+    tensors, metadata = (
+        {},
+        {"format": "pt", TRAINING_METADATA_KEY: json.dumps(training_metadata, sort_keys=True)},
+    )
+    for component, weights, config in (
+        ("unet", unet_peft, unet_config),
+        ("text_encoder", text_encoder_peft, text_encoder_config),
+    ):
+        if weights:
+            tensors |= {f"{component}.{k}": v.detach().contiguous() for k, v in weights.items()}
+            metadata[_PEFT_CONFIG_KEY.format(component)] = json.dumps(_jsonable(config), sort_keys=True)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(folder) / PEFT_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(folder) / PEFT_FILE
+
+
+def is_peft_adapter_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an ``adapter_peft.safetensors`` written by ``save_peft_adapter``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return _PEFT_CONFIG_KEY.format("unet") in (f.metadata() or {})
+
+
+def load_peft_adapter(pipe, path: str | os.PathLike, adapter_name: str) -> None:
+    """Attach the adapter of an ``adapter_peft.safetensors`` file to a pipeline's UNet and text encoder.
+
+    Afterwards the pipeline's own adapter calls work on it as on a loaded LoRA (``set_adapters``,
+    ``fuse_lora``, ``unload_lora_weights``).
+
+    Args:
+        pipe: A ``StableDiffusionPipeline``.
+        path: The file.
+        adapter_name: Name of the adapter in the models.
+
+    Raises:
+        ValueError: A weight of the file has no place in the model (another base architecture).
+    """
+    from peft import PeftConfig
+    from peft.utils import set_peft_model_state_dict
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    for component in _COMPONENTS:
+        config = metadata.get(_PEFT_CONFIG_KEY.format(component))
+        if config is None:
+            continue
+        model = getattr(pipe, component)
+        model.add_adapter(PeftConfig.from_peft_type(**json.loads(config)), adapter_name=adapter_name)
+        prefix = f"{component}."
+        weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        result = set_peft_model_state_dict(model, weights, adapter_name=adapter_name)
+        unexpected = getattr(result, "unexpected_keys", None) or []
+        if unexpected:
+            raise ValueError(
+                f"{path}: {len(unexpected)} weights have no place in the {component}: {unexpected[0]}"
+            )
+
+
+def read_training_metadata(path: str | os.PathLike) -> dict:
+    """Read the training hyperparameters stored in a LoRA file written by this project.
+
+    Args:
+        path: A ``.safetensors`` LoRA file.
+
+    Returns:
+        The hyperparameters, or an empty dict if the file has none.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta[TRAINING_METADATA_KEY]) if TRAINING_METADATA_KEY in meta else {}
+
+
+def _rewrite_with_metadata(src: Path, dst: Path, training_metadata: dict) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    metadata[TRAINING_METADATA_KEY] = json.dumps(training_metadata, sort_keys=True)
+    with atomic_path(dst) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return dst
+
+
+def _transformers_naming(weights: dict) -> dict:
+    """Text-encoder weights as transformers 5's adapter loader expects them.
+
+    It puts the adapter name after every ``lora_*`` part of a key, so peft's ``lora_magnitude_vector``
+    (DoRA) must be saved as ``lora_magnitude_vector.weight`` to land on the parameter; LoRA keys are as peft
+    writes them (found with peft 0.21 and transformers 5.23: without this a reloaded DoRA text encoder
+    silently keeps freshly initialised magnitudes).
+    """
+    return {(f"{k}.weight" if k.endswith(".lora_magnitude_vector") else k): v for k, v in weights.items()}
+
+
+def _jsonable(config: dict | None) -> dict | None:
+    if config is None:
+        return None
+    return json.loads(json.dumps(config, default=lambda v: sorted(v) if isinstance(v, set) else str(v)))

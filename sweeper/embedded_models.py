@@ -1,0 +1,74 @@
+"""The models this project makes itself, by the names the config gives them, resolved to folders.
+
+``model.path=tiny`` (random weights, built into the cache on first use) and ``model.path=world`` (the
+shipped world model, its files checked against its manifest) become a ``ModelSource`` whose path is the
+folder and whose identity is ``tiny-<fingerprint>`` / ``world-<content hash>``. ``eval.dino_model`` and
+``eval.clip_model`` set to ``tiny``, ``real-shape`` or ``world`` become the folder of that evaluation model.
+lora_core loads folders, hub ids and files and knows none of these names; ``lora_core.embedded`` makes them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from lora_core.embedded.tiny_eval import (
+    ensure_real_shape_clip,
+    ensure_real_shape_dino,
+    ensure_tiny_clip,
+    ensure_tiny_dino,
+)
+from lora_core.embedded.tiny_model import TinyModelSpec, ensure_tiny_model
+from lora_core.embedded.weights import verified_world_dir, world_part
+from lora_core.models import ModelSource
+
+TINY = "tiny"
+WORLD = "world"
+REAL_SHAPE = "real-shape"
+
+
+def base_model(
+    asked: ModelSource, tiny_seed: int = 0, cache_dir: str | os.PathLike | None = None
+) -> ModelSource:
+    """The model lora_core loads for ``asked``: ``tiny`` and ``world`` made the folders they name.
+
+    Args:
+        asked: The base model as configured (``model.*``); its path may be ``tiny`` or ``world``.
+        tiny_seed: Seed of the tiny model's random weights (``model.tiny_seed``).
+        cache_dir: Where the tiny model is built; ``default_cache_dir()`` when None.
+
+    Returns:
+        ``asked`` with the folder as its path and the weights' identity (``tiny-<fingerprint>``,
+        ``world-<content hash>``); ``asked`` unchanged for any other path.
+
+    Raises:
+        UserInputError: The world model's files are missing or corrupt.
+    """
+    if asked.path == TINY:
+        spec = TinyModelSpec(seed=tiny_seed)
+        folder = ensure_tiny_model(spec, cache_dir)
+        return replace(asked, path=str(folder), identity=f"tiny-{spec.fingerprint()}")
+    if asked.path == WORLD:
+        root, content_hash = verified_world_dir()
+        return replace(asked, path=str(root / "sd"), identity=f"world-{content_hash}")
+    return asked
+
+
+def resolve_eval_model(name: str, kind: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """``tiny``/``real-shape``/``world`` -> the folder of that evaluation model; anything else unchanged.
+
+    ``tiny`` and ``real-shape`` are built on first use; ``world`` is the world model's identity ViT (``dino``)
+    or world CLIP (``clip``), its files checked.
+
+    Args:
+        name: ``eval.dino_model`` or ``eval.clip_model``.
+        kind: ``dino`` or ``clip``.
+        cache_dir: Cache folder (default: ``default_cache_dir()``).
+    """
+    if name == WORLD:
+        return world_part("identity" if kind == "dino" else "clip")
+    if name == REAL_SHAPE:
+        return str(ensure_real_shape_dino(cache_dir) if kind == "dino" else ensure_real_shape_clip(cache_dir))
+    if name != TINY:
+        return name
+    return str(ensure_tiny_dino(cache_dir) if kind == "dino" else ensure_tiny_clip(cache_dir))
