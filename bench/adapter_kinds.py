@@ -33,8 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     from lora_core.settings import UNET_CONV, TrainSettings
 
     pipe, images = bench_model(args.model)
-    common = dict(COMMON, text_encoder_lr=1e-5 if args.text_encoder else 0.0, max_train_steps=args.steps,
-                  conv_target_modules=UNET_CONV if args.conv else ())  # fmt: skip
+    common = dict(
+        COMMON,
+        text_encoder_lr=1e-5 if args.text_encoder else 0.0,
+        max_train_steps=args.steps,
+        conv_target_modules=UNET_CONV if args.conv else (),
+    )
     times: dict[str, list[float]] = {kind: [] for kind in KINDS}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -43,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
                 times[kind].append(seconds_per_step(pipe, images, settings, Path(tmp) / f"{r}-{kind}"))
     base = statistics.median(times["lora"])
     targets = "attention + convolutions (LoCon)" if args.conv else "attention"
-    print(f"model={args.model} steps={args.steps} rounds={args.rounds} targets: {targets}"
-          f"{', text encoder too' if args.text_encoder else ''} (s/step: median over rounds)")  # fmt: skip
+    print(
+        f"model={args.model} steps={args.steps} rounds={args.rounds} targets: {targets}"
+        f"{', text encoder too' if args.text_encoder else ''} (s/step: median over rounds)"
+    )
     print(f"{'lora.kind':<10} {'s/step':>8} {'vs lora':>8}")
     for kind, values in times.items():
         value = statistics.median(values)

@@ -75,8 +75,16 @@ def compare(root: Path, objective: str = "dino+clip_t") -> list[dict]:
         swept = dict(sorted(from_sweep.get(name, {}).items()))
         best_c = max(values, key=values.get)
         best_s = max(swept, key=swept.get) if swept else None
-        rows.append({"configuration": name, "checkpoints": values, "step_sweep": swept,
-                     "best_checkpoint": best_c, "best_step_sweep": best_s, "agree": best_c == best_s})  # fmt: skip
+        rows.append(
+            {
+                "configuration": name,
+                "checkpoints": values,
+                "step_sweep": swept,
+                "best_checkpoint": best_c,
+                "best_step_sweep": best_s,
+                "agree": best_c == best_s,
+            }
+        )
     return rows
 
 
@@ -89,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = [3, 6, 9] if args.quick else sorted(args.steps)
     extra = ["model=tiny", "debug=fast"] if args.quick else []
     below = ",".join(str(s) for s in steps[:-1])
-    checkpoint_seconds = _sweep(args.root, "checkpoints",
-                                [*extra, f"train.max_train_steps={steps[-1]}", f"render.steps=[{below}]"])  # fmt: skip
+    checkpoint_seconds = _sweep(
+        args.root, "checkpoints", [*extra, f"train.max_train_steps={steps[-1]}", f"render.steps=[{below}]"]
+    )
     sweep_seconds = _sweep(
         args.root, "step_sweep", [*extra, f"train.max_train_steps={','.join(map(str, steps))}"]
     )
@@ -105,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"      checkpoints  {c}\n      step sweep   {s}")
     agreed = sum(r["agree"] for r in rows)
-    print(f"best step agrees in {agreed}/{len(rows)} configurations; wall time: checkpoints "
-          f"{checkpoint_seconds:.0f} s, step sweep {sweep_seconds:.0f} s")  # fmt: skip
+    print(
+        f"best step agrees in {agreed}/{len(rows)} configurations; wall time: checkpoints "
+        f"{checkpoint_seconds:.0f} s, step sweep {sweep_seconds:.0f} s"
+    )
     (args.root / "best_step.json").write_text(json.dumps(rows, indent=2))
     return 0
 

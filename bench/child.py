@@ -80,8 +80,9 @@ def run_child(command: list[str], run_dir: Path, clock_file: Path) -> ChildRun:
     log_path = run_dir / "log.txt"
     with log_path.open("wb") as log:
         launched = time.monotonic()
-        proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **OFFLINE_ENV})  # fmt: skip
+        proc = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE_ENV}
+        )
         # wait4 gives this child's own rusage (RUSAGE_CHILDREN would mix all children of the bench).
         _, status, usage = os.wait4(proc.pid, 0)
         ended = time.monotonic()

@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     for group in groups:
         off, on = times[(group, False)], times[(group, True)]
         ratios = [b / a for a, b in zip(off, on, strict=True)]
-        print(f"{group:<22} {statistics.median(off):10.4f} {statistics.median(on):10.4f} "
-              f"{statistics.median(ratios):7.3f} {min(ratios):6.3f}-{max(ratios):.3f}")  # fmt: skip
+        print(
+            f"{group:<22} {statistics.median(off):10.4f} {statistics.median(on):10.4f} "
+            f"{statistics.median(ratios):7.3f} {min(ratios):6.3f}-{max(ratios):.3f}"
+        )
     for group, text_lr in groups.items():
         settings = TrainSettings(**common, text_encoder_lr=text_lr, ema_decay=args.ema_decay)
         count, ms = _ema_update_ms(pipe, images, settings)

@@ -69,8 +69,16 @@ TINY = Size(
 def _settings(size: Size, **values):
     from lora_core.settings import TrainSettings
 
-    base = dict(instance_prompt="a photo of ktn cat", resolution=size.resolution, learning_rate=1e-4,
-                text_encoder_lr=0.0, rank=size.rank, seed=0, progress_bar=False, log_every=10)  # fmt: skip
+    base = dict(
+        instance_prompt="a photo of ktn cat",
+        resolution=size.resolution,
+        learning_rate=1e-4,
+        text_encoder_lr=0.0,
+        rank=size.rank,
+        seed=0,
+        progress_bar=False,
+        log_every=10,
+    )
     settings = TrainSettings(**(base | values))
     settings.validate()
     return settings
@@ -123,11 +131,22 @@ def train_section(pipe, model_dir: Path, images, size: Size, device: str, work: 
         _sync()
         floor, floor_mb = _median_step(clock.step_ends, size.warmup), _peak_mb()
         del step
-        rows.append({"batch": batch, "gradient_checkpointing": checkpointing, "ours_s_per_step": ours,
-                     "floor_s_per_step": floor, "ratio": ours / floor, "ours_peak_mb": ours_mb,
-                     "floor_peak_mb": floor_mb})  # fmt: skip
-        print(f"  batch {batch}, checkpointing {'on ' if checkpointing else 'off'}: ours {ours:.4f} s/step, "
-              f"floor {floor:.4f} ({ours / floor:.2f}x), peak {_fmt_mb(ours_mb)}", flush=True)  # fmt: skip
+        rows.append(
+            {
+                "batch": batch,
+                "gradient_checkpointing": checkpointing,
+                "ours_s_per_step": ours,
+                "floor_s_per_step": floor,
+                "ratio": ours / floor,
+                "ours_peak_mb": ours_mb,
+                "floor_peak_mb": floor_mb,
+            }
+        )
+        print(
+            f"  batch {batch}, checkpointing {'on ' if checkpointing else 'off'}: ours {ours:.4f} s/step, "
+            f"floor {floor:.4f} ({ours / floor:.2f}x), peak {_fmt_mb(ours_mb)}",
+            flush=True,
+        )
     return rows
 
 
@@ -135,12 +154,21 @@ def _training_settings(size: Size):
     """``(batch, checkpointing, settings)`` of every training setting the check times."""
     for batch in size.batches:
         for checkpointing in (False, True):
-            yield batch, checkpointing, _settings(size, train_batch_size=batch, gradient_checkpointing=checkpointing,
-                                                  max_train_steps=size.warmup + size.steps + 1)  # fmt: skip
+            yield (
+                batch,
+                checkpointing,
+                _settings(
+                    size,
+                    train_batch_size=batch,
+                    gradient_checkpointing=checkpointing,
+                    max_train_steps=size.warmup + size.steps + 1,
+                ),
+            )
 
 
-def reference_section(model_dir: Path, subject_dir: Path, size: Size, device: str, work: Path, script: Path,
-                      python: str) -> list[dict]:  # fmt: skip
+def reference_section(
+    model_dir: Path, subject_dir: Path, size: Size, device: str, work: Path, script: Path, python: str
+) -> list[dict]:
     """diffusers' reference trainer on the same model, pictures and settings, in a process per setting.
 
     ``script`` is ``examples/dreambooth/train_dreambooth_lora.py`` (carried: it is not in the diffusers
@@ -162,16 +190,22 @@ def reference_section(model_dir: Path, subject_dir: Path, size: Size, device: st
         clock = run_dir / "clock.json"
         row = {"batch": batch, "gradient_checkpointing": checkpointing, "flags": flags}
         try:
-            run = run_child([python, "-m", "bench.step_clock", "--out", str(clock), "--", str(script), *flags],
-                            run_dir, clock)  # fmt: skip
+            run = run_child(
+                [python, "-m", "bench.step_clock", "--out", str(clock), "--", str(script), *flags],
+                run_dir,
+                clock,
+            )
         except ChildFailed as error:
             print(f"  reference failed: {error}", flush=True)
             rows.append({**row, "error": str(error)})
             continue
         row["reference_s_per_step"] = run.seconds_per_step(size.warmup)
         rows.append(row)
-        print(f"  batch {batch}, checkpointing {'on ' if checkpointing else 'off'}: reference "
-              f"{row['reference_s_per_step']:.4f} s/step ({len(run.step_ends)} steps clocked)", flush=True)  # fmt: skip
+        print(
+            f"  batch {batch}, checkpointing {'on ' if checkpointing else 'off'}: reference "
+            f"{row['reference_s_per_step']:.4f} s/step ({len(run.step_ends)} steps clocked)",
+            flush=True,
+        )
     return rows
 
 
@@ -224,12 +258,21 @@ def grid_section(pipe, model_dir: Path, images, size: Size, work: Path) -> dict:
     plain_s, plain = run_plain(pipe, lora, cells, size.grid_steps, size.resolution)
     diff = max(float(np.abs(ours[c] - plain[c]).max()) for c in cells)
     mean_diff = max(float(np.abs(ours[c] - plain[c]).mean()) for c in cells)
-    row = {"cells": len(cells), "steps": size.grid_steps, "ours_images_per_s": len(cells) / ours_s,
-           "plain_images_per_s": len(cells) / plain_s, "speed_up": plain_s / ours_s, "max_pixel_diff": diff,
-           "max_mean_pixel_diff": mean_diff, "ours_peak_mb": ours_mb}  # fmt: skip
-    print(f"  grid: ours {row['ours_images_per_s']:.2f} img/s, plain {row['plain_images_per_s']:.2f} img/s "
-          f"({row['speed_up']:.2f}x), pixel diff: max {diff:.0f}/255, worst cell's mean {mean_diff:.2f}",
-          flush=True)  # fmt: skip
+    row = {
+        "cells": len(cells),
+        "steps": size.grid_steps,
+        "ours_images_per_s": len(cells) / ours_s,
+        "plain_images_per_s": len(cells) / plain_s,
+        "speed_up": plain_s / ours_s,
+        "max_pixel_diff": diff,
+        "max_mean_pixel_diff": mean_diff,
+        "ours_peak_mb": ours_mb,
+    }
+    print(
+        f"  grid: ours {row['ours_images_per_s']:.2f} img/s, plain {row['plain_images_per_s']:.2f} img/s "
+        f"({row['speed_up']:.2f}x), pixel diff: max {diff:.0f}/255, worst cell's mean {mean_diff:.2f}",
+        flush=True,
+    )
     if half_precision(pipe):
         row["fp16_noise"] = _fp16_noise(pipe, model_dir, lora, cells, plain, size)
     return row
@@ -258,11 +301,16 @@ def _fp16_noise(pipe, model_dir: Path, lora: Path, cells, plain: dict, size: Siz
     _, exact = run_plain(full, lora, few, size.grid_steps, size.resolution)
     del full
     torch.cuda.empty_cache()
-    row = {"cells": len(few),
-           "max_pixel_diff": max(float(np.abs(exact[c] - plain[c]).max()) for c in few),
-           "max_mean_pixel_diff": max(float(np.abs(exact[c] - plain[c]).mean()) for c in few)}  # fmt: skip
-    print(f"  plain loop fp16 vs fp32 ({len(few)} cells): pixel diff max {row['max_pixel_diff']:.0f}/255, "
-          f"worst cell's mean {row['max_mean_pixel_diff']:.2f}", flush=True)  # fmt: skip
+    row = {
+        "cells": len(few),
+        "max_pixel_diff": max(float(np.abs(exact[c] - plain[c]).max()) for c in few),
+        "max_mean_pixel_diff": max(float(np.abs(exact[c] - plain[c]).mean()) for c in few),
+    }
+    print(
+        f"  plain loop fp16 vs fp32 ({len(few)} cells): pixel diff max {row['max_pixel_diff']:.0f}/255, "
+        f"worst cell's mean {row['max_mean_pixel_diff']:.2f}",
+        flush=True,
+    )
     return row
 
 
@@ -275,8 +323,10 @@ def sync_section(pipe, model_dir: Path, images, size: Size, device: str, work: P
     taken (there is nothing to wait for), so the tiny test runs this code too.
     """
     try:
-        return {name: _sync_and_profile(name, pipe, model_dir, images, size, device, work)
-                for name in ("ours", "floor")}  # fmt: skip
+        return {
+            name: _sync_and_profile(name, pipe, model_dir, images, size, device, work)
+            for name in ("ours", "floor")
+        }
     except Exception as error:  # a diagnostic: the figures above are kept whatever happens here
         import traceback
 
@@ -340,12 +390,34 @@ def _sync_and_profile(name: str, pipe, model_dir: Path, images, size: Size, devi
 
 def sweep_section(model_dir: Path | None, size: Size, work: Path, device: str) -> dict:
     """The whole ``python -m sweeper -m`` path, two configurations, MLflow on SQLite."""
-    model = ["model=tiny", "debug=fast"] if model_dir is None else [
-        "model=sd15", f"model.path={model_dir}", "model.resolution=512", "eval=real_shape",
-        "render.num_inference_steps=10", "render.unet_scales=[1]", "render.text_scales=[1]"]  # fmt: skip
-    command = [sys.executable, "-m", "sweeper", "-m", "experiment=quickstart", *model,
-               "train.learning_rate=1e-4,1e-3", "train.text_encoder_lr=0", f"train.max_train_steps={size.sweep_steps}",
-               f"train.rank={size.rank}", f"model.device={device}", f"sweep.root={work / 'sweeps'}", "sweep.name=gpu"]  # fmt: skip
+    model = (
+        ["model=tiny", "debug=fast"]
+        if model_dir is None
+        else [
+            "model=sd15",
+            f"model.path={model_dir}",
+            "model.resolution=512",
+            "eval=real_shape",
+            "render.num_inference_steps=10",
+            "render.unet_scales=[1]",
+            "render.text_scales=[1]",
+        ]
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "sweeper",
+        "-m",
+        "experiment=quickstart",
+        *model,
+        "train.learning_rate=1e-4,1e-3",
+        "train.text_encoder_lr=0",
+        f"train.max_train_steps={size.sweep_steps}",
+        f"train.rank={size.rank}",
+        f"model.device={device}",
+        f"sweep.root={work / 'sweeps'}",
+        "sweep.name=gpu",
+    ]
     started = time.perf_counter()
     done = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -354,8 +426,11 @@ def sweep_section(model_dir: Path | None, size: Size, work: Path, device: str) -
     records = [json.loads(p.read_text()) for p in (work / "sweeps" / "gpu").glob("*/run.json")]
     finished = sum(r.get("status") == "done" for r in records)
     green = done.returncode == 0 and finished == 2 and (work / "sweeps" / "mlflow.db").is_file()
-    print(f"  sweep: exit {done.returncode}, {finished}/2 runs done, MLflow store "
-          f"{'written' if (work / 'sweeps' / 'mlflow.db').is_file() else 'MISSING'}, {seconds:.0f} s", flush=True)  # fmt: skip
+    print(
+        f"  sweep: exit {done.returncode}, {finished}/2 runs done, MLflow store "
+        f"{'written' if (work / 'sweeps' / 'mlflow.db').is_file() else 'MISSING'}, {seconds:.0f} s",
+        flush=True,
+    )
     if not green:
         print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
     return {"exit_code": done.returncode, "runs_done": finished, "seconds": seconds, "green": green}
@@ -369,31 +444,47 @@ def table(summary: dict) -> str:
     """The table of ``docs/gpu_check.md`` for this check (Markdown)."""
     with_ref = any("reference_s_per_step" in r for r in summary["train"])
     ref_head, ref_rule = (" reference s/step | ours / reference |", "---|---|") if with_ref else ("", "")
-    lines = [f"Device: {summary['device']} (torch {summary['torch']}, {summary['size']})", "",
-             f"| batch | grad. checkpointing | ours s/step | floor s/step | ours / floor |{ref_head} peak GPU memory |",
-             f"|---|---|---|---|---|{ref_rule}---|"]  # fmt: skip
+    lines = [
+        f"Device: {summary['device']} (torch {summary['torch']}, {summary['size']})",
+        "",
+        f"| batch | grad. checkpointing | ours s/step | floor s/step | ours / floor |{ref_head} peak GPU memory |",
+        f"|---|---|---|---|---|{ref_rule}---|",
+    ]
     for r in summary["train"]:
         ref = ""
         if with_ref:
-            ref = (f" {r['reference_s_per_step']:.4f} | {r['ours_over_reference']:.2f} |" if "reference_s_per_step" in r
-                   else " failed | - |")  # fmt: skip
-        lines.append(f"| {r['batch']} | {'on' if r['gradient_checkpointing'] else 'off'} | {r['ours_s_per_step']:.4f} | "
-                     f"{r['floor_s_per_step']:.4f} | {r['ratio']:.2f} |{ref} {_fmt_mb(r['ours_peak_mb'])} |")  # fmt: skip
+            ref = (
+                f" {r['reference_s_per_step']:.4f} | {r['ours_over_reference']:.2f} |"
+                if "reference_s_per_step" in r
+                else " failed | - |"
+            )
+        lines.append(
+            f"| {r['batch']} | {'on' if r['gradient_checkpointing'] else 'off'} | {r['ours_s_per_step']:.4f} | "
+            f"{r['floor_s_per_step']:.4f} | {r['ratio']:.2f} |{ref} {_fmt_mb(r['ours_peak_mb'])} |"
+        )
     lines.append("")
     if res := summary.get("resume"):
-        lines.append(f"Resume ({res['steps']} steps straight vs half + half): max |Δweight| {res['max_abs_diff']:.2e} "
-                     f"(weights up to {res['max_abs_weight']:.2e}).")  # fmt: skip
+        lines.append(
+            f"Resume ({res['steps']} steps straight vs half + half): max |Δweight| {res['max_abs_diff']:.2e} "
+            f"(weights up to {res['max_abs_weight']:.2e})."
+        )
     if grid := summary.get("grid"):
-        lines.append(f"Grid ({grid['cells']} cells, {grid['steps']} steps): ours {grid['ours_images_per_s']:.2f} img/s, plain loop "
-                     f"{grid['plain_images_per_s']:.2f} img/s ({grid['speed_up']:.2f}x); pixel difference: max {grid['max_pixel_diff']:.0f}, "
-                     f"worst cell's mean {grid['max_mean_pixel_diff']:.2f} of 255{_noise_text(grid)}.")  # fmt: skip
+        lines.append(
+            f"Grid ({grid['cells']} cells, {grid['steps']} steps): ours {grid['ours_images_per_s']:.2f} img/s, plain loop "
+            f"{grid['plain_images_per_s']:.2f} img/s ({grid['speed_up']:.2f}x); pixel difference: max {grid['max_pixel_diff']:.0f}, "
+            f"worst cell's mean {grid['max_mean_pixel_diff']:.2f} of 255{_noise_text(grid)}."
+        )
     if sweep := summary.get("sweep"):
-        lines.append(f"Sweep (`python -m sweeper -m`, 2 configurations, MLflow on SQLite): {'green' if sweep['green'] else 'FAILED'} "
-                     f"in {sweep['seconds']:.0f} s.")  # fmt: skip
+        lines.append(
+            f"Sweep (`python -m sweeper -m`, 2 configurations, MLflow on SQLite): {'green' if sweep['green'] else 'FAILED'} "
+            f"in {sweep['seconds']:.0f} s."
+        )
     sync = summary.get("sync") or {}
     if sync.get("ours", {}).get("syncs_per_step") is not None:
-        lines.append(f"Synchronising CUDA calls per step (batch 1): ours {sync['ours']['syncs_per_step']}, "
-                     f"floor {sync['floor']['syncs_per_step']}.")  # fmt: skip
+        lines.append(
+            f"Synchronising CUDA calls per step (batch 1): ours {sync['ours']['syncs_per_step']}, "
+            f"floor {sync['floor']['syncs_per_step']}."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -425,8 +516,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="diffusers' examples/dreambooth/train_dreambooth_lora.py, timed beside ours",
     )
-    parser.add_argument("--reference-python", default=sys.executable,
-                        help="the Python that runs it (needs torchvision; default: this one)")  # fmt: skip
+    parser.add_argument(
+        "--reference-python",
+        default=sys.executable,
+        help="the Python that runs it (needs torchvision; default: this one)",
+    )
     args = parser.parse_args(argv)
     from lora_core.cache import default_cache_dir
     from lora_core.data.subject import load_subject_images
@@ -447,8 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline(ModelSource(path=str(model_dir), device=device))
     subject_dir = ensure_drawn_subject(cache, count=5, seed=0, size=512)
     images = load_subject_images(subject_dir, size.resolution)
-    summary = {"device": torch.cuda.get_device_name() if device == "cuda" else "CPU", "torch": torch.__version__,
-               "size": f"{size.resolution} px, rank {size.rank}"}  # fmt: skip
+    summary = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "CPU",
+        "torch": torch.__version__,
+        "size": f"{size.resolution} px, rank {size.rank}",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         sections = {

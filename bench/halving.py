@@ -25,8 +25,16 @@ def run_sweep(root: Path, name: str, overrides: list[str]) -> float:
     """Wall seconds of ``python -m sweeper -m <overrides>`` into ``root/name``; its progress bars stay on the
     terminal (stderr), its summary is left out. Raises when the sweep fails."""
     started = time.perf_counter()
-    command = [sys.executable, "-m", "sweeper", "-m", f"sweep.root={root}", f"sweep.name={name}",
-               "sweep.print_summary=false", *overrides]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "sweeper",
+        "-m",
+        f"sweep.root={root}",
+        f"sweep.name={name}",
+        "sweep.print_summary=false",
+        *overrides,
+    ]
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
 

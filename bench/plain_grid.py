@@ -35,8 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         for u in SCALES:
             for t in SCALES:
                 pipe.set_adapters(["mine"], adapter_weights=[{"unet": u, "text_encoder": t}])
-                image = pipe(prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, height=64,
-                             width=64, generator=torch.Generator().manual_seed(123)).images[0]  # fmt: skip
+                image = pipe(
+                    prompt,
+                    num_inference_steps=args.steps,
+                    guidance_scale=args.guidance,
+                    height=64,
+                    width=64,
+                    generator=torch.Generator().manual_seed(123),
+                ).images[0]
                 image.save(args.out / f"p{i}_{u};{t};{args.guidance}.png")
     return 0
 

@@ -43,8 +43,14 @@ def _train_lora(pipe, folder: Path) -> Path:
     from lora_core.training import train_lora
 
     images = load_subject_images(ensure_drawn_subject(default_cache_dir()), 64)
-    settings = TrainSettings(resolution=64, learning_rate=1e-2, text_encoder_lr=1e-3, max_train_steps=30, rank=4,
-                             progress_bar=False)  # fmt: skip
+    settings = TrainSettings(
+        resolution=64,
+        learning_rate=1e-2,
+        text_encoder_lr=1e-3,
+        max_train_steps=30,
+        rank=4,
+        progress_bar=False,
+    )
     return train_lora(pipe, images, settings, folder).output_dir
 
 
@@ -80,8 +86,14 @@ def run_plain(pipe, lora: Path, cells, steps: int, resolution: int = 64) -> tupl
         pipe.set_adapters(
             ["plain"], adapter_weights=[{"unet": cell.unet_scale, "text_encoder": cell.text_scale}]
         )
-        image = pipe(cell.prompt, num_inference_steps=steps, guidance_scale=cell.guidance, height=resolution,
-                     width=resolution, generator=torch.Generator().manual_seed(cell.seed)).images[0]  # fmt: skip
+        image = pipe(
+            cell.prompt,
+            num_inference_steps=steps,
+            guidance_scale=cell.guidance,
+            height=resolution,
+            width=resolution,
+            generator=torch.Generator().manual_seed(cell.seed),
+        ).images[0]
         pictures[cell] = np.asarray(image, dtype=np.float64)
     seconds = time.perf_counter() - started
     pipe.unload_lora_weights()
@@ -152,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  round {round_ + 1}: {name:<6}{len(cells) / seconds:7.2f} images/s", flush=True)
         diffs = [float(np.abs(pictures["ours"][c] - pictures["plain"][c]).mean()) for c in cells]
     rate = {k: len(cells) / statistics.median(v) for k, v in times.items()}
-    print(f"\nGrid rendering: {len(cells)} cells, {args.steps} steps, 64 px, tiny model, torch threads "
-          f"{torch.get_num_threads()}, {args.repeats} rounds (medians)")  # fmt: skip
+    print(
+        f"\nGrid rendering: {len(cells)} cells, {args.steps} steps, 64 px, tiny model, torch threads "
+        f"{torch.get_num_threads()}, {args.repeats} rounds (medians)"
+    )
     print(f"  {'contestant':<34}{'images/s':>10}")
     print(f"  {'ours (GridRenderer)':<34}{rate['ours']:>10.2f}")
     print(f"  {'plain loop (set_adapters + call)':<34}{rate['plain']:>10.2f}")
@@ -161,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {f'compute floor (UNet, batch {unet_batch})':<34}{rate['floor']:>10.2f}")
     for other, label, target in (("plain", "ours / plain loop:", 1.5), ("floor", "ours / floor:", 0.9)):
         ratios = sorted(b / a for a, b in zip(times["ours"], times[other], strict=True))
-        print(f"  {label:<19}{statistics.median(ratios):.2f}x  (rounds {ratios[0]:.2f}-{ratios[-1]:.2f}; "
-              f"target >= {target}x)")  # fmt: skip
+        print(
+            f"  {label:<19}{statistics.median(ratios):.2f}x  (rounds {ratios[0]:.2f}-{ratios[-1]:.2f}; "
+            f"target >= {target}x)"
+        )
     print(f"  picture difference vs plain loop: max mean |diff| {max(diffs):.3f} of 255 (target < 0.5)")
     return 0

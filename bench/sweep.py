@@ -68,20 +68,44 @@ def economy(args, root: Path) -> None:
     from lora_core.settings import TrainSettings
 
     steps = args.steps
-    ours = timed(sweeper(*GRID, f"train.max_train_steps={steps}", "train.rank=4",
-                         f"train.learning_rate={','.join(map(str, LEARNING_RATES))}",
-                         f"train.text_encoder_lr={','.join(map(str, TEXT_LEARNING_RATES))}",
-                         f"sweep.root={root / 'ours'}", "sweep.name=economy"))  # fmt: skip
+    ours = timed(
+        sweeper(
+            *GRID,
+            f"train.max_train_steps={steps}",
+            "train.rank=4",
+            f"train.learning_rate={','.join(map(str, LEARNING_RATES))}",
+            f"train.text_encoder_lr={','.join(map(str, TEXT_LEARNING_RATES))}",
+            f"sweep.root={root / 'ours'}",
+            "sweep.name=economy",
+        )
+    )
     model, subject = ensure_tiny_model(), ensure_drawn_subject(default_cache_dir())
     today = 0.0
     for i, lr in enumerate(lr for lr in LEARNING_RATES for _ in TEXT_LEARNING_RATES):
         run_dir = root / f"today{i}"
-        s = TrainSettings(instance_prompt="a photo of ktn cat", resolution=64, learning_rate=lr, text_encoder_lr=lr,
-                          max_train_steps=steps, rank=4)  # fmt: skip
+        s = TrainSettings(
+            instance_prompt="a photo of ktn cat",
+            resolution=64,
+            learning_rate=lr,
+            text_encoder_lr=lr,
+            max_train_steps=steps,
+            rank=4,
+        )
         flags = [f.replace("{run_dir}", str(run_dir)) for f in reference_args(s, model, subject)]
         today += timed([str(args.reference_python), str(args.reference.resolve()), *flags])
-        today += timed([sys.executable, "-m", "bench.plain_grid", "--model", str(model), "--lora",
-                        str(run_dir / "output"), "--out", str(run_dir / "grid")])  # fmt: skip
+        today += timed(
+            [
+                sys.executable,
+                "-m",
+                "bench.plain_grid",
+                "--model",
+                str(model),
+                "--lora",
+                str(run_dir / "output"),
+                "--out",
+                str(run_dir / "grid"),
+            ]
+        )
     print(f"\nSweep economy: 4 configurations x {steps} steps + 48-cell grid each, tiny model")
     print(f"  one sweep command:                         {ours:8.1f} s")
     print(f"  reference trainer x4 + plain grid loop x4: {today:8.1f} s")
@@ -91,13 +115,26 @@ def economy(args, root: Path) -> None:
 def step_axis(args, root: Path) -> None:
     """Section 2: N,5N in one command against two commands and against no reuse."""
     n = args.step_n
-    common = ["render.enabled=false", "train.learning_rate=1e-4", "train.text_encoder_lr=1e-5", "train.rank=4",
-              "sweep.name=steps"]  # fmt: skip
+    common = [
+        "render.enabled=false",
+        "train.learning_rate=1e-4",
+        "train.text_encoder_lr=1e-5",
+        "train.rank=4",
+        "sweep.name=steps",
+    ]
     shared = timed(sweeper(*common, f"train.max_train_steps={n},{5 * n}", f"sweep.root={root / 'shared'}"))
-    separate = sum(timed(sweeper(*common, f"train.max_train_steps={steps}", f"sweep.root={root / f'alone{steps}'}"))
-                   for steps in (n, 5 * n))  # fmt: skip
-    no_reuse = timed(sweeper(*common, f"train.max_train_steps={n},{5 * n}", "sweep.reuse_steps=false",
-                             f"sweep.root={root / 'noreuse'}"))  # fmt: skip
+    separate = sum(
+        timed(sweeper(*common, f"train.max_train_steps={steps}", f"sweep.root={root / f'alone{steps}'}"))
+        for steps in (n, 5 * n)
+    )
+    no_reuse = timed(
+        sweeper(
+            *common,
+            f"train.max_train_steps={n},{5 * n}",
+            "sweep.reuse_steps=false",
+            f"sweep.root={root / 'noreuse'}",
+        )
+    )
     print(
         f"\nStep axis: train.max_train_steps={n},{5 * n}, constant schedule, text encoder trained, tiny model"
     )

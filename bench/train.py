@@ -152,8 +152,11 @@ def paired_ratio(mine: list[float], theirs: list[float]) -> tuple[float, float, 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Read the command line; ``--quick`` fills the step counts and repeats left unset."""
-    parser = argparse.ArgumentParser(prog="python -m bench train", description=__doc__.split("\n\n")[0],
-                                     epilog="Setup of the reference: see bench/README.md or this module's docstring.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench train",
+        description=__doc__.split("\n\n")[0],
+        epilog="Setup of the reference: see bench/README.md or this module's docstring.",
+    )
     add = parser.add_argument
     add("--quick", action="store_true", help="few steps, one run each: about a minute")
     add("--steps", type=int, help="training steps per run (default 60; quick 15)")
@@ -170,8 +173,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--resolution", type=int, default=64, help="training side in pixels (default 64)")
     add("--device", default="auto", help="auto, cpu or cuda (default auto)")
     add("--reference", type=Path, help="diffusers' examples/dreambooth/train_dreambooth_lora.py")
-    add("--reference-python", type=Path, default=DEFAULT_REFERENCE_PYTHON,
-        help=f"interpreter with torchvision for the reference (default {DEFAULT_REFERENCE_PYTHON.relative_to(REPO_ROOT)})")  # fmt: skip
+    add(
+        "--reference-python",
+        type=Path,
+        default=DEFAULT_REFERENCE_PYTHON,
+        help=f"interpreter with torchvision for the reference (default {DEFAULT_REFERENCE_PYTHON.relative_to(REPO_ROOT)})",
+    )
     add("--real-size", action="store_true", help="also train an SD-1.5-shaped model at 512 px (minutes)")
     add("--real-size-steps", type=int, default=3, help="steps of the real-size runs (default 3)")
     add("--real-size-repeats", type=int, default=1, help="runs of each real-size contestant (default 1)")
@@ -202,11 +209,21 @@ def training_settings(args: argparse.Namespace, trains_text: bool, steps: int, r
     from lora_core.settings import TrainSettings
 
     settings = TrainSettings(
-        instance_prompt=PROMPT, resolution=resolution, center_crop=True, random_flip=False,
-        learning_rate=args.learning_rate, text_encoder_lr=args.learning_rate if trains_text else 0.0,
-        lr_scheduler="constant", max_train_steps=steps, train_batch_size=1, rank=args.rank, alpha=None,
-        seed=0, mixed_precision="no", log_every=1,
-    )  # fmt: skip
+        instance_prompt=PROMPT,
+        resolution=resolution,
+        center_crop=True,
+        random_flip=False,
+        learning_rate=args.learning_rate,
+        text_encoder_lr=args.learning_rate if trains_text else 0.0,
+        lr_scheduler="constant",
+        max_train_steps=steps,
+        train_batch_size=1,
+        rank=args.rank,
+        alpha=None,
+        seed=0,
+        mixed_precision="no",
+        log_every=1,
+    )
     settings.validate()
     return settings
 
@@ -215,16 +232,50 @@ def reference_args(settings, model_dir: Path, subject_dir: Path) -> list[str]:
     """Flags of ``train_dreambooth_lora.py`` for the same training (``{run_dir}`` is the run's folder)."""
     s = settings
     flags = [
-        "--pretrained_model_name_or_path", str(model_dir), "--instance_data_dir", str(subject_dir),
-        "--instance_prompt", s.instance_prompt, "--output_dir", "{run_dir}/output", "--seed", str(s.seed),
-        "--resolution", str(s.resolution), "--center_crop", "--train_batch_size", str(s.train_batch_size),
-        "--max_train_steps", str(s.max_train_steps), "--checkpointing_steps", str(s.max_train_steps + 1),
-        "--learning_rate", str(s.learning_rate), "--lr_scheduler", s.lr_scheduler, "--lr_warmup_steps", "0",
-        "--adam_beta1", str(s.adam_beta1), "--adam_beta2", str(s.adam_beta2),
-        "--adam_weight_decay", str(s.adam_weight_decay), "--adam_epsilon", str(s.adam_epsilon),
-        "--max_grad_norm", str(s.max_grad_norm), "--rank", str(s.rank), "--lora_dropout", str(s.dropout),
-        "--mixed_precision", "no", "--dataloader_num_workers", "0",
-    ]  # fmt: skip
+        "--pretrained_model_name_or_path",
+        str(model_dir),
+        "--instance_data_dir",
+        str(subject_dir),
+        "--instance_prompt",
+        s.instance_prompt,
+        "--output_dir",
+        "{run_dir}/output",
+        "--seed",
+        str(s.seed),
+        "--resolution",
+        str(s.resolution),
+        "--center_crop",
+        "--train_batch_size",
+        str(s.train_batch_size),
+        "--max_train_steps",
+        str(s.max_train_steps),
+        "--checkpointing_steps",
+        str(s.max_train_steps + 1),
+        "--learning_rate",
+        str(s.learning_rate),
+        "--lr_scheduler",
+        s.lr_scheduler,
+        "--lr_warmup_steps",
+        "0",
+        "--adam_beta1",
+        str(s.adam_beta1),
+        "--adam_beta2",
+        str(s.adam_beta2),
+        "--adam_weight_decay",
+        str(s.adam_weight_decay),
+        "--adam_epsilon",
+        str(s.adam_epsilon),
+        "--max_grad_norm",
+        str(s.max_grad_norm),
+        "--rank",
+        str(s.rank),
+        "--lora_dropout",
+        str(s.dropout),
+        "--mixed_precision",
+        "no",
+        "--dataloader_num_workers",
+        "0",
+    ]
     return [*flags, "--train_text_encoder" if s.trains_text_encoder else "--pre_compute_text_embeddings"]
 
 
@@ -241,15 +292,29 @@ def sweeper_job(
     """
     s = settings
     overrides = [
-        "model=sd15", f"model.path={model_dir}", f"model.resolution={s.resolution}", "model.dtype=float32",
-        f"model.device={device}", f"data.instance_dir={subject_dir}", f"data.instance_prompt={PROMPT}",
-        f"train.learning_rate={s.learning_rate}", f"train.text_encoder_lr={s.text_encoder_lr}",
-        f"train.max_train_steps={s.max_train_steps}", f"train.rank={s.rank}", f"train.seed={s.seed}",
-        f"train.mixed_precision={s.mixed_precision}", f"train.log_every={s.log_every}",
-        "render.enabled=false", "eval.enabled=false", "sweep.root={run_dir}/sweeps", "sweep.print_summary=false",
-        "hydra.run.dir={run_dir}/hydra", f"tracking.enabled={str(live).lower()}",
-        "tracking.uri=sqlite:///{run_dir}/../mlflow.db", "tracking.experiment={run_dir}",
-    ]  # fmt: skip
+        "model=sd15",
+        f"model.path={model_dir}",
+        f"model.resolution={s.resolution}",
+        "model.dtype=float32",
+        f"model.device={device}",
+        f"data.instance_dir={subject_dir}",
+        f"data.instance_prompt={PROMPT}",
+        f"train.learning_rate={s.learning_rate}",
+        f"train.text_encoder_lr={s.text_encoder_lr}",
+        f"train.max_train_steps={s.max_train_steps}",
+        f"train.rank={s.rank}",
+        f"train.seed={s.seed}",
+        f"train.mixed_precision={s.mixed_precision}",
+        f"train.log_every={s.log_every}",
+        "render.enabled=false",
+        "eval.enabled=false",
+        "sweep.root={run_dir}/sweeps",
+        "sweep.print_summary=false",
+        "hydra.run.dir={run_dir}/hydra",
+        f"tracking.enabled={str(live).lower()}",
+        "tracking.uri=sqlite:///{run_dir}/../mlflow.db",
+        "tracking.experiment={run_dir}",
+    ]
     script = str(REPO_ROOT / "sweeper" / "__main__.py")
     return ("-m", "bench.step_clock", "--out", "{out}", "--", script, *overrides)
 
@@ -259,22 +324,62 @@ def contestants(
 ) -> list[Contestant]:
     """The floor, ours and, with ``--reference``, the reference and its environment's floor."""
     floor_settings = json.dumps({**settings.to_dict(), "max_train_steps": plan.floor_steps})
-    floor = ("-m", "bench.train_floor", "--model", str(model_dir), "--settings", floor_settings, "--device", device,
-             "--steps", str(plan.floor_steps), "--warmup", str(plan.warmup), "--out", "{out}")  # fmt: skip
-    ours = ("-m", "bench.train_runner", "--model", str(model_dir), "--subject", str(subject_dir),
-            "--settings", json.dumps(settings.to_dict()), "--device", device, "--output-dir", "{run_dir}/output",
-            "--out", "{out}")  # fmt: skip
-    found = [Contestant("floor", (sys.executable, *floor), plan.warmup, has_start_up=False),
-             Contestant("ours", (sys.executable, *ours), plan.warmup),
-             Contestant("sweeper job", (sys.executable, *sweeper_job(settings, model_dir, subject_dir, device)),
-                        plan.warmup),
-             Contestant("worker without MLflow", (sys.executable, *sweeper_job(settings, model_dir, subject_dir, device,
-                                                                             live=False)), plan.warmup)]  # fmt: skip
+    floor = (
+        "-m",
+        "bench.train_floor",
+        "--model",
+        str(model_dir),
+        "--settings",
+        floor_settings,
+        "--device",
+        device,
+        "--steps",
+        str(plan.floor_steps),
+        "--warmup",
+        str(plan.warmup),
+        "--out",
+        "{out}",
+    )
+    ours = (
+        "-m",
+        "bench.train_runner",
+        "--model",
+        str(model_dir),
+        "--subject",
+        str(subject_dir),
+        "--settings",
+        json.dumps(settings.to_dict()),
+        "--device",
+        device,
+        "--output-dir",
+        "{run_dir}/output",
+        "--out",
+        "{out}",
+    )
+    found = [
+        Contestant("floor", (sys.executable, *floor), plan.warmup, has_start_up=False),
+        Contestant("ours", (sys.executable, *ours), plan.warmup),
+        Contestant(
+            "sweeper job",
+            (sys.executable, *sweeper_job(settings, model_dir, subject_dir, device)),
+            plan.warmup,
+        ),
+        Contestant(
+            "worker without MLflow",
+            (sys.executable, *sweeper_job(settings, model_dir, subject_dir, device, live=False)),
+            plan.warmup,
+        ),
+    ]
     if args.reference is not None:
         ref_python, script = str(args.reference_python), str(args.reference.resolve())
         clocked = ("-m", "bench.step_clock", "--out", "{out}", "--", script)
-        found.append(Contestant("reference", (ref_python, *clocked, *reference_args(settings, model_dir, subject_dir)),
-                                plan.warmup))  # fmt: skip
+        found.append(
+            Contestant(
+                "reference",
+                (ref_python, *clocked, *reference_args(settings, model_dir, subject_dir)),
+                plan.warmup,
+            )
+        )
         found.append(Contestant("reference floor", (ref_python, *floor), plan.warmup, has_start_up=False))
     return found
 
@@ -318,9 +423,11 @@ def print_table(results: dict[str, Measured]) -> None:
     )
     for name, m in results.items():
         s = m.summary()
-        print(f"  {name:22}{_fmt(s['seconds_per_step'], 4):>7}{_fmt(s['start_up_seconds'], 2):>12}"
-              f"{_fmt(s['first_step_done_seconds'], 2):>12}{_fmt(s['after_last_step_seconds'], 2):>9}"
-              f"{s['peak_rss_mb']:>9.0f}  {s['torch']} ({s['threads']})")  # fmt: skip
+        print(
+            f"  {name:22}{_fmt(s['seconds_per_step'], 4):>7}{_fmt(s['start_up_seconds'], 2):>12}"
+            f"{_fmt(s['first_step_done_seconds'], 2):>12}{_fmt(s['after_last_step_seconds'], 2):>9}"
+            f"{s['peak_rss_mb']:>9.0f}  {s['torch']} ({s['threads']})"
+        )
 
 
 def _ratio_line(label: str, mine: list[float], theirs: list[float], target: float | None) -> None:
@@ -351,8 +458,12 @@ def print_ratios(results: dict[str, Measured]) -> None:
     )
     if "sweeper job" in results:
         for name in ("sweeper job", "worker without MLflow"):
-            _ratio_line(f"{name} / reference, start-up", results[name].start_up_runs(), ref.start_up_runs(),
-                        TARGET_JOB_OVER_REFERENCE)  # fmt: skip
+            _ratio_line(
+                f"{name} / reference, start-up",
+                results[name].start_up_runs(),
+                ref.start_up_runs(),
+                TARGET_JOB_OVER_REFERENCE,
+            )
     _ratio_line("reference / its env's floor, s/step", ref.per_step_runs(), ref_floor.per_step_runs(), None)
     _ratio_line(
         "ref-env floor / our floor (torch versions)", ref_floor.per_step_runs(), floor.per_step_runs(), None
@@ -362,11 +473,13 @@ def print_ratios(results: dict[str, Measured]) -> None:
 def describe(settings, plan: Plan, device: str) -> str:
     """One line naming the shared hyperparameters and the plan."""
     s = settings
-    return (f"rank {s.rank}, alpha {s.lora_alpha:g}, {s.resolution} px, batch {s.train_batch_size}, lr {s.learning_rate:g}"
-            f"{f', text lr {s.text_encoder_lr:g}' if s.trains_text_encoder else ''}, AdamW({s.adam_beta1}, {s.adam_beta2}, "
-            f"wd {s.adam_weight_decay:g}, eps {s.adam_epsilon:g}), clip {s.max_grad_norm:g}, UNet "
-            f"{'/'.join(s.unet_target_modules)}; {plan.steps} steps x {plan.repeats} runs, floor {plan.floor_steps} "
-            f"steps, warm-up {plan.warmup}, {device}")  # fmt: skip
+    return (
+        f"rank {s.rank}, alpha {s.lora_alpha:g}, {s.resolution} px, batch {s.train_batch_size}, lr {s.learning_rate:g}"
+        f"{f', text lr {s.text_encoder_lr:g}' if s.trains_text_encoder else ''}, AdamW({s.adam_beta1}, {s.adam_beta2}, "
+        f"wd {s.adam_weight_decay:g}, eps {s.adam_epsilon:g}), clip {s.max_grad_norm:g}, UNet "
+        f"{'/'.join(s.unet_target_modules)}; {plan.steps} steps x {plan.repeats} runs, floor {plan.floor_steps} "
+        f"steps, warm-up {plan.warmup}, {device}"
+    )
 
 
 def run_section(title: str, args, settings, dirs: tuple[Path, Path], device: str, plan: Plan) -> dict:
@@ -467,8 +580,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(args.steps, args.repeats, args.floor_steps, args.warmup)
     summary = {"device": device, "issue_figures": ISSUE_FIGURES, "sections": {}}
     if args.reference is None:
-        print("reference baseline skipped: pass --reference PATH/TO/train_dreambooth_lora.py "
-              "(how to get it and its environment: bench/README.md)")  # fmt: skip
+        print(
+            "reference baseline skipped: pass --reference PATH/TO/train_dreambooth_lora.py "
+            "(how to get it and its environment: bench/README.md)"
+        )
     try:
         for variant in args.variants:
             settings = training_settings(args, variant == "trained", plan.steps, args.resolution)

@@ -44,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline(source)
     images = load_subject_images(args.subject, settings.resolution, settings.center_crop)
     result = train_lora(pipe, images, settings, args.output_dir)
-    clock.write(args.out, trainer_steps_per_second=result.steps_per_second, trainer_peak_memory_mb=result.peak_memory_mb,
-                trainer_memory_kind=result.memory_kind)  # fmt: skip
+    clock.write(
+        args.out,
+        trainer_steps_per_second=result.steps_per_second,
+        trainer_peak_memory_mb=result.peak_memory_mb,
+        trainer_memory_kind=result.memory_kind,
+    )
     return 0
 
 

@@ -76,10 +76,14 @@ def identifier_warnings(tokenizer, token: str, common_below: float = 0.3) -> lis
     ids = encode(tokenizer, token)
     if len(ids) > 1:
         pieces = [tokenizer.convert_ids_to_tokens(i).replace(WORD_END, "") for i in ids]
-        return [f"identifier {token!r} splits into {len(ids)} tokens {pieces}; each piece brings its own meaning. "
-                "A single rare token binds the subject more cleanly (see the candidates)."]  # fmt: skip
+        return [
+            f"identifier {token!r} splits into {len(ids)} tokens {pieces}; each piece brings its own meaning. "
+            "A single rare token binds the subject more cleanly (see the candidates)."
+        ]
     size = len(tokenizer.get_vocab())
     if ids and ids[0] < common_below * size:
-        return [f"identifier {token!r} is a common token (id {ids[0]} of {size}); the model already knows a meaning "
-                "for it, which training has to overwrite. Prefer a rare one."]  # fmt: skip
+        return [
+            f"identifier {token!r} is a common token (id {ids[0]} of {size}); the model already knows a meaning "
+            "for it, which training has to overwrite. Prefer a rare one."
+        ]
     return []

@@ -16,8 +16,14 @@ from lora_core.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-           "bfloat16": "bfloat16", "bf16": "bfloat16"}  # fmt: skip
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
 _SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
@@ -172,8 +178,9 @@ def load_tokenizer(source: ModelSource):
         if not Path(path).is_dir():
             return CLIPTokenizer.from_pretrained(path, local_files_only=source.local_files_only)
     try:
-        return CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=source.revision,
-                                             local_files_only=source.local_files_only)  # fmt: skip
+        return CLIPTokenizer.from_pretrained(
+            path, subfolder="tokenizer", revision=source.revision, local_files_only=source.local_files_only
+        )
     except (OSError, ValueError) as err:
         raise UserInputError(f"model.path={source.path}: cannot load its tokenizer ({err}).") from err
 

@@ -77,18 +77,28 @@ def make_optimizer(groups: list[dict], settings: Hyperparameters, device_type: s
         p = s.optim.prodigy
         groups = [group | {"lr": p.lr} for group in groups]  # one rate: Prodigy estimates one step size
         return Prodigy(
-            groups, **adam, d_coef=p.d_coef, d0=p.d0, use_bias_correction=p.use_bias_correction,
+            groups,
+            **adam,
+            d_coef=p.d_coef,
+            d0=p.d0,
+            use_bias_correction=p.use_bias_correction,
             safeguard_warmup=p.safeguard_warmup,
-        )  # fmt: skip
+        )
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
         a = s.optim.adafactor
         return Adafactor(
-            groups, lr=s.learning_rate, relative_step=False, warmup_init=False,
-            scale_parameter=a.scale_parameter, clip_threshold=a.clip_threshold, decay_rate=a.decay_rate,
-            beta1=a.beta1, weight_decay=s.adam_weight_decay,
-        )  # fmt: skip
+            groups,
+            lr=s.learning_rate,
+            relative_step=False,
+            warmup_init=False,
+            scale_parameter=a.scale_parameter,
+            clip_threshold=a.clip_threshold,
+            decay_rate=a.decay_rate,
+            beta1=a.beta1,
+            weight_decay=s.adam_weight_decay,
+        )
     if name == "schedulefree_adamw":
         from schedulefree import AdamWScheduleFree
 

@@ -277,17 +277,25 @@ class GridRenderer:
         generators = [torch.Generator("cpu").manual_seed(c.seed + 7919 * c.index) for c in batch]
         with torch.no_grad():
             return pipe(
-                prompt_embeds=positive, negative_prompt_embeds=negative, latents=latents,
-                guidance_scale=guidance, num_inference_steps=opts.num_inference_steps,
-                height=opts.resolution, width=opts.resolution, generator=generators,
-            ).images  # fmt: skip
+                prompt_embeds=positive,
+                negative_prompt_embeds=negative,
+                latents=latents,
+                guidance_scale=guidance,
+                num_inference_steps=opts.num_inference_steps,
+                height=opts.resolution,
+                width=opts.resolution,
+                generator=generators,
+            ).images
 
 
 def _lora_base_weights(model) -> dict:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return {name: module.get_base_layer().weight.detach().clone()
-            for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)}  # fmt: skip
+    return {
+        name: module.get_base_layer().weight.detach().clone()
+        for name, module in model.named_modules()
+        if isinstance(module, BaseTunerLayer)
+    }
 
 
 def _restore_base_weights(model, snapshot: dict | None) -> None:

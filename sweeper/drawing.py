@@ -226,8 +226,15 @@ def plan_layout(
         width, height = layout.size
         log.warning(
             "Contact sheet of %d x %d pictures is %d x %d px even with %d px thumbnails (cap: %d px a side, "
-            "%d pixels).", layout.rows, layout.cols, width, height, MIN_THUMB, MAX_SIDE, MAX_PIXELS,
-        )  # fmt: skip
+            "%d pixels).",
+            layout.rows,
+            layout.cols,
+            width,
+            height,
+            MIN_THUMB,
+            MAX_SIDE,
+            MAX_PIXELS,
+        )
     return layout
 
 
@@ -256,12 +263,20 @@ def _layout_for(title: str, row_labels: Sequence[str], col_labels: Sequence[str]
     grid_width = max(0, len(col_labels) * (thumb + GAP) - GAP)
     content_width = max(label_width + PAD + grid_width, MIN_TITLE_WIDTH)
     return SheetLayout(
-        rows=len(row_labels), cols=len(col_labels), thumb=thumb, font_size=size, title_font_size=title_size,
-        line_height=line, title_line_height=_line_height(title_face, title_size), label_width=label_width,
-        header_height=header, content_width=content_width,
+        rows=len(row_labels),
+        cols=len(col_labels),
+        thumb=thumb,
+        font_size=size,
+        title_font_size=title_size,
+        line_height=line,
+        title_line_height=_line_height(title_face, title_size),
+        label_width=label_width,
+        header_height=header,
+        content_width=content_width,
         title_lines=tuple(wrap(title, title_face, content_width)) if title else (),
-        row_label_lines=row_lines, col_label_lines=col_lines,
-    )  # fmt: skip
+        row_label_lines=row_lines,
+        col_label_lines=col_lines,
+    )
 
 
 def _fit_row_labels(

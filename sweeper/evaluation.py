@@ -33,8 +33,12 @@ def scorer_for(cfg: DictConfig, model_device: str = "auto") -> ImageScorer | Non
     """
     e = cfg.eval
     device = resolve_device(model_device if e.device == "auto" else e.device)
-    models = EvalModels(resolve_eval_model(e.dino_model, "dino"), resolve_eval_model(e.clip_model, "clip"),
-                        e.local_files_only, device)  # fmt: skip
+    models = EvalModels(
+        resolve_eval_model(e.dino_model, "dino"),
+        resolve_eval_model(e.clip_model, "clip"),
+        e.local_files_only,
+        device,
+    )
     if models not in _SCORERS:
         _SCORERS[models] = try_load_scorer(models, e.batch_size)
     return _SCORERS[models]
@@ -93,6 +97,13 @@ def evaluate_run(
 
 
 def _cell_columns(cell: GridCell) -> dict:
-    return {"file": cell.file_name, "prompt_name": cell.prompt_name, "prompt": cell.prompt,
-            "unet_scale": cell.unet_scale, "text_scale": cell.text_scale, "guidance": cell.guidance,
-            "seed": cell.seed, "index": cell.index}  # fmt: skip
+    return {
+        "file": cell.file_name,
+        "prompt_name": cell.prompt_name,
+        "prompt": cell.prompt,
+        "unet_scale": cell.unet_scale,
+        "text_scale": cell.text_scale,
+        "guidance": cell.guidance,
+        "seed": cell.seed,
+        "index": cell.index,
+    }

@@ -76,8 +76,10 @@ def resolve_prompts(prompts, token: str, class_name: str) -> dict[str, str]:
         prompts = [{k: v} for k, v in prompts.items()]
     if not isinstance(prompts, Sequence):
         raise UserInputError(f"render.prompts: expected a list of prompts, got {prompts!r}.")
-    given = [(next(iter(p)), str(next(iter(p.values())))) if isinstance(p, Mapping) and len(p) == 1 else (None, p)
-             for p in prompts]  # fmt: skip
+    given = [
+        (next(iter(p)), str(next(iter(p.values())))) if isinstance(p, Mapping) and len(p) == 1 else (None, p)
+        for p in prompts
+    ]
     for name, text in given:
         if not isinstance(text, str) or not text.strip():
             key = f"render.prompts.{name}" if name is not None else "render.prompts"
@@ -164,8 +166,9 @@ def grid_cells(render, token: str, class_name: str) -> list[GridCell]:
     count = render.images_per_cell
     cells, seen = [], {}
     for (name, u, t, g), seed, index in product(combos, seeds, range(count)):
-        stem = image_stem(render.image_name, name, u, t, g, seed if len(seeds) > 1 else None,
-                          index if count > 1 else None)  # fmt: skip
+        stem = image_stem(
+            render.image_name, name, u, t, g, seed if len(seeds) > 1 else None, index if count > 1 else None
+        )
         cell = GridCell(name, prompts[name], u, t, g, seed, index, count, stem)
         if stem in seen:
             if seen[stem] == cell:

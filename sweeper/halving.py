@@ -286,9 +286,14 @@ def bracket_lines(sweep_dir: Path) -> list[str]:
     if bracket is None:
         return []
     header = ["configuration", *(f"step {s}" for s in bracket.steps), "decision"]
-    lines = [f"## Halving bracket (eta {bracket.eta})", "",
-             "Objective per rung (rungs below the top score the preview grid); the best 1/eta go on.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    lines = [
+        f"## Halving bracket (eta {bracket.eta})",
+        "",
+        "Objective per rung (rungs below the top score the preview grid); the best 1/eta go on.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for name in bracket.configurations:
         cells = [
             f"{v:.4f}" if (v := scores.get(name)) is not None else ("n/a" if name in scores else "")

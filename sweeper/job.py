@@ -181,10 +181,19 @@ class Job:
                 steps.add_history(read_rows(checkpoint))
         with HeldSignals() as should_stop:  # a time limit or preemption stops training between two steps
             train_lora(
-                pipe, images, self.spec.settings, self.lora_dir, resume_from=checkpoint, class_images=class_images,
-                on_step=steps, metadata=self._lora_metadata(), identity=self._identity, until=until,
-                should_stop=should_stop, captions=captions,
-            )  # fmt: skip
+                pipe,
+                images,
+                self.spec.settings,
+                self.lora_dir,
+                resume_from=checkpoint,
+                class_images=class_images,
+                on_step=steps,
+                metadata=self._lora_metadata(),
+                identity=self._identity,
+                until=until,
+                should_stop=should_stop,
+                captions=captions,
+            )
         if steps:
             steps.flush()
         self.result.trained = True
@@ -338,8 +347,11 @@ class Job:
         self.folder.write_render(wanted)
 
     def _write_config(self) -> None:
-        cfg = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-               for k, v in self.cfg.items() if k != "hydra"}  # fmt: skip
+        cfg = {
+            k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in self.cfg.items()
+            if k != "hydra"
+        }
         self.folder.write_config(cfg, self.overrides)
 
     def _save_record(self, status: str) -> None:
@@ -389,9 +401,15 @@ class Job:
         if self.tracker is None or not self.tracker.active or not self.mlflow_run:
             return
         # Steps trained by this job went out live; a reused or already-trained LoRA's come from disk.
-        log_run_folder(self.tracker, self.mlflow_run, self.run_dir, with_steps=not self.result.trained,
-                       log_images=self.cfg.tracking.log_images, log_adapters=self.cfg.tracking.log_adapters,
-                       pictures=pictures)  # fmt: skip
+        log_run_folder(
+            self.tracker,
+            self.mlflow_run,
+            self.run_dir,
+            with_steps=not self.result.trained,
+            log_images=self.cfg.tracking.log_images,
+            log_adapters=self.cfg.tracking.log_adapters,
+            pictures=pictures,
+        )
         self.tracker.finish(self.mlflow_run)
 
 

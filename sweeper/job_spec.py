@@ -271,9 +271,14 @@ def _model_source(cfg: DictConfig) -> ModelSource:
     if m.resolution < 8 or m.resolution % 8:
         raise UserInputError(f"model.resolution={m.resolution}: must be a positive multiple of 8.")
     return ModelSource(
-        path=m.path, revision=m.revision, variant=m.variant, dtype=m.dtype, device=m.device,
-        single_file_config=m.single_file_config, local_files_only=m.local_files_only,
-    )  # fmt: skip
+        path=m.path,
+        revision=m.revision,
+        variant=m.variant,
+        dtype=m.dtype,
+        device=m.device,
+        single_file_config=m.single_file_config,
+        local_files_only=m.local_files_only,
+    )
 
 
 def _class_spec(cfg: DictConfig, settings: TrainSettings) -> ClassImageSpec | None:

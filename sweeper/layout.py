@@ -218,9 +218,13 @@ class RunFolder:
     def config_artifacts(self) -> list[Path]:
         """The small files that describe the run (logged beside it in MLflow)."""
         return [
-            self.config_file, self.overrides_file, self.record_file, self.render_file,
-            self.scores_file, self.reference_file,
-        ]  # fmt: skip
+            self.config_file,
+            self.overrides_file,
+            self.record_file,
+            self.render_file,
+            self.scores_file,
+            self.reference_file,
+        ]
 
     def step(self, step: int) -> RunFolder:
         """The folder of the grid rendered at training ``step`` (``step-000400``), laid out like this one."""

@@ -195,8 +195,15 @@ def differing_keys(rows: Sequence[Mapping], settings: bool = False) -> list[str]
     return train + sorted(differ - set(train))
 
 
-def image_stem(template: str, prompt_name: str, unet: float, text: float, guidance: float,
-               seed: int | None = None, index: int | None = None) -> str:  # fmt: skip
+def image_stem(
+    template: str,
+    prompt_name: str,
+    unet: float,
+    text: float,
+    guidance: float,
+    seed: int | None = None,
+    index: int | None = None,
+) -> str:
     """File stem of one image: ``sf_0.9;0.5;3.6`` (``_<seed>`` and ``-<k>`` added when there are several).
 
     Args:
@@ -211,8 +218,13 @@ def image_stem(template: str, prompt_name: str, unet: float, text: float, guidan
     Returns:
         The stem (no ``.png``).
     """
-    stem = template.format(pr=prompt_name, unet=format_number(unet), text=format_number(text),
-                           guidance=format_number(guidance), seed="" if seed is None else seed)  # fmt: skip
+    stem = template.format(
+        pr=prompt_name,
+        unet=format_number(unet),
+        text=format_number(text),
+        guidance=format_number(guidance),
+        seed="" if seed is None else seed,
+    )
     if seed is not None and "{seed}" not in template:
         stem += f"_{seed}"
     if index is not None:

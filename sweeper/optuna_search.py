@@ -244,8 +244,13 @@ def open_study(settings: SearchSettings, first_step: int, last_step: int, seed_o
         )
     else:
         chosen = optuna.pruners.NopPruner()
-    study = optuna.create_study(storage=settings.storage, study_name=settings.study_name, pruner=chosen,
-                                direction=settings.direction, load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(
+        storage=settings.storage,
+        study_name=settings.study_name,
+        pruner=chosen,
+        direction=settings.direction,
+        load_if_exists=True,
+    )
     seed = settings.sampler["seed"]
     if seed is not None and seed_offset:
         seed = int(seed) + len(study.trials)
@@ -271,8 +276,14 @@ class _Trial:
         return (*self.overrides, *rung_overrides(self.steps[self.stage], top, preview))
 
 
-def _start_trial(trial, reported: dict, config: DictConfig, space: SearchSpace, settings: SearchSettings,
-                 varying: list[str]) -> _Trial:  # fmt: skip
+def _start_trial(
+    trial,
+    reported: dict,
+    config: DictConfig,
+    space: SearchSpace,
+    settings: SearchSettings,
+    varying: list[str],
+) -> _Trial:
     from sweeper.job_spec import build_job
     from sweeper.plan import compose_job
 
@@ -340,15 +351,20 @@ def run_search(config: DictConfig, launcher, arguments: list[str]) -> list:
     return returns
 
 
-def _run_trials(config: DictConfig, study, launcher, trials: list[_Trial], settings: SearchSettings,
-                job_index: int) -> tuple[list, int]:  # fmt: skip
+def _run_trials(
+    config: DictConfig, study, launcher, trials: list[_Trial], settings: SearchSettings, job_index: int
+) -> tuple[list, int]:
     """Run a batch of trials stage by stage; each stage is one launch (trials of the same folder share a job)."""
     returns: list = []
     alive = [t for t in trials if not (t.stage and _decide_pruned(config, study, t, settings))]
     while alive:
         jobs = list(dict.fromkeys(t.stage_overrides(settings.preview) for t in alive))
-        log.info("Optuna: %d trials, %d jobs (%s)", len(alive), len(jobs),
-                 ", ".join(f"{t.trial.number}: step {t.steps[t.stage]}" for t in alive))  # fmt: skip
+        log.info(
+            "Optuna: %d trials, %d jobs (%s)",
+            len(alive),
+            len(jobs),
+            ", ".join(f"{t.trial.number}: step {t.steps[t.stage]}" for t in alive),
+        )
         done = launcher.launch([list(j) for j in jobs], initial_job_idx=job_index)
         job_index += len(jobs)
         returns += list(done)
@@ -411,10 +427,17 @@ def _log_trial(config: DictConfig, study, t: _Trial, decision: str) -> None:
 
 def save_trials(study, sweep_dir: Path) -> None:
     """``trials.json``: every trial of the study, its run folder, values, reports and state (for report.md)."""
-    rows = [{"number": t.number, "run": t.user_attrs.get(RUN_DIR_ATTR), "params": t.params,
-             "reports": {str(step): v for step, v in sorted(t.intermediate_values.items())},
-             "state": t.state.name.lower(), "value": t.value}
-            for t in study.get_trials(deepcopy=False)]  # fmt: skip
+    rows = [
+        {
+            "number": t.number,
+            "run": t.user_attrs.get(RUN_DIR_ATTR),
+            "params": t.params,
+            "reports": {str(step): v for step, v in sorted(t.intermediate_values.items())},
+            "state": t.state.name.lower(),
+            "value": t.value,
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
     SweepFolder(sweep_dir).write_trials(study.study_name, rows)
 
 
@@ -427,10 +450,15 @@ def trials_lines(sweep_dir: Path) -> list[str]:
     steps = sorted({int(s) for t in trials for s in t["reports"]})
     names = sorted({k for t in trials for k in t["params"]})
     header = ["trial", "configuration", *names, *(f"step {s}" for s in steps), "state"]
-    lines = [f"## Optuna study `{data['study']}`", "",
-             "Objective at each report step; the pruner stops a trial whose report is weak against the others' "
-             "at the same step. Completed trials first, best first.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    lines = [
+        f"## Optuna study `{data['study']}`",
+        "",
+        "Objective at each report step; the pruner stops a trial whose report is weak against the others' "
+        "at the same step. Completed trials first, best first.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
 
     def order(t: dict) -> tuple:
         done = t["state"] == "complete" and t["value"] is not None
@@ -456,9 +484,14 @@ def write_results(config: DictConfig, study) -> None:
         log.warning("Study %s: no trial completed yet.", study.study_name)
         return
     best = study.best_trial
-    results = {"name": "optuna", "study": study.study_name, "best_trial": best.number,
-               "best_params": best.params, "best_value": best.value,
-               "run_dir": best.user_attrs.get(RUN_DIR_ATTR)}  # fmt: skip
+    results = {
+        "name": "optuna",
+        "study": study.study_name,
+        "best_trial": best.number,
+        "best_params": best.params,
+        "best_value": best.value,
+        "run_dir": best.user_attrs.get(RUN_DIR_ATTR),
+    }
     folder = Path(config.hydra.sweep.dir)
     folder.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(results), folder / "optimization_results.yaml")

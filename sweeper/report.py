@@ -40,8 +40,17 @@ def page_data(sweep_dir: Path, runs: list[RunResult]) -> dict:
     for run in runs:
         images[run.name] = {}
         for cell in first_images(run.cells):
-            cells.setdefault(cell.stem, {"prompt_name": cell.prompt_name, "prompt": cell.prompt, "unet": cell.unet_scale,
-                                         "text": cell.text_scale, "guidance": cell.guidance, "stem": cell.stem})  # fmt: skip
+            cells.setdefault(
+                cell.stem,
+                {
+                    "prompt_name": cell.prompt_name,
+                    "prompt": cell.prompt,
+                    "unet": cell.unet_scale,
+                    "text": cell.text_scale,
+                    "guidance": cell.guidance,
+                    "stem": cell.stem,
+                },
+            )
             if (run.run_dir / cell.file_name).is_file():
                 images[run.name][cell.stem] = f"{run.name}/{cell.file_name}"
     metric_names = sorted({m for run in runs for m in run.metric_names()}, key=METRICS.index)
@@ -88,12 +97,20 @@ def plot_losses(runs: list[RunResult], path: Path) -> Path | None:
     for run in runs:
         steps, losses = zip(*run.loss, strict=True) if run.loss else ((), ())
         window = max(1, len(losses) // 50)
-        smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
-                  for i in range(len(losses))]  # fmt: skip
+        smooth = [
+            sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+            for i in range(len(losses))
+        ]
         line = ax.plot(steps, smooth, label=run.name, linewidth=1.4)[0]
         if run.val_loss:  # the fixed-triple validation loss: same colour, dashed, with markers
-            ax.plot(*zip(*run.val_loss, strict=True), linestyle="--", marker=".", color=line.get_color(),
-                    label=f"{run.name} (validation)", linewidth=1.2)  # fmt: skip
+            ax.plot(
+                *zip(*run.val_loss, strict=True),
+                linestyle="--",
+                marker=".",
+                color=line.get_color(),
+                label=f"{run.name} (validation)",
+                linewidth=1.2,
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("denoising loss (training: moving average; validation: dashed)")
     ax.set_title("Training loss of every configuration")
@@ -121,11 +138,15 @@ def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot
             best[m] = (min if m == "final_loss" else max)(scored)[1]
     # A prompt with one cell has no best cell to pick: no column for it.
     prompts = [p for p, n in _cells_per_prompt(runs).items() if n > 1]
-    lines = [f"# Sweep report: {sweep_dir.name}", "",
-             f"{len(runs)} finished configurations. Metrics are means over every rendered picture "
-             f"(DreamBooth protocol: DINO and CLIP-I against the subject pictures, CLIP-T against the prompt); "
-             f"final_loss is the mean training loss of the last 10% of steps (lower is better). "
-             f"Best per metric in **bold**. Best cell per prompt by `{objective}` (unet;text;guidance).", ""]  # fmt: skip
+    lines = [
+        f"# Sweep report: {sweep_dir.name}",
+        "",
+        f"{len(runs)} finished configurations. Metrics are means over every rendered picture "
+        f"(DreamBooth protocol: DINO and CLIP-I against the subject pictures, CLIP-T against the prompt); "
+        f"final_loss is the mean training loss of the last 10% of steps (lower is better). "
+        f"Best per metric in **bold**. Best cell per prompt by `{objective}` (unet;text;guidance).",
+        "",
+    ]
     header = ["configuration", *keys, *columns, *(f"best {p}" for p in prompts)]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
@@ -159,10 +180,15 @@ def _validation_lines(runs: list[RunResult]) -> list[str]:
     measured = [r for r in runs if r.val_loss]
     if not measured:
         return []
-    lines = ["## Validation loss", "",
-             "Denoising loss on a fixed set of (picture, timestep, noise) triples (`train.validation_every`). "
-             "Past the step where it starts rising, more steps fit the training draws, not the subject.", "",
-             "| configuration | lowest validation loss | starts rising at step |", "|---|---|---|"]  # fmt: skip
+    lines = [
+        "## Validation loss",
+        "",
+        "Denoising loss on a fixed set of (picture, timestep, noise) triples (`train.validation_every`). "
+        "Past the step where it starts rising, more steps fit the training draws, not the subject.",
+        "",
+        "| configuration | lowest validation loss | starts rising at step |",
+        "|---|---|---|",
+    ]
     for run in measured:
         rise = run.val_rise_step
         where = str(rise) if rise is not None else f"not rising (last measured: step {run.val_loss[-1][0]})"
@@ -186,8 +212,12 @@ def dreambooth_table(runs: list[RunResult]) -> list[str]:
     """The paper's Table 1 layout: real images and DreamBooth (SD) as reported, then this subject and each run."""
     from sweeper.dreambooth_prompts import PAPER_FIGURES
 
-    lines = ["## DreamBooth metrics (the paper's layout)", "",
-             "| method | DINO ↑ | CLIP-I ↑ | CLIP-T ↑ |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "## DreamBooth metrics (the paper's layout)",
+        "",
+        "| method | DINO ↑ | CLIP-I ↑ | CLIP-T ↑ |",
+        "|---|---|---|---|",
+    ]
     rows = dict(PAPER_FIGURES)
     reference = next((real for r in runs if (real := RunFolder(r.run_dir).read_reference())), None)
     if reference is not None:

@@ -128,6 +128,10 @@ def load_run(run_dir: Path) -> RunResult:
     record = RunFolder(run_dir).read_record()
     cells = [GridCell(**c) for c in record.get("cells", [])]
     return RunResult(
-        run_dir, record.get("settings", {}), cells, RunFolder(run_dir).read_scores(), read_loss(run_dir),
+        run_dir,
+        record.get("settings", {}),
+        cells,
+        RunFolder(run_dir).read_scores(),
+        read_loss(run_dir),
         read_loss(run_dir, "val_loss"),
-    )  # fmt: skip
+    )

@@ -210,8 +210,10 @@ def describe_stopped(returns) -> tuple[int, list[str]] | None:
     for err in failed:
         if isinstance(err, TrainingStopped):
             step, checkpoint = err.args
-            lines.append(f"a SLURM job stopped at step {step} (cancelled, preempted, or out of requeues) and saved "
-                         f"{checkpoint}; run the same command again to continue from it.")  # fmt: skip
+            lines.append(
+                f"a SLURM job stopped at step {step} (cancelled, preempted, or out of requeues) and saved "
+                f"{checkpoint}; run the same command again to continue from it."
+            )
         else:
             lines.append(str(err))
     return (USER_ERROR_EXIT if all(isinstance(e, UserInputError) for e in failed) else FAILURE_EXIT), lines

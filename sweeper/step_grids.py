@@ -73,10 +73,15 @@ def best_step_lines(sweep_dir: Path, runs: list, objective: str) -> list[str]:
             curves[result.name] = means
     if not curves:
         return []
-    lines = ["## Best step per configuration", "",
-             f"`{objective}` over the cells rendered at every step (render.steps); DINO rises as the subject is "
-             "learnt, CLIP-T falls where the LoRA starts to override the prompt.", "",
-             "| configuration | best step | objective at each step |", "|---|---|---|"]  # fmt: skip
+    lines = [
+        "## Best step per configuration",
+        "",
+        f"`{objective}` over the cells rendered at every step (render.steps); DINO rises as the subject is "
+        "learnt, CLIP-T falls where the LoRA starts to override the prompt.",
+        "",
+        "| configuration | best step | objective at each step |",
+        "|---|---|---|",
+    ]
     for name, means in curves.items():
         values = {step: objective_value(m, terms) for step, m in means.items()}
         scored = {s: v for s, v in values.items() if v is not None}
@@ -84,14 +89,20 @@ def best_step_lines(sweep_dir: Path, runs: list, objective: str) -> list[str]:
         text = ", ".join(f"{s}: {v:.4f}" for s, v in scored.items())
         lines.append(f"| `{name}` | {best if best is not None else '-'} | {text} |")
     # a checkpoint at step k is the weights of a run trained to k only where the schedule ignores the total
-    decaying = sorted(r.name for r in runs if r.name in curves
-                      and r.settings.get("lr_scheduler", "constant") not in STEP_INDEPENDENT_SCHEDULERS)  # fmt: skip
+    decaying = sorted(
+        r.name
+        for r in runs
+        if r.name in curves and r.settings.get("lr_scheduler", "constant") not in STEP_INDEPENDENT_SCHEDULERS
+    )
     if decaying:
-        lines += ["", f"Under a decaying schedule ({', '.join(f'`{n}`' for n in decaying)}) a checkpoint is not "
-                  "the weights of a run trained to that step (that run would have annealed by then): take its "
-                  "best step as a guide and confirm it with `train.max_train_steps=...` (`python -m bench "
-                  "best_step` measured both on the drawn world: they agree exactly under a constant schedule, "
-                  "not always under cosine)."]  # fmt: skip
+        lines += [
+            "",
+            f"Under a decaying schedule ({', '.join(f'`{n}`' for n in decaying)}) a checkpoint is not "
+            "the weights of a run trained to that step (that run would have annealed by then): take its "
+            "best step as a guide and confirm it with `train.max_train_steps=...` (`python -m bench "
+            "best_step` measured both on the drawn world: they agree exactly under a constant schedule, "
+            "not always under cosine).",
+        ]
     plot = _plot_fidelity(curves, Path(sweep_dir) / FIDELITY_PLOT)
     return [*lines, "", *([f"![DINO and CLIP-T over steps]({plot.name})", ""] if plot else [])]
 

@@ -43,10 +43,14 @@ def print_summary(
     elif sweep.pending_file.is_file():
         lines.append(f"  MLflow:      NOT logged - see {sweep.pending_file}")
     else:
-        lines += [f"  MLflow:      {uri}  (experiment '{config.tracking.experiment or config.sweep.name}')",
-                  f"  open the UI: {ui_command(uri)}"]  # fmt: skip
+        lines += [
+            f"  MLflow:      {uri}  (experiment '{config.tracking.experiment or config.sweep.name}')",
+            f"  open the UI: {ui_command(uri)}",
+        ]
         if experiment_id:
             base = ui_base(uri)
-            lines += [f"  the jobs:    {experiment_link(base, experiment_id)}",
-                      f"  charts:      {experiment_link(base, experiment_id, charts=True)}"]  # fmt: skip
+            lines += [
+                f"  the jobs:    {experiment_link(base, experiment_id)}",
+                f"  charts:      {experiment_link(base, experiment_id, charts=True)}",
+            ]
     print("\n".join(lines), flush=True)

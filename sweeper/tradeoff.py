@@ -53,13 +53,18 @@ def scale_lines(sweep_dir: Path, runs: list) -> list[str]:
     if not curves:
         return []
     scales = sorted({s for c in curves.values() for s in c})
-    lines = ["## Subject against prompt over the UNet scale", "",
-             "Means over each run's prompts, text scales, guidance values and seeds at each UNet LoRA scale: "
-             "DINO (subject) / CLIP-T (prompt). As the scale grows the subject appears; past the scale where "
-             "CLIP-T peaks, more subject costs prompt.", "",
-             "| configuration | " + " | ".join(format_number(s) for s in scales)
-             + " | CLIP-T peaks at | from there to the largest scale |",
-             "|---|" + "---|" * (len(scales) + 2)]  # fmt: skip
+    lines = [
+        "## Subject against prompt over the UNet scale",
+        "",
+        "Means over each run's prompts, text scales, guidance values and seeds at each UNet LoRA scale: "
+        "DINO (subject) / CLIP-T (prompt). As the scale grows the subject appears; past the scale where "
+        "CLIP-T peaks, more subject costs prompt.",
+        "",
+        "| configuration | "
+        + " | ".join(format_number(s) for s in scales)
+        + " | CLIP-T peaks at | from there to the largest scale |",
+        "|---|" + "---|" * (len(scales) + 2),
+    ]
     for name, curve in curves.items():
         cells = [f"{curve[s]['dino']:.3f} / {curve[s]['clip_t']:.3f}" if s in curve else "-" for s in scales]
         k = knee(curve)
@@ -83,8 +88,14 @@ def _plot(curves: dict[str, dict[float, dict]], path: Path) -> Path:
         axes[1].plot(scales, clip_t, marker="o", label=name, linewidth=1.4)
         (line,) = axes[2].plot(dino, clip_t, marker="o", label=name, linewidth=1.4)
         for s, x, y in zip(scales, dino, clip_t, strict=True):
-            axes[2].annotate(format_number(s), (x, y), fontsize=7, color=line.get_color(),
-                             textcoords="offset points", xytext=(3, 3))  # fmt: skip
+            axes[2].annotate(
+                format_number(s),
+                (x, y),
+                fontsize=7,
+                color=line.get_color(),
+                textcoords="offset points",
+                xytext=(3, 3),
+            )
     for ax, title, xlabel in (
         (axes[0], "DINO (subject) ↑", "UNet LoRA scale"),
         (axes[1], "CLIP-T (prompt) ↑", "UNet LoRA scale"),

@@ -76,9 +76,16 @@ def settings():
 
     def make(**overrides) -> TrainSettings:
         values = dict(
-            instance_prompt="a photo of ktn cat", resolution=64, learning_rate=1e-3, text_encoder_lr=0.0, max_train_steps=8,
-            rank=4, seed=3, progress_bar=False, log_every=1,
-        )  # fmt: skip
+            instance_prompt="a photo of ktn cat",
+            resolution=64,
+            learning_rate=1e-3,
+            text_encoder_lr=0.0,
+            max_train_steps=8,
+            rank=4,
+            seed=3,
+            progress_bar=False,
+            log_every=1,
+        )
         values.update(overrides)
         return TrainSettings(**values)
 
@@ -139,25 +146,41 @@ def render(pipe, prompt: str = "a photo of ktn cat", seed: int = 7, steps: int =
     import torch
 
     return pipe(
-        prompt, num_inference_steps=steps, height=64, width=64, guidance_scale=3.0,
-        generator=torch.Generator().manual_seed(seed), output_type="np",
-    ).images[0]  # fmt: skip
+        prompt,
+        num_inference_steps=steps,
+        height=64,
+        width=64,
+        guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    ).images[0]
 
 
 @pytest.fixture
 def browser():
     """Debian's headless chromium driven by selenium (the compare page and the MLflow UI tests)."""
     if not (BROWSER and DRIVER):
-        pytest.skip("no headless browser: install Debian's chromium and chromium-driver "
-                    "(apt-get install chromium chromium-driver); .ci/run installs them")  # fmt: skip
+        pytest.skip(
+            "no headless browser: install Debian's chromium and chromium-driver "
+            "(apt-get install chromium chromium-driver); .ci/run installs them"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = BROWSER
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1200,900", "--allow-file-access-from-files"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1200,900",
+        "--allow-file-access-from-files",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)

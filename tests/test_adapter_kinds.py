@@ -190,9 +190,13 @@ def test_kinds_diffusers_cannot_load_are_said_in_one_line_before_training(caplog
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("lora.kind=lycoris", "lora.kind"), ("lora.conv_rank=0", "lora.conv_rank"),
-     ("lora.conv_alpha=-1", "lora.conv_alpha"), ("lora.conv_target_modules=[to_q]", "lora.conv_target_modules")],
-)  # fmt: skip
+    [
+        ("lora.kind=lycoris", "lora.kind"),
+        ("lora.conv_rank=0", "lora.conv_rank"),
+        ("lora.conv_alpha=-1", "lora.conv_alpha"),
+        ("lora.conv_target_modules=[to_q]", "lora.conv_target_modules"),
+    ],
+)
 def test_bad_adapter_values_name_their_key(override, key):
     with pytest.raises(UserInputError, match=rf"^{key}="):
         build_job(_compose(override))

@@ -33,8 +33,11 @@ def test_the_device_check_runs_every_section_on_the_tiny_model(tmp_path):
     assert result.returncode == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert {(r["batch"], r["gradient_checkpointing"]) for r in summary["train"]} == {
-        (1, False), (1, True), (2, False), (2, True)
-    }  # fmt: skip
+        (1, False),
+        (1, True),
+        (2, False),
+        (2, True),
+    }
     assert all(r["ours_s_per_step"] > 0 and r["floor_s_per_step"] > 0 for r in summary["train"])
     assert (
         summary["resume"]["same_keys"] and summary["resume"]["max_abs_diff"] == 0.0

@@ -21,8 +21,15 @@ def _pictures(tmp_path, captions: dict[str, str]):
 
 @pytest.mark.slow
 def test_render_weights_both_renders_the_raw_and_the_ema_grid_apart(tmp_path, cache_dir):
-    args = [*TINY, "train.ema_decay=0.5", "render.weights=both", "render.steps=[3]", "render.unet_scales=[0,1]",
-            "sweep.name=ema", "eval.enabled=true"]  # fmt: skip
+    args = [
+        *TINY,
+        "train.ema_decay=0.5",
+        "render.weights=both",
+        "render.steps=[3]",
+        "render.unet_scales=[0,1]",
+        "sweep.name=ema",
+        "eval.enabled=true",
+    ]
     result = sweep(tmp_path, *args, multirun=False)
     assert result.returncode == 0, result.output
     run = tmp_path / "ema" / "0.01;1e-5"

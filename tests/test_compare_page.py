@@ -48,8 +48,10 @@ def _assert_the_best_per_metric_is_bold(text, runs):
 def _shown(driver):
     from selenium.webdriver.common.by import By
 
-    return [(c.get_attribute("data-run"), c.find_element(By.TAG_NAME, "img").get_attribute("src"))
-            for c in driver.find_elements(By.CSS_SELECTOR, "#cards .card")]  # fmt: skip
+    return [
+        (c.get_attribute("data-run"), c.find_element(By.TAG_NAME, "img").get_attribute("src"))
+        for c in driver.find_elements(By.CSS_SELECTOR, "#cards .card")
+    ]
 
 
 def _all_images_loaded(driver) -> bool:

@@ -56,14 +56,23 @@ def test_study1_matches_the_reference_study():
         1000,
     )
     assert (s.rank, s.train_batch_size, s.seed) == (16, 1, 123)
-    assert {c.prompt for c in job.cells} == {"smile face", "falling from the cliff", "sitting in the pub",
-                                              "A ktn is smiling", "A ktn is falling from the cliff",
-                                              "A ktn is sitting in the pub"}  # fmt: skip
+    assert {c.prompt for c in job.cells} == {
+        "smile face",
+        "falling from the cliff",
+        "sitting in the pub",
+        "A ktn is smiling",
+        "A ktn is falling from the cliff",
+        "A ktn is sitting in the pub",
+    }
     smiling = {(1, 0.9, 0.5), (3.6, 0.9, 0.6), (4, 0.9, 0.5), (3, 0.9, 0.2), (2, 0.7, 0.3), (3.4, 0.9, 0.6)}
     cliff = {(3.2, 1, 1), (3, 0.9, 0.6), (3.6, 1, 1)}
     pub = {(3, 1, 1), (5, 1, 1), (9, 1, 1)}
-    expected = {(p, u, t, g) for ps, cells in ((("sf", "ksm"), smiling), (("fc", "kfc"), cliff), (("sp", "ksp"), pub))
-                for p in ps for g, u, t in cells}  # fmt: skip
+    expected = {
+        (p, u, t, g)
+        for ps, cells in ((("sf", "ksm"), smiling), (("fc", "kfc"), cliff), (("sp", "ksp"), pub))
+        for p in ps
+        for g, u, t in cells
+    }
     assert _cells(job) == expected
     assert {c.seed for c in job.cells} == {123}
 
@@ -127,12 +136,19 @@ def test_wrong_type_is_an_error():
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("train.learning_rate=0", "train.learning_rate"), ("train.lr_scheduler=cosin", "train.lr_scheduler"),
-     ("render.guidance_scales=[100]", "render.guidance_scales"), ("render.unet_scales=[]", "render.unet_scales"),
-     ("render.prompts=[]", "render.prompts"), ("render.scheduler=fast", "render.scheduler"),
-     ("data.kind=animal", "data.kind"), ("model.resolution=100", "model.resolution"),
-     ("sweep.name=../up", "sweep.name"), ("render.num_inference_steps=0", "render.num_inference_steps")],
-)  # fmt: skip
+    [
+        ("train.learning_rate=0", "train.learning_rate"),
+        ("train.lr_scheduler=cosin", "train.lr_scheduler"),
+        ("render.guidance_scales=[100]", "render.guidance_scales"),
+        ("render.unet_scales=[]", "render.unet_scales"),
+        ("render.prompts=[]", "render.prompts"),
+        ("render.scheduler=fast", "render.scheduler"),
+        ("data.kind=animal", "data.kind"),
+        ("model.resolution=100", "model.resolution"),
+        ("sweep.name=../up", "sweep.name"),
+        ("render.num_inference_steps=0", "render.num_inference_steps"),
+    ],
+)
 def test_bad_values_are_refused_before_any_model_loads(override, key):
     with pytest.raises(UserInputError) as err:
         build_job(_compose(override))
@@ -149,8 +165,13 @@ def test_prompts_fill_the_token_and_class():
     assert job.settings.instance_prompt == "a photo of sks dog"
 
 
-@pytest.mark.parametrize(("kind", "special"), [("object", "a {token} {class} floating in an ocean of milk"),
-                                               ("live", "a {token} {class} in a chef outfit")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "special"),
+    [
+        ("object", "a {token} {class} floating in an ocean of milk"),
+        ("live", "a {token} {class} in a chef outfit"),
+    ],
+)
 def test_dreambooth_eval_renders_the_papers_25_prompts_4_times(kind, special):
     job = build_job(
         _compose("experiment=dreambooth_eval", f"data.kind={kind}", "data.token=sks", "data.class_name=dog")
@@ -173,9 +194,18 @@ def test_the_dreambooth_dataset_presets_point_at_the_shared_copy(monkeypatch):
 
 def test_every_train_key_reaches_the_training_settings():
     """Values set on the command line arrive in TrainSettings unchanged; the data/lora groups fill the rest."""
-    cfg = _compose("train.learning_rate=7e-4", "train.text_encoder_lr=3e-5", "train.rank=8", "train.seed=11",
-                   "train.max_train_steps=17", "train.lr_scheduler=cosine", "train.class_guidance=5.5",
-                   "train.checkpoint_steps=[5,10]", "data.center_crop=false", "lora=attn_ff")  # fmt: skip
+    cfg = _compose(
+        "train.learning_rate=7e-4",
+        "train.text_encoder_lr=3e-5",
+        "train.rank=8",
+        "train.seed=11",
+        "train.max_train_steps=17",
+        "train.lr_scheduler=cosine",
+        "train.class_guidance=5.5",
+        "train.checkpoint_steps=[5,10]",
+        "data.center_crop=false",
+        "lora=attn_ff",
+    )
     settings = build_job(cfg).settings
     assert (settings.learning_rate, settings.text_encoder_lr, settings.rank, settings.seed) == (
         7e-4,

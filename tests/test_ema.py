@@ -13,8 +13,9 @@ from lora_core.training import EMA_DIR, find_checkpoint, list_checkpoints, train
 def test_ema_equals_the_hand_computed_average_of_the_raw_weights(pipe, subject_images, settings, tmp_path):
     # decay 0.3: warm-up (0, 2/11, 3/12) for three steps, then the cap 0.3 from step 4 (4/13 > 0.3)
     steps, cap = 6, 0.3
-    result = train_lora(pipe, subject_images, settings(max_train_steps=steps, ema_decay=cap, checkpoint_every=1),
-                        tmp_path)  # fmt: skip
+    result = train_lora(
+        pipe, subject_images, settings(max_train_steps=steps, ema_decay=cap, checkpoint_every=1), tmp_path
+    )
     checkpoints = list_checkpoints(tmp_path)
     assert list(checkpoints) == list(range(1, steps + 1))
     average = None
@@ -31,8 +32,12 @@ def test_ema_equals_the_hand_computed_average_of_the_raw_weights(pipe, subject_i
 
 
 def test_ema_is_saved_beside_the_raw_weights_in_both_formats(pipe, subject_images, settings, tmp_path):
-    result = train_lora(pipe, subject_images, settings(max_train_steps=3, ema_decay=0.9, text_encoder_lr=5e-4,
-                                                       checkpoint_steps=(2,)), tmp_path)  # fmt: skip
+    result = train_lora(
+        pipe,
+        subject_images,
+        settings(max_train_steps=3, ema_decay=0.9, text_encoder_lr=5e-4, checkpoint_steps=(2,)),
+        tmp_path,
+    )
     assert result.ema_lora_path == tmp_path / EMA_DIR / LORA_FILE
     assert (tmp_path / EMA_DIR / KOHYA_FILE).is_file()
     assert read_training_metadata(result.ema_lora_path)["weights"] == "ema"

@@ -14,8 +14,16 @@ def _render(**overrides):
 
 
 def test_full_grid_is_the_product_of_every_axis():
-    cells = grid_cells(_render(prompts={"sf": "smile face", "fc": "falling"}, unet_scales=[0.5, 1], text_scales=[0, 1],
-                               guidance_scales=[3, 5]), "ktn", "cat")  # fmt: skip
+    cells = grid_cells(
+        _render(
+            prompts={"sf": "smile face", "fc": "falling"},
+            unet_scales=[0.5, 1],
+            text_scales=[0, 1],
+            guidance_scales=[3, 5],
+        ),
+        "ktn",
+        "cat",
+    )
     assert len(cells) == 2 * 2 * 2 * 2
     assert cells[0].file_name == "sf_0.5;0;3.png"
     assert {c.seed for c in cells} == {0}
@@ -37,9 +45,16 @@ def test_named_and_plain_prompts_mix_in_one_list():
 
 
 def test_explicit_cells_replace_the_product():
-    cells = grid_cells(_render(prompts={"sf": "smile face"},
-                               cells={"sf": [{"unet": 0.9, "text": 0.5, "guidance": 1}, {"unet": 0.7, "text": 0.3, "guidance": 2}]}),
-                       "ktn", "cat")  # fmt: skip
+    cells = grid_cells(
+        _render(
+            prompts={"sf": "smile face"},
+            cells={
+                "sf": [{"unet": 0.9, "text": 0.5, "guidance": 1}, {"unet": 0.7, "text": 0.3, "guidance": 2}]
+            },
+        ),
+        "ktn",
+        "cat",
+    )
     assert [c.file_name for c in cells] == ["sf_0.9;0.5;1.png", "sf_0.7;0.3;2.png"]
 
 
@@ -50,13 +65,20 @@ def test_several_seeds_and_images_per_cell_get_suffixes():
 
 @pytest.mark.parametrize(
     ("overrides", "key"),
-    [({"prompts": {}}, "render.prompts"), ({"prompts": {"sf": " "}}, "render.prompts.sf"),
-     ({"prompts": {"../x": "p"}}, "render.prompts"), ({"prompts": [{"a": "x"}, {"a": "y"}]}, "render.prompts.a"), ({"unet_scales": [9]}, "render.unet_scales"),
-     ({"guidance_scales": []}, "render.guidance_scales"), ({"seeds": []}, "render.seeds"),
-     ({"cells": {"zz": [{"unet": 1, "text": 1, "guidance": 3}]}}, "render.cells.zz"),
-     ({"cells": {"ph": [{"unet": 1, "guidance": 3}]}}, r"render.cells.ph\[0\]"),
-     ({"image_name": "{pr}_{unet}"}, "two cells"), ({"image_name": "../{pr}"}, "render.image_name")],
-)  # fmt: skip
+    [
+        ({"prompts": {}}, "render.prompts"),
+        ({"prompts": {"sf": " "}}, "render.prompts.sf"),
+        ({"prompts": {"../x": "p"}}, "render.prompts"),
+        ({"prompts": [{"a": "x"}, {"a": "y"}]}, "render.prompts.a"),
+        ({"unet_scales": [9]}, "render.unet_scales"),
+        ({"guidance_scales": []}, "render.guidance_scales"),
+        ({"seeds": []}, "render.seeds"),
+        ({"cells": {"zz": [{"unet": 1, "text": 1, "guidance": 3}]}}, "render.cells.zz"),
+        ({"cells": {"ph": [{"unet": 1, "guidance": 3}]}}, r"render.cells.ph\[0\]"),
+        ({"image_name": "{pr}_{unet}"}, "two cells"),
+        ({"image_name": "../{pr}"}, "render.image_name"),
+    ],
+)
 def test_bad_grids_are_refused_with_the_key(overrides, key):
     base = {"text_scales": [0.5, 1]}
     with pytest.raises(UserInputError, match=key):

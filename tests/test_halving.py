@@ -16,8 +16,15 @@ from lora_core.training import list_checkpoints, train_lora
 from sweeper.halving import given_rung_steps, rung_steps, survivors
 
 # The quickstart's 2 x 2 learning rates on the tiny model, halved once: rungs at 4 and 8 steps.
-HALVING = ["experiment=quickstart", "hparams_search=halving", "model=tiny", *FAST, "train.max_train_steps=8",
-           "hydra.sweeper.eta=2", "hydra.sweeper.rungs=2"]  # fmt: skip
+HALVING = [
+    "experiment=quickstart",
+    "hparams_search=halving",
+    "model=tiny",
+    *FAST,
+    "train.max_train_steps=8",
+    "hydra.sweeper.eta=2",
+    "hydra.sweeper.rungs=2",
+]
 
 
 def test_rungs_resumed_from_checkpoints_end_with_the_weights_of_one_straight_run(
@@ -101,8 +108,14 @@ def killed_between_rungs(tmp_path_factory, cache_dir):
     """The halving sweep killed with SIGKILL once the first rung is decided, then run again to the end."""
     root = tmp_path_factory.mktemp("halving")
     command = [sys.executable, "-m", "sweeper", "-m", *HALVING, f"sweep.root={root}"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     bracket_file = root / "quickstart" / "bracket.json"
     deadline = time.monotonic() + 400
     while not (bracket_file.is_file() and json.loads(bracket_file.read_text())["promoted"]):

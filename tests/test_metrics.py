@@ -75,7 +75,10 @@ def test_clip_i_is_the_mean_cosine_over_every_generated_real_pair(scorer, eval_m
     scores = scorer.score(generated, ["a cat"] * 3)
     model, processor = _clip(eval_models.clip_model)
     with torch.no_grad():
-        gen, ref = (model.get_image_features(**processor(p, return_tensors="pt")).pooler_output for p in (generated, real))  # fmt: skip
+        gen, ref = (
+            model.get_image_features(**processor(p, return_tensors="pt")).pooler_output
+            for p in (generated, real)
+        )
     pairs = _unit(gen.numpy()) @ _unit(ref.numpy()).T
     np.testing.assert_allclose([s["clip_i"] for s in scores], pairs.mean(axis=1), atol=1e-5)
 
@@ -171,7 +174,9 @@ def test_mean_scores_average_overall_and_per_group():
 
 def test_a_missing_local_folder_skips_evaluation_with_one_clear_line(tmp_path, eval_models):
     missing = EvalModels(str(tmp_path / "no-dino"), eval_models.clip_model, local_files_only=True)
-    with pytest.raises(EvalModelsUnavailable, match=r"^eval\.dino_model=.*no-dino: no such folder; evaluation is skipped"):  # fmt: skip
+    with pytest.raises(
+        EvalModelsUnavailable, match=r"^eval\.dino_model=.*no-dino: no such folder; evaluation is skipped"
+    ):
         ImageScorer(missing)
 
 

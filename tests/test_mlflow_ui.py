@@ -33,9 +33,21 @@ def mlflow_ui(quickstart_sweep):
     root, result = quickstart_sweep
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sweeper.tracking.ui", "--store", str(root / "mlflow.db"), "--port", str(port)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sweeper.tracking.ui",
+            "--store",
+            str(root / "mlflow.db"),
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     printed = proc.stdout.readline()
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

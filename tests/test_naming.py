@@ -15,10 +15,27 @@ from sweeper.naming import (
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(1e-4, "1e-4"), (0.0001, "1e-4"), (3e-4, "3e-4"), (2.5e-4, "2.5e-4"), (1e-5, "1e-5"), (0.9, "0.9"),
-     (0.01, "0.01"), (0.001, "1e-3"), (3.0, "3"), (3, "3"), (3.6, "3.6"), (4.5, "4.5"), (5000, "5000"),
-     (0, "0"), (0.0, "0"), (1.0, "1"), (0.6, "0.6"), (True, "true")],
-)  # fmt: skip
+    [
+        (1e-4, "1e-4"),
+        (0.0001, "1e-4"),
+        (3e-4, "3e-4"),
+        (2.5e-4, "2.5e-4"),
+        (1e-5, "1e-5"),
+        (0.9, "0.9"),
+        (0.01, "0.01"),
+        (0.001, "1e-3"),
+        (3.0, "3"),
+        (3, "3"),
+        (3.6, "3.6"),
+        (4.5, "4.5"),
+        (5000, "5000"),
+        (0, "0"),
+        (0.0, "0"),
+        (1.0, "1"),
+        (0.6, "0.6"),
+        (True, "true"),
+    ],
+)
 def test_numbers_get_their_shortest_stable_form(value, text):
     assert format_number(value) == text
 
@@ -63,9 +80,16 @@ def test_image_names_follow_the_contract():
 
 @pytest.mark.parametrize(
     ("prompt", "name"),
-    [("smile face", "sf"), ("falling from the cliff", "fc"), ("sitting in the pub", "sp"),
-     ("A ktn is smiling", "ks"), ("A ktn is sitting in the pub", "ksp"), ("the", "t"), ("!!!", "p")],
-)  # fmt: skip
+    [
+        ("smile face", "sf"),
+        ("falling from the cliff", "fc"),
+        ("sitting in the pub", "sp"),
+        ("A ktn is smiling", "ks"),
+        ("A ktn is sitting in the pub", "ksp"),
+        ("the", "t"),
+        ("!!!", "p"),
+    ],
+)
 def test_prompt_short_names_are_initials_of_content_words(prompt, name):
     assert prompt_short_name(prompt) == name
 

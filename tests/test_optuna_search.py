@@ -44,9 +44,20 @@ class FakeLauncher:
 
 def _search(root, launcher, *overrides):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", return_hydra_config=True, overrides=[
-            "experiment=optuna_search", "model=tiny", *FAST, f"sweep.root={root}", "tracking.enabled=false",
-            "hydra.sweeper.report_steps=[2,4]", "hydra.sweeper.pruner.n_startup_trials=1", *overrides])  # fmt: skip
+        cfg = compose(
+            "config",
+            return_hydra_config=True,
+            overrides=[
+                "experiment=optuna_search",
+                "model=tiny",
+                *FAST,
+                f"sweep.root={root}",
+                "tracking.enabled=false",
+                "hydra.sweeper.report_steps=[2,4]",
+                "hydra.sweeper.pruner.n_startup_trials=1",
+                *overrides,
+            ],
+        )
         with open_dict(cfg):  # continuous values: no two trials train the same folder
             cfg.hydra.sweeper.params = {"train.learning_rate": "tag(log, interval(1e-5, 1e-1))"}
         run_search(cfg, launcher, list(cfg.hydra.overrides.task))
@@ -88,8 +99,13 @@ def test_no_pruner_runs_every_trial_to_the_end(tmp_path):
 
 def test_n_jobs_trials_run_as_one_batch_per_stage_under_hyperband(tmp_path):
     launcher = FakeLauncher()
-    study = _search(tmp_path, launcher, "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2",
-                    "hydra.sweeper.pruner.name=hyperband")  # fmt: skip
+    study = _search(
+        tmp_path,
+        launcher,
+        "hydra.sweeper.n_trials=5",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.pruner.name=hyperband",
+    )
     assert launcher.batches[0] == 2 and max(launcher.batches) == 2
     assert len(study.trials) == 5
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
@@ -150,8 +166,16 @@ def test_the_optuna_sweeper_command_refuses_bad_input_with_exit_2_and_one_line(t
 
 
 # Three trials of the tiny model scored at step 3 and pruned there by the median of the completed ones.
-E2E = ["experiment=optuna_search", "model=tiny", "eval=tiny", *FAST, "train.max_train_steps=6",
-       "hydra.sweeper.report_steps=[3]", "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.sampler.seed=0"]  # fmt: skip
+E2E = [
+    "experiment=optuna_search",
+    "model=tiny",
+    "eval=tiny",
+    *FAST,
+    "train.max_train_steps=6",
+    "hydra.sweeper.report_steps=[3]",
+    "hydra.sweeper.pruner.n_startup_trials=1",
+    "hydra.sweeper.sampler.seed=0",
+]
 
 
 @pytest.fixture(scope="module")

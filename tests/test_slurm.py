@@ -47,8 +47,13 @@ ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # What a CPU-only partition needs: no GPU (the preset's default there), a request the node can meet.
 SLURM = ["launcher=submitit_slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4"]
 # One job that trains long enough to be interrupted (120 steps, a few seconds to a minute here).
-LONG = ["train.learning_rate=1e-3", "train.max_train_steps=120", "train.checkpoint_every=10",
-        "render.enabled=false", "tracking.enabled=false"]  # fmt: skip
+LONG = [
+    "train.learning_rate=1e-3",
+    "train.max_train_steps=120",
+    "train.checkpoint_every=10",
+    "render.enabled=false",
+    "tracking.enabled=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +67,15 @@ def uninterrupted(tmp_path_factory, cache_dir):
 
 def _start(root, *args):
     command = [sys.executable, "-m", "sweeper", "-m", *args, f"sweep.root={root}"]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **ENV})  # fmt: skip
+    return subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **ENV},
+    )
 
 
 def _wait_for(condition, process, what, limit=600):
@@ -120,9 +132,16 @@ def test_a_halving_sweep_submits_each_rung_as_one_array_and_continues_the_best_f
     tmp_path, cache_dir
 ):
     """Successive halving on the real cluster: 2 configurations to step 4, the better one on to step 8."""
-    halving = ["experiment=quickstart", "hparams_search=halving", *FAST, "train.max_train_steps=8",
-               "train.learning_rate=1e-3", "hydra.sweeper.eta=2", "hydra.sweeper.rungs=2",
-               "tracking.enabled=false"]  # fmt: skip
+    halving = [
+        "experiment=quickstart",
+        "hparams_search=halving",
+        *FAST,
+        "train.max_train_steps=8",
+        "train.learning_rate=1e-3",
+        "hydra.sweeper.eta=2",
+        "hydra.sweeper.rungs=2",
+        "tracking.enabled=false",
+    ]
     result = sweep(tmp_path, *halving, *SLURM, env=ENV)
     assert result.returncode == 0, result.output
     sweep_dir = tmp_path / "quickstart"
@@ -205,9 +224,18 @@ def test_a_job_past_its_time_limit_is_requeued_and_finishes(tmp_path, cache_dir,
     # SLURM warns 30 s before the limit (30 s in), the job saves a checkpoint and is requeued
     speed = json.loads((uninterrupted.parent / "train_result.json").read_text())["steps_per_second"]
     steps = max(300, int(speed * 60))  # twice the warning: a machine 1.5x faster still trains when it comes
-    args = ["experiment=quickstart", *FAST, "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4",
-            f"train.max_train_steps={steps}", "render.enabled=false", "tracking.enabled=false", *SLURM,
-            "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30"]  # fmt: skip
+    args = [
+        "experiment=quickstart",
+        *FAST,
+        "train.learning_rate=1e-3",
+        "train.text_encoder_lr=1e-4",
+        f"train.max_train_steps={steps}",
+        "render.enabled=false",
+        "tracking.enabled=false",
+        *SLURM,
+        "hydra.launcher.timeout_min=1",
+        "hydra.launcher.signal_delay_s=30",
+    ]
     process = _start(tmp_path, *args)
     sweep_dir = tmp_path / "quickstart"
     _wait_for(lambda: _job_ids(sweep_dir) and _restarts(_job_ids(sweep_dir)[0]) >= 1, process, "a requeue")
@@ -224,8 +252,14 @@ def test_a_job_past_its_time_limit_is_requeued_and_finishes(tmp_path, cache_dir,
 
 def test_a_cancelled_sweep_run_again_continues_from_the_last_checkpoint(tmp_path, cache_dir, uninterrupted):
     # one job at a time: the first (text-encoder lr 1e-5) finishes, the second is cancelled while it trains
-    args = ["experiment=quickstart", *FAST, *LONG, "train.text_encoder_lr=1e-5,1e-4", *SLURM,
-            "hydra.launcher.array_parallelism=1"]  # fmt: skip
+    args = [
+        "experiment=quickstart",
+        *FAST,
+        *LONG,
+        "train.text_encoder_lr=1e-5,1e-4",
+        *SLURM,
+        "hydra.launcher.array_parallelism=1",
+    ]
     process = _start(tmp_path, *args)
     sweep_dir = tmp_path / "quickstart"
     checkpoints = sweep_dir / "1e-3;1e-4" / "lora" / "checkpoints"

@@ -7,8 +7,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_render_steps_renders_the_grid_at_each_checkpoint_and_the_report_names_the_best(tmp_path, cache_dir):
-    args = ["model=tiny", *FAST, "render.steps=[2,4]", "render.unet_scales=[0,1]", "sweep.name=steps",
-            "tracking.enabled=false", "train.lr_scheduler=cosine"]  # fmt: skip
+    args = [
+        "model=tiny",
+        *FAST,
+        "render.steps=[2,4]",
+        "render.unet_scales=[0,1]",
+        "sweep.name=steps",
+        "tracking.enabled=false",
+        "train.lr_scheduler=cosine",
+    ]
     result = sweep(tmp_path, *args, multirun=False)
     assert result.returncode == 0, result.output
     run = tmp_path / "steps" / "1e-4;1e-5"

@@ -57,8 +57,10 @@ def _places(sheet: Image.Image, picture: Image.Image) -> list[tuple[float, int, 
     small = np.asarray(picture.convert("L"), dtype=np.float32)
     windows = np.lib.stride_tricks.sliding_window_view(big, small.shape)
     coarse = np.abs(windows[:, :, ::8, ::8] - small[::8, ::8]).mean(axis=(2, 3))  # every 8th pixel first
-    errors = ((float(np.abs(windows[y, x] - small).mean()), int(x), int(y))
-              for y, x in zip(*np.nonzero(coarse < 4.0), strict=True))  # fmt: skip
+    errors = (
+        (float(np.abs(windows[y, x] - small).mean()), int(x), int(y))
+        for y, x in zip(*np.nonzero(coarse < 4.0), strict=True)
+    )
     return sorted(e for e in errors if e[0] < 2.0)
 
 
@@ -163,8 +165,12 @@ def test_rerunning_the_sweep_skips_everything_finished(quickstart, tmp_path):
     root = _moved_sweep_root(quickstart[0], tmp_path / "root")
     sweep_dir = root / "quickstart"
     # the finished work: pictures and adapters (sheets, report and compare page are views, redrawn at the end)
-    files = [p for run in RUNS for pattern in ("*.png", "lora/*.safetensors", "scores.csv")
-             for p in (sweep_dir / run).glob(pattern)]  # fmt: skip
+    files = [
+        p
+        for run in RUNS
+        for pattern in ("*.png", "lora/*.safetensors", "scores.csv")
+        for p in (sweep_dir / run).glob(pattern)
+    ]
     assert len(files) > 40
     stamps = {p: p.stat().st_mtime_ns for p in files}
     result = sweep(root, "experiment=quickstart", *FAST)
@@ -187,8 +193,10 @@ def test_the_mlflow_ui_serves_the_runs_over_http(quickstart, tmp_path):
     store = f"sqlite:///{root.resolve() / 'mlflow.db'}"
     server = subprocess.Popen(
         [mlflow, "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
@@ -204,8 +212,12 @@ def test_the_mlflow_ui_serves_the_runs_over_http(quickstart, tmp_path):
         )
         experiment = json.load(urllib.request.urlopen(request, timeout=10))["experiment"]
         body = json.dumps({"experiment_ids": [experiment["experiment_id"]], "max_results": 50}).encode()
-        search = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body, method="POST",
-                                        headers={"Content-Type": "application/json"})  # fmt: skip
+        search = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         runs = json.load(urllib.request.urlopen(search, timeout=10))["runs"]
         names = {r["info"]["run_name"] for r in runs}
         assert names >= RUNS
@@ -218,8 +230,14 @@ def test_the_mlflow_ui_serves_the_runs_over_http(quickstart, tmp_path):
 
 
 def test_step_axis_reuse_equals_separate_training(tmp_path, cache_dir):
-    base = ["experiment=quickstart", *FAST, "render.enabled=false", "tracking.enabled=false",
-            "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4"]  # fmt: skip
+    base = [
+        "experiment=quickstart",
+        *FAST,
+        "render.enabled=false",
+        "tracking.enabled=false",
+        "train.learning_rate=1e-3",
+        "train.text_encoder_lr=1e-4",
+    ]
     shared = sweep(tmp_path / "shared", *base, "train.max_train_steps=8,4,12")
     assert shared.returncode == 0, shared.output
     records = run_records(tmp_path / "shared" / "quickstart")
@@ -244,20 +262,41 @@ def test_step_axis_reuse_equals_separate_training(tmp_path, cache_dir):
 
 
 def test_schedules_that_depend_on_the_total_train_separately(tmp_path, cache_dir):
-    result = sweep(tmp_path, "experiment=quickstart", *FAST, "render.enabled=false", "tracking.enabled=false",
-                   "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4", "train.lr_scheduler=linear",
-                   "train.max_train_steps=4,8")  # fmt: skip
+    result = sweep(
+        tmp_path,
+        "experiment=quickstart",
+        *FAST,
+        "render.enabled=false",
+        "tracking.enabled=false",
+        "train.learning_rate=1e-3",
+        "train.text_encoder_lr=1e-4",
+        "train.lr_scheduler=linear",
+        "train.max_train_steps=4,8",
+    )
     assert result.returncode == 0, result.output
     records = run_records(tmp_path / "quickstart")
     assert all(r["result"]["resumed_from"] is None and r["result"]["trained"] for r in records.values())
 
 
 def test_a_killed_sweep_resumes_from_its_last_checkpoint(tmp_path, cache_dir):
-    args = ["experiment=quickstart", *FAST, "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4",
-            "train.max_train_steps=60", "train.checkpoint_every=10", "render.enabled=false"]  # fmt: skip
+    args = [
+        "experiment=quickstart",
+        *FAST,
+        "train.learning_rate=1e-3",
+        "train.text_encoder_lr=1e-4",
+        "train.max_train_steps=60",
+        "train.checkpoint_every=10",
+        "render.enabled=false",
+    ]
     command = [sys.executable, "-m", "sweeper", "-m", *args, f"sweep.root={tmp_path}"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     checkpoints = tmp_path / "quickstart" / "1e-3;1e-4" / "lora" / "checkpoints"
     deadline = time.monotonic() + 300
     while not list(checkpoints.glob("step-000020")):
@@ -301,8 +340,13 @@ def test_an_unreachable_tracking_server_does_not_stop_the_sweep(tmp_path, cache_
         len(list((sweep_dir / r).glob("*.png"))) == 12 for r in run_records(sweep_dir)
     )
     store = f"sqlite:///{tmp_path.resolve() / 'later.db'}"
-    logged = subprocess.run([sys.executable, "-m", "sweeper.tracking", str(sweep_dir), "--tracking-uri", store],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    logged = subprocess.run(
+        [sys.executable, "-m", "sweeper.tracking", str(sweep_dir), "--tracking-uri", store],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert logged.returncode == 0, logged.stdout + logged.stderr
     assert "Logged 2 runs" in logged.stdout
     assert not (sweep_dir / "MLFLOW_PENDING").exists()
@@ -320,8 +364,15 @@ def test_the_joblib_launcher_completes_a_2_job_sweep(tmp_path, cache_dir):
     """Each job is a process of its own; its live MLflow writes go through its helper process (which ends
     with os._exit, unseen by the probe), so the job's process never imports MLflow (sweeper.tracking.helper).
     submitit's launcher: tests/test_slurm.py runs the same sweep through a real SLURM."""
-    result = sweep(tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", "launcher=joblib",
-                   "hydra.launcher.n_jobs=2", env=probe_env(tmp_path))  # fmt: skip
+    result = sweep(
+        tmp_path,
+        "experiment=quickstart",
+        *FAST,
+        "train.learning_rate=1e-3",
+        "launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        env=probe_env(tmp_path),
+    )
     assert result.returncode == 0, result.output
     processes = probed_processes(tmp_path)
     jobs = [p for p in processes if p[0].startswith("Loky")]
@@ -345,8 +396,16 @@ def test_jobs_without_live_tracking_never_import_mlflow_and_the_sweeps_end_logs_
     finished run at the sweep's end, with the params, the loss curve, the pictures and the parent link."""
     from mlflow.tracking import MlflowClient
 
-    result = sweep(tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", "launcher=joblib",
-                   "hydra.launcher.n_jobs=2", "tracking.live=false", env=probe_env(tmp_path))  # fmt: skip
+    result = sweep(
+        tmp_path,
+        "experiment=quickstart",
+        *FAST,
+        "train.learning_rate=1e-3",
+        "launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "tracking.live=false",
+        env=probe_env(tmp_path),
+    )
     assert result.returncode == 0, result.output
     importers = [(name, argv) for name, argv, imported in probed_processes(tmp_path) if imported]
     assert [n for n, _ in importers] == ["MainProcess"], (
@@ -395,8 +454,16 @@ def test_every_picture_is_scored_and_the_scores_reach_mlflow_and_the_report(quic
 
 
 def test_missing_evaluation_models_skip_evaluation_with_one_line(tmp_path, cache_dir):
-    result = sweep(tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4",
-                   "eval.dino_model=someone/not-downloaded", "eval.local_files_only=true", multirun=False)  # fmt: skip
+    result = sweep(
+        tmp_path,
+        "experiment=quickstart",
+        *FAST,
+        "train.learning_rate=1e-3",
+        "train.text_encoder_lr=1e-4",
+        "eval.dino_model=someone/not-downloaded",
+        "eval.local_files_only=true",
+        multirun=False,
+    )
     assert result.returncode == 0, result.output
     skipped = [line for line in result.output.splitlines() if "evaluation is skipped" in line]
     assert len(skipped) == 1 and "eval.dino_model=someone/not-downloaded" in skipped[0]
@@ -407,9 +474,17 @@ def test_missing_evaluation_models_skip_evaluation_with_one_line(tmp_path, cache
 def test_a_metric_driven_search_runs_two_optuna_trials(tmp_path, cache_dir):
     import yaml
 
-    result = sweep(tmp_path, "experiment=optuna_search", "eval=tiny", "hydra.sweeper.n_trials=2",
-                   "hydra.sweeper.report_steps=[2]", "hydra.sweeper.pruner.name=none",
-                   "train.max_train_steps=choice(4,6)", "render.num_inference_steps=3", "render.sheet_thumb=64")  # fmt: skip
+    result = sweep(
+        tmp_path,
+        "experiment=optuna_search",
+        "eval=tiny",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.report_steps=[2]",
+        "hydra.sweeper.pruner.name=none",
+        "train.max_train_steps=choice(4,6)",
+        "render.num_inference_steps=3",
+        "render.sheet_thumb=64",
+    )
     assert result.returncode == 0, result.output
     records = run_records(tmp_path / "optuna_search")
     assert 1 <= len(records) <= 2 and all(r["status"] == "done" for r in records.values())
@@ -432,8 +507,15 @@ def test_a_metric_driven_search_runs_two_optuna_trials(tmp_path, cache_dir):
 def test_a_rerun_with_more_cells_renders_and_logs_only_the_new_ones(tmp_path, cache_dir):
     from mlflow.tracking import MlflowClient
 
-    args = ["experiment=quickstart", *FAST, "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4",
-            "render.prompts=[{ph: 'a photo of {token} {class}'}]", "render.unet_scales=[1]", "render.text_scales=[1]"]  # fmt: skip
+    args = [
+        "experiment=quickstart",
+        *FAST,
+        "train.learning_rate=1e-3",
+        "train.text_encoder_lr=1e-4",
+        "render.prompts=[{ph: 'a photo of {token} {class}'}]",
+        "render.unet_scales=[1]",
+        "render.text_scales=[1]",
+    ]
     first = sweep(tmp_path, *args, "render.guidance_scales=[3]", multirun=False)
     assert first.returncode == 0, first.output
     # a single run (no -m) ends as a multirun does: report, compare page, and the MLflow link

@@ -11,8 +11,11 @@ from lora_core.embedded.tiny_model import (
 
 
 def _weights(pipe):
-    return {f"{name}.{k}": v for name in ("unet", "vae", "text_encoder")
-            for k, v in getattr(pipe, name).state_dict().items()}  # fmt: skip
+    return {
+        f"{name}.{k}": v
+        for name in ("unet", "vae", "text_encoder")
+        for k, v in getattr(pipe, name).state_dict().items()
+    }
 
 
 def test_same_seed_builds_identical_weights():

@@ -47,8 +47,13 @@ def helper_gone():  # reaped by the proxy's reader, which then marks the store g
 
 
 def _script(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", OPEN + body, str(tmp_path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", OPEN + body, str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _client(tmp_path: Path):
@@ -58,14 +63,17 @@ def _client(tmp_path: Path):
 
 
 def test_the_proxy_logs_in_order_through_the_helper_and_the_job_never_imports_mlflow(tmp_path):
-    done = _script(tmp_path, """
+    done = _script(
+        tmp_path,
+        """
 for step in range(1, 8):
     tracker.log_metrics(run, [("loss", 1.0 / step, step)])  # sent without waiting
 tracker.log_params(run, {"train.learning_rate": "0.0001"})
 tracker.finish(run)
 print(json.dumps({"run": run, "finished": finished, "experiment": tracker.experiment_id,
                   "helper_is_another_process": helper_pid != os.getpid(), "mlflow_here": "mlflow" in sys.modules}))
-""")  # fmt: skip
+""",
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["helper_is_another_process"] and not out["mlflow_here"] and out["finished"] is False
@@ -81,14 +89,17 @@ print(json.dumps({"run": run, "finished": finished, "experiment": tracker.experi
 
 @pytest.mark.slow  # a fresh interpreter and its helper, which imports MLflow and creates a store
 def test_the_helper_ignores_the_signals_the_job_handles(tmp_path):
-    done = _script(tmp_path, """
+    done = _script(
+        tmp_path,
+        """
 for name in ("SIGTERM", "SIGINT", "SIGUSR1"):
     os.kill(helper_pid, getattr(signal, name))
 wait_until(signals_handled)
 tracker.log_params(run, {"after": "signals"})
 tracker.finish(run)
 print(json.dumps({"run": run, "active": tracker.active}))
-""")  # fmt: skip
+""",
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["active"]
@@ -98,13 +109,16 @@ print(json.dumps({"run": run, "active": tracker.active}))
 
 @pytest.mark.slow  # a fresh interpreter and its helper, which imports MLflow and creates a store
 def test_a_dead_helper_is_a_store_gone_away_one_warning_and_the_pending_note(tmp_path):
-    done = _script(tmp_path, """
+    done = _script(
+        tmp_path,
+        """
 os.kill(helper_pid, signal.SIGKILL)
 wait_until(helper_gone)
 first = tracker.log_params(run, {"a": "1"})
 second = tracker.finish(run)
 print(json.dumps({"first": first, "second": second, "active": tracker.active}))
-""")  # fmt: skip
+""",
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {
         "first": None,
@@ -118,12 +132,15 @@ print(json.dumps({"first": first, "second": second, "active": tracker.active}))
 
 @pytest.mark.slow  # a fresh interpreter and its helper, which imports MLflow and creates a store
 def test_a_bug_in_a_call_sent_without_waiting_surfaces_at_the_next_call(tmp_path):
-    done = _script(tmp_path, """
+    done = _script(
+        tmp_path,
+        """
 tracker.log_metrics(run, [("loss", "not a number", 1)])
 try:
     tracker.finish(run)
 except ValueError as err:
     print(json.dumps({"raised": str(err)}))
-""")  # fmt: skip
+""",
+    )
     assert done.returncode == 0, done.stderr
     assert "could not convert string to float" in json.loads(done.stdout.strip().splitlines()[-1])["raised"]

@@ -17,8 +17,17 @@ def _run(name: str, points: dict[float, tuple[float, float]], prompts=("be", "sn
     for scale, (dino, clip_t) in points.items():
         for k, prompt in enumerate(prompts):
             spread = 0.02 if k else -0.02  # the prompts differ; their mean is the point
-            rows.append({"prompt_name": prompt, "unet_scale": scale, "text_scale": 1.0, "guidance": 4.0,
-                         "dino": dino + spread, "clip_i": 0.5, "clip_t": clip_t - spread})  # fmt: skip
+            rows.append(
+                {
+                    "prompt_name": prompt,
+                    "unet_scale": scale,
+                    "text_scale": 1.0,
+                    "guidance": 4.0,
+                    "dino": dino + spread,
+                    "clip_i": 0.5,
+                    "clip_t": clip_t - spread,
+                }
+            )
     return RunResult(Path(name), {}, [], rows)
 
 

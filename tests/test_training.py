@@ -134,8 +134,14 @@ def test_a_stop_request_saves_a_checkpoint_that_continues_to_the_same_weights(
     pipe, subject_images, settings, tmp_path
 ):
     # a job told to give its slot back (time limit, preemption) stops between steps, not on a checkpoint step
-    common = dict(max_train_steps=10, text_encoder_lr=5e-4, random_flip=True, lr_scheduler="cosine",
-                  lr_warmup_steps=3, checkpoint_steps=(8,))  # fmt: skip
+    common = dict(
+        max_train_steps=10,
+        text_encoder_lr=5e-4,
+        random_flip=True,
+        lr_scheduler="cosine",
+        lr_warmup_steps=3,
+        checkpoint_steps=(8,),
+    )
     full = train_lora(pipe, subject_images, settings(**common), tmp_path / "full")
     asked = []
 
@@ -293,8 +299,14 @@ def test_a_checkpoint_of_another_base_model_or_pictures_is_not_continued(
     )
     assert result.resumed_from_step == 0
     with pytest.raises(UserInputError, match="other pictures"):
-        train_lora(pipe, subject_images, settings(), tmp_path / "c", resume_from=list_checkpoints(tmp_path)[4],
-                   identity=other)  # fmt: skip
+        train_lora(
+            pipe,
+            subject_images,
+            settings(),
+            tmp_path / "c",
+            resume_from=list_checkpoints(tmp_path)[4],
+            identity=other,
+        )
 
 
 def test_pictures_are_encoded_when_a_step_first_draws_them(pipe, subject_images, settings, tmp_path):

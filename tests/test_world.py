@@ -61,8 +61,12 @@ def _near(pixels: np.ndarray, rgb, tolerance: float = 30) -> int:
 
 def test_world_cats_never_have_the_drawn_subjects_teal_eyes():
     rng = random.Random(2)
-    cats = [world.Scene("cat", c, p, s, rng.randrange(2**31)) for c in world.COLOURS for p in world.PLACES
-            for s in ("big", "")]  # fmt: skip
+    cats = [
+        world.Scene("cat", c, p, s, rng.randrange(2**31))
+        for c in world.COLOURS
+        for p in world.PLACES
+        for s in ("big", "")
+    ]
     teal = sum(_near(np.asarray(world.draw_scene(s, rng)), TEAL, 45) for s in cats)
     subject = sum(_near(np.asarray(draw_subject_image(random.Random(i), 128)), TEAL, 45) for i in range(5))
     assert teal == 0 and subject >= 20
@@ -103,8 +107,11 @@ def small_world(tmp_path_factory):
 def test_recipe_writes_a_diffusers_pipeline_clip_identity_model_and_manifest(small_world):
     out, manifest = small_world
     assert (out / "sd" / "model_index.json").is_file()
-    assert {"sd/unet/diffusion_pytorch_model.safetensors", "clip/model.safetensors",
-            "identity/model.safetensors"} <= set(manifest["files"])  # fmt: skip
+    assert {
+        "sd/unet/diffusion_pytorch_model.safetensors",
+        "clip/model.safetensors",
+        "identity/model.safetensors",
+    } <= set(manifest["files"])
     assert set(manifest["report"]) == {"vae", "clip", "identity", "unet"}
     assert 0 <= manifest["report"]["unet"]["object"] <= 1
 
@@ -187,11 +194,24 @@ def _small_clip():
 
     tokenizer = world_tokenizer()
     torch.manual_seed(0)
-    text = {"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
-    vision = {"image_size": world.SIZE, "patch_size": 16, "hidden_size": 16, "intermediate_size": 32,
-              "num_hidden_layers": 1, "num_attention_heads": 2}  # fmt: skip
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision = {
+        "image_size": world.SIZE,
+        "patch_size": 16,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    }
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)), tokenizer
 
 
@@ -206,14 +226,22 @@ def test_the_clip_loss_is_clips_own_when_captions_differ_and_counts_shared_capti
     distinct = ["a photo of a cat", "a photo of a dog", "a red ball", "a cup"]
     tokens = tokenizer(distinct, padding=True, return_tensors="pt")
     ours = _clip_loss(model, tokens, pixels, distinct)
-    clips = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=pixels,
-                  return_loss=True).loss  # fmt: skip
+    clips = model(
+        input_ids=tokens.input_ids,
+        attention_mask=tokens.attention_mask,
+        pixel_values=pixels,
+        return_loss=True,
+    ).loss
     assert float(ours) == pytest.approx(float(clips), rel=1e-5)
     shared = ["a photo of a cat", "a photo of a cat", "a red ball", "a cup"]
     tokens = tokenizer(shared, padding=True, return_tensors="pt")
     swapped = pixels[[1, 0, 2, 3]]  # the two cat pictures swap places: nothing changes for a shared caption
     a, b = _clip_loss(model, tokens, pixels, shared), _clip_loss(model, tokens, swapped, shared)
     assert float(a) == pytest.approx(float(b), rel=1e-5)
-    plain = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=swapped,
-                  return_loss=True).loss  # fmt: skip
+    plain = model(
+        input_ids=tokens.input_ids,
+        attention_mask=tokens.attention_mask,
+        pixel_values=swapped,
+        return_loss=True,
+    ).loss
     assert float(plain) != pytest.approx(float(b), rel=1e-3)  # CLIP's own loss tells them apart

@@ -42,9 +42,16 @@ def _train(pipe, images, out, learning_rate: float, text_encoder_lr: float):
     from lora_core.settings import TrainSettings
     from lora_core.training import train_lora
 
-    settings = TrainSettings(instance_prompt=SUBJECT, resolution=world.SIZE, learning_rate=learning_rate,
-                             text_encoder_lr=text_encoder_lr, max_train_steps=500, rank=8, seed=123,
-                             progress_bar=False)  # fmt: skip
+    settings = TrainSettings(
+        instance_prompt=SUBJECT,
+        resolution=world.SIZE,
+        learning_rate=learning_rate,
+        text_encoder_lr=text_encoder_lr,
+        max_train_steps=500,
+        rank=8,
+        seed=123,
+        progress_bar=False,
+    )
     train_lora(pipe, images, settings, out)
     return out
 

@@ -50,7 +50,10 @@ def hub_style_eval_models(root: Path) -> tuple[Path, Path]:
         (DINO folder, CLIP folder), each loadable with ``from_pretrained(..., local_files_only=True)``.
     """
     folders = []
-    for built, processor in ((ensure_tiny_dino(root), HUB_DINO_PROCESSOR), (ensure_tiny_clip(root), HUB_CLIP_PROCESSOR)):  # fmt: skip
+    for built, processor in (
+        (ensure_tiny_dino(root), HUB_DINO_PROCESSOR),
+        (ensure_tiny_clip(root), HUB_CLIP_PROCESSOR),
+    ):
         target = root / f"{built.name}-hub"
         shutil.copytree(built, target, dirs_exist_ok=True)
         (target / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))

@@ -71,9 +71,12 @@ def adapter_config(
     )
     if kind in ("lora", "dora"):
         return LoraConfig(
-            lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian", use_dora=kind == "dora",
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            init_lora_weights="gaussian",
+            use_dora=kind == "dora",
             **common,
-        )  # fmt: skip
+        )
     config_class = {"loha": LoHaConfig, "lokr": LoKrConfig}[kind]
     return config_class(alpha=alpha, rank_dropout=dropout, **common)
 

@@ -148,8 +148,11 @@ def load_subject_images(
             log.warning(
                 "%s is %dx%d, far smaller than the training resolution %d: it will be upscaled and look blurry "
                 "to the model. Use a larger picture or a lower resolution.",
-                path, img.width, img.height, resolution,
-            )  # fmt: skip
+                path,
+                img.width,
+                img.height,
+                resolution,
+            )
         pictures.append(fit_to_resolution(img, resolution, center_crop))
     return pictures
 

@@ -184,9 +184,15 @@ def train_vae(recipe: Recipe, out: Path) -> dict:
     torch.manual_seed(recipe.seed)
     rng = random.Random(f"vae-{recipe.seed}")
     n = len(recipe.vae_channels)
-    vae = AutoencoderKL(block_out_channels=recipe.vae_channels, down_block_types=("DownEncoderBlock2D",) * n,
-                        up_block_types=("UpDecoderBlock2D",) * n, latent_channels=4, layers_per_block=1,
-                        norm_num_groups=16, sample_size=world.SIZE)  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=recipe.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=16,
+        sample_size=world.SIZE,
+    )
     opt = torch.optim.AdamW(vae.parameters(), recipe.vae_lr, weight_decay=0.0)
     total = recipe.vae_crop_steps + recipe.vae_full_steps
     sched, started = _schedule(opt, 100, total), time.time()
@@ -229,12 +235,25 @@ def _clip_config(recipe: Recipe, tokenizer):
     from transformers import CLIPConfig
 
     w = recipe.width
-    text = {"vocab_size": len(tokenizer), "hidden_size": w, "intermediate_size": 4 * w, "num_hidden_layers":
-            recipe.text_layers, "num_attention_heads": 4, "max_position_embeddings": 77,
-            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
-    vision = {"image_size": world.SIZE, "patch_size": 8, "hidden_size": w, "intermediate_size": 4 * w,
-              "num_hidden_layers": 4, "num_attention_heads": 4}  # fmt: skip
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": w,
+        "intermediate_size": 4 * w,
+        "num_hidden_layers": recipe.text_layers,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision = {
+        "image_size": world.SIZE,
+        "patch_size": 8,
+        "hidden_size": w,
+        "intermediate_size": 4 * w,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+    }
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=w)
 
 
@@ -317,8 +336,14 @@ def _clip_loss(model, tokens, pixels, captions: list[str]):
     distinct = sorted(set(captions))
     index = torch.tensor([distinct.index(c) for c in captions])
     first = [captions.index(c) for c in distinct]
-    t = F.normalize(_features(model.get_text_features(input_ids=tokens.input_ids[first],
-                                                      attention_mask=tokens.attention_mask[first])), dim=-1)  # fmt: skip
+    t = F.normalize(
+        _features(
+            model.get_text_features(
+                input_ids=tokens.input_ids[first], attention_mask=tokens.attention_mask[first]
+            )
+        ),
+        dim=-1,
+    )
     v = F.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)
     logits = model.logit_scale.exp() * v @ t.T  # (pictures, distinct captions)
     positives = F.one_hot(index, len(distinct)).float().T  # (captions, pictures)
@@ -331,8 +356,12 @@ def _save_clip(model, tokenizer, out: Path, real: tuple) -> dict:
     """Save the CLIP with its tokenizer and processor; its zero-shot reading of ``real`` (``_real_pictures``)."""
     from transformers import CLIPImageProcessorPil
 
-    processor = CLIPImageProcessorPil(size={"shortest_edge": world.SIZE}, crop_size={"height": world.SIZE,
-                                      "width": world.SIZE}, image_mean=_NORM[0], image_std=_NORM[1])  # fmt: skip
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": world.SIZE},
+        crop_size={"height": world.SIZE, "width": world.SIZE},
+        image_mean=_NORM[0],
+        image_std=_NORM[1],
+    )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
@@ -347,8 +376,17 @@ def train_identity(recipe: Recipe, out: Path) -> dict:
     torch.manual_seed(recipe.seed + 2)
     rng = random.Random(f"identity-{recipe.seed}")
     w = recipe.width
-    vit = ViTModel(ViTConfig(image_size=world.SIZE, patch_size=8, hidden_size=w, num_hidden_layers=4,
-                             num_attention_heads=4, intermediate_size=4 * w), add_pooling_layer=False)  # fmt: skip
+    vit = ViTModel(
+        ViTConfig(
+            image_size=world.SIZE,
+            patch_size=8,
+            hidden_size=w,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=4 * w,
+        ),
+        add_pooling_layer=False,
+    )
     head = torch.nn.Sequential(torch.nn.Linear(w, w), torch.nn.GELU(), torch.nn.Linear(w, w))
     params = [*vit.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, recipe.identity_lr, weight_decay=0.05)
@@ -371,8 +409,9 @@ def train_identity(recipe: Recipe, out: Path) -> dict:
         _progress("identity", step, recipe.identity_steps, loss.item(), started)
     vit.eval()
     vit.save_pretrained(out)
-    ViTImageProcessorPil(size={"height": world.SIZE, "width": world.SIZE}, image_mean=_NORM[0],
-                         image_std=_NORM[1]).save_pretrained(out)  # fmt: skip
+    ViTImageProcessorPil(
+        size={"height": world.SIZE, "width": world.SIZE}, image_mean=_NORM[0], image_std=_NORM[1]
+    ).save_pretrained(out)
     return {"steps": recipe.identity_steps, "retrieval_top1": identity_retrieval(vit, recipe.seed)}
 
 
@@ -460,19 +499,29 @@ def _make_unet(recipe: Recipe):
     from diffusers import UNet2DConditionModel
 
     n = len(recipe.unet_channels) - 1
-    return UNet2DConditionModel(sample_size=world.SIZE // 4, block_out_channels=recipe.unet_channels,
-                                layers_per_block=1, cross_attention_dim=recipe.width, attention_head_dim=4,
-                                down_block_types=("CrossAttnDownBlock2D",) * n + ("DownBlock2D",),
-                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * n,
-                                norm_num_groups=16)  # fmt: skip
+    return UNet2DConditionModel(
+        sample_size=world.SIZE // 4,
+        block_out_channels=recipe.unet_channels,
+        layers_per_block=1,
+        cross_attention_dim=recipe.width,
+        attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D",) * n + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * n,
+        norm_num_groups=16,
+    )
 
 
 def _noise_scheduler():
     """SD 1.5's training noise schedule; ``clip_sample=False`` (clipping in latent space ruins sampling)."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         num_train_timesteps=1000, clip_sample=False)  # fmt: skip
+    return DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        clip_sample=False,
+    )
 
 
 def _encode_pool(vae, recipe: Recipe, rng: random.Random):
@@ -492,9 +541,16 @@ def assemble_pipeline(unet, vae, text_encoder, tokenizer):
     """A ``StableDiffusionPipeline`` of the world parts, with SD 1.5's inference scheduler (PNDM)."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   scheduler=sd15_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)  # fmt: skip
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=sd15_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -506,8 +562,11 @@ def _real_pictures(seed: int, per_triple: int = 1):
     """World pictures of every held-out (object, colour, place), drawn (the ceiling of prompt following)."""
     rng = random.Random(f"real-{seed}")
     triples = sorted(world.held_out_combinations(seed))
-    images = [world.draw_scene(world.Scene(*t, individual=rng.randrange(2**31)), rng) for t in triples
-              for _ in range(per_triple)]  # fmt: skip
+    images = [
+        world.draw_scene(world.Scene(*t, individual=rng.randrange(2**31)), rng)
+        for t in triples
+        for _ in range(per_triple)
+    ]
     return images, [t for t in triples for _ in range(per_triple)]
 
 
@@ -555,8 +614,14 @@ def prompt_following(pipe, clip_dir: Path, seed: int, guidance: float = 4.0, ste
     old = pipe.scheduler
     pipe.scheduler = DDIMScheduler.from_config(old.config)  # clip_sample false, from the config
     generator = torch.Generator().manual_seed(seed)
-    images = pipe(captions, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
-                  height=world.SIZE, width=world.SIZE).images  # fmt: skip
+    images = pipe(
+        captions,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=generator,
+        height=world.SIZE,
+        width=world.SIZE,
+    ).images
     pipe.scheduler = old
     clip = CLIPModel.from_pretrained(clip_dir).eval()
     return zero_shot_accuracy(clip, CLIPTokenizer.from_pretrained(clip_dir), images, triples)
@@ -605,8 +670,12 @@ def _pipeline_parts(work: Path) -> tuple:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
-    return (UNet2DConditionModel.from_pretrained(work / "unet"), AutoencoderKL.from_pretrained(work / "vae"),
-            _text_encoder(work / "clip"), CLIPTokenizer.from_pretrained(work / "clip"))  # fmt: skip
+    return (
+        UNet2DConditionModel.from_pretrained(work / "unet"),
+        AutoencoderKL.from_pretrained(work / "vae"),
+        _text_encoder(work / "clip"),
+        CLIPTokenizer.from_pretrained(work / "clip"),
+    )
 
 
 def assemble(out: Path, recipe: Recipe, report: dict) -> dict:

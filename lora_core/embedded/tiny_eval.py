@@ -29,10 +29,17 @@ _CLIP = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.2757771
 
 def _text_config(vocab: dict, rows: int, hidden: int, intermediate: int, layers: int, heads: int) -> dict:
     """A CLIP text tower's config for the byte-level tokenizer (``rows`` embedding rows, 77 positions)."""
-    return {"vocab_size": rows, "hidden_size": hidden, "intermediate_size": intermediate,
-            "num_hidden_layers": layers, "num_attention_heads": heads, "max_position_embeddings": 77,
-            "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-            "pad_token_id": vocab["<|endoftext|>"]}  # fmt: skip
+    return {
+        "vocab_size": rows,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "max_position_embeddings": 77,
+        "bos_token_id": vocab["<|startoftext|>"],
+        "eos_token_id": vocab["<|endoftext|>"],
+        "pad_token_id": vocab["<|endoftext|>"],
+    }
 
 
 def _seeded(seed: int, build):
@@ -54,10 +61,20 @@ def ensure_tiny_dino(cache_dir: str | os.PathLike | None = None, seed: int = 0) 
         return target
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ViTModel(ViTConfig(image_size=IMAGE_SIZE, patch_size=16, hidden_size=32, num_hidden_layers=2,
-                                   num_attention_heads=2, intermediate_size=37), add_pooling_layer=False)  # fmt: skip
-    processor = ViTImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=_IMAGENET[0],
-                                     image_std=_IMAGENET[1])  # fmt: skip
+        model = ViTModel(
+            ViTConfig(
+                image_size=IMAGE_SIZE,
+                patch_size=16,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=37,
+            ),
+            add_pooling_layer=False,
+        )
+    processor = ViTImageProcessorPil(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=_IMAGENET[0], image_std=_IMAGENET[1]
+    )
     with atomic_dir(target, replace=False) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
@@ -73,14 +90,24 @@ def ensure_tiny_clip(cache_dir: str | os.PathLike | None = None, seed: int = 0) 
         return target
     vocab = byte_level_vocab()
     text = _text_config(vocab, len(vocab), hidden=32, intermediate=37, layers=2, heads=2)
-    vision = {"image_size": IMAGE_SIZE, "patch_size": 16, "hidden_size": 32, "intermediate_size": 37,
-              "num_hidden_layers": 2, "num_attention_heads": 2}  # fmt: skip
+    vision = {
+        "image_size": IMAGE_SIZE,
+        "patch_size": 16,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    }
     model = _seeded(
         seed, lambda: CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
     )
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, image_mean=_CLIP[0], image_std=_CLIP[1],
-                                      crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})  # fmt: skip
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE},
+        image_mean=_CLIP[0],
+        image_std=_CLIP[1],
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+    )
     with atomic_dir(target, replace=False) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -100,13 +127,28 @@ def ensure_real_shape_dino(cache_dir: str | os.PathLike | None = None, seed: int
     target = Path(cache_dir or default_cache_dir()) / f"real-shape-dino-vits16-v{_VERSION}-s{seed}"
     if (target / "config.json").is_file():
         return target
-    config = ViTConfig(image_size=REAL_SIZE, patch_size=16, hidden_size=384, num_hidden_layers=12,
-                       num_attention_heads=6, intermediate_size=1536, qkv_bias=True, layer_norm_eps=1e-6)  # fmt: skip
+    config = ViTConfig(
+        image_size=REAL_SIZE,
+        patch_size=16,
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        intermediate_size=1536,
+        qkv_bias=True,
+        layer_norm_eps=1e-6,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ViTModel(config, add_pooling_layer=False)
-    processor = {"feature_extractor_type": "ViTFeatureExtractor", "do_resize": True, "size": REAL_SIZE,
-                 "resample": 2, "do_normalize": True, "image_mean": _IMAGENET[0], "image_std": _IMAGENET[1]}  # fmt: skip
+    processor = {
+        "feature_extractor_type": "ViTFeatureExtractor",
+        "do_resize": True,
+        "size": REAL_SIZE,
+        "resample": 2,
+        "do_normalize": True,
+        "image_mean": _IMAGENET[0],
+        "image_std": _IMAGENET[1],
+    }
     with atomic_dir(target, replace=False) as tmp:
         model.save_pretrained(tmp)
         (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
@@ -128,14 +170,28 @@ def ensure_real_shape_clip(cache_dir: str | os.PathLike | None = None, seed: int
         return target
     vocab = byte_level_vocab()
     text = _text_config(vocab, 49408, hidden=512, intermediate=2048, layers=12, heads=8)
-    vision = {"image_size": REAL_SIZE, "patch_size": 32, "hidden_size": 768, "intermediate_size": 3072,
-              "num_hidden_layers": 12, "num_attention_heads": 12}  # fmt: skip
+    vision = {
+        "image_size": REAL_SIZE,
+        "patch_size": 32,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+    }
     model = _seeded(
         seed, lambda: CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=512))
     )
-    processor = {"feature_extractor_type": "CLIPFeatureExtractor", "do_resize": True, "size": REAL_SIZE,
-                 "resample": 3, "do_center_crop": True, "crop_size": REAL_SIZE, "do_normalize": True,
-                 "image_mean": _CLIP[0], "image_std": _CLIP[1]}  # fmt: skip
+    processor = {
+        "feature_extractor_type": "CLIPFeatureExtractor",
+        "do_resize": True,
+        "size": REAL_SIZE,
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": REAL_SIZE,
+        "do_normalize": True,
+        "image_mean": _CLIP[0],
+        "image_std": _CLIP[1],
+    }
     with atomic_dir(target, replace=False) as tmp:
         model.save_pretrained(tmp)
         CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77).save_pretrained(tmp)

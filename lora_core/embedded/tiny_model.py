@@ -76,10 +76,20 @@ def sd15_shaped_spec(seed: int = 0) -> TinyModelSpec:
         A spec that builds an SD-1.5-shaped pipeline (512 px).
     """
     return TinyModelSpec(
-        seed=seed, unet_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8,
-        cross_attention_dim=768, text_layers=12, text_heads=12, text_intermediate=3072,
-        vae_channels=(128, 256, 512, 512), vae_layers_per_block=2, resolution=512, sd_layout=True, vocab_size=49408,
-    )  # fmt: skip
+        seed=seed,
+        unet_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        attention_head_dim=8,
+        cross_attention_dim=768,
+        text_layers=12,
+        text_heads=12,
+        text_intermediate=3072,
+        vae_channels=(128, 256, 512, 512),
+        vae_layers_per_block=2,
+        resolution=512,
+        sd_layout=True,
+        vocab_size=49408,
+    )
 
 
 def byte_level_vocab() -> dict[str, int]:
@@ -112,9 +122,15 @@ def sd15_scheduler():
     """
     from diffusers import PNDMScheduler
 
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True,
-                              steps_offset=1)  # fmt: skip
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+    )
     scheduler.register_to_config(clip_sample=False)
     return scheduler
 

@@ -235,7 +235,14 @@ def _draw_cat(d, look, rgb, cx, cy, s):
     d.line([(cx + 28 * s, cy + 35 * s), (cx + 48 * s, cy + 5 * s)], fill=body, width=int(8 * s))  # tail
     hx, hy = cx, cy - 18 * s
     for side in (-1, 1):
-        d.polygon([(hx + side * 8 * s, hy - 18 * s), (hx + side * 24 * s, hy - 30 * s * ear), (hx + side * 26 * s, hy - 4 * s)], fill=body)  # fmt: skip
+        d.polygon(
+            [
+                (hx + side * 8 * s, hy - 18 * s),
+                (hx + side * 24 * s, hy - 30 * s * ear),
+                (hx + side * 26 * s, hy - 4 * s),
+            ],
+            fill=body,
+        )
     d.ellipse(_circle(hx, hy, 24 * s), fill=body)
     for side in (-1, 1):
         d.ellipse(_circle(hx + side * 9 * s, hy - 3 * s, 4.5 * s), fill=eye)
@@ -304,8 +311,24 @@ def _draw_car(d, look, rgb, cx, cy, s):
     paint = _tone(rgb, look)
     d.rounded_rectangle([cx - 48 * s, cy, cx + 48 * s, cy + 26 * s], radius=int(8 * s), fill=paint)
     roof = look.uniform(0.5, 0.8)
-    d.polygon([(cx - 30 * s, cy), (cx - 20 * s, cy - 22 * s * roof - 6 * s), (cx + 20 * s, cy - 22 * s * roof - 6 * s), (cx + 32 * s, cy)], fill=paint)  # fmt: skip
-    d.polygon([(cx - 22 * s, cy - 2 * s), (cx - 15 * s, cy - 20 * s * roof), (cx + 16 * s, cy - 20 * s * roof), (cx + 24 * s, cy - 2 * s)], fill=(190, 220, 240))  # fmt: skip
+    d.polygon(
+        [
+            (cx - 30 * s, cy),
+            (cx - 20 * s, cy - 22 * s * roof - 6 * s),
+            (cx + 20 * s, cy - 22 * s * roof - 6 * s),
+            (cx + 32 * s, cy),
+        ],
+        fill=paint,
+    )
+    d.polygon(
+        [
+            (cx - 22 * s, cy - 2 * s),
+            (cx - 15 * s, cy - 20 * s * roof),
+            (cx + 16 * s, cy - 20 * s * roof),
+            (cx + 24 * s, cy - 2 * s),
+        ],
+        fill=(190, 220, 240),
+    )
     for x in (-28, 28):
         d.ellipse(_circle(cx + x * s, cy + 26 * s, 11 * s), fill=_INK)
         d.ellipse(_circle(cx + x * s, cy + 26 * s, 4 * s), fill=(170, 170, 170))
@@ -317,7 +340,10 @@ def _draw_bird(d, look, rgb, cx, cy, s):
     d.ellipse([cx - 32 * s, cy - 18 * s, cx + 22 * s, cy + 20 * s], fill=body)
     d.polygon([(cx - 28 * s, cy), (cx - 50 * s, cy - 12 * s), (cx - 48 * s, cy + 10 * s)], fill=body)  # tail
     d.ellipse(_circle(cx + 22 * s, cy - 16 * s, 14 * s), fill=body)
-    d.polygon([(cx + 34 * s, cy - 20 * s), (cx + 48 * s, cy - 14 * s), (cx + 34 * s, cy - 10 * s)], fill=(250, 160, 30))  # fmt: skip
+    d.polygon(
+        [(cx + 34 * s, cy - 20 * s), (cx + 48 * s, cy - 14 * s), (cx + 34 * s, cy - 10 * s)],
+        fill=(250, 160, 30),
+    )
     d.ellipse(_circle(cx + 26 * s, cy - 19 * s, 3 * s), fill=_INK)
     d.chord([cx - 22 * s, cy - 14 * s, cx + 12 * s, cy + 16 * s], 180, 360, fill=wing)
     for x in (-6, 4):
@@ -339,7 +365,15 @@ def _draw_fish(d, look, rgb, cx, cy, s):
 def _draw_cup(d, look, rgb, cx, cy, s):
     glaze = _tone(rgb, look)
     d.ellipse([cx + 14 * s, cy - 16 * s, cx + 44 * s, cy + 16 * s], outline=glaze, width=int(7 * s))  # handle
-    d.polygon([(cx - 30 * s, cy - 28 * s), (cx + 30 * s, cy - 28 * s), (cx + 22 * s, cy + 32 * s), (cx - 22 * s, cy + 32 * s)], fill=glaze)  # fmt: skip
+    d.polygon(
+        [
+            (cx - 30 * s, cy - 28 * s),
+            (cx + 30 * s, cy - 28 * s),
+            (cx + 22 * s, cy + 32 * s),
+            (cx - 22 * s, cy + 32 * s),
+        ],
+        fill=glaze,
+    )
     d.ellipse([cx - 30 * s, cy - 34 * s, cx + 30 * s, cy - 22 * s], fill=_mix(glaze, _INK, 0.5))
     if look.random() < 0.5:
         d.rectangle(
@@ -359,6 +393,14 @@ def _draw_flower(d, look, rgb, cx, cy, s):
 
 
 _DRAW = {
-    "cat": _draw_cat, "dog": _draw_dog, "ball": _draw_ball, "tree": _draw_tree, "house": _draw_house,
-    "car": _draw_car, "bird": _draw_bird, "fish": _draw_fish, "cup": _draw_cup, "flower": _draw_flower,
-}  # fmt: skip
+    "cat": _draw_cat,
+    "dog": _draw_dog,
+    "ball": _draw_ball,
+    "tree": _draw_tree,
+    "house": _draw_house,
+    "car": _draw_car,
+    "bird": _draw_bird,
+    "fish": _draw_fish,
+    "cup": _draw_cup,
+    "flower": _draw_flower,
+}

@@ -254,8 +254,12 @@ class Checkpointer:
 
         target = checkpoint_dir(self.output_dir, step)
         with atomic_dir(target) as tmp:
-            trainable = {f"{i}.{name}": p.detach().contiguous() for i, model in enumerate(models)
-                         for name, p in model.named_parameters() if p.requires_grad}  # fmt: skip
+            trainable = {
+                f"{i}.{name}": p.detach().contiguous()
+                for i, model in enumerate(models)
+                for name, p in model.named_parameters()
+                if p.requires_grad
+            }
             save_file(trainable, str(tmp / TRAINABLE_FILE))
             self.accelerator.save_state(str(tmp))
             write_adapters(tmp)

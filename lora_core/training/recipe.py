@@ -173,8 +173,12 @@ class LoraTrainer:
         """The prompt table and the latent cache (pictures are encoded when a step first draws them)."""
         s, pictures = self.settings, list(self.images) + list(self.class_images or [])
         self.n_instance = len(self.images)
-        prompts = [s.instance_prompt, *self.captions, *([s.class_prompt] if self.class_images else []),
-                   *([""] if s.caption_dropout else [])]  # fmt: skip
+        prompts = [
+            s.instance_prompt,
+            *self.captions,
+            *([s.class_prompt] if self.class_images else []),
+            *([""] if s.caption_dropout else []),
+        ]
         self.prompts = PromptTable(self.pipe, self.device, prompts, self.captions, not s.trains_text_encoder)
         self.latents = LatentCache(self.pipe.vae, self.device, pictures, s.random_flip)
         self.validation = None
@@ -194,9 +198,13 @@ class LoraTrainer:
 
         s = self.settings
         return get_scheduler(
-            s.lr_scheduler, optimizer=self.optimizer, num_warmup_steps=s.lr_warmup_steps,
-            num_training_steps=s.max_train_steps, num_cycles=s.lr_num_cycles, power=s.lr_power,
-        )  # fmt: skip
+            s.lr_scheduler,
+            optimizer=self.optimizer,
+            num_warmup_steps=s.lr_warmup_steps,
+            num_training_steps=s.max_train_steps,
+            num_cycles=s.lr_num_cycles,
+            power=s.lr_power,
+        )
 
     # ---- train -------------------------------------------------------------------------------------------
     def train(self, until: int | None = None) -> None:
@@ -215,8 +223,14 @@ class LoraTrainer:
         s = self.settings
         last = s.max_train_steps if until is None else min(until, s.max_train_steps)
         self.start_step = self.progress.step
-        bar = tqdm(total=last, initial=self.start_step, desc="train", unit="step",
-                   disable=not s.progress_bar, dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=last,
+            initial=self.start_step,
+            desc="train",
+            unit="step",
+            disable=not s.progress_bar,
+            dynamic_ncols=True,
+        )
         pending: list = []
         set_optimizer_mode(self.optimizer, training=True)
         started = time.perf_counter()
@@ -281,8 +295,10 @@ class LoraTrainer:
         s = self.settings
         rows = picture_indices(micro_step, s.train_batch_size, self.n_instance, s.seed)
         dropped = caption_dropped(micro_step, len(rows), s.seed, s.caption_dropout)
-        prompt_rows = [self.prompts.rows[""] if drop else self.prompts.picture_rows[row]
-                       for row, drop in zip(rows, dropped, strict=True)]  # fmt: skip
+        prompt_rows = [
+            self.prompts.rows[""] if drop else self.prompts.picture_rows[row]
+            for row, drop in zip(rows, dropped, strict=True)
+        ]
         if self.class_images:
             rows += class_picture_rows(
                 micro_step, s.train_batch_size, self.n_instance, len(self.class_images)
@@ -427,9 +443,15 @@ class LoraTrainer:
 def adapter_configs(s: TrainSettings) -> tuple:
     """The peft configs of the UNet's adapter and of the text encoder's (None while it is frozen)."""
     unet = adapter_config(
-        s.adapter_kind, s.rank, s.lora_alpha, s.dropout, list(s.unet_target_modules),
-        list(s.conv_target_modules), s.conv_rank, s.conv_alpha,
-    )  # fmt: skip
+        s.adapter_kind,
+        s.rank,
+        s.lora_alpha,
+        s.dropout,
+        list(s.unet_target_modules),
+        list(s.conv_target_modules),
+        s.conv_rank,
+        s.conv_alpha,
+    )
     if not s.trains_text_encoder:
         return unet, None
     return unet, adapter_config(s.adapter_kind, s.rank, s.lora_alpha, s.dropout, list(s.text_target_modules))
@@ -542,9 +564,19 @@ def train_lora(
         TrainingStopped: ``should_stop`` asked for a stop; the checkpoint to continue from is saved.
     """
     trainer = LoraTrainer(
-        pipe, images, settings, output_dir, class_images, on_step, on_checkpoint, metadata, identity,
-        should_stop=should_stop, validation_images=validation_images, captions=captions,
-    )  # fmt: skip
+        pipe,
+        images,
+        settings,
+        output_dir,
+        class_images,
+        on_step,
+        on_checkpoint,
+        metadata,
+        identity,
+        should_stop=should_stop,
+        validation_images=validation_images,
+        captions=captions,
+    )
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     try:
         trainer.setup(resume_from)

@@ -95,8 +95,13 @@ def denoising_loss(pipe, images: list, prompt: str, seed: int = 0, samples_per_i
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     device, dtype = pipe.unet.device, pipe.unet.dtype
     gen = torch.Generator("cpu").manual_seed(seed)
-    ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids.to(device)  # fmt: skip
+    ids = pipe.tokenizer(
+        [prompt],
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
     with torch.no_grad():
         embeds = pipe.text_encoder(ids)[0]
         pixels = torch.stack([to_tensor(img) for img in images]).repeat(samples_per_image, 1, 1, 1)

@@ -77,8 +77,9 @@ def _log_stopped(tracker: Tracker, parent: str, run, bracket, sweep_name: str) -
     log_unfinished_run(tracker, parent, run, step, metrics, tags, sweep_name)
 
 
-def log_unfinished_run(tracker: Tracker, parent: str, run, step: int, metrics: list, tags: dict,
-                       sweep_name: str) -> None:  # fmt: skip
+def log_unfinished_run(
+    tracker: Tracker, parent: str, run, step: int, metrics: list, tags: dict, sweep_name: str
+) -> None:
     """Log a run stopped at checkpoint ``step`` (no final job logged it) from its folder, with ``metrics``.
 
     Params, loss per step, the given metrics and tags, and the pictures of ``<run>/step-<n>/``; nothing when

@@ -118,8 +118,9 @@ class _Helper:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
         }
-        self.process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, env=env,
-                                        pass_fds=(calls_r, answers_w))  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.DEVNULL, env=env, pass_fds=(calls_r, answers_w)
+        )
         os.close(calls_r)
         os.close(answers_w)
         self._calls = os.fdopen(calls_w, "wb")

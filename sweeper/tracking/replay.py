@@ -149,8 +149,11 @@ def log_run_folder(
     else:
         tracker.set_tags(run_id, {"grid_extended": "true"})
     metrics = run_summary_metrics(run) + score_metrics(run) + (step_metrics(run) if with_steps else [])
-    metrics += [(f"{EMA_PREFIX}{name}", value, step) for name, value, step in score_metrics(run.ema)
-                if not name.startswith("real_")]  # fmt: skip
+    metrics += [
+        (f"{EMA_PREFIX}{name}", value, step)
+        for name, value, step in score_metrics(run.ema)
+        if not name.startswith("real_")
+    ]
     tracker.log_metrics(run_id, metrics)
     chart_steps = image_chart_steps(run)
     for picture in run.pictures() + run.ema.pictures() if pictures is None else pictures:

@@ -33,8 +33,9 @@ def trial_tags(number: int, reported: dict[int, float], decision: str) -> dict[s
     }
 
 
-def log_trial(config: DictConfig, sweep_dir: Path, name: str, reported: dict[int, float], decision: str,
-              number: int) -> None:  # fmt: skip
+def log_trial(
+    config: DictConfig, sweep_dir: Path, name: str, reported: dict[int, float], decision: str, number: int
+) -> None:
     """Log one decided trial to the job run of its folder ``name`` (created from the folder if pruned)."""
     from sweeper.plan import parent_run_of
     from sweeper.tracking.bracket import log_unfinished_run

@@ -66,8 +66,10 @@ def view_state(varying: list[str], prompts: list[str]) -> dict:
     sections = {name: _uid("section", name) for name in ("Training curves", "Scores", "Pictures")}
     charts = [_chart("LINE", sections["Training curves"], metricKey=m) for m in CURVES]
     charts += [_chart("BAR", sections["Scores"], metricKey=m) for m in SCORE_METRICS]
-    charts += [_chart("IMAGE", sections["Pictures"], imageKeys=[image_chart_key(p)], step=0, showRunParams=False)
-               for p in prompts]  # fmt: skip
+    charts += [
+        _chart("IMAGE", sections["Pictures"], imageKeys=[image_chart_key(p)], step=0, showRunParams=False)
+        for p in prompts
+    ]
     return {
         "searchFilter": JOB_FILTER,
         "orderByKey": _column("metrics", "objective"),
@@ -94,13 +96,30 @@ def view_state(varying: list[str], prompts: list[str]) -> dict:
 
 def _chart(kind: str, section: str, **fields) -> dict:
     name = fields.get("metricKey") or fields["imageKeys"][0]
-    chart = {"uuid": _uid("chart", kind, name), "type": kind, "runsCountToCompare": 100,
-             "metricSectionId": section, "deleted": False, "isGenerated": False, "displayName": name, **fields}  # fmt: skip
+    chart = {
+        "uuid": _uid("chart", kind, name),
+        "type": kind,
+        "runsCountToCompare": 100,
+        "metricSectionId": section,
+        "deleted": False,
+        "isGenerated": False,
+        "displayName": name,
+        **fields,
+    }
     if kind == "LINE":
-        chart |= {"lineSmoothness": 0, "xAxisKey": "step", "xAxisScaleType": "linear", "scaleType": "linear",
-                  "yAxisKey": "metric", "yAxisExpressions": [], "selectedXAxisMetricKey": "",
-                  "useGlobalXaxisKey": False, "useGlobalLineSmoothing": False, "ignoreOutliers": False,
-                  "range": {}}  # fmt: skip
+        chart |= {
+            "lineSmoothness": 0,
+            "xAxisKey": "step",
+            "xAxisScaleType": "linear",
+            "scaleType": "linear",
+            "yAxisKey": "metric",
+            "yAxisExpressions": [],
+            "selectedXAxisMetricKey": "",
+            "useGlobalXaxisKey": False,
+            "useGlobalLineSmoothing": False,
+            "ignoreOutliers": False,
+            "range": {},
+        }
     return chart
 
 
@@ -122,16 +141,21 @@ def sweep_links(store_uri: str, port: int = 5000) -> list[tuple[str, str]]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=store_uri)
-    return [(e.name, experiment_link(ui_base(store_uri, port), e.experiment_id))
-            for e in client.search_experiments() if VIEW_TAG in e.tags]  # fmt: skip
+    return [
+        (e.name, experiment_link(ui_base(store_uri, port), e.experiment_id))
+        for e in client.search_experiments()
+        if VIEW_TAG in e.tags
+    ]
 
 
 def note_for_job(run_name: str, settings: dict, varying: list[str], best: dict, prompts: dict) -> str:
     """A job run's description (``mlflow.note.content``): what it is, its best cells, where its pictures are."""
     shown = list(dict.fromkeys(["learning_rate", "text_encoder_lr", *varying]))
     values = ", ".join(f"{k} {settings.get(k)}" for k in shown if "." not in k)
-    lines = [f"Training configuration `{run_name}`: {values}; {settings.get('lr_scheduler')} schedule, "
-             f"{settings.get('max_train_steps')} steps, rank {settings.get('rank')}."]  # fmt: skip
+    lines = [
+        f"Training configuration `{run_name}`: {values}; {settings.get('lr_scheduler')} schedule, "
+        f"{settings.get('max_train_steps')} steps, rank {settings.get('rank')}."
+    ]
     for prompt, (cell, value) in best.items():
         lines.append(f"Best cell for `{prompt}` (unet;text;guidance): `{cell}`, objective {value:.3f}.")
     for prompt, cells in prompts.items():
@@ -179,16 +203,22 @@ def summarise_sweep(tracker, parent: str | None, sweep_dir: Path, objective: str
     terms = parse_objective(objective)
     scored = [(objective_value(run.means(), terms), run) for run in load_results(sweep_dir)]
     scored = [(value, run) for value, run in scored if value is not None]
-    lines = [f"Sweep `{sweep_dir.name}`: every job is a run of this experiment (tag `{ROLE_TAG}={JOB_ROLE}`); "
-             "`report.md`, `compare.html`, `loss_curves.png` and the sweep sheets are this run's artifacts."]  # fmt: skip
+    lines = [
+        f"Sweep `{sweep_dir.name}`: every job is a run of this experiment (tag `{ROLE_TAG}={JOB_ROLE}`); "
+        "`report.md`, `compare.html`, `loss_curves.png` and the sweep sheets are this run's artifacts."
+    ]
     if scored:
         value, best = max(scored, key=lambda pair: pair[0])
         cells = best.best_cells(terms)
-        tracker.set_tags(parent, {"best_configuration": best.name,
-                                  **{f"best_cell.{p}": c for p, (c, _v) in cells.items()}})  # fmt: skip
+        tracker.set_tags(
+            parent, {"best_configuration": best.name, **{f"best_cell.{p}": c for p, (c, _v) in cells.items()}}
+        )
         tracker.log_metrics(parent, [("best_objective", value, 0)])
-        lines.append(f"Best configuration by `{objective}`: `{best.name}` ({value:.3f}); its best cells: "
-                     + ", ".join(f"`{p}` {c}" for p, (c, _v) in cells.items()) + ".")  # fmt: skip
+        lines.append(
+            f"Best configuration by `{objective}`: `{best.name}` ({value:.3f}); its best cells: "
+            + ", ".join(f"`{p}` {c}" for p, (c, _v) in cells.items())
+            + "."
+        )
     tracker.set_tags(parent, {"mlflow.note.content": "\n\n".join(lines)})
 
 
