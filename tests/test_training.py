@@ -272,9 +272,18 @@ def test_min_snr_weights_follow_their_formula(pipe, subject_images, settings, tm
         trainer.cleanup()
 
 
-def test_min_snr_and_noise_offset_train(pipe, subject_images, settings, tmp_path):
-    result = train_lora(pipe, subject_images, settings(snr_gamma=5.0, noise_offset=0.1), tmp_path)
-    assert all(np.isfinite(result.loss_history))
+@pytest.mark.parametrize(
+    "option", [{"snr_gamma": 5.0}, {"noise_offset": 0.1}], ids=["min-snr", "noise-offset"]
+)
+def test_min_snr_and_noise_offset_each_change_what_is_trained(
+    pipe, subject_images, settings, tmp_path, option
+):
+    plain = train_lora(pipe, subject_images, settings(), tmp_path / "plain")
+    changed = train_lora(pipe, subject_images, settings(**option), tmp_path / "changed")
+    assert all(np.isfinite(changed.loss_history))
+    assert changed.loss_history != plain.loss_history  # same seed: only the option can tell them apart
+    with pytest.raises(AssertionError):
+        assert_same_weights(changed.lora_path, plain.lora_path)
 
 
 def test_bad_target_module_is_a_clear_error(pipe, subject_images, settings, tmp_path):

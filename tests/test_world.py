@@ -131,6 +131,7 @@ def test_world_model_loads_by_name_and_renders(small_world, monkeypatch):
     assert model_identity(source).startswith("world-") and len(model_identity(source)) == len("world-") + 12
 
 
+@pytest.mark.slow
 def test_recipe_is_deterministic_given_its_seed(tmp_path):
     from lora_core.embedded.recipe import Recipe, train_vae
 
