@@ -19,7 +19,7 @@ from lora_core.embedded.tiny_eval import (
     ensure_tiny_dino,
 )
 from lora_core.embedded.tiny_model import TinyModelSpec, ensure_tiny_model
-from lora_core.embedded.weights import verified_world_dir, world_part
+from lora_core.embedded.world_weights import verified_world_dir, world_part
 from lora_core.models import ModelSource
 
 TINY = "tiny"

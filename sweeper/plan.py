@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from lora_core.atomic import write_text_atomic
-from lora_core.embedded.weights import verified_world_dir
+from lora_core.embedded.world_weights import verified_world_dir
 from lora_core.errors import UserInputError
 from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS
 from sweeper.embedded_models import TINY, WORLD

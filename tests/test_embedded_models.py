@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 from lora_core.embedded.tiny_model import TinyModelSpec
-from lora_core.embedded.weights import verified_world_dir
+from lora_core.embedded.world_weights import verified_world_dir
 from lora_core.models import ModelSource, model_identity
 from sweeper.embedded_models import base_model
 

@@ -157,7 +157,7 @@ def test_assembling_the_same_stages_twice_gives_the_same_files(small_world, tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_damaged_world_weights_are_named_with_how_to_restore_them(small_world, tmp_path, monkeypatch, damage):
-    from lora_core.embedded.weights import verified_world_dir
+    from lora_core.embedded.world_weights import verified_world_dir
     from lora_core.errors import UserInputError
 
     copy = tmp_path / "world"

@@ -64,7 +64,7 @@ def trained_lora(world_pipe, world_subject, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scorer(world_subject):
-    from lora_core.embedded.weights import world_part
+    from lora_core.embedded.world_weights import world_part
     from lora_core.metrics import EvalModels, ImageScorer
 
     models = EvalModels(
@@ -96,7 +96,7 @@ def test_the_shipped_model_follows_held_out_compositions(world_pipe):
     # every object / colour / place combination pretraining never drew, generated once (DDIM 25, guidance 4)
     # and read back by the world CLIP; the manifest's figure from the build: object 82.5 %, place 100 %
     from lora_core.embedded.recipe import Recipe, prompt_following
-    from lora_core.embedded.weights import world_part
+    from lora_core.embedded.world_weights import world_part
 
     measured = prompt_following(world_pipe, world_part("clip"), Recipe().seed)
     print(f"prompt following on the held-out compositions: {measured}")
@@ -157,7 +157,7 @@ def test_the_subject_keeps_the_prompts_place(world_pipe, trained_lora):
     from transformers import CLIPModel, CLIPTokenizer
 
     from lora_core.embedded.recipe import zero_shot_read
-    from lora_core.embedded.weights import world_part
+    from lora_core.embedded.world_weights import world_part
 
     images = _render(world_pipe, trained_lora, "a ktn cat on the beach", 1.0, 1.0)
     clip = CLIPModel.from_pretrained(world_part("clip")).eval()
@@ -177,7 +177,7 @@ def test_guidance_raises_prompt_adherence(world_pipe):
     from transformers import CLIPModel, CLIPTokenizer
 
     from lora_core.embedded.recipe import zero_shot_accuracy
-    from lora_core.embedded.weights import world_part
+    from lora_core.embedded.world_weights import world_part
 
     triples = sorted(world.held_out_combinations(0))[:24]
     captions = [world.caption(world.Scene(*t)) for t in triples]
