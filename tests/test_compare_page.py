@@ -1,5 +1,6 @@
 """The compare page and the report, read the way a person reads them (a real headless browser)."""
 
+import itertools
 import re
 
 import pytest
@@ -28,13 +29,13 @@ def test_the_report_has_a_row_per_configuration_and_the_loss_plot(quickstart_swe
 def _assert_the_best_per_metric_is_bold(text, runs):
     """In each metric's column exactly the best run's cell is bold (highest score; lowest final_loss)."""
     lines = text.splitlines()
-    header = next(line for line in lines if line.startswith("| configuration |")).strip("|").split("|")
+    start = next(i for i, line in enumerate(lines) if line.startswith("| configuration |"))
+    header = lines[start].strip("|").split("|")
     columns = {name.strip(): i for i, name in enumerate(header)}
     rows = {}
-    for line in lines:
-        if line.startswith("| `"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            rows[cells[0].strip("`")] = cells
+    for line in itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2 :]):  # this table only
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells
     assert set(rows) == {run.name for run in runs}
     metrics = [m for m in ("dino", "clip_i", "clip_t", "final_loss") if m in columns]
     assert "dino" in metrics and "final_loss" in metrics, header
