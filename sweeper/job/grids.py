@@ -8,8 +8,8 @@ from tqdm.auto import tqdm
 
 from lora_core.atomic import atomic_path
 from lora_core.render import GridRenderer, RenderOptions
-from sweeper.grid import GridCell
-from sweeper.layout import RunFolder
+from sweeper.disk.layout import RunFolder
+from sweeper.planning.grid import GridCell
 
 
 def render_missing(

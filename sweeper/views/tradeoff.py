@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lora_core.metrics import mean_scores
-from sweeper.drawing import pyplot, save_figure
-from sweeper.layout import SCALE_PLOT
-from sweeper.naming import format_number
+from sweeper.disk.layout import SCALE_PLOT
+from sweeper.disk.naming import format_number
+from sweeper.views.drawing import pyplot, save_figure
 
 _METRICS = ("dino", "clip_t")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS
-from sweeper.drawing import pyplot, save_figure
-from sweeper.layout import FIDELITY_PLOT, RunFolder
+from sweeper.disk.layout import FIDELITY_PLOT, RunFolder
+from sweeper.views.drawing import pyplot, save_figure
 
 
 def step_label(step: int) -> str:
@@ -56,13 +56,13 @@ def best_step_lines(sweep_dir: Path, runs: list, objective: str) -> list[str]:
 
     Args:
         sweep_dir: The sweep folder (``steps_fidelity.png`` is written there).
-        runs: The finished runs (``sweeper.results.RunResult``).
+        runs: The finished runs (``sweeper.disk.results.RunResult``).
         objective: ``eval.objective``.
 
     Returns:
         Markdown lines (none when no run rendered more than one step).
     """
-    from sweeper.objective import objective_value, parse_objective
+    from sweeper.search.objective import objective_value, parse_objective
 
     terms = parse_objective(objective)
     curves = {}

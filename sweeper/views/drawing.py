@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from lora_core.atomic import atomic_path
 from lora_core.errors import UserInputError
-from sweeper.naming import cell_label, format_number
+from sweeper.disk.naming import cell_label, format_number
 
 log = logging.getLogger(__name__)
 

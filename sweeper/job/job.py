@@ -24,10 +24,10 @@ from lora_core.errors import UserInputError
 from lora_core.models import ModelSource, dtype_name, load_pipeline, model_identity
 from lora_core.training import checkpoint_dir, find_checkpoint, incompatibility, list_checkpoints, train_lora
 from lora_core.training.loss_log import read_rows
-from sweeper.job_spec import JobSpec, build_job
-from sweeper.layout import RunFolder, SweepFolder
-from sweeper.plan import SweepPlan
-from sweeper.preemption import HeldSignals
+from sweeper.config.spec import JobSpec, build_job
+from sweeper.disk.layout import RunFolder, SweepFolder
+from sweeper.job.preemption import HeldSignals
+from sweeper.planning.plan import SweepPlan
 from sweeper.tracking.helper import TrackerProxy, open_tracker
 from sweeper.tracking.store import tracking_uri
 from sweeper.tracking.tracker import StepLogger, Tracker
@@ -139,8 +139,8 @@ class Job:
         Returns:
             The objective of the step's grid, or None without scores.
         """
-        from sweeper.rendering import render_missing
-        from sweeper.sheets import draw_run_sheets
+        from sweeper.job.grids import render_missing
+        from sweeper.views.sheets import draw_run_sheets
 
         started = time.perf_counter()
         grids = self._grids(self.folder.step(step), checkpoint_dir(self.lora_dir, step))
@@ -201,7 +201,7 @@ class Job:
 
     def render(self, pipe) -> None:
         """Render the grids' missing pictures (existing ones are kept as they are): one per ``render.weights``."""
-        from sweeper.rendering import render_missing
+        from sweeper.job.grids import render_missing
 
         self._check_render_settings()
         started, rendered = time.perf_counter(), 0
@@ -231,7 +231,7 @@ class Job:
             The objective of the run folder's own grid (the first: it decides), or None when evaluation is
             off or the grid is empty.
         """
-        from sweeper.evaluation import evaluate_run
+        from sweeper.job.evaluation import evaluate_run
 
         if not (self.cfg.eval.enabled and self.spec.cells):
             return None
@@ -243,9 +243,9 @@ class Job:
 
     def draw_sheets(self) -> None:
         """One contact sheet per prompt and guidance: rows UNet scale, columns text-encoder scale."""
-        from sweeper.sheets import draw_rows_sheets, draw_run_sheets
-        from sweeper.step_grids import step_rows
-        from sweeper.weights_grids import weights_rows
+        from sweeper.job.step_grids import step_rows
+        from sweeper.job.weights_grids import weights_rows
+        from sweeper.views.sheets import draw_rows_sheets, draw_run_sheets
 
         thumb, cells = self.cfg.render.sheet_thumb, self.spec.cells
         sheets = draw_run_sheets(self.run_dir, cells, thumb)
@@ -267,7 +267,7 @@ class Job:
 
     def _grids(self, folder: RunFolder, lora: Path) -> list[tuple[RunFolder, Path]]:
         """(grid folder, adapter folder) of each grid ``render.weights`` asks for (``weight_grids``)."""
-        from sweeper.weights_grids import weight_grids
+        from sweeper.job.weights_grids import weight_grids
 
         return weight_grids(folder, lora, self.spec.weights)
 

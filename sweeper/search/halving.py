@@ -23,9 +23,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
-from sweeper.layout import SweepFolder
-from sweeper.naming import override_value
-from sweeper.objective import known_objective
+from sweeper.disk.layout import SweepFolder
+from sweeper.disk.naming import override_value
+from sweeper.search.objective import known_objective
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def check_preview(preview: dict) -> None:
     Raises:
         UserInputError: Naming the key and the keys a preview can set.
     """
-    from sweeper.schema import RenderConfig
+    from sweeper.config.schema import RenderConfig
 
     allowed = {f.name for f in fields(RenderConfig)} - set(_NOT_PREVIEW)
     for key in preview:
@@ -180,7 +180,7 @@ def plan_halving(config: DictConfig, plan) -> Bracket:
 
     Args:
         config: The multirun's master config (``hydra.sweeper``: eta, rungs, preview).
-        plan: The sweep's plan (``sweeper.plan.plan_sweep``), updated in place.
+        plan: The sweep's plan (``sweeper.planning.plan.plan_sweep``), updated in place.
 
     Returns:
         The bracket (the saved one when the same sweep is run again).
@@ -189,8 +189,8 @@ def plan_halving(config: DictConfig, plan) -> Bracket:
         UserInputError: One configuration, a varying ``train.max_train_steps``, evaluation off, a bad eta,
             rung count or preview value.
     """
-    from sweeper.job_spec import build_job, sweep_dir_of
-    from sweeper.plan import compose_job
+    from sweeper.config.spec import build_job, sweep_dir_of
+    from sweeper.planning.plan import compose_job
 
     names = list(plan.jobs)
     if len(names) < 2:
@@ -249,8 +249,8 @@ def run_bracket(config: DictConfig, launcher) -> list:
     Returns:
         Every job's ``JobReturn``.
     """
-    from sweeper.job_spec import sweep_dir_of
-    from sweeper.plan import SweepPlan
+    from sweeper.config.spec import sweep_dir_of
+    from sweeper.planning.plan import SweepPlan
     from sweeper.tracking.bracket import log_rung
 
     sweep_dir = sweep_dir_of(config)

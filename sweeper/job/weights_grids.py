@@ -16,7 +16,7 @@ from pathlib import Path
 from lora_core.adapters import find_weights_file
 from lora_core.errors import UserInputError
 from lora_core.training import EMA_DIR
-from sweeper.layout import RunFolder
+from sweeper.disk.layout import RunFolder
 
 
 def weight_grids(folder: RunFolder, lora: Path, weights: str) -> list[tuple[RunFolder, Path]]:

@@ -1,6 +1,6 @@
 """Decide: the sweep report (``report.md`` + loss curves) and the static compare page (``compare.html``).
 
-``python -m sweeper.report <sweep folder>`` makes both for any sweep folder; a multirun makes them at its
+``python -m sweeper.views.report <sweep folder>`` makes both for any sweep folder; a multirun makes them at its
 end. The compare page is one self-contained HTML file (data inlined, no CDN, no server): open it from
 ``file://``. Pick a prompt, UNet scale, text scale and guidance and see that cell for every training
 configuration side by side, sorted and coloured by any metric; or pick a configuration and see its
@@ -16,17 +16,17 @@ from pathlib import Path
 
 from lora_core.atomic import write_text_atomic
 from lora_core.errors import UserInputError
-from sweeper.drawing import pyplot, save_figure
+from sweeper.disk.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, RunFolder
+from sweeper.disk.naming import differing_keys, format_number
+from sweeper.disk.results import METRICS, RunResult, load_results
 from sweeper.errors import user_errors
-from sweeper.grid import first_images
-from sweeper.halving import bracket_lines
-from sweeper.layout import LOSS_PLOT, PAGE_FILE, REPORT_FILE, RunFolder
-from sweeper.naming import differing_keys, format_number
-from sweeper.objective import DEFAULT_OBJECTIVE, parse_objective
-from sweeper.optuna_search import trials_lines
-from sweeper.results import METRICS, RunResult, load_results
-from sweeper.step_grids import best_step_lines
-from sweeper.tradeoff import scale_lines
+from sweeper.job.step_grids import best_step_lines
+from sweeper.planning.grid import first_images
+from sweeper.search.halving import bracket_lines
+from sweeper.search.objective import DEFAULT_OBJECTIVE, parse_objective
+from sweeper.search.optuna import trials_lines
+from sweeper.views.drawing import pyplot, save_figure
+from sweeper.views.tradeoff import scale_lines
 
 _TEMPLATE = Path(__file__).with_name("compare_page.html")
 
@@ -210,7 +210,7 @@ def _cells_per_prompt(runs: list[RunResult]) -> dict[str, int]:
 
 def dreambooth_table(runs: list[RunResult]) -> list[str]:
     """The paper's Table 1 layout: real images and DreamBooth (SD) as reported, then this subject and each run."""
-    from sweeper.dreambooth_prompts import PAPER_FIGURES
+    from sweeper.config.dreambooth_prompts import PAPER_FIGURES
 
     lines = [
         "## DreamBooth metrics (the paper's layout)",
@@ -261,8 +261,10 @@ def write_report(sweep_dir: str | Path, objective: str = DEFAULT_OBJECTIVE) -> t
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sweeper.report <sweep folder> [--objective dino+clip_t]``."""
-    parser = argparse.ArgumentParser(prog="python -m sweeper.report", description=__doc__.splitlines()[0])
+    """``python -m sweeper.views.report <sweep folder> [--objective dino+clip_t]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sweeper.views.report", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--objective", default=DEFAULT_OBJECTIVE)
     args = parser.parse_args(argv)

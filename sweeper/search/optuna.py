@@ -24,9 +24,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
-from sweeper.layout import OPTUNA_FILE, SweepFolder
-from sweeper.naming import override_value, train_short_keys
-from sweeper.objective import known_objective
+from sweeper.disk.layout import OPTUNA_FILE, SweepFolder
+from sweeper.disk.naming import override_value, train_short_keys
+from sweeper.search.objective import known_objective
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +197,9 @@ def check_search(config: DictConfig, arguments: list[str]) -> SearchSettings:
         UserInputError: Bad settings (``search_settings``), evaluation off, no report step below the
             longest trial's ``max_train_steps``, a bad preview value.
     """
-    from sweeper.halving import check_preview, rung_overrides
-    from sweeper.job_spec import build_job
-    from sweeper.plan import compose_job
+    from sweeper.config.spec import build_job
+    from sweeper.planning.plan import compose_job
+    from sweeper.search.halving import check_preview, rung_overrides
 
     settings = search_settings(config)
     space = search_space(config, arguments)
@@ -270,7 +270,7 @@ class _Trial:
     stage: int = 0
 
     def stage_overrides(self, preview: dict) -> tuple[str, ...]:
-        from sweeper.halving import rung_overrides
+        from sweeper.search.halving import rung_overrides
 
         top = self.stage == len(self.steps) - 1
         return (*self.overrides, *rung_overrides(self.steps[self.stage], top, preview))
@@ -284,8 +284,8 @@ def _start_trial(
     settings: SearchSettings,
     varying: list[str],
 ) -> _Trial:
-    from sweeper.job_spec import build_job
-    from sweeper.plan import compose_job
+    from sweeper.config.spec import build_job
+    from sweeper.planning.plan import compose_job
 
     overrides = space.overrides(trial.params)
     cfg = compose_job(config, overrides)
@@ -312,8 +312,8 @@ def run_search(config: DictConfig, launcher, arguments: list[str]) -> list:
     import optuna
     from optuna.trial import TrialState
 
-    from sweeper.job_spec import sweep_dir_of
-    from sweeper.plan import SweepPlan, compose_job
+    from sweeper.config.spec import sweep_dir_of
+    from sweeper.planning.plan import SweepPlan, compose_job
 
     settings, space = search_settings(config), search_space(config, arguments)
     base_steps = int(compose_job(config, space.fixed).train.max_train_steps)
@@ -418,7 +418,7 @@ def _reported(study, t: _Trial) -> dict[int, float]:
 
 
 def _log_trial(config: DictConfig, study, t: _Trial, decision: str) -> None:
-    from sweeper.job_spec import sweep_dir_of
+    from sweeper.config.spec import sweep_dir_of
     from sweeper.tracking.trials import log_trial
 
     log_trial(config, sweep_dir_of(config), t.name, _reported(study, t), decision, t.trial.number)
@@ -477,7 +477,7 @@ def write_results(config: DictConfig, study) -> None:
     """``optimization_results.yaml`` in the multirun's Hydra folder: the best trial's values and objective."""
     from optuna.trial import TrialState
 
-    from sweeper.job_spec import sweep_dir_of
+    from sweeper.config.spec import sweep_dir_of
 
     save_trials(study, sweep_dir_of(config))
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
