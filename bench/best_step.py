@@ -56,8 +56,8 @@ def compare(root: Path, objective: str = "dino+clip_t") -> list[dict]:
     """
     from sweeper.disk.layout import RunFolder
     from sweeper.disk.results import load_results
-    from sweeper.job.step_grids import step_means
     from sweeper.search.objective import objective_value, parse_objective
+    from sweeper.views.report.best_step import step_means
 
     terms = parse_objective(objective)
     from_checkpoints: dict[str, dict[int, float]] = {}

@@ -105,3 +105,27 @@ def draw_rows_sheets(
             save_sheet(sweep_sheet(pictures, list(rows), columns, title, thumb), sheet_file(prompt))
         )
     return written
+
+
+def step_label(step: int) -> str:
+    """A sheet row's label: ``step 400``."""
+    return f"step {step}"
+
+
+def step_rows(run: RunFolder, final_step: int) -> dict[str, RunFolder]:
+    """The rows of a run's step sheets: ``step 100`` -> its step folder, the final step -> the run folder.
+
+    Returns:
+        The rows in step order; empty when no step folder was rendered (nothing to compare).
+    """
+    folders = {**run.steps(), final_step: run}
+    return {step_label(step): folder for step, folder in folders.items()} if len(folders) > 1 else {}
+
+
+def weights_rows(run: RunFolder) -> dict[str, RunFolder]:
+    """The rows of a run's weights sheets: ``raw`` -> the run folder, ``ema`` -> its EMA grid.
+
+    Returns:
+        The rows; empty when the run has no EMA grid.
+    """
+    return {"raw": run, "ema": run.ema} if run.ema.pictures() else {}
