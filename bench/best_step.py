@@ -54,10 +54,10 @@ def compare(root: Path, objective: str = "dino+clip_t") -> list[dict]:
         One dict per configuration: ``configuration``, ``checkpoints`` and ``step_sweep`` (step ->
         objective), ``best_checkpoint``, ``best_step_sweep``, ``agree``.
     """
-    from sweeper.layout import RunFolder
-    from sweeper.objective import objective_value, parse_objective
-    from sweeper.results import load_results
-    from sweeper.step_grids import step_means
+    from sweeper.disk.layout import RunFolder
+    from sweeper.disk.results import load_results
+    from sweeper.search.objective import objective_value, parse_objective
+    from sweeper.views.report.best_step import step_means
 
     terms = parse_objective(objective)
     from_checkpoints: dict[str, dict[int, float]] = {}

@@ -36,7 +36,7 @@ def bench_model(model: str) -> tuple:
     from lora_core.data.subject import load_subject_images
     from lora_core.embedded.drawn_subject import ensure_drawn_subject
     from lora_core.models import ModelSource, load_pipeline
-    from sweeper.embedded_models import base_model
+    from sweeper.config.embedded_models import base_model
 
     cache = default_cache_dir()
     pipe = load_pipeline(base_model(ModelSource(path=model, device="cpu"), cache_dir=cache))

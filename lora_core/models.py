@@ -3,7 +3,7 @@
 Pipelines are cached per process, so the later jobs of a sweep that run in the same process reuse the
 weights instead of loading them again. Callers must leave the cached pipeline as they found it (no
 adapters left attached, no fused weights); the trainer and the renderer do. The project's own models
-(``world``, ``tiny``) arrive here as folders: ``sweeper.embedded_models`` resolves their names.
+(``world``, ``tiny``) arrive here as folders: ``sweeper.config.embedded_models`` resolves their names.
 """
 
 from __future__ import annotations

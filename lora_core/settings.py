@@ -157,7 +157,7 @@ class OptimizerOptions:
 class Hyperparameters:
     """The training hyperparameters: the schema of the config's ``train`` node, every field sweepable.
 
-    Hydra's typed config (``sweeper.schema``) uses this class as it is, so a key, its type and its default
+    Hydra's typed config (``sweeper.config.schema``) uses this class as it is, so a key, its type and its default
     are defined once, here. ``TrainSettings`` adds what a run takes from the subject and the LoRA targets.
 
     Every field can be set or swept on the command line (``python -m sweeper -m

@@ -13,10 +13,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from sweeper.config.schema import register_configs
 from sweeper.errors import job_errors
-from sweeper.objective import objective_or_nan
 from sweeper.plugins import LauncherKind, SweeperKind, launcher_kind, sweeper_kind
-from sweeper.schema import register_configs
+from sweeper.search.objective import objective_or_nan
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +39,21 @@ def _safe_name(name: str) -> str:
     Hydra creates that folder before any of our code runs; an unsafe name (``../x``) is then refused with
     a clear message by the sweep itself, and Hydra's folder never lands outside ``sweep.root``.
     """
-    from sweeper.naming import format_value
+    from sweeper.disk.naming import format_value
 
     return format_value(str(name))
 
 
 def _slurm_gpus(partition: str | None, wanted: int = 1) -> int:
     """``${slurm_gpus:${hydra.launcher.partition},1}``: that many GPUs where the partition has them, else 0."""
-    from sweeper.slurm import slurm_gpus
+    from sweeper.launch.slurm import slurm_gpus
 
     return slurm_gpus(partition, wanted)
 
 
 def _dreambooth_prompts(kind: str) -> list:
     """``${dreambooth_prompts:${data.kind}}``: the DreamBooth dataset's 25 evaluation prompts."""
-    from sweeper.dreambooth_prompts import dreambooth_prompts
+    from sweeper.config.dreambooth_prompts import dreambooth_prompts
 
     return dreambooth_prompts(str(kind))
 
@@ -92,7 +92,7 @@ def run(cfg: DictConfig) -> float | None:
         The job's objective (for metric-driven search), or None.
     """
     from sweeper.job import run_job
-    from sweeper.placement import place_job
+    from sweeper.job.placement import place_job
 
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     overrides = list(hydra_cfg.overrides.task) if hydra_cfg else []

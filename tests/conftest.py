@@ -31,7 +31,7 @@ def cache_dir(tmp_path_factory) -> Path:
 def tiny_source(cache_dir):
     """The tiny model as a job loads it: its folder in the session cache, its identity ``tiny-<fingerprint>``."""
     from lora_core.models import ModelSource
-    from sweeper.embedded_models import base_model
+    from sweeper.config.embedded_models import base_model
 
     return base_model(ModelSource(path="tiny", device="cpu"), cache_dir=cache_dir)
 

@@ -72,7 +72,7 @@ def planned_refusal(capsys, root: Path, *args: str) -> Result:
     from hydra.types import RunMode
 
     from sweeper.app import CONF_DIR
-    from sweeper.lifecycle import SweepCallback
+    from sweeper.planning.callback import SweepCallback
 
     overrides = [*args, f"sweep.root={root}"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

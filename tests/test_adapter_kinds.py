@@ -15,8 +15,8 @@ from lora_core.render import GridRenderer, RenderCell, RenderOptions, load_adapt
 from lora_core.settings import UNET_CONV, TrainSettings
 from lora_core.training import ADAPTER_NAME, LoraTrainer, train_lora
 from sweeper.app import CONF_DIR
-from sweeper.job_spec import build_job
-from sweeper.naming import differing_keys
+from sweeper.config.spec import build_job
+from sweeper.disk.naming import differing_keys
 
 KINDS = ("lora", "dora", "loha", "lokr")
 # LoCon on every kind: the UNet's convolutions with their own rank and alpha (scale 0.5; attention: 2).
@@ -177,7 +177,7 @@ def test_kohya_metadata_names_the_lycoris_algorithm(pipe, subject_images, settin
 
 # ---- configuration -----------------------------------------------------------------------------------------
 def test_kinds_diffusers_cannot_load_are_said_in_one_line_before_training(caplog):
-    with caplog.at_level(logging.WARNING, logger="sweeper.job_spec"):
+    with caplog.at_level(logging.WARNING, logger="sweeper.config.spec"):
         job = build_job(_compose("lora.kind=lokr"))
     lines = [r.getMessage() for r in caplog.records if "lora.kind=lokr" in r.getMessage()]
     assert (

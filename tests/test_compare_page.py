@@ -6,8 +6,8 @@ import re
 import pytest
 from conftest import ARTIFACTS
 
-from sweeper.report import write_report
-from sweeper.results import load_results
+from sweeper.disk.results import load_results
+from sweeper.views.report import write_report
 
 
 @pytest.mark.slow

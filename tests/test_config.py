@@ -10,7 +10,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from lora_core.errors import UserInputError
 from sweeper.app import CONF_DIR
-from sweeper.job_spec import build_job
+from sweeper.config.spec import build_job
 
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 LAUNCHERS = sorted(p.stem for p in (Path(CONF_DIR) / "launcher").glob("*.yaml"))

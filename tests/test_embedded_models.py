@@ -6,7 +6,7 @@ from pathlib import Path
 from lora_core.embedded.tiny_model import TinyModelSpec
 from lora_core.embedded.world_weights import verified_world_dir
 from lora_core.models import ModelSource, model_identity
-from sweeper.embedded_models import base_model
+from sweeper.config.embedded_models import base_model
 
 CORE = Path(__file__).resolve().parent.parent / "lora_core"
 

@@ -2,8 +2,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from lora_core.errors import UserInputError
-from sweeper.grid import grid_cells, resolve_prompts
-from sweeper.schema import RenderConfig
+from sweeper.config.schema import RenderConfig
+from sweeper.planning.grid import grid_cells, resolve_prompts
 
 
 def _render(**overrides):

@@ -13,7 +13,7 @@ from sweep_cli import FAST, REPO, mlflow_runs, planned_refusal, refused, sweep
 
 from lora_core.adapters import LORA_FILE
 from lora_core.training import list_checkpoints, train_lora
-from sweeper.halving import given_rung_steps, rung_steps, survivors
+from sweeper.search.halving import given_rung_steps, rung_steps, survivors
 
 # The quickstart's 2 x 2 learning rates on the tiny model, halved once: rungs at 4 and 8 steps.
 HALVING = [

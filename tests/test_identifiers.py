@@ -42,7 +42,7 @@ def test_a_rare_single_token_passes(bpe):
 
 
 def test_the_world_model_knows_ktn_as_one_rare_token(cache_dir, capsys):
-    from sweeper.identifiers import main
+    from sweeper.tools.identifiers import main
 
     assert main(["--count", "3", "data.token=ktn"]) == 0
     printed = capsys.readouterr().out
@@ -51,7 +51,7 @@ def test_the_world_model_knows_ktn_as_one_rare_token(cache_dir, capsys):
 
 
 def test_the_command_lists_candidates_for_the_configured_model(cache_dir, capsys):
-    from sweeper.identifiers import main
+    from sweeper.tools.identifiers import main
 
     assert main(["--count", "3", "data.token=ktn", "model=tiny"]) == 0
     printed = capsys.readouterr().out
@@ -63,4 +63,7 @@ def test_the_command_lists_candidates_for_the_configured_model(cache_dir, capsys
 def test_the_command_refuses_a_bad_value_with_exit_2_and_one_line():
     from sweep_cli import refused, run_cli
 
-    refused(run_cli("sweeper.identifiers", "train.learning_rate=-1"), "train.learning_rate=-1.0: must be > 0")
+    refused(
+        run_cli("sweeper.tools.identifiers", "train.learning_rate=-1"),
+        "train.learning_rate=-1.0: must be > 0",
+    )

@@ -209,7 +209,7 @@ def test_the_papers_architectures_at_real_size_score_through_the_same_path(tmp_p
     the scorer's from_pretrained path and take 224 px input; the metrics keep their meaning (identical
     pictures score 1, a picture's scores equal the embeddings' cosines computed by hand)."""
     from lora_core.embedded.tiny_eval import REAL_SIZE
-    from sweeper.embedded_models import REAL_SHAPE, resolve_eval_model
+    from sweeper.config.embedded_models import REAL_SHAPE, resolve_eval_model
 
     root = tmp_path_factory.mktemp("real-shape")
     dino, clip = (resolve_eval_model(REAL_SHAPE, kind, root) for kind in ("dino", "clip"))

@@ -1,7 +1,7 @@
 import pytest
 
 from lora_core.errors import UserInputError
-from sweeper.naming import (
+from sweeper.disk.naming import (
     check_safe_name,
     check_short_name,
     format_number,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sweeper.objective import parse_objective
+from sweeper.search.objective import parse_objective
 
 
 def test_objectives_parse_with_weights():

@@ -12,7 +12,7 @@ from sweep_cli import FAST, mlflow_runs, planned_refusal, refused, run_records, 
 
 from lora_core.adapters import LORA_FILE
 from sweeper.app import CONF_DIR
-from sweeper.optuna_search import run_search
+from sweeper.search.optuna import run_search
 
 STEPS = 6  # debug=fast's max_train_steps
 

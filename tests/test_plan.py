@@ -2,8 +2,8 @@
 
 import json
 
-from sweeper.layout import PLAN_FILE
-from sweeper.plan import SweepPlan, TrackingIds, parent_run_of
+from sweeper.disk.layout import PLAN_FILE
+from sweeper.planning.plan import SweepPlan, TrackingIds, parent_run_of
 
 
 def test_a_plan_written_before_the_typed_mlflow_ids_still_loads_and_saves_the_same(tmp_path):

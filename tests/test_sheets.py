@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from lora_core.errors import UserInputError
-from sweeper.drawing import (
+from sweeper.views.drawing import (
     GAP,
     MAX_PIXELS,
     MAX_SIDE,

@@ -15,7 +15,7 @@ import pytest
 import submitit
 from sweep_cli import FAST, sweep
 
-from sweeper.slurm import describe_failure
+from sweeper.launch.slurm import describe_failure
 
 QOS = "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit)"
 

@@ -93,7 +93,7 @@ def test_an_output_root_that_cannot_be_written_is_one_line_naming_sweep_root(cap
 
     from sweeper.app import CONF_DIR
     from sweeper.errors import USER_ERROR_EXIT
-    from sweeper.lifecycle import SweepCallback
+    from sweeper.planning.callback import SweepCallback
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sweeper.results import RunResult
-from sweeper.tradeoff import knee, scale_curves, scale_lines
+from sweeper.disk.results import RunResult
+from sweeper.views.report.tradeoff import knee, scale_curves, scale_lines
 
 CYCLE = [(31, 119, 180), (255, 127, 14), (44, 160, 44)]  # matplotlib's first colours: C0, C1, C2
 

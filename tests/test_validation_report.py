@@ -2,10 +2,11 @@
 
 import json
 
-from sweeper.layout import RunFolder
-from sweeper.report import plot_losses, report_markdown
-from sweeper.results import RunResult, load_run
+from sweeper.disk.layout import RunFolder
+from sweeper.disk.results import RunResult, load_run
 from sweeper.tracking.replay import step_metrics
+from sweeper.views.plots import plot_losses
+from sweeper.views.report import report_markdown
 
 VAL = {10: 0.50, 20: 0.40, 30: 0.35, 40: 0.38, 50: 0.45}  # lowest at 30, rising after
 

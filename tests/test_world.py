@@ -119,7 +119,7 @@ def test_recipe_writes_a_diffusers_pipeline_clip_identity_model_and_manifest(sma
 @pytest.mark.slow
 def test_world_model_loads_by_name_and_renders(small_world, monkeypatch):
     from lora_core.models import ModelSource, load_pipeline, model_identity
-    from sweeper.embedded_models import base_model
+    from sweeper.config.embedded_models import base_model
 
     monkeypatch.setenv("LORA_SWEEPS_WORLD", str(small_world[0]))
     source = base_model(ModelSource(path="world", device="cpu"))

@@ -22,7 +22,7 @@ SUBJECT = "a photo of ktn cat"
 @pytest.fixture(scope="module")
 def world_pipe():
     from lora_core.models import ModelSource, load_pipeline
-    from sweeper.embedded_models import base_model
+    from sweeper.config.embedded_models import base_model
 
     return load_pipeline(base_model(ModelSource(path="world", device="cpu")))
 
@@ -121,7 +121,7 @@ def test_unet_scale_zero_and_text_scale_zero_render_the_base_models_picture(worl
 def test_the_trained_lora_draws_the_subject_at_least_half_way_from_the_base_model(
     world_pipe, world_subject, trained_lora, scorer, base_identity
 ):
-    from sweeper.evaluation import reference_scores
+    from sweeper.job.evaluation import reference_scores
 
     base = base_identity
     learned = _identity(scorer, _render(world_pipe, trained_lora, SUBJECT, 1.0, 0.0))  # the UNet's LoRA alone

@@ -1,7 +1,7 @@
 """``hydra/sweeper=halving``: successive halving over the configurations of a sweep (Hydra sweeper plugin).
 
 Hydra only instantiates sweepers defined under ``hydra_plugins``; this class is the thin plugin, the
-bracket itself is ``sweeper.halving``.
+bracket itself is ``sweeper.search.halving``.
 """
 
 from dataclasses import dataclass, field
@@ -49,6 +49,6 @@ class HalvingSweeper(Sweeper):
 
     def sweep(self, arguments: Any) -> Any:
         """Run the bracket (the callback has planned and checked every configuration already)."""
-        from sweeper.halving import run_bracket
+        from sweeper.search.halving import run_bracket
 
         return run_bracket(self.config, self.launcher)

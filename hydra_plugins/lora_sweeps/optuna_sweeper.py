@@ -1,7 +1,7 @@
 """``hydra/sweeper=lora_optuna``: Optuna with pruning at checkpoints and a study in SQLite (Hydra sweeper plugin).
 
 Hydra only instantiates sweepers defined under ``hydra_plugins``; this class is the thin plugin, the search
-itself is ``sweeper.optuna_search``.
+itself is ``sweeper.search.optuna``.
 """
 
 from dataclasses import dataclass, field
@@ -72,6 +72,6 @@ class LoraOptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         """Run the study (the callback has checked the settings and the values outside the space)."""
-        from sweeper.optuna_search import run_search
+        from sweeper.search.optuna import run_search
 
         return run_search(self.config, self.launcher, arguments)

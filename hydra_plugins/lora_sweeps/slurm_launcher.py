@@ -2,7 +2,7 @@
 
 The jobs are submitted, requeued and collected by ``hydra-submitit-launcher`` and submitit, unchanged. What
 this subclass adds is the end of a failed sweep: an ``sbatch`` refusal, a job that was cancelled or one that
-failed is one ``error:`` line (``sweeper.slurm.describe_failure``) instead of Hydra's traceback, and the
+failed is one ``error:`` line (``sweeper.launch.slurm.describe_failure``) instead of Hydra's traceback, and the
 sweep exits non-zero with everything already produced kept. ``conf/launcher/submitit_slurm.yaml`` picks it.
 """
 
@@ -38,7 +38,7 @@ class LoraSlurmLauncher(SlurmLauncher):
         from submitit.core.utils import FailedSubmissionError, UncompletedJobError
 
         from sweeper.errors import exit_with
-        from sweeper.slurm import describe_failure, describe_stopped
+        from sweeper.launch.slurm import describe_failure, describe_stopped
 
         try:
             with contextlib.redirect_stderr(_WithoutSbatchEcho(sys.stderr)):

@@ -5,7 +5,7 @@ the whole evaluation path (``from_pretrained``, processors, batching, arithmetic
 ``eval.dino_model=real-shape`` / ``eval.clip_model=real-shape`` are DINO ViT-S/16 and CLIP ViT-B/32 as
 their hub configurations define them (depth, width, heads, patch size, 224 px input, the hub's legacy
 processor files), with random weights: the real metrics' code path at real size, memory and speed, on
-a machine that cannot download. Their scores measure nothing about pictures. ``sweeper.embedded_models``
+a machine that cannot download. Their scores measure nothing about pictures. ``sweeper.config.embedded_models``
 turns these names (and ``world``) into folders.
 """
 

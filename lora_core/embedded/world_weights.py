@@ -3,7 +3,7 @@
 ``model.path=world`` loads ``sd/`` (a diffusers pipeline folder), ``eval.clip_model=world`` the world CLIP,
 ``eval.dino_model=world`` the identity ViT. ``manifest.json`` lists every weight file's sha256; a file that is
 missing or differs stops the run with one line naming it and how to get it back. The manifest's hash is
-the model's content hash, recorded with every run (``sweeper.embedded_models`` makes it the model's identity).
+the model's content hash, recorded with every run (``sweeper.config.embedded_models`` makes it the model's identity).
 """
 
 from __future__ import annotations

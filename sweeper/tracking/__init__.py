@@ -9,5 +9,5 @@
   ``python -m sweeper.tracking <sweep folder>`` for a sweep that ran while the store was down).
 - ``ui``: what the MLflow UI shows when a sweep's link is opened (shared view, descriptions, ``make ui``).
 
-Disk is the source of truth: every write here can be replayed from the sweep folder (``sweeper.layout``).
+Disk is the source of truth: every write here can be replayed from the sweep folder (``sweeper.disk.layout``).
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sweeper.layout import SweepFolder
+from sweeper.disk.layout import SweepFolder
 from sweeper.tracking.tracker import Tracker
 
 TABLE_FILE = "bracket_table.json"
@@ -49,7 +49,7 @@ def bracket_table(bracket) -> dict[str, list]:
 
 def log_rung(config: DictConfig, sweep_dir: Path, bracket, rung: int) -> None:
     """Log what rung ``rung`` decided: stopped configurations' runs, or, at the top, the whole bracket."""
-    from sweeper.plan import parent_run_of
+    from sweeper.planning.plan import parent_run_of
 
     parent = parent_run_of(sweep_dir)
     if not (config.tracking.enabled and parent):

@@ -2,7 +2,7 @@
 
 Every job logs its own folder at its end (``log_run_folder``); the sweep's end logs the sweep-wide files
 and the summary (``close_sweep``); ``python -m sweeper.tracking <sweep folder>`` logs a sweep that ran while
-the store could not be reached (``log_sweep_folder``). What is read comes from ``sweeper.layout``.
+the store could not be reached (``log_sweep_folder``). What is read comes from ``sweeper.disk.layout``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
 from lora_core.training.loss_log import metric_rows
-from sweeper.layout import RunFolder, SweepFolder
-from sweeper.objective import DEFAULT_OBJECTIVE
+from sweeper.disk.layout import RunFolder, SweepFolder
+from sweeper.search.objective import DEFAULT_OBJECTIVE
 from sweeper.tracking.store import default_uri
 from sweeper.tracking.tracker import Tracker, flatten, image_key
 from sweeper.tracking.ui import (
@@ -60,7 +60,7 @@ def run_summary_metrics(run: RunFolder) -> list[tuple[str, float, int]]:
 
 def score_metrics(run: RunFolder) -> list[tuple[str, float, int]]:
     """DreamBooth metric means of a run: overall, per prompt (``dino/ph``) and per cell (``dino/cell/ph_1_1_3``)."""
-    from sweeper.results import RunResult
+    from sweeper.disk.results import RunResult
 
     result = RunResult(run.path, {}, [], run.read_scores())
     if not result.scores:
@@ -88,7 +88,7 @@ def image_chart_steps(run: RunFolder) -> dict[str, tuple[str, int, str, str]]:
 
     A prompt's pictures take steps 0, 1, ... in grid order.
     """
-    from sweeper.results import cell_scales
+    from sweeper.disk.results import cell_scales
 
     seen: dict[str, int] = {}
     steps = {}
@@ -102,9 +102,9 @@ def image_chart_steps(run: RunFolder) -> dict[str, tuple[str, int, str, str]]:
 
 def job_note(run: RunFolder, chart_steps: dict[str, tuple[str, int, str, str]]) -> str:
     """The job run's description: its settings, best cell per prompt, and the image charts' steps."""
-    from sweeper.objective import parse_objective
-    from sweeper.plan import SweepPlan
-    from sweeper.results import load_run
+    from sweeper.disk.results import load_run
+    from sweeper.planning.plan import SweepPlan
+    from sweeper.search.objective import parse_objective
 
     result = load_run(run.path)
     config = run.read_config()
@@ -223,7 +223,7 @@ def log_sweep_folder(
     Raises:
         UserInputError: Not a sweep folder, or the store cannot be reached.
     """
-    from sweeper.plan import SweepPlan, TrackingIds
+    from sweeper.planning.plan import SweepPlan, TrackingIds
 
     sweep = SweepFolder(Path(sweep_dir))
     runs = sweep.done_runs() if sweep.path.is_dir() else []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sweeper.layout import default_store
+from sweeper.disk.layout import default_store
 from sweeper.tracking.tags import KIND, KIND_TAG
 
 # A dead server should cost seconds, not MLflow's default minutes of retries.

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from lora_core.training.loss_log import metric_rows
-from sweeper.layout import PENDING_FILE, artifacts_dir
+from sweeper.disk.layout import PENDING_FILE, artifacts_dir
 from sweeper.tracking.store import (
     client_for,
     experiment_id,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sweeper.layout import SweepFolder
+from sweeper.disk.layout import SweepFolder
 from sweeper.tracking.tracker import Tracker
 
 METRIC = "intermediate_objective"
@@ -37,7 +37,7 @@ def log_trial(
     config: DictConfig, sweep_dir: Path, name: str, reported: dict[int, float], decision: str, number: int
 ) -> None:
     """Log one decided trial to the job run of its folder ``name`` (created from the folder if pruned)."""
-    from sweeper.plan import parent_run_of
+    from sweeper.planning.plan import parent_run_of
     from sweeper.tracking.bracket import log_unfinished_run
 
     parent = parent_run_of(sweep_dir)

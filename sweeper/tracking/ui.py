@@ -24,9 +24,9 @@ import uuid
 from pathlib import Path
 
 from lora_core.errors import UserInputError
+from sweeper.disk.layout import default_store
+from sweeper.disk.naming import param_key
 from sweeper.errors import user_errors
-from sweeper.layout import default_store
-from sweeper.naming import param_key
 from sweeper.tracking.tags import JOB_FILTER, JOB_ROLE, ROLE_TAG
 from sweeper.tracking.tracker import image_key
 
@@ -185,7 +185,7 @@ def sweep_space(plan, searched: dict | None = None) -> dict[str, str]:
 
 def describe_sweep(tracker, parent: str | None, config, plan) -> None:
     """At the start of a sweep: the experiment's shared view, and the space on the parent run."""
-    from sweeper.grid import resolve_prompts
+    from sweeper.planning.grid import resolve_prompts
 
     prompts = list(resolve_prompts(config.render.prompts, config.data.token, config.data.class_name))
     tracker.set_experiment_tags({VIEW_TAG: json.dumps(view_state(plan.varying, prompts))})
@@ -195,8 +195,8 @@ def describe_sweep(tracker, parent: str | None, config, plan) -> None:
 
 def summarise_sweep(tracker, parent: str | None, sweep_dir: Path, objective: str) -> None:
     """At the end of a sweep: the best configuration and its best cells on the parent run, and its note."""
-    from sweeper.objective import objective_value, parse_objective
-    from sweeper.results import load_results
+    from sweeper.disk.results import load_results
+    from sweeper.search.objective import objective_value, parse_objective
 
     if not parent:
         return

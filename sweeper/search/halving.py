@@ -23,9 +23,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
-from sweeper.layout import SweepFolder
-from sweeper.naming import override_value
-from sweeper.objective import known_objective
+from sweeper.disk.layout import SweepFolder
+from sweeper.disk.naming import override_value
+from sweeper.search.objective import known_objective
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def check_preview(preview: dict) -> None:
     Raises:
         UserInputError: Naming the key and the keys a preview can set.
     """
-    from sweeper.schema import RenderConfig
+    from sweeper.config.schema import RenderConfig
 
     allowed = {f.name for f in fields(RenderConfig)} - set(_NOT_PREVIEW)
     for key in preview:
@@ -180,7 +180,7 @@ def plan_halving(config: DictConfig, plan) -> Bracket:
 
     Args:
         config: The multirun's master config (``hydra.sweeper``: eta, rungs, preview).
-        plan: The sweep's plan (``sweeper.plan.plan_sweep``), updated in place.
+        plan: The sweep's plan (``sweeper.planning.plan.plan_sweep``), updated in place.
 
     Returns:
         The bracket (the saved one when the same sweep is run again).
@@ -189,8 +189,8 @@ def plan_halving(config: DictConfig, plan) -> Bracket:
         UserInputError: One configuration, a varying ``train.max_train_steps``, evaluation off, a bad eta,
             rung count or preview value.
     """
-    from sweeper.job_spec import build_job, sweep_dir_of
-    from sweeper.plan import compose_job
+    from sweeper.config.spec import build_job, sweep_dir_of
+    from sweeper.planning.plan import compose_job
 
     names = list(plan.jobs)
     if len(names) < 2:
@@ -249,8 +249,8 @@ def run_bracket(config: DictConfig, launcher) -> list:
     Returns:
         Every job's ``JobReturn``.
     """
-    from sweeper.job_spec import sweep_dir_of
-    from sweeper.plan import SweepPlan
+    from sweeper.config.spec import sweep_dir_of
+    from sweeper.planning.plan import SweepPlan
     from sweeper.tracking.bracket import log_rung
 
     sweep_dir = sweep_dir_of(config)
@@ -278,29 +278,3 @@ def run_bracket(config: DictConfig, launcher) -> list:
             log.info("Rung %d: %s go on", rung + 1, ", ".join(bracket.promoted[rung]))
         log_rung(config, sweep_dir, bracket, rung)
     return returns
-
-
-def bracket_lines(sweep_dir: Path) -> list[str]:
-    """The report's bracket section: each configuration's objective per rung and what happened to it."""
-    bracket = Bracket.load(sweep_dir)
-    if bracket is None:
-        return []
-    header = ["configuration", *(f"step {s}" for s in bracket.steps), "decision"]
-    lines = [
-        f"## Halving bracket (eta {bracket.eta})",
-        "",
-        "Objective per rung (rungs below the top score the preview grid); the best 1/eta go on.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for name in bracket.configurations:
-        cells = [
-            f"{v:.4f}" if (v := scores.get(name)) is not None else ("n/a" if name in scores else "")
-            for scores in bracket.scores
-        ]
-        cells += [""] * (len(bracket.steps) - len(cells))
-        reached, what = bracket.decision(name)
-        decision = f"{what} at step {bracket.steps[reached]}" if reached >= 0 else what
-        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {decision} |")
-    return [*lines, ""]

@@ -2,12 +2,12 @@
 
 Disk is the source of truth (MLflow, the report and the compare page are rebuilt from it)::
 
-    <sweep.root>/optuna.db                     Optuna searches' studies, one per sweep name (sweeper.optuna_search)
+    <sweep.root>/optuna.db                     Optuna searches' studies, one per sweep name (sweeper.search.optuna)
     <sweep.root>/mlflow.db  mlartifacts/       the default MLflow store and its artifacts (sweeper.tracking)
     <sweep.root>/<sweep.name>/                 SweepFolder
-        sweep.json                             the plan: varying keys, jobs, MLflow ids (sweeper.plan)
-        bracket.json                           a halving sweep's rungs, scores and decisions (sweeper.halving)
-        trials.json                            an Optuna search's trials, reports and states (sweeper.optuna_search)
+        sweep.json                             the plan: varying keys, jobs, MLflow ids (sweeper.planning.plan)
+        bracket.json                           a halving sweep's rungs, scores and decisions (sweeper.search.halving)
+        trials.json                            an Optuna search's trials, reports and states (sweeper.search.optuna)
         report.md  compare.html  loss_curves.png  sheets/<prompt>.png
         MLFLOW_PENDING                         the store could not be reached; how to log later
         <learning_rate>;<text_encoder_lr>/     RunFolder (name: sweep.run_dir_template)
@@ -27,7 +27,7 @@ Disk is the source of truth (MLflow, the report and the compare page are rebuilt
             sheets/weights_<pr>.png            a prompt's cells (columns) with the raw and EMA weights (rows)
             sheets/steps_<pr>.png              a prompt's cells (columns) at every rendered step (rows)
 
-A picture's file name is made once (``sweeper.grid.GridCell.stem`` through ``sweeper.naming.image_stem``)
+A picture's file name is made once (``sweeper.planning.grid.GridCell.stem`` through ``sweeper.disk.naming.image_stem``)
 and never parsed back: ``RunFolder.cells`` maps names to cells from ``run.json``, so prompt short names
 that share a prefix (``purple``, ``purple_rug``) cannot be confused.
 """
@@ -56,7 +56,7 @@ from lora_core.training import (
     step_folder_name,
 )
 from lora_core.training.loss_log import read_rows
-from sweeper.naming import format_number
+from sweeper.disk.naming import format_number
 
 # Run folder.
 RECORD_FILE = "run.json"
@@ -343,12 +343,12 @@ class SweepFolder:
 
     @property
     def bracket_file(self) -> Path:
-        """``bracket.json``: a halving sweep's rungs (``sweeper.halving.Bracket``)."""
+        """``bracket.json``: a halving sweep's rungs (``sweeper.search.halving.Bracket``)."""
         return self.path / BRACKET_FILE
 
     @property
     def trials_file(self) -> Path:
-        """``trials.json``: an Optuna search's trials, their reports and states (``sweeper.optuna_search``)."""
+        """``trials.json``: an Optuna search's trials, their reports and states (``sweeper.search.optuna``)."""
         return self.path / TRIALS_FILE
 
     @property
@@ -376,7 +376,7 @@ class SweepFolder:
         return self.sheets_dir / f"{prompt_name}.png"
 
     def read_bracket(self) -> dict | None:
-        """``bracket.json`` (``sweeper.halving.Bracket``'s fields), or None when absent."""
+        """``bracket.json`` (``sweeper.search.halving.Bracket``'s fields), or None when absent."""
         return _read_json(self.bracket_file) if self.bracket_file.is_file() else None
 
     def write_bracket(self, bracket: dict) -> None:

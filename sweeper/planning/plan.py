@@ -20,10 +20,10 @@ from lora_core.atomic import write_text_atomic
 from lora_core.embedded.world_weights import verified_world_dir
 from lora_core.errors import UserInputError
 from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS
-from sweeper.embedded_models import TINY, WORLD
-from sweeper.job_spec import JobSpec, build_job
-from sweeper.layout import PLAN_FILE
-from sweeper.naming import differing_keys
+from sweeper.config.embedded_models import TINY, WORLD
+from sweeper.config.spec import JobSpec, build_job
+from sweeper.disk.layout import PLAN_FILE
+from sweeper.disk.naming import differing_keys
 
 log = logging.getLogger(__name__)
 

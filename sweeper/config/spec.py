@@ -15,13 +15,13 @@ from lora_core.errors import UserInputError
 from lora_core.models import ModelSource
 from lora_core.render import RenderOptions
 from lora_core.settings import TrainSettings
-from sweeper.embedded_models import base_model
-from sweeper.grid import GridCell, grid_cells
-from sweeper.naming import check_safe_name, run_dir_name, short_key
+from sweeper.config.embedded_models import base_model
+from sweeper.disk.naming import check_safe_name, run_dir_name, short_key
+from sweeper.planning.grid import GridCell, grid_cells
 
 DATA_KINDS = ("object", "live")
 # render.weights: which LoRA weights render the grid; with both, the run folder holds the raw grid and its
-# ema/ subfolder (sweeper.layout.RunFolder.ema) the EMA grid.
+# ema/ subfolder (sweeper.disk.layout.RunFolder.ema) the EMA grid.
 RENDER_WEIGHTS = ("raw", "ema", "both")
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def build_job(cfg: DictConfig) -> JobSpec:
     """Check and convert a composed config.
 
     Args:
-        cfg: The job's composed config (``sweeper.schema.Config``).
+        cfg: The job's composed config (``sweeper.config.schema.Config``).
 
     Returns:
         The ``JobSpec``.
@@ -252,8 +252,8 @@ def _flat_items(values: dict, prefix: str = ""):
 
 def _check_outputs(cfg: DictConfig) -> None:
     """Values used only after training (scoring, sheets): checked now, so a typo costs seconds, not a run."""
-    from sweeper.drawing import MIN_THUMB
-    from sweeper.objective import parse_objective
+    from sweeper.search.objective import parse_objective
+    from sweeper.views.drawing import MIN_THUMB
 
     parse_objective(cfg.eval.objective)
     if cfg.eval.batch_size < 1:

@@ -1,14 +1,14 @@
-"""Which contact sheets a run and a sweep get, and where they go (the drawing is in ``sweeper.drawing``)."""
+"""Which contact sheets a run and a sweep get, and where they go (the drawing is in ``sweeper.views.drawing``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sweeper.drawing import run_sheet, save_sheet, sweep_sheet
-from sweeper.grid import GridCell, first_images
-from sweeper.layout import RunFolder, SweepFolder
-from sweeper.naming import format_number
-from sweeper.results import load_results
+from sweeper.disk.layout import RunFolder, SweepFolder
+from sweeper.disk.naming import format_number
+from sweeper.disk.results import load_results
+from sweeper.planning.grid import GridCell, first_images
+from sweeper.views.drawing import run_sheet, save_sheet, sweep_sheet
 
 
 def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Path]:
@@ -44,7 +44,7 @@ def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
 
     Args:
         sweep_dir: The sweep folder (sheets written to its ``sheets/``).
-        thumb: Cell size in pixels (reduced by ``sweeper.drawing`` for very wide grids).
+        thumb: Cell size in pixels (reduced by ``sweeper.views.drawing`` for very wide grids).
 
     Returns:
         The sheet files.
@@ -105,3 +105,27 @@ def draw_rows_sheets(
             save_sheet(sweep_sheet(pictures, list(rows), columns, title, thumb), sheet_file(prompt))
         )
     return written
+
+
+def step_label(step: int) -> str:
+    """A sheet row's label: ``step 400``."""
+    return f"step {step}"
+
+
+def step_rows(run: RunFolder, final_step: int) -> dict[str, RunFolder]:
+    """The rows of a run's step sheets: ``step 100`` -> its step folder, the final step -> the run folder.
+
+    Returns:
+        The rows in step order; empty when no step folder was rendered (nothing to compare).
+    """
+    folders = {**run.steps(), final_step: run}
+    return {step_label(step): folder for step, folder in folders.items()} if len(folders) > 1 else {}
+
+
+def weights_rows(run: RunFolder) -> dict[str, RunFolder]:
+    """The rows of a run's weights sheets: ``raw`` -> the run folder, ``ema`` -> its EMA grid.
+
+    Returns:
+        The rows; empty when the run has no EMA grid.
+    """
+    return {"raw": run, "ema": run.ema} if run.ema.pictures() else {}

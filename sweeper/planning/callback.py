@@ -13,15 +13,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
+from sweeper.config.spec import build_job, sweep_dir_of
+from sweeper.disk.layout import SweepFolder
+from sweeper.disk.naming import train_short_keys
 from sweeper.errors import exit_on_error
-from sweeper.halving import plan_halving
-from sweeper.job_spec import build_job, sweep_dir_of
-from sweeper.layout import SweepFolder
-from sweeper.naming import train_short_keys
-from sweeper.optuna_search import check_search, search_space
-from sweeper.plan import SweepPlan, TrackingIds, check_inputs, compose_job, expand_jobs, plan_sweep
+from sweeper.launch.slurm import check_slurm_request
+from sweeper.planning.plan import SweepPlan, TrackingIds, check_inputs, compose_job, expand_jobs, plan_sweep
 from sweeper.plugins import SweeperKind, sweeper_kind
-from sweeper.slurm import check_slurm_request
+from sweeper.search.halving import plan_halving
+from sweeper.search.optuna import check_search, search_space
 from sweeper.tracking.helper import open_tracker
 from sweeper.tracking.store import tracking_uri
 from sweeper.tracking.tracker import Tracker
@@ -116,10 +116,10 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         """Sweep-wide sheets, report and compare page; the parent run closed with them; where to look."""
-        from sweeper.report import write_report
-        from sweeper.sheets import draw_sweep_sheets
-        from sweeper.summary import print_summary
         from sweeper.tracking.replay import close_sweep, log_finished_runs
+        from sweeper.views.report import write_report
+        from sweeper.views.sheets import draw_sweep_sheets
+        from sweeper.views.summary import print_summary
 
         sweep_dir = sweep_dir_of(config)
         sheets = draw_sweep_sheets(sweep_dir, config.render.sheet_thumb)
@@ -137,9 +137,9 @@ class SweepCallback(Callback):
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         """A single run (no ``-m``): its report and compare page, the MLflow view, and where all of it is."""
-        from sweeper.report import write_report
-        from sweeper.results import load_results
-        from sweeper.summary import print_summary
+        from sweeper.disk.results import load_results
+        from sweeper.views.report import write_report
+        from sweeper.views.summary import print_summary
 
         sweep_dir = sweep_dir_of(config)
         if not sweep_dir.is_dir() or not load_results(sweep_dir):

@@ -9,7 +9,7 @@ from itertools import product
 from lora_core.data.captions import fill_prompt
 from lora_core.errors import UserInputError
 from lora_core.render import RenderCell
-from sweeper.naming import check_short_name, image_stem, short_names
+from sweeper.disk.naming import check_short_name, image_stem, short_names
 
 # Sensible ranges; outside them a value is far more likely a typo than an experiment.
 SCALE_RANGE = (-1.0, 3.0)

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from lora_core.atomic import atomic_path
 from lora_core.errors import UserInputError
-from sweeper.naming import cell_label, format_number
+from sweeper.disk.naming import cell_label, format_number
 
 log = logging.getLogger(__name__)
 
@@ -479,24 +479,3 @@ def save_sheet(image: Image.Image, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return Path(path)
-
-
-def pyplot():
-    """Matplotlib's pyplot on the Agg backend (files only, no display): the report's plots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Lay out a matplotlib figure, write it to ``path`` as PNG atomically, and close it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path

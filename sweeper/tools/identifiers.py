@@ -1,4 +1,4 @@
-"""``python -m sweeper.identifiers [model=... data.token=... --count N]``: pick an identifier.
+"""``python -m sweeper.tools.identifiers [model=... data.token=... --count N]``: pick an identifier.
 
 Lists short strings that the configured model's tokenizer encodes as a single, rarely used token (with
 their ids), and warns when ``data.token`` splits into several tokens or is a common word.
@@ -13,14 +13,14 @@ from hydra import compose, initialize_config_dir
 
 from lora_core.identifiers import identifier_warnings, rare_identifiers
 from sweeper.app import CONF_DIR
+from sweeper.config.spec import build_job
 from sweeper.errors import user_errors
-from sweeper.job_spec import build_job
 
 
 def main(argv: list[str] | None = None) -> int:
     """Print candidates and warnings; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m sweeper.identifiers", description=__doc__.splitlines()[0]
+        prog="python -m sweeper.tools.identifiers", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--count", type=int, default=20, help="candidates to list")
     parser.add_argument("--max-length", type=int, default=3, help="longest candidate in characters")

@@ -1,10 +1,8 @@
-"""The checkpoint axis: a run's grid at chosen training steps, side by side with the final one.
+"""The report's checkpoint-axis section: each configuration's objective at every rendered step, its best step.
 
-``render.steps=[100,300]`` renders the run's grid from the checkpoints at those steps into
-``<run>/step-000100/`` (pictures, ``scores.csv`` and sheets laid out as in the run folder), so the run
-folder itself keeps the final step's ``pr_u;t;g.png`` names; ``sheets/steps_<pr>.png`` shows each prompt's
-cells (columns) at every step (rows). A halving rung (``sweep.stop_at_step``) renders its preview grid the
-same way.
+``render.steps=[100,300]`` renders a run's grid from its checkpoints into ``<run>/step-000100/``
+(``sweeper.job.grids``); ``step_means`` compares those grids with the final one over the cells scored at
+every step, and ``best_step_lines`` writes the section and its plot of DINO and CLIP-T over steps.
 """
 
 from __future__ import annotations
@@ -12,23 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS
-from sweeper.drawing import pyplot, save_figure
-from sweeper.layout import FIDELITY_PLOT, RunFolder
-
-
-def step_label(step: int) -> str:
-    """A sheet row's label: ``step 400``."""
-    return f"step {step}"
-
-
-def step_rows(run: RunFolder, final_step: int) -> dict[str, RunFolder]:
-    """The rows of a run's step sheets: ``step 100`` -> its step folder, the final step -> the run folder.
-
-    Returns:
-        The rows in step order; empty when no step folder was rendered (nothing to compare).
-    """
-    folders = {**run.steps(), final_step: run}
-    return {step_label(step): folder for step, folder in folders.items()} if len(folders) > 1 else {}
+from sweeper.disk.layout import FIDELITY_PLOT, RunFolder
+from sweeper.views.plots import plot_fidelity
 
 
 def step_means(run: RunFolder, final_step: int) -> dict[int, dict]:
@@ -56,13 +39,13 @@ def best_step_lines(sweep_dir: Path, runs: list, objective: str) -> list[str]:
 
     Args:
         sweep_dir: The sweep folder (``steps_fidelity.png`` is written there).
-        runs: The finished runs (``sweeper.results.RunResult``).
+        runs: The finished runs (``sweeper.disk.results.RunResult``).
         objective: ``eval.objective``.
 
     Returns:
         Markdown lines (none when no run rendered more than one step).
     """
-    from sweeper.objective import objective_value, parse_objective
+    from sweeper.search.objective import objective_value, parse_objective
 
     terms = parse_objective(objective)
     curves = {}
@@ -103,24 +86,5 @@ def best_step_lines(sweep_dir: Path, runs: list, objective: str) -> list[str]:
             "best_step` measured both on the drawn world: they agree exactly under a constant schedule, "
             "not always under cosine).",
         ]
-    plot = _plot_fidelity(curves, Path(sweep_dir) / FIDELITY_PLOT)
+    plot = plot_fidelity(curves, Path(sweep_dir) / FIDELITY_PLOT)
     return [*lines, "", *([f"![DINO and CLIP-T over steps]({plot.name})", ""] if plot else [])]
-
-
-def _plot_fidelity(curves: dict[str, dict[int, dict]], path: Path) -> Path | None:
-    plt = pyplot()
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
-    for ax, metric, title in (
-        (axes[0], "dino", "DINO (subject) ↑"),
-        (axes[1], "clip_t", "CLIP-T (prompt) ↑"),
-    ):
-        for name, means in curves.items():
-            points = [(s, m[metric]) for s, m in means.items() if metric in m]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=name, linewidth=1.4)
-        ax.set_xlabel("training step")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    return save_figure(fig, path)

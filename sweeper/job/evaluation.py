@@ -16,10 +16,10 @@ from PIL import Image
 
 from lora_core.metrics import EvalModels, ImageScorer, clip_t_prompt, mean_scores, try_load_scorer
 from lora_core.models import resolve_device
-from sweeper.embedded_models import resolve_eval_model
-from sweeper.grid import GridCell
-from sweeper.layout import RunFolder
-from sweeper.objective import objective_value, parse_objective
+from sweeper.config.embedded_models import resolve_eval_model
+from sweeper.disk.layout import RunFolder
+from sweeper.planning.grid import GridCell
+from sweeper.search.objective import objective_value, parse_objective
 
 log = logging.getLogger(__name__)
 

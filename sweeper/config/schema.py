@@ -2,7 +2,7 @@
 
 The YAML files in ``conf/`` extend these (``defaults: [base_config, ...]``), so a typo in a YAML file or on
 the command line (``train.lerning_rate=...``) or a wrong type (``train.max_train_steps=abc``) is an error
-before anything runs. Value ranges are checked in ``sweeper.job_spec`` before any model loads.
+before anything runs. Value ranges are checked in ``sweeper.config.spec`` before any model loads.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 
 from lora_core.render import RenderOptions
 from lora_core.settings import TEXT_ATTENTION, UNET_ATTENTION, Hyperparameters
-from sweeper.objective import DEFAULT_OBJECTIVE
+from sweeper.search.objective import DEFAULT_OBJECTIVE
 
 
 @dataclass
@@ -71,7 +71,7 @@ class RenderConfig:
 
     The settings shared by every cell (``num_inference_steps``, ``scheduler``, ``negative_prompt``,
     ``batch_size``, ``fuse``) take their defaults from ``lora_core.render.RenderOptions``, which
-    ``sweeper.job_spec.build_job`` builds from this node; ``resolution`` is None here (the training
+    ``sweeper.config.spec.build_job`` builds from this node; ``resolution`` is None here (the training
     resolution) and a number there.
     """
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lora_core.metrics import mean_scores
-from sweeper.drawing import pyplot, save_figure
-from sweeper.layout import SCALE_PLOT
-from sweeper.naming import format_number
+from sweeper.disk.layout import SCALE_PLOT
+from sweeper.disk.naming import format_number
+from sweeper.views.plots import plot_scales
 
 _METRICS = ("dino", "clip_t")
 
@@ -72,38 +72,5 @@ def scale_lines(sweep_dir: Path, runs: list) -> list[str]:
             f"DINO {k['dino_gain']:+.3f}, CLIP-T {-k['clip_t_cost']:+.3f}" if k["peak"] != k["top"] else "-"
         )
         lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {format_number(k['peak'])} | {change} |")
-    plot = _plot(curves, Path(sweep_dir) / SCALE_PLOT)
+    plot = plot_scales(curves, Path(sweep_dir) / SCALE_PLOT)
     return [*lines, "", f"![DINO and CLIP-T over the UNet scale]({plot.name})", ""]
-
-
-def _plot(curves: dict[str, dict[float, dict]], path: Path) -> Path:
-    plt = pyplot()
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), dpi=110)
-    for name, curve in curves.items():
-        scales = list(curve)
-        dino = [curve[s]["dino"] for s in scales]
-        clip_t = [curve[s]["clip_t"] for s in scales]
-        axes[0].plot(scales, dino, marker="o", label=name, linewidth=1.4)
-        axes[1].plot(scales, clip_t, marker="o", label=name, linewidth=1.4)
-        (line,) = axes[2].plot(dino, clip_t, marker="o", label=name, linewidth=1.4)
-        for s, x, y in zip(scales, dino, clip_t, strict=True):
-            axes[2].annotate(
-                format_number(s),
-                (x, y),
-                fontsize=7,
-                color=line.get_color(),
-                textcoords="offset points",
-                xytext=(3, 3),
-            )
-    for ax, title, xlabel in (
-        (axes[0], "DINO (subject) ↑", "UNet LoRA scale"),
-        (axes[1], "CLIP-T (prompt) ↑", "UNet LoRA scale"),
-        (axes[2], "trade-off: each point a UNet scale", "DINO (subject)"),
-    ):
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-    axes[2].set_ylabel("CLIP-T (prompt)")
-    axes[0].legend(fontsize=8)
-    return save_figure(fig, path)

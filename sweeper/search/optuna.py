@@ -24,9 +24,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
-from sweeper.layout import OPTUNA_FILE, SweepFolder
-from sweeper.naming import override_value, train_short_keys
-from sweeper.objective import known_objective
+from sweeper.disk.layout import OPTUNA_FILE, SweepFolder
+from sweeper.disk.naming import override_value, train_short_keys
+from sweeper.search.objective import known_objective
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +197,9 @@ def check_search(config: DictConfig, arguments: list[str]) -> SearchSettings:
         UserInputError: Bad settings (``search_settings``), evaluation off, no report step below the
             longest trial's ``max_train_steps``, a bad preview value.
     """
-    from sweeper.halving import check_preview, rung_overrides
-    from sweeper.job_spec import build_job
-    from sweeper.plan import compose_job
+    from sweeper.config.spec import build_job
+    from sweeper.planning.plan import compose_job
+    from sweeper.search.halving import check_preview, rung_overrides
 
     settings = search_settings(config)
     space = search_space(config, arguments)
@@ -270,7 +270,7 @@ class _Trial:
     stage: int = 0
 
     def stage_overrides(self, preview: dict) -> tuple[str, ...]:
-        from sweeper.halving import rung_overrides
+        from sweeper.search.halving import rung_overrides
 
         top = self.stage == len(self.steps) - 1
         return (*self.overrides, *rung_overrides(self.steps[self.stage], top, preview))
@@ -284,8 +284,8 @@ def _start_trial(
     settings: SearchSettings,
     varying: list[str],
 ) -> _Trial:
-    from sweeper.job_spec import build_job
-    from sweeper.plan import compose_job
+    from sweeper.config.spec import build_job
+    from sweeper.planning.plan import compose_job
 
     overrides = space.overrides(trial.params)
     cfg = compose_job(config, overrides)
@@ -312,8 +312,8 @@ def run_search(config: DictConfig, launcher, arguments: list[str]) -> list:
     import optuna
     from optuna.trial import TrialState
 
-    from sweeper.job_spec import sweep_dir_of
-    from sweeper.plan import SweepPlan, compose_job
+    from sweeper.config.spec import sweep_dir_of
+    from sweeper.planning.plan import SweepPlan, compose_job
 
     settings, space = search_settings(config), search_space(config, arguments)
     base_steps = int(compose_job(config, space.fixed).train.max_train_steps)
@@ -418,7 +418,7 @@ def _reported(study, t: _Trial) -> dict[int, float]:
 
 
 def _log_trial(config: DictConfig, study, t: _Trial, decision: str) -> None:
-    from sweeper.job_spec import sweep_dir_of
+    from sweeper.config.spec import sweep_dir_of
     from sweeper.tracking.trials import log_trial
 
     log_trial(config, sweep_dir_of(config), t.name, _reported(study, t), decision, t.trial.number)
@@ -441,43 +441,11 @@ def save_trials(study, sweep_dir: Path) -> None:
     SweepFolder(sweep_dir).write_trials(study.study_name, rows)
 
 
-def trials_lines(sweep_dir: Path) -> list[str]:
-    """The report's Optuna section: each trial's objective at every report step and how it ended, best first."""
-    data = SweepFolder(sweep_dir).read_trials()
-    if data is None:
-        return []
-    trials = data["trials"]
-    steps = sorted({int(s) for t in trials for s in t["reports"]})
-    names = sorted({k for t in trials for k in t["params"]})
-    header = ["trial", "configuration", *names, *(f"step {s}" for s in steps), "state"]
-    lines = [
-        f"## Optuna study `{data['study']}`",
-        "",
-        "Objective at each report step; the pruner stops a trial whose report is weak against the others' "
-        "at the same step. Completed trials first, best first.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-
-    def order(t: dict) -> tuple:
-        done = t["state"] == "complete" and t["value"] is not None
-        last = max(t["reports"].items(), key=lambda kv: int(kv[0]), default=(0, None))
-        return (not done, -(t["value"] if done else int(last[0])), -(last[1] or 0.0), t["number"])
-
-    for t in sorted(trials, key=order):
-        params = [override_value(t["params"][k]) if k in t["params"] else "" for k in names]
-        reports = [f"{v:.4f}" if (v := t["reports"].get(str(s))) is not None else "" for s in steps]
-        run = f"`{t['run']}`" if t["run"] else "-"
-        lines.append(f"| {t['number']} | {run} | " + " | ".join([*params, *reports, t["state"]]) + " |")
-    return [*lines, ""]
-
-
 def write_results(config: DictConfig, study) -> None:
     """``optimization_results.yaml`` in the multirun's Hydra folder: the best trial's values and objective."""
     from optuna.trial import TrialState
 
-    from sweeper.job_spec import sweep_dir_of
+    from sweeper.config.spec import sweep_dir_of
 
     save_trials(study, sweep_dir_of(config))
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from lora_core.errors import UserInputError
 from lora_core.metrics import METRICS, mean_scores
-from sweeper.grid import GridCell
-from sweeper.layout import RunFolder, SweepFolder
-from sweeper.naming import cell_label
-from sweeper.objective import objective_value
+from sweeper.disk.layout import RunFolder, SweepFolder
+from sweeper.disk.naming import cell_label
+from sweeper.planning.grid import GridCell
+from sweeper.search.objective import objective_value
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sweeper.layout import SweepFolder
+from sweeper.disk.layout import SweepFolder
 from sweeper.tracking.store import tracking_uri
 from sweeper.tracking.ui import experiment_link, ui_base
 

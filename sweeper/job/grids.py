@@ -1,0 +1,204 @@
+"""A job's grids: render the cells missing from each grid folder, draw their sheets, score them.
+
+A run has one grid per ``render.weights`` (the run folder's own and, for ``both``, the EMA grid in
+``<run>/ema/``; see ``weight_grids``) and the same again in ``<run>/step-<n>/`` for each of ``render.steps``
+(the checkpoint axis). Each is rendered by ``render_missing``: pictures already there are kept as they are.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from lora_core.adapters import find_weights_file
+from lora_core.atomic import atomic_path
+from lora_core.errors import UserInputError
+from lora_core.models import model_identity
+from lora_core.render import GridRenderer, RenderOptions
+from lora_core.training import EMA_DIR, checkpoint_dir
+from sweeper.disk.layout import RunFolder
+from sweeper.job.context import JobContext
+from sweeper.planning.grid import GridCell
+
+
+def render_missing(
+    pipe,
+    folder: RunFolder,
+    lora: Path,
+    cells: list[GridCell],
+    options: RenderOptions,
+    progress: str | None = None,
+) -> list[Path]:
+    """Render the cells whose picture is not in ``folder`` yet, with the adapter in ``lora``.
+
+    Pictures already there are kept as they are; each new one is written atomically.
+
+    Args:
+        pipe: The loaded base pipeline (borrowed).
+        folder: Where the pictures go (the run folder, one of its step folders, or an EMA grid).
+        lora: A folder holding the adapter weights (the training folder, a checkpoint, or its ``ema/``).
+        cells: The grid.
+        options: Render settings.
+        progress: A progress bar's label (``render 1e-4;1e-5``); None for no bar.
+
+    Returns:
+        The pictures written now.
+    """
+    missing = [c for c in cells if not folder.picture(c.file_name).is_file()]
+    written: list[Path] = []
+    if not missing:
+        return written
+    folder.path.mkdir(parents=True, exist_ok=True)
+    by_render_cell = {c.render_cell(): c for c in missing}
+    bar = tqdm(total=len(missing), desc=progress, unit="img", dynamic_ncols=True, disable=progress is None)
+    with GridRenderer(pipe, lora, options) as renderer, bar:
+        for render_cell, image in renderer.render(by_render_cell):
+            path = folder.picture(by_render_cell[render_cell].file_name)
+            with atomic_path(path) as tmp:
+                image.save(tmp, format="PNG")
+            written.append(path)
+            bar.update(1)
+    return written
+
+
+def weight_grids(folder: RunFolder, lora: Path, weights: str) -> list[tuple[RunFolder, Path]]:
+    """Where each grid of ``folder`` goes and which adapter folder renders it.
+
+    Args:
+        folder: The run folder or one of its step folders.
+        lora: The adapter folder of the raw weights (``lora/`` or a checkpoint); the EMA's is its ``ema/``.
+        weights: ``render.weights``: raw, ema or both.
+
+    Returns:
+        (grid folder, adapter folder) pairs, the run folder's own grid first.
+
+    Raises:
+        UserInputError: The EMA weights are asked for but the training saved none.
+    """
+    raw, ema = lora, lora / EMA_DIR
+    if weights != "raw" and find_weights_file(ema) is None:
+        raise UserInputError(
+            f"render.weights={weights}: {ema} holds no adapter weights: this LoRA was trained without "
+            "train.ema_decay. Use render.weights=raw, or train with train.ema_decay under another sweep.name."
+        )
+    if weights == "both":
+        return [(folder, raw), (folder.ema, ema)]
+    return [(folder, ema if weights == "ema" else raw)]
+
+
+class JobGrids:
+    """Renders, draws and scores one job's grids.
+
+    Args:
+        job: The job's values.
+    """
+
+    def __init__(self, job: JobContext):
+        self.job = job
+
+    def render(self, pipe, result) -> list[Path]:
+        """Render the grids' missing pictures (existing ones are kept as they are): one per ``render.weights``.
+
+        Returns:
+            The pictures written now.
+        """
+        job = self.job
+        self._check_render_settings()
+        started, written = time.perf_counter(), []
+        for folder, lora in self._grids(job.folder, job.lora_dir):
+            label = job.run_dir.name if folder == job.folder else f"{job.run_dir.name}/{folder.name}"
+            written += render_missing(pipe, folder, lora, job.spec.cells, job.spec.render, f"render {label}")
+        if written:
+            seconds = time.perf_counter() - started
+            result.images_rendered = len(written)
+            result.timings.update(render_seconds=seconds, images_per_second=len(written) / seconds)
+        return written
+
+    def render_step(self, pipe, step: int, result) -> float | None:
+        """Render, draw and score the grid from the checkpoint at ``step`` into ``step-<n>/``.
+
+        Returns:
+            The objective of the step's grid, or None without scores.
+        """
+        from sweeper.views.sheets import draw_run_sheets
+
+        job = self.job
+        started = time.perf_counter()
+        grids = self._grids(job.folder.step(step), checkpoint_dir(job.lora_dir, step))
+        for folder, lora in grids:
+            written = render_missing(pipe, folder, lora, job.spec.cells, job.spec.render)
+            result.images_rendered += len(written)
+            draw_run_sheets(folder.path, job.spec.cells, job.cfg.render.sheet_thumb)
+        objective = self._score_grids([folder for folder, _ in grids])
+        result.timings[f"render_seconds/step-{step}"] = time.perf_counter() - started
+        return objective
+
+    def evaluate(self, result) -> None:
+        """Score every picture not yet in ``scores.csv`` (DINO, CLIP-I, CLIP-T) and set the objective."""
+        job = self.job
+        if job.cfg.eval.enabled and job.spec.cells:
+            started = time.perf_counter()
+            result.objective = self._score_grids(
+                [folder for folder, _ in self._grids(job.folder, job.lora_dir)]
+            )
+            result.timings["eval_seconds"] = time.perf_counter() - started
+
+    def draw_sheets(self) -> list[Path]:
+        """One contact sheet per prompt and guidance: rows UNet scale, columns text-encoder scale.
+
+        Returns:
+            The sheets written: the run's, its steps' and (``render.weights=both``) its weights'.
+        """
+        from sweeper.views.sheets import draw_rows_sheets, draw_run_sheets, step_rows, weights_rows
+
+        job = self.job
+        thumb, cells, folder = job.cfg.render.sheet_thumb, job.spec.cells, job.folder
+        sheets = draw_run_sheets(job.run_dir, cells, thumb)
+        steps = step_rows(folder, job.spec.settings.max_train_steps)
+        sheets += draw_rows_sheets(folder, steps, cells, thumb, "training step", folder.step_sheet)
+        if job.spec.weights == "both":
+            sheets += draw_run_sheets(folder.ema.path, cells, thumb)
+            weights = weights_rows(folder)
+            sheets += draw_rows_sheets(folder, weights, cells, thumb, "LoRA weights", folder.weights_sheet)
+        return sheets
+
+    def _score_grids(self, grids: list[RunFolder]) -> float | None:
+        """Score the pictures of each grid not yet in its ``scores.csv``; the objective of the first.
+
+        Returns:
+            The objective of the run folder's own grid (the first: it decides), or None when evaluation is
+            off or the grid is empty.
+        """
+        from sweeper.job.evaluation import evaluate_run
+
+        job = self.job
+        if not (job.cfg.eval.enabled and job.spec.cells):
+            return None
+        objectives = [
+            evaluate_run(folder.path, job.spec.cells, job.instance_dir, job.cfg, job.spec.model.device)
+            for folder in grids
+        ]
+        return objectives[0]  # the run folder's own grid decides
+
+    def _grids(self, folder: RunFolder, lora: Path) -> list[tuple[RunFolder, Path]]:
+        """(grid folder, adapter folder) of each grid ``render.weights`` asks for (``weight_grids``)."""
+        return weight_grids(folder, lora, self.job.spec.weights)
+
+    def _check_render_settings(self) -> None:
+        # The run folder's own pictures: render.weights raw and both render them with the raw weights.
+        job = self.job
+        weights = "ema" if job.spec.weights == "ema" else "raw"
+        wanted = {**job.spec.render.__dict__, "model": model_identity(job.model), "weights": weights}
+        saved = job.folder.read_render()
+        if saved is not None:
+            saved.setdefault("weights", "raw")  # written before the weights axis existed
+            differs = [k for k in wanted if saved.get(k) != wanted[k]]
+            if differs and job.folder.pictures():
+                key = differs[0]
+                raise UserInputError(
+                    f"{job.run_dir}: its pictures were rendered with render.{key}={saved.get(key)!r}, not "
+                    f"{wanted[key]!r}. Nothing was changed; choose another sweep.name or move the pictures away."
+                )
+        job.folder.write_render(wanted)

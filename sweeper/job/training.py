@@ -1,0 +1,148 @@
+"""A job's training: train its LoRA (or resume, or reuse a longer run's checkpoint) unless it is on disk.
+
+It also decides what the weights depend on besides the training settings (the job's identity: base model,
+pictures, class pictures, captions) and refuses a run folder that holds a LoRA trained otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+
+from lora_core.adapters import find_weights_file
+from lora_core.cache import default_cache_dir
+from lora_core.data.captions import captions_digest
+from lora_core.errors import UserInputError
+from lora_core.models import dtype_name, model_identity
+from lora_core.training import find_checkpoint, incompatibility, list_checkpoints, train_lora
+from lora_core.training.loss_log import read_rows
+from sweeper.disk.layout import SweepFolder
+from sweeper.job.context import JobContext
+from sweeper.job.preemption import HeldSignals
+from sweeper.tracking.tracker import StepLogger
+
+log = logging.getLogger(__name__)
+
+
+class JobTraining:
+    """Trains one job's LoRA into ``<run>/lora/``.
+
+    Args:
+        job: The job's values.
+    """
+
+    def __init__(self, job: JobContext):
+        self.job = job
+
+    def train(self, pipe, result, steps: StepLogger | None = None, until: int | None = None) -> None:
+        """Train the LoRA (to step ``until`` only, if given) unless that is already in the run folder.
+
+        Args:
+            pipe: The loaded base pipeline.
+            result: The job's ``JobResult``: ``trained``, ``resumed_from`` and the train time are set on it.
+            steps: Sends each step's losses to the job's MLflow run (None: not tracked live).
+            until: Train to this step only (a halving rung).
+        """
+        job, spec = self.job, self.job.spec
+        if until is not None and until in list_checkpoints(job.lora_dir):
+            log.info("%s: checkpoint at step %d already trained.", job.run_dir.name, until)
+            return
+        if (
+            until is None
+            and job.folder.train_result_file.is_file()
+            and find_weights_file(job.lora_dir) is not None
+        ):
+            log.info("%s: LoRA already trained, skipping training.", job.run_dir.name)
+            return
+        from lora_core.data.subject import load_subject_images
+
+        started = time.perf_counter()
+        images = load_subject_images(job.instance_dir, spec.settings.resolution, spec.settings.center_crop)
+        captions = spec.read_captions(job.instance_dir)
+        class_images = self._class_images(pipe)
+        checkpoint = find_checkpoint(self._training_dirs(), spec.settings, self.identity, up_to=until)
+        if checkpoint is not None:
+            log.info("%s: continuing from %s", job.run_dir.name, checkpoint)
+            result.resumed_from = str(checkpoint)
+            if steps:
+                steps.add_history(read_rows(checkpoint))
+        with HeldSignals() as should_stop:  # a time limit or preemption stops training between two steps
+            train_lora(
+                pipe,
+                images,
+                spec.settings,
+                job.lora_dir,
+                resume_from=checkpoint,
+                class_images=class_images,
+                on_step=steps,
+                metadata=self._lora_metadata(),
+                identity=self.identity,
+                until=until,
+                should_stop=should_stop,
+                captions=captions,
+            )
+        if steps:
+            steps.flush()
+        result.trained = True
+        result.timings["train_seconds"] = time.perf_counter() - started
+
+    def check_folder_matches(self) -> None:
+        """Refuse to mix work of other settings into a folder that already holds a trained LoRA.
+
+        Raises:
+            UserInputError: The run folder's LoRA was trained with other settings or inputs.
+        """
+        job = self.job
+        if find_weights_file(job.lora_dir) is None:
+            return
+        reason = incompatibility(job.lora_dir, job.spec.settings, self.identity, finished=True)
+        if reason:
+            raise UserInputError(
+                f"{job.run_dir}: holds a LoRA {reason}. "
+                "Nothing was changed; choose another sweep.name or move that folder away."
+            )
+
+    @functools.cached_property
+    def identity(self) -> dict:
+        """What the weights depend on besides the training settings: base model and pictures."""
+        job = self.job
+        spec, base = job.spec.class_images, model_identity(job.model)
+        identity = {
+            "base_model": base,
+            "instance_dir": str(job.instance_dir.resolve()),
+            "class_images": spec.cache_key(base, dtype_name(job.model)) if spec else None,
+        }
+        if job.spec.settings.caption_mode != "instance_prompt":  # captions are read from files: hash them
+            identity["captions"] = captions_digest(job.spec.read_captions(job.instance_dir))
+        return identity
+
+    def _class_images(self, pipe) -> list | None:
+        spec = self.job.spec.class_images
+        if spec is None:
+            return None
+        from lora_core.data.class_images import ensure_class_images
+        from lora_core.data.subject import load_subject_images
+
+        paths = ensure_class_images(pipe, spec, model_identity(self.job.model), default_cache_dir())
+        return load_subject_images(paths[0].parent, spec.resolution)[: spec.count]
+
+    def _training_dirs(self) -> list[Path]:
+        """This run's training folder first, then the other runs' of the sweep (for step-axis reuse)."""
+        job = self.job
+        others = [
+            p.parent for p in SweepFolder(job.spec.sweep_dir).checkpoint_dirs() if p.parent != job.lora_dir
+        ]
+        return [job.lora_dir, *others] if job.cfg.sweep.reuse_steps else [job.lora_dir]
+
+    def _lora_metadata(self) -> dict:
+        cfg = self.job.cfg
+        return {
+            **{f"identity.{k}": v for k, v in self.identity.items()},
+            "base_model_path": self.job.spec.model.path,
+            "token": cfg.data.token,
+            "class_name": cfg.data.class_name,
+            "sweep": cfg.sweep.name,
+            "run_dir": self.job.run_dir.name,
+        }

@@ -1,0 +1,1 @@
+"""Launching jobs on a cluster: the SLURM helpers the launcher plugin uses."""

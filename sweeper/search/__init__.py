@@ -1,0 +1,1 @@
+"""Searches over runs: successive halving, Optuna, and the objective they maximise."""

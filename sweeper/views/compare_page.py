@@ -1,0 +1,74 @@
+"""The static compare page (``compare.html``): every configuration's pictures side by side in one HTML file.
+
+The page is self-contained (data inlined into ``compare_page.html``, no CDN, no server): open it from
+``file://``. Pick a prompt, UNet scale, text scale and guidance and see that cell for every training
+configuration side by side, sorted and coloured by any metric; or pick a configuration and see its
+contact sheets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lora_core.atomic import write_text_atomic
+from sweeper.disk.layout import PAGE_FILE, RunFolder
+from sweeper.disk.naming import differing_keys
+from sweeper.disk.results import METRICS, RunResult
+from sweeper.planning.grid import first_images
+
+_TEMPLATE = Path(__file__).with_name("compare_page.html")
+
+
+def page_data(sweep_dir: Path, runs: list[RunResult]) -> dict:
+    """Everything the compare page shows, with paths relative to the sweep folder."""
+    keys = differing_keys([r.settings for r in runs], settings=True)
+    cells: dict[str, dict] = {}
+    images: dict[str, dict] = {}
+    for run in runs:
+        images[run.name] = {}
+        for cell in first_images(run.cells):
+            cells.setdefault(
+                cell.stem,
+                {
+                    "prompt_name": cell.prompt_name,
+                    "prompt": cell.prompt,
+                    "unet": cell.unet_scale,
+                    "text": cell.text_scale,
+                    "guidance": cell.guidance,
+                    "stem": cell.stem,
+                },
+            )
+            if (run.run_dir / cell.file_name).is_file():
+                images[run.name][cell.stem] = f"{run.name}/{cell.file_name}"
+    metric_names = sorted({m for run in runs for m in run.metric_names()}, key=METRICS.index)
+    return {
+        "sweep": sweep_dir.name,
+        "varying": keys,
+        "metric_names": [*metric_names, "final_loss"],
+        "cells": list(cells.values()),
+        "images": images,
+        "scores": {run.name: _scores_by_stem(run, metric_names) for run in runs},
+        "runs": [
+            {
+                "name": run.name,
+                "params": {k: run.settings.get(k) for k in keys},
+                "metrics": {**run.means(), "final_loss": run.final_loss},
+                "sheets": RunFolder(run.run_dir).sheet_links(),
+            }
+            for run in runs
+        ],
+    }
+
+
+def _scores_by_stem(run: RunResult, metric_names: list[str]) -> dict:
+    return {Path(r["file"]).stem: {m: r[m] for m in metric_names if m in r} for r in run.scores}
+
+
+def write_compare_page(sweep_dir: Path, runs: list[RunResult]) -> Path:
+    """Write ``compare.html`` (self-contained) into the sweep folder."""
+    data = json.dumps(page_data(sweep_dir, runs), allow_nan=False, default=str).replace("</", "<\\/")
+    html = _TEMPLATE.read_text(encoding="utf-8").replace("/*SWEEP_DATA*/", data)
+    path = sweep_dir / PAGE_FILE
+    write_text_atomic(path, html)
+    return path
