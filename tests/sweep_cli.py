@@ -51,6 +51,23 @@ def sweep(
     return run_cli("sweeper", *flags, *args, f"sweep.root={root}", timeout=timeout, env=env)
 
 
+def start_sweep(root: Path, *args: str, capture: bool = False, env: dict | None = None) -> subprocess.Popen:
+    """Start ``python -m sweeper -m args... sweep.root=<root>`` in its own session, to be killed or waited for.
+
+    ``capture`` pipes stdout and stderr together as text; otherwise both are discarded.
+    """
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweeper", "-m", *args, f"sweep.root={root}"],
+        cwd=REPO,
+        stdout=output,
+        stderr=subprocess.STDOUT if capture else subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
+
+
 def refused(result: Result, *needles: str) -> None:
     """Assert a command refused its input: exit status 2 and one ``error:`` line naming each needle."""
     lines = result.stderr.strip().splitlines()

@@ -3,13 +3,11 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from conftest import assert_same_weights
-from sweep_cli import FAST, REPO, mlflow_runs, planned_refusal, refused, sweep
+from sweep_cli import FAST, mlflow_runs, planned_refusal, refused, start_sweep, sweep
 
 from lora_core.adapters import LORA_FILE
 from lora_core.training import list_checkpoints, train_lora
@@ -107,15 +105,7 @@ def test_rungs_given_by_hand_drive_the_bracket(tmp_path, cache_dir):
 def killed_between_rungs(tmp_path_factory, cache_dir):
     """The halving sweep killed with SIGKILL once the first rung is decided, then run again to the end."""
     root = tmp_path_factory.mktemp("halving")
-    command = [sys.executable, "-m", "sweeper", "-m", *HALVING, f"sweep.root={root}"]
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    process = start_sweep(root, *HALVING)
     bracket_file = root / "quickstart" / "bracket.json"
     deadline = time.monotonic() + 400
     while not (bracket_file.is_file() and json.loads(bracket_file.read_text())["promoted"]):

@@ -9,12 +9,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 from conftest import assert_same_weights
-from sweep_cli import FAST, REPO, mlflow_runs, probe_env, probed_processes, run_records, sweep
+from sweep_cli import FAST, mlflow_runs, probe_env, probed_processes, run_records, start_sweep, sweep
 
 PICTURES = {f"{p}_{u};{t};4.png" for p in ("ph", "be") for u in ("0", "0.5", "1") for t in ("0", "1")}
 LORA = "lora/pytorch_lora_weights.safetensors"
@@ -66,16 +65,7 @@ def uninterrupted(tmp_path_factory, cache_dir):
 
 
 def _start(root, *args):
-    command = [sys.executable, "-m", "sweeper", "-m", *args, f"sweep.root={root}"]
-    return subprocess.Popen(
-        command,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **ENV},
-    )
+    return start_sweep(root, *args, capture=True, env=ENV)
 
 
 def _wait_for(condition, process, what, limit=600):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_same_weights
 from PIL import Image
-from sweep_cli import FAST, REPO, mlflow_runs, probe_env, probed_processes, run_records, sweep
+from sweep_cli import FAST, REPO, mlflow_runs, probe_env, probed_processes, run_records, start_sweep, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -288,15 +288,7 @@ def test_a_killed_sweep_resumes_from_its_last_checkpoint(tmp_path, cache_dir):
         "train.checkpoint_every=10",
         "render.enabled=false",
     ]
-    command = [sys.executable, "-m", "sweeper", "-m", *args, f"sweep.root={tmp_path}"]
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    process = start_sweep(tmp_path, *args)
     checkpoints = tmp_path / "quickstart" / "1e-3;1e-4" / "lora" / "checkpoints"
     deadline = time.monotonic() + 300
     while not list(checkpoints.glob("step-000020")):
