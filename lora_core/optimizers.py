@@ -109,6 +109,20 @@ def make_optimizer(groups: list[dict], settings: Hyperparameters, device_type: s
     raise UserInputError(f"train.optimizer={name}: unknown optimizer.")
 
 
+def make_schedule(optimizer, s: Hyperparameters):
+    """The learning-rate schedule of ``train.lr_scheduler`` (diffusers' ``get_scheduler``) over ``max_train_steps``."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        s.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=s.lr_warmup_steps,
+        num_training_steps=s.max_train_steps,
+        num_cycles=s.lr_num_cycles,
+        power=s.lr_power,
+    )
+
+
 def set_optimizer_mode(optimizer, training: bool) -> None:
     """Switch a two-weight optimizer (schedule-free) to its training or evaluation weights; else a no-op.
 

@@ -310,6 +310,15 @@ class TrainSettings(Hyperparameters):
         """The alpha actually used: ``alpha`` or, when unset, the rank."""
         return float(self.rank if self.alpha is None else self.alpha)
 
+    def add_checkpoint_steps(self, steps) -> None:
+        """Also save checkpoints at ``steps`` (those past ``max_train_steps`` are left out).
+
+        The one place a job's checkpoint steps are assembled: its own ``checkpoint_steps``, the sweep's
+        checkpoint axis and rung stops (``sweeper.config.spec``), and the steps the sweep plan asks for.
+        """
+        wanted = {int(s) for s in steps if int(s) <= self.max_train_steps}
+        self.checkpoint_steps = tuple(sorted({*self.checkpoint_steps, *wanted}))
+
     def to_dict(self) -> dict:
         """All fields as JSON-friendly values (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

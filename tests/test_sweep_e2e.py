@@ -352,19 +352,25 @@ def test_an_unreachable_tracking_server_does_not_stop_the_sweep(tmp_path, cache_
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 6 for r in children)
 
 
-def test_the_joblib_launcher_completes_a_2_job_sweep(tmp_path, cache_dir):
-    """Each job is a process of its own; its live MLflow writes go through its helper process (which ends
-    with os._exit, unseen by the probe), so the job's process never imports MLflow (sweeper.tracking.helper).
-    submitit's launcher: tests/test_slurm.py runs the same sweep through a real SLURM."""
-    result = sweep(
+def joblib_sweep(tmp_path, *args: str):
+    """The quickstart's two jobs (one learning rate) on joblib's two workers, their processes probed."""
+    return sweep(
         tmp_path,
         "experiment=quickstart",
         *FAST,
         "train.learning_rate=1e-3",
         "launcher=joblib",
         "hydra.launcher.n_jobs=2",
+        *args,
         env=probe_env(tmp_path),
     )
+
+
+def test_the_joblib_launcher_completes_a_2_job_sweep(tmp_path, cache_dir):
+    """Each job is a process of its own; its live MLflow writes go through its helper process (which ends
+    with os._exit, unseen by the probe), so the job's process never imports MLflow (sweeper.tracking.helper).
+    submitit's launcher: tests/test_slurm.py runs the same sweep through a real SLURM."""
+    result = joblib_sweep(tmp_path)
     assert result.returncode == 0, result.output
     processes = probed_processes(tmp_path)
     jobs = [p for p in processes if p[0].startswith("Loky")]
@@ -388,16 +394,7 @@ def test_jobs_without_live_tracking_never_import_mlflow_and_the_sweeps_end_logs_
     finished run at the sweep's end, with the params, the loss curve, the pictures and the parent link."""
     from mlflow.tracking import MlflowClient
 
-    result = sweep(
-        tmp_path,
-        "experiment=quickstart",
-        *FAST,
-        "train.learning_rate=1e-3",
-        "launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "tracking.live=false",
-        env=probe_env(tmp_path),
-    )
+    result = joblib_sweep(tmp_path, "tracking.live=false")
     assert result.returncode == 0, result.output
     importers = [(name, argv) for name, argv, imported in probed_processes(tmp_path) if imported]
     assert [n for n, _ in importers] == ["MainProcess"], (

@@ -40,7 +40,7 @@ def test_training_lowers_the_denoising_loss(pipe, subject_images, settings, tmp_
         after = denoising_loss(pipe, subject_images, s.instance_prompt, samples_per_image=16)
     finally:
         _unload(pipe)
-    assert after < before * 0.98, (before, after)  # measured here: 1.084 -> 1.031
+    assert after < before * 0.98, (before, after)  # measured here (32 px): 1.089 -> 1.049
 
 
 def test_lora_changes_the_image_at_scale_one_and_not_at_scale_zero(pipe, subject_images, settings, tmp_path):
@@ -245,7 +245,18 @@ def test_result_reports_speed_memory_and_histories(pipe, subject_images, setting
     assert all(r.lr == 1e-3 for r in records) and records[0].text_encoder_lr is None
     assert result.steps_per_second > 0 and result.peak_memory_mb > 0
     saved = json.loads((tmp_path / "train_result.json").read_text())
-    assert saved["final_loss"] == result.loss_history[-1]
+    tail = result.loss_history[-1:]  # 6 steps: the last 10% is the last step
+    assert saved["final_loss"] == sum(tail) / len(tail)
+
+
+def test_final_loss_is_the_mean_of_the_last_tenth_of_steps_for_the_result_and_the_report(tmp_path):
+    from lora_core.training.loss_log import final_loss
+    from sweeper.disk.results import RunResult
+
+    losses = [float(v) for v in range(1, 21)]  # 20 steps: the last 10% is steps 19 and 20
+    assert final_loss(losses) == 19.5 and final_loss([3.0]) == 3.0 and final_loss([]) is None
+    run = RunResult(tmp_path, {}, [], loss=list(enumerate(losses, start=1)))
+    assert run.final_loss == 19.5
 
 
 def test_picture_order_visits_every_picture_each_epoch():

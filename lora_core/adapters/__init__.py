@@ -11,18 +11,21 @@ from lora_core.adapters.config import (
     LORA_FILE,
     PEFT_FILE,
     TRAINING_METADATA_KEY,
+    AdapterWeights,
     adapter_config,
     find_weights_file,
     format_notes,
     weights_file_name,
 )
 from lora_core.adapters.files import (
+    adapter_weights,
     is_peft_adapter_file,
     load_peft_adapter,
     peft_state_dict,
     read_training_metadata,
     save_diffusers_lora,
     save_peft_adapter,
+    write_adapter_files,
 )
 from lora_core.adapters.kohya import save_kohya_lora
 
@@ -33,7 +36,9 @@ __all__ = [
     "LORA_FILE",
     "PEFT_FILE",
     "TRAINING_METADATA_KEY",
+    "AdapterWeights",
     "adapter_config",
+    "adapter_weights",
     "find_weights_file",
     "format_notes",
     "is_peft_adapter_file",
@@ -44,4 +49,5 @@ __all__ = [
     "save_kohya_lora",
     "save_peft_adapter",
     "weights_file_name",
+    "write_adapter_files",
 ]

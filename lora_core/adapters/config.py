@@ -22,6 +22,8 @@ Which file holds which kind:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -32,6 +34,31 @@ TRAINING_METADATA_KEY = "lora_sweeps_training"
 ADAPTER_KINDS = ("lora", "dora", "loha", "lokr")
 # Kinds that diffusers' ``load_lora_weights`` reads from its own format (diffusers 0.42).
 DIFFUSERS_KINDS = ("lora", "dora")
+
+
+@dataclass(frozen=True)
+class AdapterWeights:
+    """One trained adapter as every writer takes it: each model's tensors and peft config, and the metadata.
+
+    Attributes:
+        unet: The UNet's adapter weights in peft naming (``...to_q.lora_A.weight``).
+        unet_config: The UNet's peft config (``to_dict()``: rank, alpha, targets, patterns).
+        training_metadata: Every training hyperparameter, stored as JSON under ``lora_sweeps_training``.
+        text_encoder: The text encoder's adapter weights, or None when it was not trained.
+        text_encoder_config: Its peft config, or None.
+    """
+
+    unet: dict
+    unet_config: dict
+    training_metadata: dict
+    text_encoder: dict | None = None
+    text_encoder_config: dict | None = None
+
+    def components(self) -> Iterator[tuple[str, dict, dict]]:
+        """``(component, weights, config)`` of each model with an adapter: the UNet, then the text encoder."""
+        yield "unet", self.unet, self.unet_config
+        if self.text_encoder:
+            yield "text_encoder", self.text_encoder, self.text_encoder_config
 
 
 def adapter_config(

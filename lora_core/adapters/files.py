@@ -11,7 +11,15 @@ import os
 import tempfile
 from pathlib import Path
 
-from lora_core.adapters.config import LORA_FILE, PEFT_FILE, TRAINING_METADATA_KEY
+from lora_core.adapters.config import (
+    DIFFUSERS_KINDS,
+    KOHYA_FILE,
+    LORA_FILE,
+    PEFT_FILE,
+    TRAINING_METADATA_KEY,
+    AdapterWeights,
+)
+from lora_core.adapters.kohya import save_kohya_lora
 from lora_core.atomic import atomic_path
 
 _PEFT_CONFIG_KEY = "{}_peft_config"  # metadata key of a model's peft config in PEFT_FILE
@@ -33,48 +41,70 @@ def peft_state_dict(model, adapter_name: str) -> dict:
     return get_peft_model_state_dict(model, adapter_name=adapter_name)
 
 
-def save_diffusers_lora(
-    folder: str | os.PathLike,
-    unet_peft: dict,
-    text_encoder_peft: dict | None,
-    unet_config: dict,
-    text_encoder_config: dict | None,
-    training_metadata: dict,
-) -> Path:
+def adapter_weights(pipe, adapter_name: str, configs: tuple, training_metadata: dict) -> AdapterWeights:
+    """The adapter ``adapter_name`` of a pipeline's UNet and text encoder, as the writers take it.
+
+    Args:
+        pipe: The pipeline holding the adapter.
+        adapter_name: The adapter.
+        configs: The peft configs of the UNet's and the text encoder's adapter (None: no text-encoder adapter).
+        training_metadata: Stored in the files.
+    """
+    unet_config, text_config = configs
+    return AdapterWeights(
+        unet=peft_state_dict(pipe.unet, adapter_name),
+        unet_config=unet_config.to_dict(),
+        training_metadata=training_metadata,
+        text_encoder=peft_state_dict(pipe.text_encoder, adapter_name) if text_config else None,
+        text_encoder_config=text_config.to_dict() if text_config else None,
+    )
+
+
+def write_adapter_files(folder: Path, weights: AdapterWeights, kind: str, kohya: bool) -> None:
+    """Write an adapter's file into ``folder`` (which file is the kind's) and, with ``kohya``, its export.
+
+    Args:
+        folder: Where to write (created).
+        weights: The adapter.
+        kind: ``train.adapter_kind``: diffusers' loader reads LoRA and DoRA; the other kinds are kept in
+            peft naming.
+        kohya: Also write ``lora_kohya.safetensors``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (save_diffusers_lora if kind in DIFFUSERS_KINDS else save_peft_adapter)(folder, weights)
+    if kohya:
+        save_kohya_lora(folder / KOHYA_FILE, weights)
+
+
+def save_diffusers_lora(folder: str | os.PathLike, weights: AdapterWeights) -> Path:
     """Write ``pytorch_lora_weights.safetensors`` loadable with ``pipe.load_lora_weights(folder)``.
+
+    Each model's peft config is stored as diffusers' adapter metadata (so alpha != rank reloads exactly).
 
     Args:
         folder: Destination folder (created).
-        unet_peft: UNet LoRA weights in peft naming.
-        text_encoder_peft: Text-encoder LoRA weights in peft naming, or None when it was not trained.
-        unet_config: The UNet ``LoraConfig.to_dict()`` (rank, alpha, targets) stored as adapter metadata.
-        text_encoder_config: The text encoder's, or None.
-        training_metadata: Every training hyperparameter, stored as JSON under ``lora_sweeps_training``.
+        weights: The adapter (LoRA or DoRA).
 
     Returns:
         The written file.
     """
     from diffusers import StableDiffusionPipeline
 
+    text = weights.text_encoder
     with tempfile.TemporaryDirectory() as tmp:
         StableDiffusionPipeline.save_lora_weights(
             tmp,
-            unet_lora_layers=unet_peft,
-            text_encoder_lora_layers=_transformers_naming(text_encoder_peft) if text_encoder_peft else None,
-            unet_lora_adapter_metadata=_jsonable(unet_config),
-            text_encoder_lora_adapter_metadata=_jsonable(text_encoder_config) if text_encoder_peft else None,
+            unet_lora_layers=weights.unet,
+            text_encoder_lora_layers=_transformers_naming(text) if text else None,
+            unet_lora_adapter_metadata=_jsonable(weights.unet_config),
+            text_encoder_lora_adapter_metadata=_jsonable(weights.text_encoder_config) if text else None,
         )
-        return _rewrite_with_metadata(Path(tmp) / LORA_FILE, Path(folder) / LORA_FILE, training_metadata)
+        return _rewrite_with_metadata(
+            Path(tmp) / LORA_FILE, Path(folder) / LORA_FILE, weights.training_metadata
+        )
 
 
-def save_peft_adapter(
-    folder: str | os.PathLike,
-    unet_peft: dict,
-    text_encoder_peft: dict | None,
-    unet_config: dict,
-    text_encoder_config: dict | None,
-    training_metadata: dict,
-) -> Path:
+def save_peft_adapter(folder: str | os.PathLike, weights: AdapterWeights) -> Path:
     """Write ``adapter_peft.safetensors``: any peft adapter kind, read back by ``load_peft_adapter``.
 
     For kinds diffusers' ``load_lora_weights`` cannot load (LoHa, LoKr). Keys are ``unet.<peft key>`` and
@@ -82,28 +112,18 @@ def save_peft_adapter(
 
     Args:
         folder: Destination folder (created).
-        unet_peft: UNet adapter weights in peft naming.
-        text_encoder_peft: Text-encoder adapter weights in peft naming, or None when it was not trained.
-        unet_config: The UNet's peft config (``to_dict()``).
-        text_encoder_config: The text encoder's, or None.
-        training_metadata: Every training hyperparameter, stored as JSON under ``lora_sweeps_training``.
+        weights: The adapter.
 
     Returns:
         The written file.
     """
     from safetensors.torch import save_file
 
-    tensors, metadata = (
-        {},
-        {"format": "pt", TRAINING_METADATA_KEY: json.dumps(training_metadata, sort_keys=True)},
-    )
-    for component, weights, config in (
-        ("unet", unet_peft, unet_config),
-        ("text_encoder", text_encoder_peft, text_encoder_config),
-    ):
-        if weights:
-            tensors |= {f"{component}.{k}": v.detach().contiguous() for k, v in weights.items()}
-            metadata[_PEFT_CONFIG_KEY.format(component)] = json.dumps(_jsonable(config), sort_keys=True)
+    tensors = {}
+    metadata = {"format": "pt", TRAINING_METADATA_KEY: json.dumps(weights.training_metadata, sort_keys=True)}
+    for component, values, config in weights.components():
+        tensors |= {f"{component}.{k}": v.detach().contiguous() for k, v in values.items()}
+        metadata[_PEFT_CONFIG_KEY.format(component)] = json.dumps(_jsonable(config), sort_keys=True)
     Path(folder).mkdir(parents=True, exist_ok=True)
     with atomic_path(Path(folder) / PEFT_FILE) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)

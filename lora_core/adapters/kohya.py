@@ -10,18 +10,11 @@ import json
 import os
 from pathlib import Path
 
-from lora_core.adapters.config import TRAINING_METADATA_KEY
+from lora_core.adapters.config import TRAINING_METADATA_KEY, AdapterWeights
 from lora_core.atomic import atomic_path
 
 
-def save_kohya_lora(
-    path: str | os.PathLike,
-    unet_peft: dict,
-    text_encoder_peft: dict | None,
-    unet_config: dict,
-    text_encoder_config: dict | None,
-    training_metadata: dict,
-) -> Path:
+def save_kohya_lora(path: str | os.PathLike, weights: AdapterWeights) -> Path:
     """Write an adapter of any kind in kohya / LyCORIS naming for A1111 and ComfyUI.
 
     Modules are ``lora_unet_*`` / ``lora_te_*``; each has its float ``alpha`` (the scale is alpha / rank) and
@@ -33,13 +26,9 @@ def save_kohya_lora(
 
     Args:
         path: Destination ``.safetensors`` file.
-        unet_peft: UNet adapter weights in peft naming.
-        text_encoder_peft: Text-encoder adapter weights in peft naming, or None.
-        unet_config: The UNet's peft config (``to_dict()``): each module's rank and alpha, convolutions'
-            from its ``rank_pattern`` / ``alpha_pattern``.
-        text_encoder_config: The text encoder's, or None.
-        training_metadata: Training hyperparameters; also written as kohya's ``ss_*`` keys, which
-            A1111's and ComfyUI's LoRA browsers show.
+        weights: The adapter. Each module's rank and alpha come from its model's peft config
+            (convolutions' from its ``rank_pattern`` / ``alpha_pattern``); the training metadata is also
+            written as kohya's ``ss_*`` keys, which A1111's and ComfyUI's LoRA browsers show.
 
     Returns:
         The written file.
@@ -47,11 +36,9 @@ def save_kohya_lora(
     from safetensors.torch import save_file
 
     tensors = {}
-    for prefix, weights, config in (
-        ("lora_unet", unet_peft, unet_config),
-        ("lora_te", text_encoder_peft or {}, text_encoder_config),
-    ):
-        for module, parts in _group_by_module(weights).items():
+    for component, values, config in weights.components():
+        prefix = _KOHYA_PREFIX[component]
+        for module, parts in _group_by_module(values).items():
             name = module
             if prefix == "lora_te" and not module.startswith("text_model."):
                 # transformers 5 dropped the ``text_model`` wrapper; A1111 and kohya still name it.
@@ -60,14 +47,16 @@ def save_kohya_lora(
             for kind, value in _kohya_tensors(parts, *_rank_and_alpha(config, module)).items():
                 tensors[f"{name}.{kind}"] = value.detach().contiguous()
     metadata = {
-        TRAINING_METADATA_KEY: json.dumps(training_metadata, sort_keys=True),
-        **_kohya_ss_metadata(training_metadata),
+        TRAINING_METADATA_KEY: json.dumps(weights.training_metadata, sort_keys=True),
+        **_kohya_ss_metadata(weights.training_metadata),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", **metadata})
     return Path(path)
 
 
+# Kohya's module-name prefix of each model.
+_KOHYA_PREFIX = {"unet": "lora_unet", "text_encoder": "lora_te"}
 # peft's tensor names (after the module name) -> kohya / LyCORIS names.
 _KOHYA_NAMES = {
     "lora_A.weight": "lora_down.weight",

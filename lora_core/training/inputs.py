@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lora_core.data.order import caption_dropped, class_picture_rows, picture_indices
 from lora_core.training.device import to_device
 
 
@@ -119,3 +120,36 @@ class LatentCache:
             [f for f in orientations for _ in range(n)], list(range(n)) * len(orientations)
         )
         return mean.unflatten(0, (len(orientations), n)), std.unflatten(0, (len(orientations), n))
+
+
+class MicroBatches:
+    """Draws each micro-batch: subject pictures, then as many class pictures (prior preservation).
+
+    The pictures and dropped captions are pure functions of the step (``lora_core.data.order``); flips and
+    latent samples come from the training's generator.
+
+    Args:
+        settings: The training settings (batch size, seed, caption dropout, class prompt).
+        prompts: The prompt table.
+        latents: The latent cache: subject pictures first, then class pictures.
+        n_instance: Subject pictures.
+        n_class: Class pictures (0 without prior preservation).
+    """
+
+    def __init__(self, settings, prompts: PromptTable, latents: LatentCache, n_instance: int, n_class: int):
+        self.settings, self.prompts, self.latents = settings, prompts, latents
+        self.n_instance, self.n_class = n_instance, n_class
+
+    def draw(self, micro_step: int, generator):
+        """``(latents, prompt rows)`` of micro-batch ``micro_step``."""
+        s = self.settings
+        rows = picture_indices(micro_step, s.train_batch_size, self.n_instance, s.seed)
+        dropped = caption_dropped(micro_step, len(rows), s.seed, s.caption_dropout)
+        prompt_rows = [
+            self.prompts.rows[""] if drop else self.prompts.picture_rows[row]
+            for row, drop in zip(rows, dropped, strict=True)
+        ]
+        if self.n_class:
+            rows += class_picture_rows(micro_step, s.train_batch_size, self.n_instance, self.n_class)
+            prompt_rows += [self.prompts.rows[s.class_prompt]] * s.train_batch_size
+        return self.latents.sample(rows, generator), prompt_rows

@@ -26,6 +26,18 @@ def log_row(
     return row
 
 
+def final_loss(losses: list[float]) -> float | None:
+    """The loss a training ends with: the mean of its last 10% of steps (one step's loss is noise).
+
+    The one definition, used by the training result (MLflow's ``final_loss``) and the report alike.
+    None when no step was recorded.
+    """
+    if not losses:
+        return None
+    tail = losses[-max(1, len(losses) // 10) :]
+    return sum(tail) / len(tail)
+
+
 def read_rows(folder: str | os.PathLike) -> list[dict]:
     """The rows of the loss log in a training folder or checkpoint; empty when there is none."""
     path = Path(folder) / LOSS_LOG

@@ -1,4 +1,4 @@
-"""What the UNet is trained to predict, and the Min-SNR loss weights."""
+"""What the UNet is trained to predict: the noise drawn for a step, the target, the loss, the Min-SNR weights."""
 
 from __future__ import annotations
 
@@ -46,3 +46,51 @@ class SnrWeights:
         if self.scheduler.config.prediction_type == "v_prediction":
             return clipped / (snr + 1)
         return clipped / snr
+
+
+def draw_noise(latents, scheduler, noise_offset: float, generator, device):
+    """The noise and timesteps of one micro-batch, drawn from the training's generator in a fixed order.
+
+    Args:
+        latents: The micro-batch's clean latents.
+        scheduler: The noise scheduler (its number of training timesteps).
+        noise_offset: ``train.noise_offset`` (0: none).
+        generator: The training's generator (CPU), so the draws do not depend on the device.
+        device: Where the tensors go.
+
+    Returns:
+        ``(noise, timesteps)`` on ``device``.
+    """
+    import torch
+
+    from lora_core.training.device import to_device
+
+    noise = torch.randn(latents.shape, generator=generator)
+    if noise_offset:
+        noise += noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
+    timesteps = torch.randint(
+        0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator
+    )
+    return to_device(noise, device), to_device(timesteps, device)
+
+
+def denoising_loss_of(pred, target, timesteps, snr_weights, prior_loss_weight: float | None):
+    """One training's loss: the mean over its samples (Min-SNR weighted), the prior loss added.
+
+    Args:
+        pred: The UNet's prediction for the training's samples.
+        target: ``denoising_target`` of them.
+        timesteps: Their timesteps.
+        snr_weights: ``SnrWeights`` or None.
+        prior_loss_weight: With prior preservation, the class half's weight (the batch is subject samples,
+            then as many class samples); None without.
+    """
+    import torch.nn.functional as F
+
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if snr_weights is not None:
+        per_sample = per_sample * snr_weights(timesteps)
+    if prior_loss_weight is not None:
+        half = per_sample.shape[0] // 2
+        return per_sample[:half].mean() + prior_loss_weight * per_sample[half:].mean()
+    return per_sample.mean()

@@ -10,24 +10,19 @@ import contextlib
 import functools
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from lora_core.adapters import (
-    DIFFUSERS_KINDS,
     KOHYA_FILE,
     adapter_config,
-    peft_state_dict,
-    save_diffusers_lora,
-    save_kohya_lora,
-    save_peft_adapter,
+    adapter_weights,
     weights_file_name,
+    write_adapter_files,
 )
 from lora_core.atomic import write_text_atomic
-from lora_core.data.order import caption_dropped, class_picture_rows, picture_indices
 from lora_core.errors import UserInputError
-from lora_core.optimizers import check_optimizer, make_optimizer, set_optimizer_mode
+from lora_core.optimizers import check_optimizer, make_optimizer, make_schedule, set_optimizer_mode
 from lora_core.settings import TrainSettings
 from lora_core.training.checkpoint import (
     EMA_DIR,
@@ -37,11 +32,11 @@ from lora_core.training.checkpoint import (
     list_checkpoints,
     write_training_files,
 )
-from lora_core.training.device import mixed_precision, peak_memory, to_device
-from lora_core.training.inputs import LatentCache, PromptTable
+from lora_core.training.device import mixed_precision, peak_memory
+from lora_core.training.inputs import LatentCache, MicroBatches, PromptTable
 from lora_core.training.loss_log import LossLog
-from lora_core.training.objective import SnrWeights, denoising_target
-from lora_core.training.results import RESULT_FILE, StepRecord, TrainingStopped, TrainResult
+from lora_core.training.objective import SnrWeights, denoising_loss_of, denoising_target, draw_noise
+from lora_core.training.results import RESULT_FILE, StepClock, StepRecord, TrainingStopped, TrainResult
 from lora_core.training.validation import ValidationSet
 from lora_core.training.weights import ema_weights, evaluation_weights, make_ema
 
@@ -135,7 +130,7 @@ class LoraTrainer:
         self._setup_adapters()
         self._setup_inputs()
         self.optimizer = self._setup_optimizer()
-        self.lr_schedule = self._setup_schedule()
+        self.lr_schedule = make_schedule(self.optimizer, s)
         self.optimizer, self.lr_schedule = self.accelerator.prepare(self.optimizer, self.lr_schedule)
         self.ema = make_ema(self.trainable_params, s.ema_decay) if s.uses_ema else None
         self.checkpointer = Checkpointer(self.output_dir, s, self.identity, self.accelerator, self.ema)
@@ -155,10 +150,10 @@ class LoraTrainer:
         for model in (pipe.unet, pipe.vae, pipe.text_encoder):
             model.requires_grad_(False)
         self.configs = unet_config, text_config = adapter_configs(s)
-        _add_adapter(pipe.unet, unet_config, "train.unet_target_modules")
+        add_adapter(pipe.unet, unet_config, "train.unet_target_modules")
         self.models = [pipe.unet]
         if text_config is not None:
-            _add_adapter(pipe.text_encoder, text_config, "train.text_target_modules")
+            add_adapter(pipe.text_encoder, text_config, "train.text_target_modules")
             self.models.append(pipe.text_encoder)
         if pipe.unet.dtype != torch.float32:
             cast_training_params(self.models, dtype=torch.float32)  # trainable LoRA weights stay fp32
@@ -181,6 +176,8 @@ class LoraTrainer:
         ]
         self.prompts = PromptTable(self.pipe, self.device, prompts, self.captions, not s.trains_text_encoder)
         self.latents = LatentCache(self.pipe.vae, self.device, pictures, s.random_flip)
+        n_class = len(self.class_images or [])
+        self.batches = MicroBatches(s, self.prompts, self.latents, self.n_instance, n_class)
         self.validation = None
         if s.validation_every:
             rows = self.prompts.picture_rows
@@ -192,19 +189,6 @@ class LoraTrainer:
         groups = parameter_groups(self.pipe.unet, self.pipe.text_encoder, self.settings)
         self.trainable_params = [p for group in groups for p in group["params"]]
         return make_optimizer(groups, self.settings, self.device.type)
-
-    def _setup_schedule(self):
-        from diffusers.optimization import get_scheduler
-
-        s = self.settings
-        return get_scheduler(
-            s.lr_scheduler,
-            optimizer=self.optimizer,
-            num_warmup_steps=s.lr_warmup_steps,
-            num_training_steps=s.max_train_steps,
-            num_cycles=s.lr_num_cycles,
-            power=s.lr_power,
-        )
 
     # ---- train -------------------------------------------------------------------------------------------
     def train(self, until: int | None = None) -> None:
@@ -233,21 +217,19 @@ class LoraTrainer:
         )
         pending: list = []
         set_optimizer_mode(self.optimizer, training=True)
-        started = time.perf_counter()
-        first_done = None
+        clock = StepClock()
         while self.progress.step < last:
             loss = self.training_step()
             self.progress.step += 1
             step = self.progress.step
-            pending.append((step, loss.detach(), _step_sizes(self.optimizer)))
+            pending.append((step, loss.detach(), step_sizes(self.optimizer)))
             if s.validation_every and step % s.validation_every == 0:
                 self.log.val_losses[step] = self.validation_loss()
-            if first_done is None:
-                first_done = time.perf_counter()
+            clock.step_done()
             stop = step < last and self.should_stop is not None and self.should_stop()
             save = checkpoint_due(s, step) or (step == until and step < s.max_train_steps) or stop
             if len(pending) >= s.log_every or step == last or save:
-                self._report(pending, started, bar)
+                self._report(pending, clock, bar)
                 pending = []
             if save:
                 folder = self.save_checkpoint(step)
@@ -256,14 +238,7 @@ class LoraTrainer:
                 raise TrainingStopped(step, folder)
         bar.close()
         set_optimizer_mode(self.optimizer, training=False)  # the trained weights are the evaluation ones
-        end, steps = time.perf_counter(), self.progress.step - self.start_step
-        self._timing = {
-            "train_seconds": end - started,
-            "first_step_seconds": (first_done - started) if first_done else 0.0,
-            "steps_per_second": (steps - 1) / (end - first_done)
-            if first_done and steps > 1 and end > first_done
-            else 0.0,
-        }
+        self._timing = clock.timing(self.progress.step - self.start_step)
 
     def training_step(self):
         """One optimizer step (all micro-batches). Returns the mean loss as a tensor."""
@@ -284,52 +259,23 @@ class LoraTrainer:
         return total
 
     def micro_batch(self, micro_step: int):
-        """Latents and prompt rows of one micro-batch: subject pictures, then as many class pictures.
-
-        The pictures and dropped captions are pure functions of the step (``lora_core.data.order``); flips
-        and latent samples come from the training's generator.
-
-        Returns:
-            ``(latents, prompt rows)``.
-        """
-        s = self.settings
-        rows = picture_indices(micro_step, s.train_batch_size, self.n_instance, s.seed)
-        dropped = caption_dropped(micro_step, len(rows), s.seed, s.caption_dropout)
-        prompt_rows = [
-            self.prompts.rows[""] if drop else self.prompts.picture_rows[row]
-            for row, drop in zip(rows, dropped, strict=True)
-        ]
-        if self.class_images:
-            rows += class_picture_rows(
-                micro_step, s.train_batch_size, self.n_instance, len(self.class_images)
-            )
-            prompt_rows += [self.prompts.rows[s.class_prompt]] * s.train_batch_size
-        return self.latents.sample(rows, self.progress.generator), prompt_rows
+        """Latents and prompt rows of one micro-batch (``inputs.MicroBatches``)."""
+        return self.batches.draw(micro_step, self.progress.generator)
 
     def _loss_step(self, micro_step: int):
         """The loss of one micro-batch: noise its latents, predict, compare with the target."""
-        import torch
-        import torch.nn.functional as F
-
-        s, gen, scheduler = self.settings, self.progress.generator, self.noise_scheduler
+        s, scheduler = self.settings, self.noise_scheduler
         latents, prompt_rows = self.micro_batch(micro_step)
-        noise = torch.randn(latents.shape, generator=gen)
-        if s.noise_offset:
-            noise += s.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=gen)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
-        noise, timesteps = to_device(noise, self.device), to_device(timesteps, self.device)
+        noise, timesteps = draw_noise(
+            latents, scheduler, s.noise_offset, self.progress.generator, self.device
+        )
         noisy = scheduler.add_noise(latents, noise, timesteps)
         with self.accelerator.autocast():
             embeds = self.prompts.embeddings(prompt_rows)
             pred = self.pipe.unet(noisy.to(self.unet_dtype), timesteps, embeds.to(self.unet_dtype)).sample
         target = denoising_target(scheduler, latents, noise, timesteps)
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        if self.snr_weights is not None:
-            per_sample = per_sample * self.snr_weights(timesteps)
-        if self.class_images:
-            half = per_sample.shape[0] // 2
-            return per_sample[:half].mean() + s.prior_loss_weight * per_sample[half:].mean()
-        return per_sample.mean()
+        prior_weight = s.prior_loss_weight if self.class_images else None
+        return denoising_loss_of(pred, target, timesteps, self.snr_weights, prior_weight)
 
     def validation_loss(self) -> float:
         """Denoising loss on the fixed validation triples, with the weights that are saved (no dropout)."""
@@ -348,7 +294,7 @@ class LoraTrainer:
         """A context holding the weights that are saved and rendered (``weights.evaluation_weights``)."""
         return evaluation_weights(self.trainable_params, self.optimizer)
 
-    def _report(self, pending: list, started: float, bar) -> None:
+    def _report(self, pending: list, clock: StepClock, bar) -> None:
         import torch
 
         losses = torch.stack([loss for _, loss, _ in pending]).float().tolist()  # one device sync per report
@@ -358,7 +304,7 @@ class LoraTrainer:
             rows.append(self.log.record(step, loss, lrs[0], text_lr))
             if self.on_step:
                 val = self.log.val_losses.get(step)
-                self.on_step(StepRecord(step, loss, lrs[0], text_lr, time.perf_counter() - started, val))
+                self.on_step(StepRecord(step, loss, lrs[0], text_lr, clock.elapsed(), val))
         self.log.append(rows)
         bar.update(len(pending))
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{pending[-1][2][0]:.2e}", refresh=False)
@@ -370,17 +316,16 @@ class LoraTrainer:
 
     def _write_adapters(self, folder: Path, kohya: bool, raw_weights=contextlib.nullcontext) -> None:
         """Write the adapter files of the weights ``raw_weights`` holds, and of their EMA into ``folder/ema/``."""
-        meta, configs = {**self.training_metadata(), "trained_steps": self.progress.step}, self.configs
-        with raw_weights():
-            write_adapter(
-                self.pipe, folder, configs, self.settings.adapter_kind, meta | {"weights": "raw"}, kohya
-            )
+        meta = {**self.training_metadata(), "trained_steps": self.progress.step}
+        held = [(raw_weights, folder, "raw")]
         if self.ema is not None:
-            with ema_weights(self.trainable_params, self.ema):
-                ema_meta = meta | {"weights": "ema"}
-                write_adapter(
-                    self.pipe, folder / EMA_DIR, configs, self.settings.adapter_kind, ema_meta, kohya
-                )
+            held.append(
+                (functools.partial(ema_weights, self.trainable_params, self.ema), folder / EMA_DIR, "ema")
+            )
+        for weights_held, into, name in held:
+            with weights_held():
+                weights = adapter_weights(self.pipe, ADAPTER_NAME, self.configs, meta | {"weights": name})
+                write_adapter_files(into, weights, self.settings.adapter_kind, kohya)
 
     def save_checkpoint(self, step: int) -> Path:
         """Write the LoRA weights and the full training state at ``step`` (atomically).
@@ -433,7 +378,7 @@ class LoraTrainer:
         """Remove the training adapter and restore the borrowed pipeline's state."""
         from accelerate.state import AcceleratorState, GradientState
 
-        _restore_pipeline(self.pipe, self.settings.gradient_checkpointing)
+        restore_pipeline(self.pipe, self.settings.gradient_checkpointing)
         # Accelerate keeps one process-wide state and refuses a second Accelerator with another precision;
         # the next job in this process may train with other settings.
         AcceleratorState._reset_state()
@@ -465,30 +410,7 @@ def parameter_groups(unet, text_encoder, s: TrainSettings) -> list[dict]:
     return groups
 
 
-def write_adapter(pipe, folder: Path, configs: tuple, kind: str, meta: dict, kohya: bool) -> None:
-    """Write the training adapter of ``pipe`` into ``folder``, with ``meta`` in its files.
-
-    Args:
-        pipe: The pipeline holding the adapter (``ADAPTER_NAME``).
-        folder: Where to write.
-        configs: The peft configs of the UNet's and the text encoder's adapter (None: frozen).
-        kind: ``train.adapter_kind``: diffusers' loader reads LoRA and DoRA; the other kinds are kept in
-            peft naming (``lora_core.adapters``).
-        meta: The training metadata stored in the files.
-        kohya: Also write the kohya export.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    unet_config, text_config = configs
-    unet_peft = peft_state_dict(pipe.unet, ADAPTER_NAME)
-    text_peft = peft_state_dict(pipe.text_encoder, ADAPTER_NAME) if text_config else None
-    dicts = (unet_config.to_dict(), text_config.to_dict() if text_config else None)
-    save = save_diffusers_lora if kind in DIFFUSERS_KINDS else save_peft_adapter
-    save(folder, unet_peft, text_peft, *dicts, meta)
-    if kohya:
-        save_kohya_lora(folder / KOHYA_FILE, unet_peft, text_peft, *dicts, meta)
-
-
-def _restore_pipeline(pipe, gradient_checkpointing: bool) -> None:
+def restore_pipeline(pipe, gradient_checkpointing: bool) -> None:
     """Take the training adapter out of ``pipe`` and leave its models frozen, in eval mode."""
     if any(ADAPTER_NAME in (getattr(m, "peft_config", None) or {}) for m in (pipe.unet, pipe.text_encoder)):
         pipe.unload_lora_weights()  # removes the LoRA layers themselves, not just the adapter
@@ -500,12 +422,13 @@ def _restore_pipeline(pipe, gradient_checkpointing: bool) -> None:
         model.eval()
 
 
-def _step_sizes(optimizer) -> list[float]:
+def step_sizes(optimizer) -> list[float]:
     """The learning rate of each parameter group; Prodigy's times its estimated step size ``d``."""
     return [group["lr"] * group.get("d", 1.0) for group in optimizer.param_groups]
 
 
-def _add_adapter(model, config, key: str) -> None:
+def add_adapter(model, config, key: str) -> None:
+    """Attach the training adapter (``ADAPTER_NAME``) of peft ``config`` to ``model``; ``key`` names its targets."""
     try:
         model.add_adapter(config, adapter_name=ADAPTER_NAME)
     except ValueError as err:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_core.training.loss_log import log_row
+from lora_core.training.loss_log import final_loss, log_row
 
 RESULT_FILE = "train_result.json"
 
@@ -27,6 +28,33 @@ class TrainingStopped(Exception):
 
     def __str__(self) -> str:
         return f"training stopped on request at step {self.step}; continue from {self.checkpoint}"
+
+
+class StepClock:
+    """Times one process's step loop: the first step (warm-up) apart from the steady ones."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.first_done: float | None = None
+
+    def step_done(self) -> None:
+        """Note the end of a step."""
+        if self.first_done is None:
+            self.first_done = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds since the loop started."""
+        return time.perf_counter() - self.started
+
+    def timing(self, steps: int) -> dict[str, float]:
+        """``train_seconds``, ``first_step_seconds`` and ``steps_per_second`` (first step left out) of ``steps``."""
+        end, first = time.perf_counter(), self.first_done
+        steady = steps > 1 and first is not None and end > first
+        return {
+            "train_seconds": end - self.started,
+            "first_step_seconds": first - self.started if first is not None else 0.0,
+            "steps_per_second": (steps - 1) / (end - first) if steady else 0.0,
+        }
 
 
 @dataclass
@@ -99,5 +127,5 @@ class TrainResult:
         )
         out["checkpoints"] = {str(k): str(v) for k, v in self.checkpoints.items()}
         out["ema_lora_path"] = str(self.ema_lora_path) if self.ema_lora_path else None
-        out["final_loss"] = self.loss_history[-1] if self.loss_history else None
+        out["final_loss"] = final_loss(self.loss_history)
         return out

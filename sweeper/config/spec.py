@@ -149,9 +149,7 @@ def build_job(cfg: DictConfig) -> JobSpec:
     render.validate()
     cells = grid_cells(cfg.render, cfg.data.token, cfg.data.class_name) if cfg.render.enabled else []
     steps, stop_at = _checkpoint_axis(cfg, settings.max_train_steps)
-    settings.checkpoint_steps = tuple(
-        sorted({*settings.checkpoint_steps, *steps, *([stop_at] if stop_at else [])})
-    )
+    settings.add_checkpoint_steps([*steps, *([stop_at] if stop_at else [])])
     return JobSpec(
         model=model,
         instance_dir=Path(cfg.data.instance_dir).expanduser() if cfg.data.instance_dir else None,

@@ -5,12 +5,12 @@ The compare page, the report and the sweep sheets all start from here; disk is t
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_core.errors import UserInputError
 from lora_core.metrics import METRICS, mean_scores
+from lora_core.training.loss_log import final_loss
 from sweeper.disk.layout import RunFolder, SweepFolder
 from sweeper.disk.naming import cell_label
 from sweeper.planning.grid import GridCell
@@ -44,11 +44,8 @@ class RunResult:
 
     @property
     def final_loss(self) -> float | None:
-        """Mean loss of the last 10% of steps (a single step's loss is noise)."""
-        if not self.loss:
-            return None
-        tail = [v for _, v in self.loss[-max(1, len(self.loss) // 10) :]]
-        return statistics.fmean(tail)
+        """Mean loss of the last 10% of steps (``lora_core.training.loss_log.final_loss``)."""
+        return final_loss([v for _, v in self.loss])
 
     @property
     def val_rise_step(self) -> int | None:

@@ -67,10 +67,7 @@ class Job:
         varying = plan.varying if plan else []
         run_dir = spec.run_dir(cfg.sweep.run_dir_template, varying)
         entry = plan.jobs.get(run_dir.name, {}) if plan else {}
-        extra = [s for s in entry.get("extra_checkpoint_steps", []) if s <= spec.settings.max_train_steps]
-        if extra:
-            s = spec.settings
-            s.checkpoint_steps = tuple(sorted(set(s.checkpoint_steps) | set(extra)))
+        spec.settings.add_checkpoint_steps(entry.get("extra_checkpoint_steps", []))
         self.context = JobContext(spec, cfg, RunFolder(run_dir), list(overrides or []))
         self.training = JobTraining(self.context)
         self.grids = JobGrids(self.context)
