@@ -16,6 +16,10 @@ PIP_TORCH_FLAGS := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL) --extr
 CONSTRAINTS ?= constraints.txt
 EXPERIMENT ?= quickstart
 ARGS ?=
+# Pytest workers of `make test` / `make test-fast` (pytest-xdist): tests that share a sweep, a module's
+# fixtures or the SLURM cluster stay on one worker (tests/conftest.py); each worker computes on one thread.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 STORE ?= outputs/mlflow.db
 UI_PORT ?= 5000
 
@@ -37,10 +41,10 @@ run: $(VENV)/.installed ## Run the quickstart sweep (world model, drawn kitten);
 	$(PY) -m sweeper -m experiment=$(EXPERIMENT) $(ARGS)
 
 test: $(VENV)/.installed ## Run the whole test suite (CPU, shipped world model and tiny offline models)
-	$(PY) -m pytest $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-fast: $(VENV)/.installed ## Run the tests without the slow end-to-end sweeps
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 lint: $(VENV)/.installed ## Lint and check formatting with ruff
 	$(PY) -m ruff check .

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import render, train_both_adapters
+from conftest import SIZE, render, train_both_adapters
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
@@ -77,7 +77,7 @@ def test_grid_renderer_fuses_lycoris_kinds_like_it_renders_them_unfused(
     cells = [RenderCell("a photo of ktn cat", u, 0.5, 3.0, seed=1) for u in (0.0, 0.6, 1.0)]
     pictures = {}
     for fuse in (True, False):
-        options = RenderOptions(num_inference_steps=3, resolution=64, fuse=fuse)
+        options = RenderOptions(num_inference_steps=3, resolution=SIZE, fuse=fuse)
         with GridRenderer(pipe, tmp_path, options) as renderer:
             pictures[fuse] = {c.unet_scale: np.asarray(img, dtype=float) for c, img in renderer.render(cells)}
     for scale in (0.0, 0.6, 1.0):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import SIZE
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -13,7 +14,7 @@ from lora_core.training import LoraTrainer, train_lora
 @pytest.fixture
 def spec():
     return ClassImageSpec(
-        prompt="a photo of a cat", count=3, resolution=64, num_inference_steps=2, seed=4, batch_size=2
+        prompt="a photo of a cat", count=3, resolution=SIZE, num_inference_steps=2, seed=4, batch_size=2
     )
 
 
@@ -68,7 +69,7 @@ def _prior_weights(pipe, subject_images, settings, class_pictures, out, weight):
 
 
 def test_prior_preservation_trains_on_the_class_images(pipe, subject_images, settings, spec, tmp_path):
-    pictures = load_subject_images(ensure_class_images(pipe, spec, "tiny-x", tmp_path)[0].parent, 64)
+    pictures = load_subject_images(ensure_class_images(pipe, spec, "tiny-x", tmp_path)[0].parent, SIZE)
     other = [Image.fromarray(255 - np.asarray(p)) for p in pictures]
     a = _prior_weights(pipe, subject_images, settings, pictures, tmp_path / "a", 1.0)
     b = _prior_weights(pipe, subject_images, settings, other, tmp_path / "b", 1.0)
