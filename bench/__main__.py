@@ -21,6 +21,7 @@ BENCHES = {
     "train_breadth": "bench.train_breadth",
     "adapter_kinds": "bench.adapter_kinds",
     "ema": "bench.ema",
+    "pack": "bench.pack",
 }
 # Run by name only (not by ``python -m bench``): the device check, for a machine with a GPU.
 ON_DEMAND = {"gpu": "bench.gpu"}

@@ -1,0 +1,426 @@
+"""Train a pack: several configurations of one sweep with one forward and backward a step.
+
+Each configuration trains exactly as ``LoraTrainer`` would train it alone: its LoRA initialised by peft under
+its own seed, its own generator for pictures, noise and timesteps (drawn in the same order), its own loss
+mean, gradient clipping, optimizer, schedule and EMA. Only the UNet (and the text encoder, for the
+configurations that train it) runs once for the whole pack, through ``PackedLinear`` layers. A configuration
+with fewer steps writes its final files when it reaches them and leaves the batch.
+
+The first pack trainer is for LoRA on linear layers in fp32 (``pack_refusal`` says what else runs alone);
+checkpoints and resume are the next step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+
+from lora_core.adapters import KOHYA_FILE, AdapterWeights, weights_file_name, write_adapter_files
+from lora_core.atomic import write_text_atomic
+from lora_core.optimizers import make_optimizer, make_schedule, set_optimizer_mode
+from lora_core.packs.layers import PackRouting, packed_linear_class
+from lora_core.settings import BOOKKEEPING_FIELDS, TrainSettings
+from lora_core.training.checkpoint import write_training_files
+from lora_core.training.inputs import LatentCache, MicroBatches, PromptTable
+from lora_core.training.loss_log import LossLog
+from lora_core.training.objective import SnrWeights, denoising_loss_of, denoising_target, draw_noise
+from lora_core.training.recipe import (
+    ADAPTER_NAME,
+    adapter_configs,
+    add_adapter,
+    restore_pipeline,
+    step_sizes,
+)
+from lora_core.training.results import RESULT_FILE, StepClock, StepRecord, TrainResult
+from lora_core.training.weights import ema_weights, make_ema
+
+# Settings that may differ between the configurations of one pack; every other field must be equal.
+PACKABLE_FIELDS = BOOKKEEPING_FIELDS | {
+    "learning_rate",
+    "text_encoder_lr",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "lr_num_cycles",
+    "lr_power",
+    "max_train_steps",
+    "max_grad_norm",
+    "optimizer",
+    "optim",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_weight_decay",
+    "adam_epsilon",
+    "rank",
+    "alpha",
+    "seed",
+    "noise_offset",
+    "snr_gamma",
+    "prior_loss_weight",
+    "caption_dropout",
+    "ema_decay",
+}
+
+
+def pack_refusal(settings: list[TrainSettings]) -> str | None:
+    """Why these configurations cannot train as one pack, in one line; None when they can.
+
+    Args:
+        settings: The configurations, in pack order.
+    """
+    first = settings[0]
+    for s in settings:
+        if s.adapter_kind != "lora" or s.conv_target_modules:
+            what = "LoCon" if s.conv_target_modules else s.adapter_kind
+            return f"lora.kind={what}: packs train LoRA on linear layers; this configuration runs alone"
+        if s.dropout:
+            return (
+                f"train.dropout={s.dropout}: packed layers have no dropout yet; this configuration runs alone"
+            )
+        if s.validation_every:
+            return (
+                "train.validation_every: validation in packs is not built yet; this configuration runs alone"
+            )
+        if s.gradient_checkpointing:
+            return "train.gradient_checkpointing: packs run without it; this configuration runs alone"
+        for f in fields(TrainSettings):
+            if f.name not in PACKABLE_FIELDS and getattr(s, f.name) != getattr(first, f.name):
+                return f"train.{f.name} differs ({getattr(first, f.name)!r} and {getattr(s, f.name)!r}): a pack shares it"
+    ranks = {s.rank for s in settings}
+    if len(ranks) > 1 and any(s.optimizer == "adafactor" for s in settings):
+        return "train.optimizer=adafactor with different ranks: its factored moments see the zero padding"
+    return None
+
+
+class PackTrainer:
+    """Trains several configurations on one borrowed pipeline, one forward and backward a step.
+
+    Args:
+        pipe: A ``StableDiffusionPipeline`` (no adapter active; left as found by ``cleanup``).
+        images: Subject pictures at the shared resolution.
+        settings: One validated ``TrainSettings`` per configuration (``pack_refusal`` is None for them).
+        output_dirs: One training folder per configuration.
+        class_images: Class pictures when prior preservation is on.
+        captions: One caption per subject picture, or None for the instance prompt.
+        on_step: Called with (configuration index, ``StepRecord``) after each of its steps.
+        metadata: Extra values stored with each configuration's LoRA files.
+        identity: What else the weights depend on (saved beside them, as ``LoraTrainer`` does).
+    """
+
+    def __init__(
+        self,
+        pipe,
+        images: list,
+        settings: list[TrainSettings],
+        output_dirs: list[str | os.PathLike],
+        class_images: list | None = None,
+        captions: list[str] | None = None,
+        on_step: Callable[[int, StepRecord], None] | None = None,
+        metadata: dict | None = None,
+        identity: dict | None = None,
+    ):
+        for s in settings:
+            s.validate()
+        reason = pack_refusal(settings)
+        if reason is not None:
+            raise ValueError(f"these configurations cannot share a pack: {reason}")
+        if len(output_dirs) != len(settings):
+            raise ValueError(f"{len(output_dirs)} output folders for {len(settings)} configurations")
+        self.pipe, self.images, self.settings = pipe, images, list(settings)
+        self.output_dirs = [Path(d) for d in output_dirs]
+        shared = settings[0]
+        self.class_images = class_images if shared.with_prior_preservation else None
+        self.captions = list(captions) if captions is not None else [shared.instance_prompt] * len(images)
+        self.on_step, self.metadata, self.identity = on_step, metadata or {}, identity or {}
+        self.logs = [LossLog(d) for d in self.output_dirs]
+        self.results: list[TrainResult | None] = [None] * len(settings)
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Initialise every configuration's LoRA as peft does alone, pack them into the models, build the rest."""
+        import torch
+        from diffusers import DDPMScheduler
+
+        pipe, device = self.pipe, self.pipe.unet.device
+        if pipe.unet.dtype != torch.float32:
+            raise ValueError("packs train in fp32 for now: load the pipeline in float32")
+        self.device = device
+        for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+            model.requires_grad_(False)
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.snr = [
+            SnrWeights(self.noise_scheduler, s.snr_gamma) if s.snr_gamma else None for s in self.settings
+        ]
+        initial = [self._initial_weights(s) for s in self.settings]
+        self.unet_routing, self.text_routing = PackRouting(), PackRouting()
+        self.unet_params = self._pack_model(pipe.unet, [w[0] for w in initial], self.unet_routing)
+        self.text_params = self._pack_model(pipe.text_encoder, [w[1] for w in initial], self.text_routing)
+        self.optimizers, self.schedules, self.emas, self.params = [], [], [], []
+        for k, s in enumerate(self.settings):
+            groups = [{"params": self.unet_params[k], "lr": s.learning_rate}]
+            if s.trains_text_encoder:
+                groups.append({"params": self.text_params[k], "lr": s.text_encoder_lr})
+            optimizer = make_optimizer(groups, s, device.type)
+            self.optimizers.append(optimizer)
+            self.schedules.append(make_schedule(optimizer, s))
+            self.params.append([p for g in groups for p in g["params"]])
+            self.emas.append(make_ema(self.params[k], s.ema_decay) if s.uses_ema else None)
+        self.generators = [torch.Generator("cpu").manual_seed(s.seed) for s in self.settings]
+        self.steps = [0] * len(self.settings)
+        self._setup_inputs()
+        for model in (pipe.unet, pipe.text_encoder):
+            model.train()
+
+    def _initial_weights(self, s: TrainSettings) -> tuple[dict, dict]:
+        """One configuration's initial LoRA weights, by layer name: peft's own init under its seed, as alone."""
+        from accelerate.utils import set_seed
+
+        pipe = self.pipe
+        set_seed(s.seed)  # the LoRA init draws from the global generator, as in LoraTrainer.setup
+        unet_config, text_config = adapter_configs(s)
+        add_adapter(pipe.unet, unet_config, "train.unet_target_modules")
+        if text_config is not None:
+            add_adapter(pipe.text_encoder, text_config, "train.text_target_modules")
+        weights = (_lora_weights(pipe.unet), _lora_weights(pipe.text_encoder) if text_config else {})
+        restore_pipeline(pipe, gradient_checkpointing=False)
+        return weights
+
+    def _pack_model(self, model, weights: list[dict], routing: PackRouting) -> list[list]:
+        """Replace each adapted linear layer of ``model`` by a ``PackedLinear``; returns each configuration's parameters."""
+        import torch
+
+        names = next((list(w) for w in weights if w), [])
+        params: list[list] = [[] for _ in weights]
+        if not names:
+            return params
+        packed_linear = packed_linear_class()
+        self._replaced = getattr(self, "_replaced", [])
+        for name in names:
+            base = model.get_submodule(name)
+            rank = max(w[name][0].shape[0] for w in weights if w)
+            per_config = []
+            for k, w in enumerate(weights):
+                a = torch.zeros(rank, base.in_features)
+                b = torch.zeros(base.out_features, rank)
+                scale = 0.0
+                if w:
+                    r = w[name][0].shape[0]
+                    a[:r], b[:, :r] = w[name][0], w[name][1]
+                    a, b = torch.nn.Parameter(a), torch.nn.Parameter(b)
+                    params[k] += [a, b]
+                    scale = self.settings[k].lora_alpha / self.settings[k].rank
+                per_config.append((a.to(base.weight.device), b.to(base.weight.device), scale))
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, packed_linear(base, routing, per_config))
+            self._replaced.append((parent, child, base))
+        return params
+
+    def _setup_inputs(self) -> None:
+        s = self.settings[0]
+        prompts = [
+            s.instance_prompt,
+            *self.captions,
+            *([s.class_prompt] if self.class_images else []),
+            "",  # a dropped caption (configurations with caption dropout)
+        ]
+        n_instance, n_class = len(self.images), len(self.class_images or [])
+        frozen = [not c.trains_text_encoder for c in self.settings]
+        self.frozen_prompts = (
+            PromptTable(self.pipe, self.device, prompts, self.captions, True) if any(frozen) else None
+        )
+        self.live_prompts = (
+            PromptTable(self.pipe, self.device, prompts, self.captions, False) if not all(frozen) else None
+        )
+        pictures = list(self.images) + list(self.class_images or [])
+        self.latents = LatentCache(self.pipe.vae, self.device, pictures, s.random_flip)
+        table = self.frozen_prompts or self.live_prompts
+        self.batches = [MicroBatches(c, table, self.latents, n_instance, n_class) for c in self.settings]
+
+    # ---- train -------------------------------------------------------------------------------------------
+    def train(self) -> list[TrainResult]:
+        """Train every configuration to its ``max_train_steps``; each writes its final files as it ends.
+
+        Returns:
+            One ``TrainResult`` per configuration, in pack order.
+        """
+        for optimizer in self.optimizers:
+            set_optimizer_mode(optimizer, training=True)
+        clock = StepClock()
+        while active := [k for k, s in enumerate(self.settings) if self.steps[k] < s.max_train_steps]:
+            losses = self.training_step(active)
+            for k, loss in zip(active, losses, strict=True):
+                self.steps[k] += 1
+                step, lrs = self.steps[k], step_sizes(self.optimizers[k])
+                text_lr = lrs[1] if len(lrs) > 1 else None
+                self.logs[k].record(step, loss, lrs[0], text_lr)
+                if self.on_step:
+                    self.on_step(k, StepRecord(step, loss, lrs[0], text_lr, clock.elapsed()))
+                if step == self.settings[k].max_train_steps:
+                    set_optimizer_mode(self.optimizers[k], training=False)
+                    self.results[k] = self.save_final(k, clock)
+        return self.results
+
+    def training_step(self, active: list[int]) -> list[float]:
+        """One optimizer step of every active configuration, one forward and backward per micro-batch.
+
+        Returns:
+            Each active configuration's mean loss of the step.
+        """
+        import torch
+
+        accumulation = self.settings[0].gradient_accumulation_steps
+        totals = [0.0] * len(active)
+        for micro in range(accumulation):
+            losses = self._loss_step(active, self.steps[active[0]] * accumulation + micro)
+            total = torch.stack(losses).sum() / accumulation
+            total.backward()
+            totals = [t + loss.detach() / accumulation for t, loss in zip(totals, losses, strict=True)]
+        for k in active:
+            s = self.settings[k]
+            if s.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.params[k], s.max_grad_norm)
+            self.optimizers[k].step()
+            self.schedules[k].step()
+            self.optimizers[k].zero_grad(set_to_none=True)
+            if self.emas[k] is not None:
+                self.emas[k].step(self.params[k])
+        return torch.stack(totals).float().tolist()
+
+    def _loss_step(self, active: list[int], micro_step: int) -> list:
+        """Each active configuration's loss on its own micro-batch, from one UNet forward over all of them."""
+        import torch
+
+        scheduler, parts = self.noise_scheduler, []
+        for k in active:
+            latents, rows = self.batches[k].draw(micro_step, self.generators[k])
+            noise, timesteps = draw_noise(
+                latents, scheduler, self.settings[k].noise_offset, self.generators[k], self.device
+            )
+            parts.append((latents, rows, noise, timesteps))
+        embeds = self._embeddings(active, [rows for _, rows, _, _ in parts])
+        noisy = torch.cat([scheduler.add_noise(lat, noise, t) for lat, _, noise, t in parts])
+        timesteps = torch.cat([t for *_, t in parts])
+        self.unet_routing.active = list(active)
+        pred = self.pipe.unet(noisy, timesteps, embeds).sample
+        losses, start = [], 0
+        for k, (latents, _, noise, t) in zip(active, parts, strict=True):
+            n = latents.shape[0]
+            target = denoising_target(scheduler, latents, noise, t)
+            prior = self.settings[k].prior_loss_weight if self.class_images else None
+            losses.append(denoising_loss_of(pred[start : start + n], target, t, self.snr[k], prior))
+            start += n
+        return losses
+
+    def _embeddings(self, active: list[int], rows: list[list[int]]):
+        """The prompt embeddings of each configuration's rows, in slice order (text encoder packed too)."""
+        import torch
+
+        live = [k for k in active if self.settings[k].trains_text_encoder]
+        by_config = {}
+        if live:
+            self.text_routing.active = live
+            ids = [rows[active.index(k)] for k in live]
+            out = self.live_prompts.embeddings([r for part in ids for r in part])
+            by_config |= dict(zip(live, out.split([len(p) for p in ids]), strict=True))
+        for k, part in zip(active, rows, strict=True):
+            if k not in by_config:
+                by_config[k] = self.frozen_prompts.embeddings(part)
+        return torch.cat([by_config[k] for k in active])
+
+    # ---- save --------------------------------------------------------------------------------------------
+    def adapter_weights(self, k: int) -> AdapterWeights:
+        """Configuration ``k``'s adapter as the writers take it: its rank's rows and columns, peft naming."""
+        s = self.settings[k]
+        unet_config, text_config = adapter_configs(s)
+        meta = {**s.to_dict(), "alpha": s.lora_alpha, **self.metadata, "trained_steps": self.steps[k]}
+        return AdapterWeights(
+            unet=_unpadded(self._names(self.pipe.unet), self.unet_params[k], s.rank),
+            unet_config=unet_config.to_dict(),
+            training_metadata=meta,
+            text_encoder=_unpadded(self._names(self.pipe.text_encoder), self.text_params[k], s.rank)
+            if text_config
+            else None,
+            text_encoder_config=text_config.to_dict() if text_config else None,
+        )
+
+    def _names(self, model) -> list[str]:
+        cls = packed_linear_class()
+        return [name for name, m in model.named_modules() if isinstance(m, cls)]
+
+    def save_final(self, k: int, clock: StepClock) -> TrainResult:
+        """Write configuration ``k``'s final files, as ``LoraTrainer.save_final`` lays them out."""
+        from lora_core.training.checkpoint import EMA_DIR, list_checkpoints
+
+        s, out = self.settings[k], self.output_dirs[k]
+        out.mkdir(parents=True, exist_ok=True)
+        weights = self.adapter_weights(k)
+        write_adapter_files(out, _with(weights, weights="raw"), s.adapter_kind, kohya=True)
+        if self.emas[k] is not None:
+            with ema_weights(self.params[k], self.emas[k]):
+                write_adapter_files(
+                    out / EMA_DIR, _with(self.adapter_weights(k), weights="ema"), s.adapter_kind, True
+                )
+        write_training_files(out, s, self.identity)
+        self.logs[k].rewrite()
+        steps = range(1, s.max_train_steps + 1)
+        result = TrainResult(
+            output_dir=out,
+            lora_path=out / weights_file_name(s.adapter_kind),
+            kohya_path=out / KOHYA_FILE,
+            checkpoints=list_checkpoints(out),
+            loss_history=[self.logs[k].losses.get(i, float("nan")) for i in steps],
+            lr_history=[self.logs[k].lrs.get(i, float("nan")) for i in steps],
+            ema_lora_path=out / EMA_DIR / weights_file_name(s.adapter_kind) if self.emas[k] else None,
+            **clock.timing(self.steps[k]),
+        )
+        write_text_atomic(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
+        return result
+
+    # ---- cleanup -----------------------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """Put the base layers back and leave the borrowed pipeline frozen, in eval mode."""
+        for parent, child, base in reversed(getattr(self, "_replaced", [])):
+            setattr(parent, child, base)
+        self._replaced = []
+        for model in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
+            model.requires_grad_(False)
+            model.eval()
+
+
+def _lora_weights(model) -> dict:
+    """``{layer name: (A, B)}`` of the training adapter peft attached to ``model``."""
+    from peft.tuners.lora import LoraLayer
+
+    return {
+        name: (m.lora_A[ADAPTER_NAME].weight.detach().clone(), m.lora_B[ADAPTER_NAME].weight.detach().clone())
+        for name, m in model.named_modules()
+        if isinstance(m, LoraLayer) and ADAPTER_NAME in m.lora_A
+    }
+
+
+def _unpadded(names: list[str], params: list, rank: int) -> dict:
+    """Peft-named tensors (``<layer>.lora_A.weight``) of one configuration, cut to its rank."""
+    out = {}
+    for name, a, b in zip(names, params[0::2], params[1::2], strict=True):
+        out[f"{name}.lora_A.weight"] = a.detach()[:rank].clone()
+        out[f"{name}.lora_B.weight"] = b.detach()[:, :rank].clone()
+    return out
+
+
+def _with(adapter: AdapterWeights, **metadata) -> AdapterWeights:
+    from dataclasses import replace
+
+    return replace(adapter, training_metadata={**adapter.training_metadata, **metadata})
+
+
+def train_pack(pipe, images, settings, output_dirs, **kwargs) -> list[TrainResult]:
+    """Set up, train and clean up a ``PackTrainer``; returns each configuration's result."""
+    trainer = PackTrainer(pipe, images, settings, output_dirs, **kwargs)
+    try:
+        trainer.setup()
+        return trainer.train()
+    finally:
+        trainer.cleanup()

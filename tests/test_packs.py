@@ -1,0 +1,152 @@
+"""Packs: configurations trained together end with the weights and pictures of each trained alone."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import SIZE, render
+from safetensors.torch import load_file
+
+from lora_core.adapters import LORA_FILE, read_training_metadata
+from lora_core.packs import pack_refusal, train_pack
+from lora_core.settings import TrainSettings
+from lora_core.training import LOSS_LOG, train_lora
+
+# The tolerance of "the same weights" between a configuration trained in a pack and alone (fp32, CPU, 8
+# steps). The batched products add in another order; AdamW divides each gradient by its own size, so where a
+# gradient is near zero a rounding can flip the sign of that element's step. Measured: at most 2.3e-4 on one
+# element of 23,040 (lr 1e-3), 5.3e-4 of the tensor's norm; the bounds below are one AdamW step at lr 1e-3
+# per element and 2e-3 of the norm.
+ELEMENT_ATOL, NORM_RTOL = 1e-3, 2e-3
+
+
+def assert_trained_alike(a, b) -> None:
+    """Two adapter files hold the same tensors up to the pack's rounding (``ELEMENT_ATOL``, ``NORM_RTOL``)."""
+    a, b = (load_file(str(path)) for path in (a, b))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=ELEMENT_ATOL, rtol=0, msg=key)
+        assert (a[key] - b[key]).norm() <= NORM_RTOL * b[key].norm() + 1e-7, key
+
+
+def _differences(pipe, subject_images, settings, tmp_path, configs, **train_args):
+    """Train ``configs`` as one pack and each alone; returns [(pack result, alone result)]."""
+    packed = train_pack(
+        pipe,
+        subject_images,
+        [settings(**c) for c in configs],
+        [tmp_path / f"pack-{i}" for i in range(len(configs))],
+        **train_args,
+    )
+    alone = [
+        train_lora(pipe, subject_images, settings(**c), tmp_path / f"alone-{i}", **train_args)
+        for i, c in enumerate(configs)
+    ]
+    return list(zip(packed, alone, strict=True))
+
+
+def test_each_configuration_of_a_pack_ends_with_the_weights_it_has_alone(
+    pipe, subject_images, settings, tmp_path
+):
+    configs = [
+        {},
+        dict(learning_rate=3e-3, lr_scheduler="cosine", lr_warmup_steps=2, max_train_steps=5, seed=5),
+        dict(rank=8, alpha=4.0, text_encoder_lr=1e-3, optimizer="prodigy"),
+        dict(
+            noise_offset=0.1,
+            snr_gamma=5.0,
+            caption_dropout=0.5,
+            ema_decay=0.9,
+            max_grad_norm=0.01,
+        ),
+        dict(optimizer="schedulefree_adamw", learning_rate=3e-3),
+    ]
+    for packed, alone in _differences(pipe, subject_images, settings, tmp_path, configs):
+        assert_trained_alike(packed.lora_path, alone.lora_path)
+        assert_trained_alike(packed.kohya_path, alone.kohya_path)
+        np.testing.assert_allclose(packed.loss_history, alone.loss_history, rtol=1e-4)
+        assert (packed.output_dir / LOSS_LOG).read_text().count("\n") == len(alone.loss_history)
+        meta = read_training_metadata(packed.lora_path)
+        assert meta == read_training_metadata(alone.lora_path)  # the same settings in the same file
+    ema_pack, ema_alone = tmp_path / "pack-3" / "ema" / LORA_FILE, tmp_path / "alone-3" / "ema" / LORA_FILE
+    assert_trained_alike(ema_pack, ema_alone)
+    # The configuration that trained the text encoder renders the same pictures as alone.
+    pictures = []
+    for folder in (tmp_path / "pack-2", tmp_path / "alone-2"):
+        pipe.load_lora_weights(str(folder), adapter_name="t")
+        try:
+            pictures.append(render(pipe))
+        finally:
+            pipe.unload_lora_weights()
+    assert np.abs(pictures[0] - pictures[1]).max() <= 2 / 255
+    assert (
+        load_file(str(tmp_path / "pack-2" / LORA_FILE)).keys()
+        == load_file(str(tmp_path / "alone-2" / LORA_FILE)).keys()
+    )
+
+
+def test_prior_preservation_weights_and_adafactor_pack_like_alone(pipe, subject_images, settings, tmp_path):
+    prior = dict(with_prior_preservation=True, class_prompt="a photo of a cat", num_class_images=2)
+    configs = [
+        dict(prior, prior_loss_weight=1.0, optimizer="adafactor"),
+        dict(prior, prior_loss_weight=0.3, optimizer="adafactor", learning_rate=3e-3),
+    ]
+    pairs = _differences(pipe, subject_images, settings, tmp_path, configs, class_images=subject_images[3:])
+    for packed, alone in pairs:
+        assert_trained_alike(packed.lora_path, alone.lora_path)
+    # the weight matters: the two configurations differ by far more than the packing does
+    a, b = (load_file(str(p.lora_path)) for p, _ in pairs)
+    assert max((a[k] - b[k]).norm() / b[k].norm() for k in a) > 100 * NORM_RTOL
+
+
+def test_a_pack_leaves_the_shared_pipeline_as_it_found_it(pipe, subject_images, settings, tmp_path):
+    before = render(pipe)
+    names = [n for n, _ in pipe.unet.named_modules()]
+    train_pack(pipe, subject_images, [settings(), settings(seed=9)], [tmp_path / "a", tmp_path / "b"])
+    assert [n for n, _ in pipe.unet.named_modules()] == names
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
+    np.testing.assert_array_equal(render(pipe), before)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (dict(adapter_kind="loha"), "lora.kind=loha"),
+        (dict(conv_target_modules=("conv1",)), "lora.kind=LoCon"),
+        (dict(dropout=0.1), "train.dropout=0.1"),
+        (dict(resolution=2 * SIZE), "train.resolution differs"),
+        (dict(train_batch_size=2), "train.train_batch_size differs"),
+        (dict(rank=8, optimizer="adafactor"), "adafactor with different ranks"),
+    ],
+)
+def test_what_cannot_share_a_pack_is_named(change, reason):
+    base = TrainSettings(resolution=SIZE, optimizer=change.get("optimizer", "adamw"))
+    assert pack_refusal([base, TrainSettings(**{"resolution": SIZE, **change})]) is not None
+    assert reason in pack_refusal([base, TrainSettings(**{"resolution": SIZE, **change})])
+    assert (
+        pack_refusal(
+            [base, TrainSettings(resolution=SIZE, learning_rate=1e-2, seed=4, optimizer=base.optimizer)]
+        )
+        is None
+    )
+
+
+def test_the_packed_layer_applies_each_adapter_to_its_own_slice_only():
+    from lora_core.packs.layers import PackRouting, packed_linear_class
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(6, 5)
+    weights = [(torch.randn(3, 6), torch.randn(5, 3), 0.5), (torch.randn(3, 6), torch.randn(5, 3), 2.0)]
+    weights[0][0][2:] = 0  # configuration 0 has rank 2, padded to 3
+    weights[0][1][:, 2:] = 0
+    routing = PackRouting([1, 0])
+    layer = packed_linear_class()(base, routing, weights)
+    x = torch.randn(4, 7, 6)  # two slices of two samples: configuration 1, then 0
+    expected = torch.cat(
+        [
+            base(x[i : i + 2]) + s * (x[i : i + 2] @ a.T @ b.T)
+            for i, (a, b, s) in ((0, weights[1]), (2, weights[0]))
+        ]
+    )
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    routing.active = []
+    torch.testing.assert_close(layer(x), base(x))
