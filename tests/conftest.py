@@ -33,7 +33,19 @@ def pytest_collection_modifyitems(config, items):
     A fixture is built once per worker that asks for it: the quickstart sweep (session), and each module's
     own sweeps and models (module scope), so their tests go to one worker. The SLURM tests share one small
     cluster, where two at once would only queue behind each other.
+
+    The longest work starts first, so the quick tests fill the workers' gaps at the end: modules with SLURM
+    tests, then modules with slow tests, then the rest, each module's tests kept together and in order.
     """
+
+    def rank(item) -> int:
+        return 0 if item.get_closest_marker("slurm") else 1 if item.get_closest_marker("slow") else 2
+
+    module_rank: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        module_rank[module] = min(module_rank.get(module, 2), rank(item))
+    items.sort(key=lambda item: module_rank[item.nodeid.split("::")[0]])  # stable: order kept within ranks
     for item in items:
         fixtures = getattr(item, "_fixtureinfo", None)
         scopes = {d[-1].scope for d in fixtures.name2fixturedefs.values() if d} if fixtures else set()
