@@ -12,18 +12,15 @@ checkpoints and resume are the next step.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from lora_core.adapters import KOHYA_FILE, AdapterWeights, weights_file_name, write_adapter_files
-from lora_core.atomic import write_text_atomic
+from lora_core.adapters import AdapterWeights, write_adapter_files
 from lora_core.optimizers import make_optimizer, make_schedule, set_optimizer_mode
 from lora_core.packs.layers import PackRouting, packed_linear_class
 from lora_core.settings import BOOKKEEPING_FIELDS, TrainSettings
-from lora_core.training.checkpoint import write_training_files
 from lora_core.training.inputs import LatentCache, MicroBatches, PromptTable
 from lora_core.training.loss_log import LossLog
 from lora_core.training.objective import SnrWeights, denoising_loss_of, denoising_target, draw_noise
@@ -34,7 +31,7 @@ from lora_core.training.recipe import (
     restore_pipeline,
     step_sizes,
 )
-from lora_core.training.results import RESULT_FILE, StepClock, StepRecord, TrainResult
+from lora_core.training.results import StepClock, StepRecord, TrainResult, finish_folder
 from lora_core.training.weights import ema_weights, make_ema
 
 # Settings that may differ between the configurations of one pack; every other field must be equal.
@@ -352,7 +349,7 @@ class PackTrainer:
 
     def save_final(self, k: int, clock: StepClock) -> TrainResult:
         """Write configuration ``k``'s final files, as ``LoraTrainer.save_final`` lays them out."""
-        from lora_core.training.checkpoint import EMA_DIR, list_checkpoints
+        from lora_core.training.checkpoint import EMA_DIR
 
         s, out = self.settings[k], self.output_dirs[k]
         out.mkdir(parents=True, exist_ok=True)
@@ -363,21 +360,9 @@ class PackTrainer:
                 write_adapter_files(
                     out / EMA_DIR, _with(self.adapter_weights(k), weights="ema"), s.adapter_kind, True
                 )
-        write_training_files(out, s, self.identity)
-        self.logs[k].rewrite()
-        steps = range(1, s.max_train_steps + 1)
-        result = TrainResult(
-            output_dir=out,
-            lora_path=out / weights_file_name(s.adapter_kind),
-            kohya_path=out / KOHYA_FILE,
-            checkpoints=list_checkpoints(out),
-            loss_history=[self.logs[k].losses.get(i, float("nan")) for i in steps],
-            lr_history=[self.logs[k].lrs.get(i, float("nan")) for i in steps],
-            ema_lora_path=out / EMA_DIR / weights_file_name(s.adapter_kind) if self.emas[k] else None,
-            **clock.timing(self.steps[k]),
+        return finish_folder(
+            out, s, self.identity, self.logs[k], ema=self.emas[k] is not None, **clock.timing(self.steps[k])
         )
-        write_text_atomic(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
-        return result
 
     # ---- cleanup -----------------------------------------------------------------------------------------
     def cleanup(self) -> None:

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from lora_core.adapters import (
-    KOHYA_FILE,
     adapter_config,
     adapter_weights,
-    weights_file_name,
     write_adapter_files,
 )
-from lora_core.atomic import write_text_atomic
 from lora_core.errors import UserInputError
 from lora_core.optimizers import check_optimizer, make_optimizer, make_schedule, set_optimizer_mode
 from lora_core.settings import TrainSettings
@@ -29,14 +25,12 @@ from lora_core.training.checkpoint import (
     Checkpointer,
     checkpoint_dir,
     checkpoint_due,
-    list_checkpoints,
-    write_training_files,
 )
 from lora_core.training.device import mixed_precision, peak_memory
 from lora_core.training.inputs import LatentCache, MicroBatches, PromptTable
 from lora_core.training.loss_log import LossLog
 from lora_core.training.objective import SnrWeights, denoising_loss_of, denoising_target, draw_noise
-from lora_core.training.results import RESULT_FILE, StepClock, StepRecord, TrainingStopped, TrainResult
+from lora_core.training.results import StepClock, StepRecord, TrainingStopped, TrainResult, finish_folder
 from lora_core.training.validation import ValidationSet
 from lora_core.training.weights import ema_weights, evaluation_weights, make_ema
 
@@ -349,29 +343,21 @@ class LoraTrainer:
         Returns:
             The result, with paths, histories, speed and peak memory.
         """
-        s, out = self.settings, self.output_dir
+        out = self.output_dir
         out.mkdir(parents=True, exist_ok=True)
         self._write_adapters(out, kohya=True)
-        write_training_files(out, s, self.identity)
-        self.log.rewrite()
         peak, kind = peak_memory(self.device)
-        steps = range(1, s.max_train_steps + 1)
-        result = TrainResult(
-            output_dir=out,
-            lora_path=out / weights_file_name(s.adapter_kind),
-            kohya_path=out / KOHYA_FILE,
-            checkpoints=list_checkpoints(out),
-            loss_history=[self.log.losses.get(k, float("nan")) for k in steps],
-            lr_history=[self.log.lrs.get(k, float("nan")) for k in steps],
-            val_losses=dict(sorted(self.log.val_losses.items())),
+        return finish_folder(
+            out,
+            self.settings,
+            self.identity,
+            self.log,
+            ema=self.ema is not None,
             peak_memory_mb=peak,
             memory_kind=kind,
             resumed_from_step=getattr(self, "start_step", 0),
-            ema_lora_path=out / EMA_DIR / weights_file_name(s.adapter_kind) if self.ema is not None else None,
             **self._timing,
         )
-        write_text_atomic(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
-        return result
 
     # ---- cleanup -----------------------------------------------------------------------------------------
     def cleanup(self) -> None:

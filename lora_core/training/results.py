@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_core.training.loss_log import final_loss, log_row
+from lora_core.adapters import KOHYA_FILE, weights_file_name
+from lora_core.atomic import write_text_atomic
+from lora_core.settings import TrainSettings
+from lora_core.training.checkpoint import EMA_DIR, list_checkpoints, write_training_files
+from lora_core.training.loss_log import LossLog, final_loss, log_row
 
 RESULT_FILE = "train_result.json"
 
@@ -129,3 +134,37 @@ class TrainResult:
         out["ema_lora_path"] = str(self.ema_lora_path) if self.ema_lora_path else None
         out["final_loss"] = final_loss(self.loss_history)
         return out
+
+
+def finish_folder(
+    out: Path, settings: TrainSettings, identity: dict, log: LossLog, ema: bool, **extra
+) -> TrainResult:
+    """Complete a finished training's folder, its adapter files written: settings, identity, loss log, result.
+
+    Args:
+        out: The training folder.
+        settings: The training's settings.
+        identity: What else its weights depend on.
+        log: Its loss log.
+        ema: Whether an EMA was kept (``ema/`` holds its files).
+        extra: Further ``TrainResult`` fields (speed, memory, resumed step).
+
+    Returns:
+        The result, also written as ``train_result.json``.
+    """
+    write_training_files(out, settings, identity)
+    log.rewrite()
+    steps = range(1, settings.max_train_steps + 1)
+    result = TrainResult(
+        output_dir=out,
+        lora_path=out / weights_file_name(settings.adapter_kind),
+        kohya_path=out / KOHYA_FILE,
+        checkpoints=list_checkpoints(out),
+        loss_history=[log.losses.get(k, float("nan")) for k in steps],
+        lr_history=[log.lrs.get(k, float("nan")) for k in steps],
+        val_losses=dict(sorted(log.val_losses.items())),
+        ema_lora_path=out / EMA_DIR / weights_file_name(settings.adapter_kind) if ema else None,
+        **extra,
+    )
+    write_text_atomic(out / RESULT_FILE, json.dumps(result.to_json(), indent=2))
+    return result
