@@ -82,6 +82,12 @@ def test_the_compare_page_works_from_file_in_a_browser(quickstart_sweep, browser
     assert all(src.endswith("/be_0.5%3B0%3B4.png") for _, src in after), "the chosen scales stay"
     assert _all_images_loaded(browser)
 
+    # every score is short: 4 decimals, a small final loss to 4 significant digits (0.007185, not 0.0071845985...)
+    for card in browser.find_elements(By.CSS_SELECTOR, ".card .scores"):
+        values = dict(zip(*[iter(card.text.split())] * 2, strict=True))
+        digits = {m: v.split("e")[0].lstrip("0.").replace(".", "") for m, v in values.items()}
+        assert "final_loss" in values and all(len(d) <= 4 for d in digits.values()), card.text
+
     Select(browser.find_element(By.ID, "sort")).select_by_value("name")
     assert [run for run, _ in _shown(browser)] == ["1e-5;1e-4", "1e-5;1e-5", "2e-3;1e-4", "2e-3;1e-5"]
     colours = {
