@@ -50,9 +50,35 @@ def _differences(pipe, subject_images, settings, tmp_path, configs, **train_args
     return list(zip(packed, alone, strict=True))
 
 
+def _assert_each_as_alone(pairs, configs) -> None:
+    for config, (packed, alone) in zip(configs, pairs, strict=True):
+        lr = max(*alone.lr_history, config.get("text_encoder_lr", 0.0))  # Prodigy's: d x lr, as logged
+        assert_trained_alike(packed.lora_path, alone.lora_path, lr)
+        assert_trained_alike(packed.kohya_path, alone.kohya_path, lr)
+        np.testing.assert_allclose(packed.loss_history, alone.loss_history, rtol=1e-4)
+        np.testing.assert_allclose(packed.lr_history, alone.lr_history, rtol=1e-6)
+        assert (packed.output_dir / LOSS_LOG).read_text().count("\n") == len(alone.loss_history)
+        meta = read_training_metadata(packed.lora_path)
+        assert meta == read_training_metadata(alone.lora_path)  # the same settings in the same file
+
+
+def test_an_adamw_pack_steps_every_configuration_at_once_as_each_alone(
+    pipe, subject_images, settings, tmp_path
+):
+    """Every configuration on AdamW without EMA: one clipping and one AdamW step for the whole stack."""
+    configs = [
+        {},
+        dict(learning_rate=3e-3, lr_scheduler="cosine", lr_warmup_steps=2, max_train_steps=5, seed=5),
+        dict(rank=8, alpha=4.0, text_encoder_lr=1e-3, adam_weight_decay=0.1, adam_beta2=0.99),
+        dict(noise_offset=0.1, snr_gamma=5.0, caption_dropout=0.5, max_grad_norm=0.01, adam_epsilon=1e-6),
+    ]
+    _assert_each_as_alone(_differences(pipe, subject_images, settings, tmp_path, configs), configs)
+
+
 def test_each_configuration_of_a_pack_ends_with_the_weights_it_has_alone(
     pipe, subject_images, settings, tmp_path
 ):
+    """Other optimizers and the EMA: each configuration's own optimizer, on views of its slices."""
     configs = [
         {},
         dict(learning_rate=3e-3, lr_scheduler="cosine", lr_warmup_steps=2, max_train_steps=5, seed=5),
@@ -66,16 +92,7 @@ def test_each_configuration_of_a_pack_ends_with_the_weights_it_has_alone(
         ),
         dict(optimizer="schedulefree_adamw", learning_rate=3e-3),
     ]
-    for config, (packed, alone) in zip(
-        configs, _differences(pipe, subject_images, settings, tmp_path, configs), strict=True
-    ):
-        lr = max(*alone.lr_history, config.get("text_encoder_lr", 0.0))  # Prodigy's: d x lr, as logged
-        assert_trained_alike(packed.lora_path, alone.lora_path, lr)
-        assert_trained_alike(packed.kohya_path, alone.kohya_path, lr)
-        np.testing.assert_allclose(packed.loss_history, alone.loss_history, rtol=1e-4)
-        assert (packed.output_dir / LOSS_LOG).read_text().count("\n") == len(alone.loss_history)
-        meta = read_training_metadata(packed.lora_path)
-        assert meta == read_training_metadata(alone.lora_path)  # the same settings in the same file
+    _assert_each_as_alone(_differences(pipe, subject_images, settings, tmp_path, configs), configs)
     ema_pack, ema_alone = tmp_path / "pack-3" / "ema" / LORA_FILE, tmp_path / "alone-3" / "ema" / LORA_FILE
     assert_trained_alike(ema_pack, ema_alone, 1e-3)
     # The configuration that trained the text encoder renders the same pictures as alone.
@@ -148,7 +165,8 @@ def test_the_packed_layer_applies_each_adapter_to_its_own_slice_only():
     weights[0][0][2:] = 0  # configuration 0 has rank 2, padded to 3
     weights[0][1][:, 2:] = 0
     routing = PackRouting([1, 0])
-    layer = packed_linear_class()(base, routing, weights)
+    a, b = torch.stack([w[0] for w in weights]), torch.stack([w[1] for w in weights])
+    layer = packed_linear_class()(base, routing, a, b, [w[2] for w in weights])
     x = torch.randn(4, 7, 6)  # two slices of two samples: configuration 1, then 0
     expected = torch.cat(
         [
@@ -157,5 +175,7 @@ def test_the_packed_layer_applies_each_adapter_to_its_own_slice_only():
         ]
     )
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    routing.active = [0, 1]  # the whole pack, in order: no index
+    torch.testing.assert_close(layer(x[[2, 3, 0, 1]]), expected[[2, 3, 0, 1]], atol=1e-5, rtol=1e-5)
     routing.active = []
     torch.testing.assert_close(layer(x), base(x))

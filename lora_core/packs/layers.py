@@ -2,7 +2,8 @@
 
 A pack's batch holds each configuration's samples in its own contiguous slice. A ``PackedLinear`` applies
 configuration *i*'s ``B_i A_i`` (times its scale) only to slice *i*, with two batched matrix products over
-the stacked adapters: the launches do not grow with the pack's size, and the frozen weight is read once.
+the adapters, kept stacked in one tensor each: the launches do not grow with the pack's size, and the
+frozen weight is read once.
 Ranks that differ are padded to the largest with zero rows of ``A`` and zero columns of ``B``, which get
 zero gradients and so stay zero under every optimizer this project uses on packs.
 """
@@ -45,33 +46,34 @@ def _define_packed_linear():
         Args:
             base: The frozen layer.
             routing: The model's shared routing.
-            weights: Per configuration, ``(A, B, scale)``: ``A`` is ``(R, in)`` and ``B`` is ``(out, R)`` at
-                the pack's largest rank ``R`` (zero padded), ``scale`` is alpha / the configuration's rank.
-                ``A`` and ``B`` are the trainable parameters (or zero tensors for a configuration that does
-                not adapt this model).
+            lora_a: Every configuration's ``A``, ``(K, R, in)`` at the pack's largest rank ``R`` (zero
+                padded; zeros for a configuration that does not adapt this model).
+            lora_b: Every configuration's ``B``, ``(K, out, R)``.
+            scales: Each configuration's alpha / rank.
         """
 
-        def __init__(self, base: nn.Linear, routing: PackRouting, weights: list[tuple]):
+        def __init__(self, base: nn.Linear, routing: PackRouting, lora_a, lora_b, scales: list[float]):
             super().__init__()
             self.base, self.routing = base, routing
-            self.lora_A = [a for a, _, _ in weights]  # owned by each configuration's optimizer, not here
-            self.lora_B = [b for _, b, _ in weights]
-            self.scales = [float(s) for _, _, s in weights]
-            self._scales: dict[tuple, torch.Tensor] = {}  # active set -> (K, 1, 1) scales, built once
+            self.lora_A, self.lora_B = lora_a, lora_b  # (K, R, in), (K, out, R); trained by the pack
+            self.scales = torch.tensor(scales, dtype=lora_a.dtype, device=lora_a.device).view(-1, 1, 1)
+            self._every = list(range(lora_a.shape[0]))
+            self._index: dict[tuple, torch.Tensor] = {}  # active set -> its index, built once
 
         def forward(self, x):
             y = self.base(x)
             active = self.routing.active
             if not active:
                 return y
-            k, key = len(active), tuple(active)
-            a = torch.stack([self.lora_A[i] for i in active])  # (K, R, in)
-            b = torch.stack([self.lora_B[i] for i in active])  # (K, out, R)
-            if key not in self._scales:
-                values = torch.tensor([self.scales[i] for i in active], dtype=a.dtype)
-                self._scales[key] = values.to(a.device).view(k, 1, 1)
+            k, a, b, scales = len(active), self.lora_A, self.lora_B, self.scales
+            if active != self._every:
+                key = tuple(active)
+                if key not in self._index:
+                    self._index[key] = torch.tensor(active, device=a.device)
+                index = self._index[key]
+                a, b, scales = a.index_select(0, index), b.index_select(0, index), scales[index]
             slices = x.reshape(k, -1, x.shape[-1]).to(a.dtype)  # (K, rows of a slice, in)
-            delta = torch.bmm(torch.bmm(slices, a.transpose(1, 2)), b.transpose(1, 2)) * self._scales[key]
+            delta = torch.bmm(torch.bmm(slices, a.transpose(1, 2)), b.transpose(1, 2)) * scales
             return y + delta.reshape(y.shape).to(y.dtype)
 
     return PackedLinear

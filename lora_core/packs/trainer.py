@@ -20,6 +20,7 @@ from pathlib import Path
 from lora_core.adapters import AdapterWeights, write_adapter_files
 from lora_core.optimizers import make_optimizer, make_schedule, set_optimizer_mode
 from lora_core.packs.layers import PackRouting, packed_linear_class
+from lora_core.packs.optim import PackAdamW, clip_pack_gradients
 from lora_core.settings import BOOKKEEPING_FIELDS, TrainSettings
 from lora_core.training.inputs import LatentCache, MicroBatches, PromptTable
 from lora_core.training.loss_log import LossLog
@@ -151,9 +152,14 @@ class PackTrainer:
             SnrWeights(self.noise_scheduler, s.snr_gamma) if s.snr_gamma else None for s in self.settings
         ]
         initial = [self._initial_weights(s) for s in self.settings]
-        self.unet_routing, self.text_routing = PackRouting(), PackRouting()
-        self.unet_params = self._pack_model(pipe.unet, [w[0] for w in initial], self.unet_routing)
-        self.text_params = self._pack_model(pipe.text_encoder, [w[1] for w in initial], self.text_routing)
+        self.unet_routing, self.text_routing, self._replaced = PackRouting(), PackRouting(), []
+        unet_stacks, self.unet_params = self._pack_model(
+            pipe.unet, [w[0] for w in initial], self.unet_routing
+        )
+        text_stacks, self.text_params = self._pack_model(
+            pipe.text_encoder, [w[1] for w in initial], self.text_routing
+        )
+        self.stacks = [unet_stacks, text_stacks]
         self.optimizers, self.schedules, self.emas, self.params = [], [], [], []
         for k, s in enumerate(self.settings):
             groups = [{"params": self.unet_params[k], "lr": s.learning_rate}]
@@ -164,6 +170,11 @@ class PackTrainer:
             self.schedules.append(make_schedule(optimizer, s))
             self.params.append([p for g in groups for p in g["params"]])
             self.emas.append(make_ema(self.params[k], s.ema_decay) if s.uses_ema else None)
+        # AdamW without EMA (a sweep's usual case) steps the whole stack at once; else each its own optimizer.
+        batched = all(s.optimizer == "adamw" and not s.uses_ema for s in self.settings) and all(
+            hasattr(schedule, "lr_lambdas") for schedule in self.schedules
+        )
+        self.pack_adamw = PackAdamW(self.stacks, self.settings) if batched else None
         self.generators = [torch.Generator("cpu").manual_seed(s.seed) for s in self.settings]
         self.steps = [0] * len(self.settings)
         self._setup_inputs()
@@ -184,36 +195,41 @@ class PackTrainer:
         restore_pipeline(pipe, gradient_checkpointing=False)
         return weights
 
-    def _pack_model(self, model, weights: list[dict], routing: PackRouting) -> list[list]:
-        """Replace each adapted linear layer of ``model`` by a ``PackedLinear``; returns each configuration's parameters."""
+    def _pack_model(self, model, weights: list[dict], routing: PackRouting) -> tuple[list, list[list]]:
+        """Replace each adapted linear layer of ``model`` by a ``PackedLinear`` over stacked adapters.
+
+        Returns:
+            The stacked parameters (``A`` then ``B`` of each layer) and, per configuration, its own
+            parameters: views of its slices (sharing their memory), for its own optimizer and EMA; empty
+            for a configuration that does not adapt ``model``.
+        """
         import torch
 
         names = next((list(w) for w in weights if w), [])
-        params: list[list] = [[] for _ in weights]
-        if not names:
-            return params
+        stacks, views = [], [[] for _ in weights]
         packed_linear = packed_linear_class()
-        self._replaced = getattr(self, "_replaced", [])
         for name in names:
             base = model.get_submodule(name)
             rank = max(w[name][0].shape[0] for w in weights if w)
-            per_config = []
+            a = torch.zeros(len(weights), rank, base.in_features)
+            b = torch.zeros(len(weights), base.out_features, rank)
+            scales = []
             for k, w in enumerate(weights):
-                a = torch.zeros(rank, base.in_features)
-                b = torch.zeros(base.out_features, rank)
-                scale = 0.0
+                scales.append(self.settings[k].lora_alpha / self.settings[k].rank if w else 0.0)
                 if w:
                     r = w[name][0].shape[0]
-                    a[:r], b[:, :r] = w[name][0], w[name][1]
-                    a, b = torch.nn.Parameter(a), torch.nn.Parameter(b)
-                    params[k] += [a, b]
-                    scale = self.settings[k].lora_alpha / self.settings[k].rank
-                per_config.append((a.to(base.weight.device), b.to(base.weight.device), scale))
+                    a[k, :r], b[k, :, :r] = w[name][0], w[name][1]
+            device = base.weight.device
+            a, b = torch.nn.Parameter(a.to(device)), torch.nn.Parameter(b.to(device))
+            stacks += [a, b]
+            for k, w in enumerate(weights):
+                if w:
+                    views[k] += [torch.nn.Parameter(a.data[k]), torch.nn.Parameter(b.data[k])]
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, packed_linear(base, routing, per_config))
+            setattr(parent, child, packed_linear(base, routing, a, b, scales))
             self._replaced.append((parent, child, base))
-        return params
+        return stacks, views
 
     def _setup_inputs(self) -> None:
         s = self.settings[0]
@@ -250,7 +266,8 @@ class PackTrainer:
             losses = self.training_step(active)
             for k, loss in zip(active, losses, strict=True):
                 self.steps[k] += 1
-                step, lrs = self.steps[k], step_sizes(self.optimizers[k])
+                step = self.steps[k]
+                lrs = self.logged_lrs[k] if self.pack_adamw is not None else step_sizes(self.optimizers[k])
                 text_lr = lrs[1] if len(lrs) > 1 else None
                 self.logs[k].record(step, loss, lrs[0], text_lr)
                 if self.on_step:
@@ -275,8 +292,34 @@ class PackTrainer:
             total = torch.stack(losses).sum() / accumulation
             total.backward()
             totals = [t + loss.detach() / accumulation for t, loss in zip(totals, losses, strict=True)]
+        if self.pack_adamw is not None:
+            self._pack_step(active)
+        else:
+            self._separate_steps(active)
+        for stack in (p for group in self.stacks for p in group):
+            stack.grad = None
+        return torch.stack(totals).float().tolist()
+
+    def _pack_step(self, active: list[int]) -> None:
+        """Clip and step every configuration at once (``PackAdamW``), each at its schedule's rate."""
+        clip_pack_gradients([p for g in self.stacks for p in g], [s.max_grad_norm for s in self.settings])
+        self.lrs = [_scheduled_rates(schedule, self.steps[k]) for k, schedule in enumerate(self.schedules)]
+        groups = len(self.stacks)
+        rates = [[rates[g] if g < len(rates) else 0.0 for rates in self.lrs] for g in range(groups)]
+        self.pack_adamw.step(rates)
+        # what the loss log records, as LoraTrainer does: the groups' rates once the schedule has stepped
+        self.logged_lrs = [
+            _scheduled_rates(schedule, self.steps[k] + 1) for k, schedule in enumerate(self.schedules)
+        ]
+
+    def _separate_steps(self, active: list[int]) -> None:
+        """Each active configuration's own clipping, optimizer, schedule and EMA, on its views."""
+        import torch
+
         for k in active:
             s = self.settings[k]
+            for view, stack in zip(self.params[k], self._stacks_of(k), strict=True):
+                view.grad = None if stack.grad is None else stack.grad[k]
             if s.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.params[k], s.max_grad_norm)
             self.optimizers[k].step()
@@ -284,7 +327,10 @@ class PackTrainer:
             self.optimizers[k].zero_grad(set_to_none=True)
             if self.emas[k] is not None:
                 self.emas[k].step(self.params[k])
-        return torch.stack(totals).float().tolist()
+
+    def _stacks_of(self, k: int) -> list:
+        """The stacked tensors behind configuration ``k``'s views, in the order of ``self.params[k]``."""
+        return self.stacks[0] + (self.stacks[1] if self.settings[k].trains_text_encoder else [])
 
     def _loss_step(self, active: list[int], micro_step: int) -> list:
         """Each active configuration's loss on its own micro-batch, from one UNet forward over all of them."""
@@ -373,6 +419,11 @@ class PackTrainer:
         for model in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
             model.requires_grad_(False)
             model.eval()
+
+
+def _scheduled_rates(schedule, done: int) -> list[float]:
+    """Each group's learning rate for the step after ``done`` steps: what ``schedule.step()`` would set."""
+    return [base * rate(done) for base, rate in zip(schedule.base_lrs, schedule.lr_lambdas, strict=True)]
 
 
 def _lora_weights(model) -> dict:
