@@ -73,7 +73,8 @@ def _define_packed_linear():
                 index = self._index[key]
                 a, b, scales = a.index_select(0, index), b.index_select(0, index), scales[index]
             slices = x.reshape(k, -1, x.shape[-1]).to(a.dtype)  # (K, rows of a slice, in)
-            delta = torch.bmm(torch.bmm(slices, a.transpose(1, 2)), b.transpose(1, 2)) * scales
+            # the scale goes on A, the smallest tensor, rather than on the (K, rows, out) product
+            delta = torch.bmm(torch.bmm(slices, (a * scales).transpose(1, 2)), b.transpose(1, 2))
             return y + delta.reshape(y.shape).to(y.dtype)
 
     return PackedLinear

@@ -24,7 +24,7 @@ from lora_core.packs.optim import PackAdamW, clip_pack_gradients
 from lora_core.settings import BOOKKEEPING_FIELDS, TrainSettings
 from lora_core.training.inputs import LatentCache, MicroBatches, PromptTable
 from lora_core.training.loss_log import LossLog
-from lora_core.training.objective import SnrWeights, denoising_loss_of, denoising_target, draw_noise
+from lora_core.training.objective import SnrWeights, denoising_target, draw_noise, pack_losses
 from lora_core.training.recipe import (
     ADAPTER_NAME,
     adapter_configs,
@@ -283,22 +283,19 @@ class PackTrainer:
         Returns:
             Each active configuration's mean loss of the step.
         """
-        import torch
-
         accumulation = self.settings[0].gradient_accumulation_steps
-        totals = [0.0] * len(active)
+        totals = 0.0
         for micro in range(accumulation):
             losses = self._loss_step(active, self.steps[active[0]] * accumulation + micro)
-            total = torch.stack(losses).sum() / accumulation
-            total.backward()
-            totals = [t + loss.detach() / accumulation for t, loss in zip(totals, losses, strict=True)]
+            (losses.sum() / accumulation).backward()  # each configuration's gradient is its own loss's
+            totals = totals + losses.detach() / accumulation
         if self.pack_adamw is not None:
             self._pack_step(active)
         else:
             self._separate_steps(active)
         for stack in (p for group in self.stacks for p in group):
             stack.grad = None
-        return torch.stack(totals).float().tolist()
+        return totals.float().tolist()
 
     def _pack_step(self, active: list[int]) -> None:
         """Clip and step every configuration at once (``PackAdamW``), each at its schedule's rate."""
@@ -332,8 +329,8 @@ class PackTrainer:
         """The stacked tensors behind configuration ``k``'s views, in the order of ``self.params[k]``."""
         return self.stacks[0] + (self.stacks[1] if self.settings[k].trains_text_encoder else [])
 
-    def _loss_step(self, active: list[int], micro_step: int) -> list:
-        """Each active configuration's loss on its own micro-batch, from one UNet forward over all of them."""
+    def _loss_step(self, active: list[int], micro_step: int):
+        """The ``(K,)`` losses of the active configurations' own micro-batches, from one UNet forward."""
         import torch
 
         scheduler, parts = self.noise_scheduler, []
@@ -344,18 +341,12 @@ class PackTrainer:
             )
             parts.append((latents, rows, noise, timesteps))
         embeds = self._embeddings(active, [rows for _, rows, _, _ in parts])
-        noisy = torch.cat([scheduler.add_noise(lat, noise, t) for lat, _, noise, t in parts])
-        timesteps = torch.cat([t for *_, t in parts])
+        latents, noise, timesteps = (torch.cat([part[i] for part in parts]) for i in (0, 2, 3))
         self.unet_routing.active = list(active)
-        pred = self.pipe.unet(noisy, timesteps, embeds).sample
-        losses, start = [], 0
-        for k, (latents, _, noise, t) in zip(active, parts, strict=True):
-            n = latents.shape[0]
-            target = denoising_target(scheduler, latents, noise, t)
-            prior = self.settings[k].prior_loss_weight if self.class_images else None
-            losses.append(denoising_loss_of(pred[start : start + n], target, t, self.snr[k], prior))
-            start += n
-        return losses
+        pred = self.pipe.unet(scheduler.add_noise(latents, noise, timesteps), timesteps, embeds).sample
+        target = denoising_target(scheduler, latents, noise, timesteps)
+        prior = [self.settings[k].prior_loss_weight for k in active] if self.class_images else None
+        return pack_losses(pred, target, timesteps, len(active), [self.snr[k] for k in active], prior)
 
     def _embeddings(self, active: list[int], rows: list[list[int]]):
         """The prompt embeddings of each configuration's rows, in slice order (text encoder packed too)."""

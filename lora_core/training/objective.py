@@ -77,6 +77,8 @@ def draw_noise(latents, scheduler, noise_offset: float, generator, device):
 def denoising_loss_of(pred, target, timesteps, snr_weights, prior_loss_weight: float | None):
     """One training's loss: the mean over its samples (Min-SNR weighted), the prior loss added.
 
+    ``pack_losses`` for a pack of one.
+
     Args:
         pred: The UNet's prediction for the training's samples.
         target: ``denoising_target`` of them.
@@ -85,12 +87,39 @@ def denoising_loss_of(pred, target, timesteps, snr_weights, prior_loss_weight: f
         prior_loss_weight: With prior preservation, the class half's weight (the batch is subject samples,
             then as many class samples); None without.
     """
+    prior = None if prior_loss_weight is None else [prior_loss_weight]
+    return pack_losses(pred, target, timesteps, 1, [snr_weights], prior)[0]
+
+
+def pack_losses(pred, target, timesteps, configs: int, snr_weights: list, prior_loss_weights: list | None):
+    """Each configuration's ``denoising_loss_of`` for a pack's batch, in one pass over all of it.
+
+    Args:
+        pred: The UNet's prediction for the whole batch: ``configs`` equal, contiguous slices.
+        target: ``denoising_target`` of it.
+        timesteps: Its timesteps.
+        configs: The number of slices.
+        snr_weights: Each configuration's ``SnrWeights`` or None.
+        prior_loss_weights: With prior preservation, each configuration's class-half weight; None without.
+
+    Returns:
+        The ``(configs,)`` losses.
+    """
+    import torch
     import torch.nn.functional as F
 
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    if snr_weights is not None:
-        per_sample = per_sample * snr_weights(timesteps)
-    if prior_loss_weight is not None:
-        half = per_sample.shape[0] // 2
-        return per_sample[:half].mean() + prior_loss_weight * per_sample[half:].mean()
-    return per_sample.mean()
+    per_config = per_sample.view(configs, -1)
+    if any(w is not None for w in snr_weights):
+        steps = timesteps.view(configs, -1)
+        per_config = torch.stack(
+            [
+                row if w is None else row * w(t)
+                for row, w, t in zip(per_config, snr_weights, steps, strict=True)
+            ]
+        )
+    if prior_loss_weights is None:
+        return per_config.mean(dim=1)
+    half = per_config.shape[1] // 2
+    weights = torch.tensor(prior_loss_weights, dtype=per_config.dtype, device=per_config.device)
+    return per_config[:, :half].mean(dim=1) + weights * per_config[:, half:].mean(dim=1)
