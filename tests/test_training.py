@@ -33,14 +33,14 @@ def _unload(pipe):
 
 def test_training_lowers_the_denoising_loss(pipe, subject_images, settings, tmp_path):
     s = settings(max_train_steps=60, learning_rate=1e-2)
-    before = denoising_loss(pipe, subject_images, s.instance_prompt, samples_per_image=16)
+    before = denoising_loss(pipe, subject_images, s.instance_prompt, samples_per_image=8)
     train_lora(pipe, subject_images, s, tmp_path)
     _load(pipe, tmp_path)
     try:
-        after = denoising_loss(pipe, subject_images, s.instance_prompt, samples_per_image=16)
+        after = denoising_loss(pipe, subject_images, s.instance_prompt, samples_per_image=8)
     finally:
         _unload(pipe)
-    assert after < before * 0.98, (before, after)  # measured here (32 px): 1.089 -> 1.049
+    assert after < before * 0.98, (before, after)  # measured here (32 px): 1.087 -> 1.050
 
 
 def test_lora_changes_the_image_at_scale_one_and_not_at_scale_zero(pipe, subject_images, settings, tmp_path):
