@@ -62,6 +62,7 @@ def _client(tmp_path: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
+@pytest.mark.slow  # a fresh interpreter and its helper, which imports MLflow and creates a store
 def test_the_proxy_logs_in_order_through_the_helper_and_the_job_never_imports_mlflow(tmp_path):
     done = _script(
         tmp_path,
