@@ -12,6 +12,8 @@ checkpoints and resume are the next step.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import fields
@@ -34,6 +36,8 @@ from lora_core.training.recipe import (
 )
 from lora_core.training.results import StepClock, StepRecord, TrainResult, finish_folder
 from lora_core.training.weights import ema_weights, make_ema
+
+log = logging.getLogger(__name__)
 
 # Settings that may differ between the configurations of one pack; every other field must be equal.
 PACKABLE_FIELDS = BOOKKEEPING_FIELDS | {
@@ -134,6 +138,7 @@ class PackTrainer:
         self.on_step, self.metadata, self.identity = on_step, metadata or {}, identity or {}
         self.logs = [LossLog(d) for d in self.output_dirs]
         self.results: list[TrainResult | None] = [None] * len(settings)
+        self.failures: dict[int, str] = {}
 
     # ---- setup -------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -256,15 +261,29 @@ class PackTrainer:
     def train(self) -> list[TrainResult]:
         """Train every configuration to its ``max_train_steps``; each writes its final files as it ends.
 
+        A configuration whose loss stops being finite fails alone (``failures`` says why; no final files)
+        while the others train on: its samples are its own slice of the batch and its gradient its own.
+
         Returns:
-            One ``TrainResult`` per configuration, in pack order.
+            One ``TrainResult`` per configuration, in pack order; None for one that failed.
         """
         for optimizer in self.optimizers:
             set_optimizer_mode(optimizer, training=True)
         clock = StepClock()
-        while active := [k for k, s in enumerate(self.settings) if self.steps[k] < s.max_train_steps]:
+        while active := [
+            k
+            for k, s in enumerate(self.settings)
+            if self.steps[k] < s.max_train_steps and k not in self.failures
+        ]:
             losses = self.training_step(active)
             for k, loss in zip(active, losses, strict=True):
+                if not math.isfinite(loss):  # its slice alone went bad: it fails, the rest train on
+                    self.failures[k] = (
+                        f"the loss became {loss} at step {self.steps[k] + 1}: training diverged"
+                    )
+                    log.warning("configuration %d of the pack: %s", k, self.failures[k])
+                    self.logs[k].rewrite()
+                    continue
                 self.steps[k] += 1
                 step = self.steps[k]
                 lrs = self.logged_lrs[k] if self.pack_adamw is not None else step_sizes(self.optimizers[k])
