@@ -12,6 +12,8 @@ checkpoints and resume are the next step.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from lora_core.adapters import AdapterWeights, write_adapter_files
+from lora_core.adapters import AdapterWeights
 from lora_core.optimizers import make_optimizer, make_schedule, set_optimizer_mode
 from lora_core.packs.layers import PackRouting, packed_linear_class
 from lora_core.packs.optim import PackAdamW, clip_pack_gradients
@@ -33,6 +35,8 @@ from lora_core.training.recipe import (
     add_adapter,
     restore_pipeline,
     step_sizes,
+    training_metadata,
+    write_trained_adapters,
 )
 from lora_core.training.results import StepClock, StepRecord, TrainResult, finish_folder
 from lora_core.training.weights import ema_weights, make_ema
@@ -158,6 +162,8 @@ class PackTrainer:
         ]
         initial = [self._initial_weights(s) for s in self.settings]
         self.unet_routing, self.text_routing, self._replaced = PackRouting(), PackRouting(), []
+        # the adapted layers' names, in the order peft made them (every configuration adapts the same ones)
+        self.layer_names = (list(initial[0][0]), next((list(w[1]) for w in initial if w[1]), []))
         unet_stacks, self.unet_params = self._pack_model(
             pipe.unet, [w[0] for w in initial], self.unet_routing
         )
@@ -384,40 +390,34 @@ class PackTrainer:
         return torch.cat([by_config[k] for k in active])
 
     # ---- save --------------------------------------------------------------------------------------------
-    def adapter_weights(self, k: int) -> AdapterWeights:
+    def adapter_weights(self, k: int, meta: dict) -> AdapterWeights:
         """Configuration ``k``'s adapter as the writers take it: its rank's rows and columns, peft naming."""
         s = self.settings[k]
         unet_config, text_config = adapter_configs(s)
-        meta = {**s.to_dict(), "alpha": s.lora_alpha, **self.metadata, "trained_steps": self.steps[k]}
+        unet_names, text_names = self.layer_names
         return AdapterWeights(
-            unet=_unpadded(self._names(self.pipe.unet), self.unet_params[k], s.rank),
+            unet=_unpadded(unet_names, self.unet_params[k], s.rank),
             unet_config=unet_config.to_dict(),
             training_metadata=meta,
-            text_encoder=_unpadded(self._names(self.pipe.text_encoder), self.text_params[k], s.rank)
-            if text_config
-            else None,
+            text_encoder=_unpadded(text_names, self.text_params[k], s.rank) if text_config else None,
             text_encoder_config=text_config.to_dict() if text_config else None,
         )
 
-    def _names(self, model) -> list[str]:
-        cls = packed_linear_class()
-        return [name for name, m in model.named_modules() if isinstance(m, cls)]
-
     def save_final(self, k: int, clock: StepClock) -> TrainResult:
         """Write configuration ``k``'s final files, as ``LoraTrainer.save_final`` lays them out."""
-        from lora_core.training.checkpoint import EMA_DIR
-
-        s, out = self.settings[k], self.output_dirs[k]
+        s, out, ema = self.settings[k], self.output_dirs[k], self.emas[k]
         out.mkdir(parents=True, exist_ok=True)
-        weights = self.adapter_weights(k)
-        write_adapter_files(out, _with(weights, weights="raw"), s.adapter_kind, kohya=True)
-        if self.emas[k] is not None:
-            with ema_weights(self.params[k], self.emas[k]):
-                write_adapter_files(
-                    out / EMA_DIR, _with(self.adapter_weights(k), weights="ema"), s.adapter_kind, True
-                )
+        write_trained_adapters(
+            out,
+            s.adapter_kind,
+            True,
+            lambda meta: self.adapter_weights(k, meta),
+            training_metadata(s, self.metadata, self.steps[k]),
+            contextlib.nullcontext,
+            functools.partial(ema_weights, self.params[k], ema) if ema is not None else None,
+        )
         return finish_folder(
-            out, s, self.identity, self.logs[k], ema=self.emas[k] is not None, **clock.timing(self.steps[k])
+            out, s, self.identity, self.logs[k], ema=ema is not None, **clock.timing(self.steps[k])
         )
 
     # ---- cleanup -----------------------------------------------------------------------------------------
@@ -454,12 +454,6 @@ def _unpadded(names: list[str], params: list, rank: int) -> dict:
         out[f"{name}.lora_A.weight"] = a.detach()[:rank].clone()
         out[f"{name}.lora_B.weight"] = b.detach()[:, :rank].clone()
     return out
-
-
-def _with(adapter: AdapterWeights, **metadata) -> AdapterWeights:
-    from dataclasses import replace
-
-    return replace(adapter, training_metadata={**adapter.training_metadata, **metadata})
 
 
 def train_pack(pipe, images, settings, output_dirs, **kwargs) -> list[TrainResult]:

@@ -304,22 +304,20 @@ class LoraTrainer:
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{pending[-1][2][0]:.2e}", refresh=False)
 
     # ---- save --------------------------------------------------------------------------------------------
-    def training_metadata(self) -> dict:
-        """Every training hyperparameter, plus the caller's metadata, as stored in the LoRA files."""
-        return {**self.settings.to_dict(), "alpha": self.settings.lora_alpha, **self.metadata}
-
     def _write_adapters(self, folder: Path, kohya: bool, raw_weights=contextlib.nullcontext) -> None:
         """Write the adapter files of the weights ``raw_weights`` holds, and of their EMA into ``folder/ema/``."""
-        meta = {**self.training_metadata(), "trained_steps": self.progress.step}
-        held = [(raw_weights, folder, "raw")]
-        if self.ema is not None:
-            held.append(
-                (functools.partial(ema_weights, self.trainable_params, self.ema), folder / EMA_DIR, "ema")
-            )
-        for weights_held, into, name in held:
-            with weights_held():
-                weights = adapter_weights(self.pipe, ADAPTER_NAME, self.configs, meta | {"weights": name})
-                write_adapter_files(into, weights, self.settings.adapter_kind, kohya)
+        ema = (
+            functools.partial(ema_weights, self.trainable_params, self.ema) if self.ema is not None else None
+        )
+        write_trained_adapters(
+            folder,
+            self.settings.adapter_kind,
+            kohya,
+            lambda meta: adapter_weights(self.pipe, ADAPTER_NAME, self.configs, meta),
+            training_metadata(self.settings, self.metadata, self.progress.step),
+            raw_weights,
+            ema,
+        )
 
     def save_checkpoint(self, step: int) -> Path:
         """Write the LoRA weights and the full training state at ``step`` (atomically).
@@ -369,6 +367,29 @@ class LoraTrainer:
         # the next job in this process may train with other settings.
         AcceleratorState._reset_state()
         GradientState._reset_state()
+
+
+def training_metadata(s: TrainSettings, metadata: dict, steps: int) -> dict:
+    """What the LoRA files store: every hyperparameter, the caller's metadata and the steps trained."""
+    return {**s.to_dict(), "alpha": s.lora_alpha, **metadata, "trained_steps": steps}
+
+
+def write_trained_adapters(folder: Path, kind: str, kohya: bool, read, meta: dict, raw_held, ema_held=None):
+    """Write the adapter files of the raw weights into ``folder`` and of their EMA into ``folder/ema/``.
+
+    Args:
+        folder: Where the raw weights' files go.
+        kind: ``train.adapter_kind`` (which file holds it).
+        kohya: Also write the kohya exports.
+        read: ``AdapterWeights`` of the weights in place, given their metadata.
+        meta: ``training_metadata``; each file adds ``weights`` (``raw`` or ``ema``).
+        raw_held: A context holding the raw weights in place.
+        ema_held: A context holding the EMA weights in place, or None without EMA.
+    """
+    held = [(raw_held, folder, "raw"), *([(ema_held, folder / EMA_DIR, "ema")] if ema_held else [])]
+    for weights_held, into, name in held:
+        with weights_held():
+            write_adapter_files(into, read(meta | {"weights": name}), kind, kohya)
 
 
 def adapter_configs(s: TrainSettings) -> tuple:
