@@ -325,10 +325,9 @@ class PackTrainer:
     def _pack_step(self, active: list[int]) -> None:
         """Clip and step every configuration at once (``PackAdamW``), each at its schedule's rate."""
         clip_pack_gradients([p for g in self.stacks for p in g], [s.max_grad_norm for s in self.settings])
-        self.lrs = [_scheduled_rates(schedule, self.steps[k]) for k, schedule in enumerate(self.schedules)]
-        groups = len(self.stacks)
-        rates = [[rates[g] if g < len(rates) else 0.0 for rates in self.lrs] for g in range(groups)]
-        self.pack_adamw.step(rates)
+        now = [_scheduled_rates(schedule, self.steps[k]) for k, schedule in enumerate(self.schedules)]
+        # group g's rate of each configuration (0 for the text encoder of one that keeps it frozen)
+        self.pack_adamw.step([[r[g] if g < len(r) else 0.0 for r in now] for g in range(len(self.stacks))])
         # what the loss log records, as LoraTrainer does: the groups' rates once the schedule has stepped
         self.logged_lrs = [
             _scheduled_rates(schedule, self.steps[k] + 1) for k, schedule in enumerate(self.schedules)
