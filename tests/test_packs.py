@@ -210,3 +210,77 @@ def test_the_packed_layer_applies_each_adapter_to_its_own_slice_only():
     torch.testing.assert_close(layer(x[[2, 3, 0, 1]]), expected[[2, 3, 0, 1]], atol=1e-5, rtol=1e-5)
     routing.active = []
     torch.testing.assert_close(layer(x), base(x))
+
+
+def _weights(path) -> dict:
+    return load_file(str(path))
+
+
+def test_a_stopped_pack_continues_each_configuration_from_its_own_checkpoint(
+    pipe, subject_images, settings, tmp_path
+):
+    """A time limit stops the pack at step 3: each configuration still training checkpoints there, and the
+    same pack started again ends with the weights and loss logs of an uninterrupted pack (one had finished)."""
+    from lora_core.packs import PackTrainer
+    from lora_core.training import TrainingStopped, find_checkpoint
+
+    configs = [dict(max_train_steps=6), dict(max_train_steps=3, seed=5, learning_rate=3e-3), dict(rank=8)]
+    straight = train_pack(
+        pipe, subject_images, [settings(**c) for c in configs], [tmp_path / f"s{i}" for i in range(3)]
+    )
+    dirs = [tmp_path / f"r{i}" for i in range(3)]
+    calls = []
+    stopped = PackTrainer(
+        pipe,
+        subject_images,
+        [settings(**c) for c in configs],
+        dirs,
+        should_stop=lambda: calls.append(1) or len(calls) == 3,
+    )
+    try:
+        stopped.setup()
+        with pytest.raises(TrainingStopped):
+            stopped.train()
+    finally:
+        stopped.cleanup()
+    assert stopped.results[1] is not None and stopped.results[0] is None  # the 3-step one finished
+    resume = [find_checkpoint([d], settings(**c)) for d, c in zip(dirs, configs, strict=True)]
+    assert [c.name if c else None for c in resume] == ["step-000003", None, "step-000003"]
+    unfinished = [0, 2]  # what the sweep starts again: the configurations without their final files
+    again = train_pack(
+        pipe,
+        subject_images,
+        [settings(**configs[k]) for k in unfinished],
+        [dirs[k] for k in unfinished],
+        resume_from=[resume[k] for k in unfinished],
+    )
+    for k, result in zip(unfinished, again, strict=True):
+        a, b = _weights(result.lora_path), _weights(straight[k].lora_path)
+        assert all(torch.equal(a[key], b[key]) for key in a), k
+        assert result.loss_history == straight[k].loss_history
+        assert result.resumed_from_step == 3
+
+
+@pytest.mark.slow  # trains one configuration three times
+def test_checkpoints_of_a_pack_and_of_a_lone_run_continue_in_either(pipe, subject_images, settings, tmp_path):
+    """The checkpoint format is one: a pack's checkpoint continues alone, a lone run's continues in a pack."""
+    mine, other = settings(checkpoint_steps=(3,), text_encoder_lr=1e-3), settings(seed=7)
+    packed = train_pack(pipe, subject_images, [mine, other], [tmp_path / "p", tmp_path / "o"])
+    alone = train_lora(pipe, subject_images, mine, tmp_path / "a")
+    continued = train_lora(
+        pipe,
+        subject_images,
+        mine,
+        tmp_path / "ca",
+        resume_from=tmp_path / "p" / "checkpoints" / "step-000003",
+    )
+    in_pack = train_pack(
+        pipe,
+        subject_images,
+        [mine, other],
+        [tmp_path / "cp", tmp_path / "o2"],
+        resume_from=[tmp_path / "a" / "checkpoints" / "step-000003", None],
+    )
+    for result in (continued, in_pack[0], packed[0]):
+        assert_trained_alike(result.lora_path, alone.lora_path, 1e-3)
+        np.testing.assert_allclose(result.loss_history, alone.loss_history, rtol=1e-4)

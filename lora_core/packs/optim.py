@@ -32,7 +32,7 @@ class PackAdamW:
         self.one_minus_beta1 = self._factor([1 - b for b in self.beta1])
         self.beta2_t = self._factor(self.beta2)
         self.one_minus_beta2 = self._factor([1 - b for b in self.beta2])
-        self.steps = 0
+        self.steps = [0] * self.k  # each configuration's own step count (its bias correction; resume)
 
     def _factor(self, values: list[float]):
         import torch
@@ -40,16 +40,26 @@ class PackAdamW:
         device = self.groups[0][0].device if self.groups and self.groups[0] else "cpu"
         return torch.tensor(values, dtype=torch.float32, device=device).view(self.k, 1, 1)
 
-    def step(self, lrs: list[list[float]]) -> None:
-        """One step of every slice; ``lrs[g][k]`` is configuration *k*'s learning rate in group *g*."""
+    def step(self, lrs: list[list[float]], active: list[int]) -> None:
+        """One step of the ``active`` configurations; ``lrs[g][k]`` is configuration *k*'s rate in group *g*.
+
+        The other slices get a zero rate and keep their moments: they are not in the batch.
+        """
         import torch
 
-        self.steps += 1
-        t = self.steps
-        bias1 = [1 - b**t for b in self.beta1]
-        bias2_sqrt = self._factor([math.sqrt(1 - b**t) for b in self.beta2])
+        for k in active:
+            self.steps[k] += 1
+        moving = self._factor([1.0 if k in active else 0.0 for k in range(self.k)])
+        bias1 = [1 - b**t if t else 1.0 for b, t in zip(self.beta1, self.steps, strict=True)]
+        bias2_sqrt = self._factor(
+            [math.sqrt(1 - b**t) if t else 1.0 for b, t in zip(self.beta2, self.steps, strict=True)]
+        )
+        lerp1 = self.one_minus_beta1 * moving
+        keep2 = self.beta2_t * moving + (1 - moving)
+        add2 = self.one_minus_beta2 * moving
         with torch.no_grad():
-            for params, lr in zip(self.groups, lrs, strict=True):
+            for params, rates in zip(self.groups, lrs, strict=True):
+                lr = [r if k in active else 0.0 for k, r in enumerate(rates)]
                 decay = self._factor([1 - r * wd for r, wd in zip(lr, self.weight_decay, strict=True)])
                 step_size = self._factor([-r / bc for r, bc in zip(lr, bias1, strict=True)])
                 for p in params:
@@ -57,10 +67,14 @@ class PackAdamW:
                         continue
                     exp_avg, exp_avg_sq = self.state[id(p)]
                     p.mul_(decay)
-                    exp_avg.lerp_(p.grad, self.one_minus_beta1)
-                    exp_avg_sq.mul_(self.beta2_t).add_(p.grad * p.grad * self.one_minus_beta2)
+                    exp_avg.lerp_(p.grad, lerp1)
+                    exp_avg_sq.mul_(keep2).add_(p.grad * p.grad * add2)
                     denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
                     p.add_(exp_avg / denom * step_size)
+
+    def moments(self, stack) -> tuple:
+        """The ``(exp_avg, exp_avg_sq)`` stacks of one stacked parameter."""
+        return self.state[id(stack)]
 
 
 def clip_pack_gradients(params: list, max_norms: list[float]) -> None:

@@ -6,8 +6,8 @@ mean, gradient clipping, optimizer, schedule and EMA. Only the UNet (and the tex
 configurations that train it) runs once for the whole pack, through ``PackedLinear`` layers. A configuration
 with fewer steps writes its final files when it reaches them and leaves the batch.
 
-The first pack trainer is for LoRA on linear layers in fp32 (``pack_refusal`` says what else runs alone);
-checkpoints and resume are the next step.
+Each configuration checkpoints and resumes on its own, in ``LoraTrainer``'s format. The pack trainer is for
+LoRA on linear layers in fp32 (``pack_refusal`` says what else runs alone).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import functools
 import logging
 import math
 import os
+import re
+import warnings
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -26,6 +28,8 @@ from lora_core.optimizers import make_optimizer, make_schedule, set_optimizer_mo
 from lora_core.packs.layers import PackRouting, packed_linear_class
 from lora_core.packs.optim import PackAdamW, clip_pack_gradients
 from lora_core.settings import BOOKKEEPING_FIELDS, TrainSettings
+from lora_core.training.checkpoint import Checkpointer, checkpoint_due
+from lora_core.training.device import peak_memory
 from lora_core.training.inputs import LatentCache, MicroBatches, PromptTable
 from lora_core.training.loss_log import LossLog
 from lora_core.training.objective import SnrWeights, denoising_target, draw_noise, pack_losses
@@ -38,7 +42,7 @@ from lora_core.training.recipe import (
     training_metadata,
     write_trained_adapters,
 )
-from lora_core.training.results import StepClock, StepRecord, TrainResult, finish_folder
+from lora_core.training.results import StepClock, StepRecord, TrainingStopped, TrainResult, finish_folder
 from lora_core.training.weights import ema_weights, make_ema
 
 log = logging.getLogger(__name__)
@@ -103,6 +107,9 @@ def pack_refusal(settings: list[TrainSettings]) -> str | None:
 class PackTrainer:
     """Trains several configurations on one borrowed pipeline, one forward and backward a step.
 
+    Each configuration keeps its own checkpoints, in the layout and format ``LoraTrainer`` writes: a pack's
+    checkpoint continues alone and a lone run's checkpoint continues in a pack.
+
     Args:
         pipe: A ``StableDiffusionPipeline`` (no adapter active; left as found by ``cleanup``).
         images: Subject pictures at the shared resolution.
@@ -111,8 +118,10 @@ class PackTrainer:
         class_images: Class pictures when prior preservation is on.
         captions: One caption per subject picture, or None for the instance prompt.
         on_step: Called with (configuration index, ``StepRecord``) after each of its steps.
-        metadata: Extra values stored with each configuration's LoRA files.
+        metadata: Extra values stored with the LoRA files: one dict for all, or one per configuration.
         identity: What else the weights depend on (saved beside them, as ``LoraTrainer`` does).
+        should_stop: Asked after every pack step; True saves a checkpoint of every configuration still
+            training and raises ``TrainingStopped`` (a time limit, a preemption).
     """
 
     def __init__(
@@ -124,8 +133,9 @@ class PackTrainer:
         class_images: list | None = None,
         captions: list[str] | None = None,
         on_step: Callable[[int, StepRecord], None] | None = None,
-        metadata: dict | None = None,
+        metadata: dict | list[dict] | None = None,
         identity: dict | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ):
         for s in settings:
             s.validate()
@@ -139,14 +149,20 @@ class PackTrainer:
         shared = settings[0]
         self.class_images = class_images if shared.with_prior_preservation else None
         self.captions = list(captions) if captions is not None else [shared.instance_prompt] * len(images)
-        self.on_step, self.metadata, self.identity = on_step, metadata or {}, identity or {}
+        self.on_step, self.identity, self.should_stop = on_step, identity or {}, should_stop
+        self.metadata = list(metadata) if isinstance(metadata, list) else [metadata or {}] * len(settings)
         self.logs = [LossLog(d) for d in self.output_dirs]
         self.results: list[TrainResult | None] = [None] * len(settings)
+        self.checkpoints: list[Path | None] = [None] * len(settings)
         self.failures: dict[int, str] = {}
 
     # ---- setup -------------------------------------------------------------------------------------------
-    def setup(self) -> None:
-        """Initialise every configuration's LoRA as peft does alone, pack them into the models, build the rest."""
+    def setup(self, resume_from: list | None = None) -> None:
+        """Initialise every configuration's LoRA as peft does alone, pack them into the models, build the rest.
+
+        Args:
+            resume_from: Per configuration, a checkpoint to continue from (its own or a lone run's) or None.
+        """
         import torch
         from diffusers import DDPMScheduler
 
@@ -164,33 +180,56 @@ class PackTrainer:
         self.unet_routing, self.text_routing, self._replaced = PackRouting(), PackRouting(), []
         # the adapted layers' names, in the order peft made them (every configuration adapts the same ones)
         self.layer_names = (list(initial[0][0]), next((list(w[1]) for w in initial if w[1]), []))
-        unet_stacks, self.unet_params = self._pack_model(
-            pipe.unet, [w[0] for w in initial], self.unet_routing
-        )
-        text_stacks, self.text_params = self._pack_model(
-            pipe.text_encoder, [w[1] for w in initial], self.text_routing
-        )
-        self.stacks = [unet_stacks, text_stacks]
-        self.optimizers, self.schedules, self.emas, self.params = [], [], [], []
-        for k, s in enumerate(self.settings):
-            groups = [{"params": self.unet_params[k], "lr": s.learning_rate}]
-            if s.trains_text_encoder:
-                groups.append({"params": self.text_params[k], "lr": s.text_encoder_lr})
-            optimizer = make_optimizer(groups, s, device.type)
-            self.optimizers.append(optimizer)
-            self.schedules.append(make_schedule(optimizer, s))
-            self.params.append([p for g in groups for p in g["params"]])
-            self.emas.append(make_ema(self.params[k], s.ema_decay) if s.uses_ema else None)
-        # AdamW without EMA (a sweep's usual case) steps the whole stack at once; else each its own optimizer.
-        batched = all(s.optimizer == "adamw" and not s.uses_ema for s in self.settings) and all(
-            hasattr(schedule, "lr_lambdas") for schedule in self.schedules
-        )
-        self.pack_adamw = PackAdamW(self.stacks, self.settings) if batched else None
-        self.generators = [torch.Generator("cpu").manual_seed(s.seed) for s in self.settings]
-        self.steps = [0] * len(self.settings)
+        self.stacks, self.slices = [], [[] for _ in self.settings]
+        for index, (model, routing) in enumerate(
+            [(pipe.unet, self.unet_routing), (pipe.text_encoder, self.text_routing)]
+        ):
+            self.stacks.append(self._pack_model(model, index, [w[index] for w in initial], routing))
+        self.params = [
+            [torch.nn.Parameter(stack.data[where]) for _, stack, where in self.slices[k]]
+            for k in range(len(self.settings))
+        ]
+        self._setup_training_state()
         self._setup_inputs()
+        for k, checkpoint in enumerate(resume_from or []):
+            if checkpoint is not None:
+                self._resume(k, checkpoint)
+        for k, folder in enumerate(self.output_dirs):
+            folder.mkdir(parents=True, exist_ok=True)
+            if self.steps[k] == 0:
+                self.logs[k].path.unlink(missing_ok=True)  # a fresh start's log starts empty
+        self.start_steps = list(self.steps)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         for model in (pipe.unet, pipe.text_encoder):
             model.train()
+
+    def _setup_training_state(self) -> None:
+        """Each configuration's optimizer, schedule, EMA and checkpointer (step counter and generator)."""
+        from accelerate import Accelerator
+
+        self.optimizers, self.schedules, self.emas, self.checkpointers = [], [], [], []
+        for k, s in enumerate(self.settings):
+            n_unet = 2 * len(self.layer_names[0])
+            groups = [{"params": self.params[k][:n_unet], "lr": s.learning_rate}]
+            if s.trains_text_encoder:
+                groups.append({"params": self.params[k][n_unet:], "lr": s.text_encoder_lr})
+            accelerator = Accelerator(cpu=self.device.type == "cpu")
+            optimizer = make_optimizer(groups, s, self.device.type)
+            optimizer, schedule = accelerator.prepare(optimizer, make_schedule(optimizer, s))
+            ema = make_ema(self.params[k], s.ema_decay) if s.uses_ema else None
+            self.optimizers.append(optimizer)
+            self.schedules.append(schedule)
+            self.emas.append(ema)
+            self.checkpointers.append(Checkpointer(self.output_dirs[k], s, self.identity, accelerator, ema))
+        # AdamW without EMA (a sweep's usual case) steps the whole stack at once; else each its own optimizer.
+        batched = all(s.optimizer == "adamw" and not s.uses_ema for s in self.settings)
+        self.pack_adamw = PackAdamW(self.stacks, self.settings) if batched else None
+
+    @property
+    def steps(self) -> list[int]:
+        """Each configuration's optimizer steps done."""
+        return [c.progress.step for c in self.checkpointers]
 
     def _initial_weights(self, s: TrainSettings) -> tuple[dict, dict]:
         """One configuration's initial LoRA weights, by layer name: peft's own init under its seed, as alone."""
@@ -206,18 +245,20 @@ class PackTrainer:
         restore_pipeline(pipe, gradient_checkpointing=False)
         return weights
 
-    def _pack_model(self, model, weights: list[dict], routing: PackRouting) -> tuple[list, list[list]]:
+    def _pack_model(self, model, index: int, weights: list[dict], routing: PackRouting) -> list:
         """Replace each adapted linear layer of ``model`` by a ``PackedLinear`` over stacked adapters.
 
+        Ranks below the pack's largest are padded with zeros, which stay zero (their gradient is zero).
+        Each configuration's own part of each stack (``self.slices``: checkpoint name, stack, index) is
+        what it trains alone: its rank's rows of ``A`` and columns of ``B``.
+
         Returns:
-            The stacked parameters (``A`` then ``B`` of each layer) and, per configuration, its own
-            parameters: views of its slices (sharing their memory), for its own optimizer and EMA; empty
-            for a configuration that does not adapt ``model``.
+            The stacked parameters, ``A`` then ``B`` of each layer.
         """
         import torch
 
         names = next((list(w) for w in weights if w), [])
-        stacks, views = [], [[] for _ in weights]
+        stacks = []
         packed_linear = packed_linear_class()
         for name in names:
             base = model.get_submodule(name)
@@ -235,12 +276,18 @@ class PackTrainer:
             stacks += [a, b]
             for k, w in enumerate(weights):
                 if w:
-                    views[k] += [torch.nn.Parameter(a.data[k]), torch.nn.Parameter(b.data[k])]
+                    r = self.settings[k].rank
+                    for part, stack, where in (
+                        ("A", a, (k, slice(0, r))),
+                        ("B", b, (k, slice(None), slice(0, r))),
+                    ):
+                        key = f"{index}.{name}.lora_{part}.{ADAPTER_NAME}.weight"  # LoraTrainer's names
+                        self.slices[k].append((key, stack, where))
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, packed_linear(base, routing, a, b, scales))
             self._replaced.append((parent, child, base))
-        return stacks, views
+        return stacks
 
     def _setup_inputs(self) -> None:
         s = self.settings[0]
@@ -263,44 +310,103 @@ class PackTrainer:
         table = self.frozen_prompts or self.live_prompts
         self.batches = [MicroBatches(c, table, self.latents, n_instance, n_class) for c in self.settings]
 
+    def _resume(self, k: int, checkpoint: Path) -> None:
+        """Continue configuration ``k`` from a checkpoint: weights, optimizer, schedule, generator, EMA, log."""
+        import torch
+
+        folder = self.checkpointers[k].resume_point(checkpoint)
+        trainable = {key: param for (key, _, _), param in zip(self.slices[k], self.params[k], strict=True)}
+        self.logs[k].restore(self.checkpointers[k].load(folder, trainable))
+        self.logs[k].rewrite()  # drops what came after the checkpoint
+        if self.pack_adamw is not None:  # its moments move into the pack's stacks
+            self.pack_adamw.steps[k] = self.steps[k]
+            with torch.no_grad():
+                for param, (_, stack, where) in zip(self.params[k], self.slices[k], strict=True):
+                    state = self.optimizers[k].state.get(param)
+                    if state:
+                        for mine, saved in zip(self.pack_adamw.moments(stack), _moments(state), strict=True):
+                            mine[where].copy_(saved)
+
     # ---- train -------------------------------------------------------------------------------------------
-    def train(self) -> list[TrainResult]:
+    def train(self, until: int | None = None) -> list[TrainResult | None]:
         """Train every configuration to its ``max_train_steps``; each writes its final files as it ends.
 
         A configuration whose loss stops being finite fails alone (``failures`` says why; no final files)
         while the others train on: its samples are its own slice of the batch and its gradient its own.
 
+        Args:
+            until: Stop every configuration after this step with a checkpoint there (a halving rung), under
+                the schedule of its whole run; None trains to ``max_train_steps``.
+
         Returns:
-            One ``TrainResult`` per configuration, in pack order; None for one that failed.
+            One ``TrainResult`` per configuration, in pack order; None for one that failed or stopped at
+            ``until`` (``checkpoints`` holds its checkpoint there).
+
+        Raises:
+            TrainingStopped: ``should_stop`` said so; every configuration still training saved a checkpoint.
         """
+        from tqdm.auto import tqdm
+
+        last = [s.max_train_steps if until is None else min(until, s.max_train_steps) for s in self.settings]
         for optimizer in self.optimizers:
             set_optimizer_mode(optimizer, training=True)
-        clock = StepClock()
+        bar = tqdm(
+            total=sum(last),
+            initial=sum(self.steps),
+            desc=f"train a pack of {len(self.settings)}",
+            unit="step",
+            disable=not self.settings[0].progress_bar,
+            dynamic_ncols=True,
+        )
+        self.clock = StepClock()
+        pending: list[list[dict]] = [[] for _ in self.settings]
         while active := [
-            k
-            for k, s in enumerate(self.settings)
-            if self.steps[k] < s.max_train_steps and k not in self.failures
+            k for k in range(len(self.settings)) if self.steps[k] < last[k] and k not in self.failures
         ]:
             losses = self.training_step(active)
+            self.clock.step_done()
+            stop = self.should_stop is not None and self.should_stop()
             for k, loss in zip(active, losses, strict=True):
                 if not math.isfinite(loss):  # its slice alone went bad: it fails, the rest train on
-                    self.failures[k] = (
-                        f"the loss became {loss} at step {self.steps[k] + 1}: training diverged"
-                    )
-                    log.warning("configuration %d of the pack: %s", k, self.failures[k])
-                    self.logs[k].rewrite()
+                    self._fail(k, f"the loss became {loss} at step {self.steps[k] + 1}: training diverged")
                     continue
-                self.steps[k] += 1
-                step = self.steps[k]
-                lrs = self.logged_lrs[k] if self.pack_adamw is not None else step_sizes(self.optimizers[k])
-                text_lr = lrs[1] if len(lrs) > 1 else None
-                self.logs[k].record(step, loss, lrs[0], text_lr)
-                if self.on_step:
-                    self.on_step(k, StepRecord(step, loss, lrs[0], text_lr, clock.elapsed()))
-                if step == self.settings[k].max_train_steps:
-                    set_optimizer_mode(self.optimizers[k], training=False)
-                    self.results[k] = self.save_final(k, clock)
+                self.checkpointers[k].progress.step += 1
+                self._record(k, loss, pending[k])
+                self._after_step(k, last[k], stop, pending[k])
+            bar.update(len(active))
+            bar.set_postfix(configurations=len(active), refresh=False)
+            if stop and any(self.steps[k] < last[k] for k in active if k not in self.failures):
+                bar.close()
+                k = next(k for k in active if k not in self.failures and self.steps[k] < last[k])
+                raise TrainingStopped(self.steps[k], self.checkpoints[k])
+        bar.close()
         return self.results
+
+    def _record(self, k: int, loss: float, pending: list[dict]) -> None:
+        step = self.steps[k]
+        lrs = step_sizes(self.optimizers[k])
+        text_lr = lrs[1] if len(lrs) > 1 else None
+        pending.append(self.logs[k].record(step, loss, lrs[0], text_lr))
+        if self.on_step:
+            self.on_step(k, StepRecord(step, loss, lrs[0], text_lr, self.clock.elapsed()))
+
+    def _after_step(self, k: int, last: int, stop: bool, pending: list[dict]) -> None:
+        """Configuration ``k``'s log, checkpoint and final files after its step, as ``LoraTrainer`` writes them."""
+        s, step = self.settings[k], self.steps[k]
+        save = checkpoint_due(s, step) or (step == last < s.max_train_steps) or (stop and step < last)
+        if len(pending) >= s.log_every or step == last or save:
+            self.logs[k].append(pending)
+            pending.clear()
+        if save:
+            self.checkpoints[k] = self.save_checkpoint(k)
+        if step == s.max_train_steps:
+            set_optimizer_mode(self.optimizers[k], training=False)
+            self.results[k] = self.save_final(k)
+
+    def _fail(self, k: int, reason: str) -> None:
+        self.failures[k] = reason
+        log.warning("configuration %d of the pack (%s): %s", k, self.output_dirs[k], reason)
+        self.logs[k].rewrite()
 
     def training_step(self, active: list[int]) -> list[float]:
         """One optimizer step of every active configuration, one forward and backward per micro-batch.
@@ -311,7 +417,8 @@ class PackTrainer:
         accumulation = self.settings[0].gradient_accumulation_steps
         totals = 0.0
         for micro in range(accumulation):
-            losses = self._loss_step(active, self.steps[active[0]] * accumulation + micro)
+            micro_steps = [self.steps[k] * accumulation + micro for k in active]
+            losses = self._loss_step(active, micro_steps)
             (losses.sum() / accumulation).backward()  # each configuration's gradient is its own loss's
             totals = totals + losses.detach() / accumulation
         if self.pack_adamw is not None:
@@ -325,22 +432,24 @@ class PackTrainer:
     def _pack_step(self, active: list[int]) -> None:
         """Clip and step every configuration at once (``PackAdamW``), each at its schedule's rate."""
         clip_pack_gradients([p for g in self.stacks for p in g], [s.max_grad_norm for s in self.settings])
-        now = [_scheduled_rates(schedule, self.steps[k]) for k, schedule in enumerate(self.schedules)]
+        now = [step_sizes(optimizer) for optimizer in self.optimizers]
         # group g's rate of each configuration (0 for the text encoder of one that keeps it frozen)
-        self.pack_adamw.step([[r[g] if g < len(r) else 0.0 for r in now] for g in range(len(self.stacks))])
-        # what the loss log records, as LoraTrainer does: the groups' rates once the schedule has stepped
-        self.logged_lrs = [
-            _scheduled_rates(schedule, self.steps[k] + 1) for k, schedule in enumerate(self.schedules)
-        ]
+        self.pack_adamw.step(
+            [[r[g] if g < len(r) else 0.0 for r in now] for g in range(len(self.stacks))], active
+        )
+        with warnings.catch_warnings():  # torch's warning that the (unused) optimizer of k did not step
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            for k in active:
+                self.schedules[k].step()  # the optimizer's rates for the next step (and its checkpoint)
 
     def _separate_steps(self, active: list[int]) -> None:
-        """Each active configuration's own clipping, optimizer, schedule and EMA, on its views."""
+        """Each active configuration's own clipping, optimizer, schedule and EMA, on its slices."""
         import torch
 
         for k in active:
             s = self.settings[k]
-            for view, stack in zip(self.params[k], self._stacks_of(k), strict=True):
-                view.grad = None if stack.grad is None else stack.grad[k]
+            for view, (_, stack, where) in zip(self.params[k], self.slices[k], strict=True):
+                view.grad = None if stack.grad is None else stack.grad[where]
             if s.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.params[k], s.max_grad_norm)
             self.optimizers[k].step()
@@ -349,19 +458,16 @@ class PackTrainer:
             if self.emas[k] is not None:
                 self.emas[k].step(self.params[k])
 
-    def _stacks_of(self, k: int) -> list:
-        """The stacked tensors behind configuration ``k``'s views, in the order of ``self.params[k]``."""
-        return self.stacks[0] + (self.stacks[1] if self.settings[k].trains_text_encoder else [])
-
-    def _loss_step(self, active: list[int], micro_step: int):
+    def _loss_step(self, active: list[int], micro_steps: list[int]):
         """The ``(K,)`` losses of the active configurations' own micro-batches, from one UNet forward."""
         import torch
 
         scheduler, parts = self.noise_scheduler, []
-        for k in active:
-            latents, rows = self.batches[k].draw(micro_step, self.generators[k])
+        for k, micro_step in zip(active, micro_steps, strict=True):
+            generator = self.checkpointers[k].progress.generator
+            latents, rows = self.batches[k].draw(micro_step, generator)
             noise, timesteps = draw_noise(
-                latents, scheduler, self.settings[k].noise_offset, self.generators[k], self.device
+                latents, scheduler, self.settings[k].noise_offset, generator, self.device
             )
             parts.append((latents, rows, noise, timesteps))
         embeds = self._embeddings(active, [rows for _, rows, _, _ in parts])
@@ -393,46 +499,84 @@ class PackTrainer:
         """Configuration ``k``'s adapter as the writers take it: its rank's rows and columns, peft naming."""
         s = self.settings[k]
         unet_config, text_config = adapter_configs(s)
+        n_unet = 2 * len(self.layer_names[0])
         unet_names, text_names = self.layer_names
         return AdapterWeights(
-            unet=_unpadded(unet_names, self.unet_params[k], s.rank),
+            unet=_peft_named(unet_names, self.params[k][:n_unet]),
             unet_config=unet_config.to_dict(),
             training_metadata=meta,
-            text_encoder=_unpadded(text_names, self.text_params[k], s.rank) if text_config else None,
+            text_encoder=_peft_named(text_names, self.params[k][n_unet:]) if text_config else None,
             text_encoder_config=text_config.to_dict() if text_config else None,
         )
 
-    def save_final(self, k: int, clock: StepClock) -> TrainResult:
-        """Write configuration ``k``'s final files, as ``LoraTrainer.save_final`` lays them out."""
-        s, out, ema = self.settings[k], self.output_dirs[k], self.emas[k]
-        out.mkdir(parents=True, exist_ok=True)
+    def _write_adapters(self, k: int, folder: Path, kohya: bool) -> None:
+        ema = self.emas[k]
         write_trained_adapters(
-            out,
-            s.adapter_kind,
-            True,
+            folder,
+            self.settings[k].adapter_kind,
+            kohya,
             lambda meta: self.adapter_weights(k, meta),
-            training_metadata(s, self.metadata, self.steps[k]),
+            training_metadata(self.settings[k], self.metadata[k], self.steps[k]),
             contextlib.nullcontext,
             functools.partial(ema_weights, self.params[k], ema) if ema is not None else None,
         )
+
+    def save_checkpoint(self, k: int) -> Path:
+        """Write configuration ``k``'s checkpoint at its current step, in ``LoraTrainer``'s format."""
+        if self.pack_adamw is not None:
+            self._export_moments(k)
+        trainable = {key: param for (key, _, _), param in zip(self.slices[k], self.params[k], strict=True)}
+        write = functools.partial(self._write_adapters, k, kohya=False)
+        return self.checkpointers[k].save(self.steps[k], trainable, write, self.logs[k])
+
+    def _export_moments(self, k: int) -> None:
+        """Put configuration ``k``'s slices of the pack's AdamW moments into its own optimizer's state."""
+        import torch
+
+        optimizer = self.optimizers[k]
+        for param, (_, stack, where) in zip(self.params[k], self.slices[k], strict=True):
+            exp_avg, exp_avg_sq = self.pack_adamw.moments(stack)
+            optimizer.state[param] = {
+                "step": torch.tensor(float(self.pack_adamw.steps[k])),
+                "exp_avg": exp_avg[where].clone(),
+                "exp_avg_sq": exp_avg_sq[where].clone(),
+            }
+
+    def save_final(self, k: int) -> TrainResult:
+        """Write configuration ``k``'s final files, as ``LoraTrainer.save_final`` lays them out."""
+        s, out = self.settings[k], self.output_dirs[k]
+        out.mkdir(parents=True, exist_ok=True)
+        self._write_adapters(k, out, kohya=True)
+        peak, kind = peak_memory(self.device)
         return finish_folder(
-            out, s, self.identity, self.logs[k], ema=ema is not None, **clock.timing(self.steps[k])
+            out,
+            s,
+            self.identity,
+            self.logs[k],
+            ema=self.emas[k] is not None,
+            peak_memory_mb=peak,
+            memory_kind=kind,
+            resumed_from_step=self.start_steps[k],
+            **self.clock.timing(self.steps[k] - self.start_steps[k]),
         )
 
     # ---- cleanup -----------------------------------------------------------------------------------------
     def cleanup(self) -> None:
         """Put the base layers back and leave the borrowed pipeline frozen, in eval mode."""
+        from accelerate.state import AcceleratorState, GradientState
+
         for parent, child, base in reversed(getattr(self, "_replaced", [])):
             setattr(parent, child, base)
         self._replaced = []
         for model in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
             model.requires_grad_(False)
             model.eval()
+        AcceleratorState._reset_state()  # as LoraTrainer.cleanup: the next job may train otherwise
+        GradientState._reset_state()
 
 
-def _scheduled_rates(schedule, done: int) -> list[float]:
-    """Each group's learning rate for the step after ``done`` steps: what ``schedule.step()`` would set."""
-    return [base * rate(done) for base, rate in zip(schedule.base_lrs, schedule.lr_lambdas, strict=True)]
+def _moments(state: dict) -> tuple:
+    return state["exp_avg"], state["exp_avg_sq"]
 
 
 def _lora_weights(model) -> dict:
@@ -446,20 +590,22 @@ def _lora_weights(model) -> dict:
     }
 
 
-def _unpadded(names: list[str], params: list, rank: int) -> dict:
-    """Peft-named tensors (``<layer>.lora_A.weight``) of one configuration, cut to its rank."""
+def _peft_named(names: list[str], params: list) -> dict:
+    """Peft-named tensors (``<layer>.lora_A.weight``) of one configuration's ``A``, ``B`` per layer."""
     out = {}
     for name, a, b in zip(names, params[0::2], params[1::2], strict=True):
-        out[f"{name}.lora_A.weight"] = a.detach()[:rank].clone()
-        out[f"{name}.lora_B.weight"] = b.detach()[:, :rank].clone()
+        out[f"{name}.lora_A.weight"] = a.detach().clone()
+        out[f"{name}.lora_B.weight"] = b.detach().contiguous().clone()
     return out
 
 
-def train_pack(pipe, images, settings, output_dirs, **kwargs) -> list[TrainResult]:
-    """Set up, train and clean up a ``PackTrainer``; returns each configuration's result."""
+def train_pack(
+    pipe, images, settings, output_dirs, resume_from: list | None = None, until: int | None = None, **kwargs
+) -> list[TrainResult | None]:
+    """Set up, train and clean up a ``PackTrainer``; returns each configuration's result (see ``train``)."""
     trainer = PackTrainer(pipe, images, settings, output_dirs, **kwargs)
     try:
-        trainer.setup()
-        return trainer.train()
+        trainer.setup(resume_from)
+        return trainer.train(until)
     finally:
         trainer.cleanup()

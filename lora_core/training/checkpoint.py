@@ -238,12 +238,12 @@ class Checkpointer:
             )
         return folder
 
-    def save(self, step: int, models: list, write_adapters: Callable[[Path], None], loss_log) -> Path:
+    def save(self, step: int, trainable: dict, write_adapters: Callable[[Path], None], loss_log) -> Path:
         """Write the training state at ``step`` (atomically): what resume continues, then the adapter files.
 
         Args:
             step: The step just finished.
-            models: The models whose trainable parameters are saved (their index prefixes the names).
+            trainable: The trainable tensors by their checkpoint name (``trainable_tensors``).
             write_adapters: Writes the adapter files into the folder it is given.
             loss_log: The ``LossLog`` so far.
 
@@ -254,39 +254,43 @@ class Checkpointer:
 
         target = checkpoint_dir(self.output_dir, step)
         with atomic_dir(target) as tmp:
-            trainable = {
-                f"{i}.{name}": p.detach().contiguous()
-                for i, model in enumerate(models)
-                for name, p in model.named_parameters()
-                if p.requires_grad
-            }
-            save_file(trainable, str(tmp / TRAINABLE_FILE))
+            save_file({k: p.detach().contiguous() for k, p in trainable.items()}, str(tmp / TRAINABLE_FILE))
             self.accelerator.save_state(str(tmp))
             write_adapters(tmp)
             write_training_files(tmp, self.settings, self.identity)
             loss_log.write_into(tmp)
         return target
 
-    def load(self, folder: Path, models: list, device) -> list[dict]:
+    def load(self, folder: Path, trainable: dict) -> list[dict]:
         """Load a checkpoint's trainable weights and training state.
 
         Args:
             folder: The checkpoint.
-            models: The models, in the order they were saved.
-            device: Where the weights go.
+            trainable: The tensors to load into, by their checkpoint name (``trainable_tensors``).
 
         Returns:
             The checkpoint's loss-log rows.
         """
+        import torch
         from safetensors.torch import load_file
 
-        saved = load_file(str(folder / TRAINABLE_FILE), device=str(device))
-        for index, model in enumerate(models):
-            params = dict(model.named_parameters())
-            prefix = f"{index}."
+        saved = load_file(str(folder / TRAINABLE_FILE))
+        if saved.keys() != trainable.keys():
+            missing = sorted(saved.keys() ^ trainable.keys())[:3]
+            raise UserInputError(f"{folder}: its trainable weights are not this training's ({missing} ...).")
+        with torch.no_grad():
             for name, value in saved.items():
-                if name.startswith(prefix):
-                    params[name[len(prefix) :]].data.copy_(value)
+                trainable[name].copy_(value)
         self.accelerator.load_state(str(folder))
         log.info("Resumed from %s at step %d", folder, self.progress.step)
         return read_rows(folder)
+
+
+def trainable_tensors(models: list) -> dict:
+    """The trainable parameters of ``models`` by their checkpoint name (``<model index>.<parameter name>``)."""
+    return {
+        f"{i}.{name}": p
+        for i, model in enumerate(models)
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }

@@ -25,6 +25,7 @@ from lora_core.training.checkpoint import (
     Checkpointer,
     checkpoint_dir,
     checkpoint_due,
+    trainable_tensors,
 )
 from lora_core.training.device import mixed_precision, peak_memory
 from lora_core.training.inputs import LatentCache, MicroBatches, PromptTable
@@ -131,7 +132,7 @@ class LoraTrainer:
         self.progress = self.checkpointer.progress
         start = self.checkpointer.resume_point(resume_from)
         if start is not None:
-            self.log.restore(self.checkpointer.load(start, self.models, self.device))
+            self.log.restore(self.checkpointer.load(start, trainable_tensors(self.models)))
             self.log.rewrite()  # drops what came after the checkpoint
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -330,7 +331,7 @@ class LoraTrainer:
         """
         # The training weights and state first (what resume continues), then the evaluation weights.
         write = functools.partial(self._write_adapters, kohya=False, raw_weights=self.evaluation_weights)
-        target = self.checkpointer.save(step, self.models, write, self.log)
+        target = self.checkpointer.save(step, trainable_tensors(self.models), write, self.log)
         if self.on_checkpoint:
             self.on_checkpoint(step, target)
         return target
