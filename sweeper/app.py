@@ -6,7 +6,6 @@ A thin ``@hydra.main`` around ``run(cfg)``: everything else takes plain values.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import hydra
@@ -15,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config.schema import register_configs
 from sweeper.errors import job_errors
-from sweeper.plugins import LauncherKind, SweeperKind, launcher_kind, sweeper_kind
+from sweeper.plugins import LauncherKind, SweeperKind, launcher_kind, parallel_jobs, sweeper_kind
 from sweeper.search.objective import objective_or_nan
 
 log = logging.getLogger(__name__)
@@ -65,14 +64,6 @@ OmegaConf.register_new_resolver("dreambooth_prompts", _dreambooth_prompts, repla
 OmegaConf.register_new_resolver("safe_name", _safe_name, replace=True)
 
 
-def _parallel_jobs(hydra_cfg) -> int:
-    """Jobs the launcher runs at once on this node (joblib's n_jobs; 1 otherwise)."""
-    if launcher_kind(hydra_cfg) != LauncherKind.JOBLIB:
-        return 1
-    n_jobs = int(hydra_cfg.launcher.get("n_jobs") or 1)
-    return n_jobs if n_jobs > 0 else os.cpu_count() or 1
-
-
 def _quiet_libraries() -> None:
     """Keep the terminal for our own progress: no per-file loading bars from diffusers/transformers."""
     import diffusers
@@ -99,7 +90,12 @@ def run(cfg: DictConfig) -> float | None:
     in_process = launcher_kind(hydra_cfg) == LauncherKind.BASIC
     _quiet_libraries()
     with job_errors(in_process):  # elsewhere the launcher reports the failed job
-        device = place_job(cfg.model.device, Path(cfg.sweep.root) / ".gpu-locks", _parallel_jobs(hydra_cfg))
+        device = place_job(cfg.model.device, Path(cfg.sweep.root) / ".gpu-locks", parallel_jobs(hydra_cfg))
+        if cfg.sweep.pack_job is not None:  # several configurations trained together (sweeper.job.pack)
+            from sweeper.job.pack import pack_jobs, run_pack
+
+            run_pack(pack_jobs(cfg, device))
+            return None
         objective = run_job(cfg, overrides, device).objective
         if objective is None and sweeper_kind(hydra_cfg) == SweeperKind.OPTUNA:
             log.warning(

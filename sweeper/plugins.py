@@ -7,6 +7,7 @@ lookup in one table, not a substring test.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncherConf
@@ -16,6 +17,7 @@ from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 
 from hydra_plugins.lora_sweeps.halving_sweeper import HalvingSweeperConf
 from hydra_plugins.lora_sweeps.optuna_sweeper import LoraOptunaSweeperConf
+from hydra_plugins.lora_sweeps.pack_sweeper import PackSweeperConf
 from hydra_plugins.lora_sweeps.slurm_launcher import LoraSlurmQueueConf
 
 
@@ -38,6 +40,7 @@ class LauncherKind(StrEnum):
 
 
 BASIC_SWEEPER = BasicSweeperConf._target_
+PACK_SWEEPER = PackSweeperConf._target_  # the default: the basic sweeper's jobs, in packs (sweep.pack)
 HALVING_SWEEPER = HalvingSweeperConf._target_
 LORA_OPTUNA_SWEEPER = LoraOptunaSweeperConf._target_
 SLURM_LAUNCHERS = (
@@ -47,6 +50,7 @@ SLURM_LAUNCHERS = (
 
 SWEEPER_KINDS = {
     BASIC_SWEEPER: SweeperKind.BASIC,
+    PACK_SWEEPER: SweeperKind.BASIC,
     HALVING_SWEEPER: SweeperKind.HALVING,
     LORA_OPTUNA_SWEEPER: SweeperKind.OPTUNA,
 }
@@ -79,3 +83,16 @@ def launcher_kind(hydra_cfg) -> LauncherKind:
     if hydra_cfg is None:
         return LauncherKind.BASIC
     return LAUNCHER_KINDS.get(str(hydra_cfg.launcher.get("_target_", "")), LauncherKind.OTHER)
+
+
+def launches_packs(hydra_cfg) -> bool:
+    """Whether the sweeper launches one job per pack (``hydra/sweeper=packs``, the default)."""
+    return hydra_cfg is not None and str(hydra_cfg.sweeper.get("_target_", "")) == PACK_SWEEPER
+
+
+def parallel_jobs(hydra_cfg) -> int:
+    """Jobs the launcher runs at once on this node (joblib's n_jobs; 1 otherwise)."""
+    if launcher_kind(hydra_cfg) != LauncherKind.JOBLIB:
+        return 1
+    n_jobs = int(hydra_cfg.launcher.get("n_jobs") or 1)
+    return n_jobs if n_jobs > 0 else os.cpu_count() or 1

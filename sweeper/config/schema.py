@@ -152,6 +152,11 @@ class SweepConfig:
     # Train only to this step (checkpointed) and render the grid there, in <run>/step-<n>/: one rung of
     # hydra/sweeper=halving, which sets it. null: train to train.max_train_steps.
     stop_at_step: int | None = None
+    # The most configurations trained together in one process, one forward and backward a step for all
+    # (docs/packs.md): a positive integer (1: each alone) or auto (as many as fit in memory, up to 8).
+    pack: Any = "auto"
+    # Set by the sweep for a job that trains a pack: the pack's index in sweep.json (never set it by hand).
+    pack_job: int | None = None
 
 
 @dataclass

@@ -22,7 +22,7 @@ from sweeper.job.context import JobContext
 from sweeper.job.grids import JobGrids
 from sweeper.job.record import save_record, write_config
 from sweeper.job.training import JobTraining
-from sweeper.planning.plan import SweepPlan
+from sweeper.planning.plan import SweepPlan, pack_record, pack_tags
 from sweeper.tracking.job_run import JobRun
 
 
@@ -71,26 +71,42 @@ class Job:
         self.context = JobContext(spec, cfg, RunFolder(run_dir), list(overrides or []))
         self.training = JobTraining(self.context)
         self.grids = JobGrids(self.context)
-        self.mlflow = JobRun(cfg, spec.sweep_dir, run_dir, plan.parent_run_id if plan else None)
+        self.pack = pack_record(plan, run_dir.name) if plan else None
+        parent = plan.parent_run_id if plan else None
+        self.mlflow = JobRun(cfg, spec.sweep_dir, run_dir, parent, pack_tags(self.pack))
         self.result = JobResult(run_dir=run_dir, images_total=len(spec.cells))
 
-    def run(self) -> JobResult:
-        """Train (or reuse), render, draw sheets and log; returns the result."""
+    def prepare(self) -> None:
+        """Create the run folder, refuse one trained otherwise, and record the config."""
         job = self.context
         job.run_dir.mkdir(parents=True, exist_ok=True)
         self.training.check_folder_matches()
         write_config(job)
-        if job.spec.stop_at is not None:
+
+    def run(self) -> JobResult:
+        """Train (or reuse), render, draw sheets and log; returns the result."""
+        self.prepare()
+        if self.context.spec.stop_at is not None:
             return self.run_rung()
         # The store opens (in MLflow's helper process, sweeper.tracking.helper) while the pipeline loads.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-start") as pool:
             tracking = pool.submit(self.mlflow.start)
-            started = time.perf_counter()
-            pipe = load_pipeline(job.model)
-            self.result.timings["load_seconds"] = time.perf_counter() - started
+            pipe = self.load_pipeline()
             already_logged = tracking.result()
         self.result.mlflow_run_id = self.mlflow.run_id
         self.training.train(pipe, self.result, self.mlflow.step_logger())
+        return self.finish(pipe, already_logged)
+
+    def load_pipeline(self):
+        """The base pipeline (process-wide cached), its load time noted."""
+        started = time.perf_counter()
+        pipe = load_pipeline(self.context.model)
+        self.result.timings["load_seconds"] = time.perf_counter() - started
+        return pipe
+
+    def finish(self, pipe, already_logged: bool) -> JobResult:
+        """After training: render the grids, draw the sheets, score, record and log the run."""
+        job = self.context
         new_pictures = self.grids.render(pipe, self.result)
         for step in job.spec.steps:
             self.grids.render_step(pipe, step, self.result)
@@ -102,6 +118,12 @@ class Job:
         elif new_pictures:  # a rerun rendered cells added to the grid: add them to the logged run
             self.mlflow.log(self.result.trained, pictures=new_pictures)
         return self.result
+
+    def fail(self, reason: str) -> None:
+        """Record that this job's training failed (``run.json`` status ``failed``) and close its MLflow run."""
+        self.result.timings["failure"] = reason
+        self._save_record("failed")
+        self.mlflow.fail()
 
     def run_rung(self) -> JobResult:
         """A halving rung: train to ``sweep.stop_at_step`` only, render and score the grid there.
@@ -118,7 +140,7 @@ class Job:
         return self.result
 
     def _save_record(self, status: str) -> None:
-        save_record(self.context, status, self.result, self.training.identity, self.mlflow.run_id)
+        save_record(self.context, status, self.result, self.training.identity, self.mlflow.run_id, self.pack)
 
 
 def run_job(cfg: DictConfig, overrides: list[str] | None = None, device: str | None = None) -> JobResult:

@@ -20,15 +20,18 @@ def write_config(job: JobContext) -> None:
     job.folder.write_config(cfg, job.overrides)
 
 
-def save_record(job: JobContext, status: str, result, identity: dict, mlflow_run: str | None) -> None:
+def save_record(
+    job: JobContext, status: str, result, identity: dict, mlflow_run: str | None, pack: dict | None = None
+) -> None:
     """Write ``run.json``: the job's status, settings, grid, result and MLflow run.
 
     Args:
         job: The job's values.
-        status: ``done``, or ``rung`` for a halving rung.
+        status: ``done``, ``rung`` for a halving rung, ``failed`` for a training that diverged in a pack.
         result: The job's ``JobResult``.
         identity: What the weights depend on besides the settings (``JobTraining.identity``).
         mlflow_run: The job's MLflow run id, if it has one.
+        pack: The pack it trained in (``plan.pack_record``), if any.
     """
     spec = job.spec
     record = {
@@ -45,6 +48,7 @@ def save_record(job: JobContext, status: str, result, identity: dict, mlflow_run
         "cells": [c.__dict__ for c in spec.cells],
         "result": {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()},
         "mlflow": {"uri": tracking_uri(job.cfg), "run_id": mlflow_run},
+        **({"pack": pack} if pack else {}),
     }
     job.folder.write_record(record)
 

@@ -36,6 +36,32 @@ class JobTraining:
     def __init__(self, job: JobContext):
         self.job = job
 
+    def is_trained(self, until: int | None = None) -> bool:
+        """Whether the run folder holds this training already (to step ``until`` only, if given)."""
+        job = self.job
+        if until is not None:
+            return until in list_checkpoints(job.lora_dir)
+        return job.folder.train_result_file.is_file() and find_weights_file(job.lora_dir) is not None
+
+    def inputs(self, pipe) -> tuple[list, list[str], list | None]:
+        """The subject pictures, their captions and the class pictures (generated on first use)."""
+        from lora_core.data.subject import load_subject_images
+
+        job, spec = self.job, self.job.spec
+        images = load_subject_images(job.instance_dir, spec.settings.resolution, spec.settings.center_crop)
+        return images, spec.read_captions(job.instance_dir), self._class_images(pipe)
+
+    def checkpoint(self, until: int | None = None, steps: StepLogger | None = None) -> Path | None:
+        """The checkpoint this training continues from (its own, or a longer run's), noted in ``steps``."""
+        checkpoint = find_checkpoint(
+            self._training_dirs(), self.job.spec.settings, self.identity, up_to=until
+        )
+        if checkpoint is not None:
+            log.info("%s: continuing from %s", self.job.run_dir.name, checkpoint)
+            if steps:
+                steps.add_history(read_rows(checkpoint))
+        return checkpoint
+
     def train(self, pipe, result, steps: StepLogger | None = None, until: int | None = None) -> None:
         """Train the LoRA (to step ``until`` only, if given) unless that is already in the run folder.
 
@@ -46,28 +72,14 @@ class JobTraining:
             until: Train to this step only (a halving rung).
         """
         job, spec = self.job, self.job.spec
-        if until is not None and until in list_checkpoints(job.lora_dir):
-            log.info("%s: checkpoint at step %d already trained.", job.run_dir.name, until)
+        if self.is_trained(until):
+            what = f"checkpoint at step {until}" if until is not None else "LoRA"
+            log.info("%s: %s already trained, skipping training.", job.run_dir.name, what)
             return
-        if (
-            until is None
-            and job.folder.train_result_file.is_file()
-            and find_weights_file(job.lora_dir) is not None
-        ):
-            log.info("%s: LoRA already trained, skipping training.", job.run_dir.name)
-            return
-        from lora_core.data.subject import load_subject_images
-
         started = time.perf_counter()
-        images = load_subject_images(job.instance_dir, spec.settings.resolution, spec.settings.center_crop)
-        captions = spec.read_captions(job.instance_dir)
-        class_images = self._class_images(pipe)
-        checkpoint = find_checkpoint(self._training_dirs(), spec.settings, self.identity, up_to=until)
-        if checkpoint is not None:
-            log.info("%s: continuing from %s", job.run_dir.name, checkpoint)
-            result.resumed_from = str(checkpoint)
-            if steps:
-                steps.add_history(read_rows(checkpoint))
+        images, captions, class_images = self.inputs(pipe)
+        checkpoint = self.checkpoint(until, steps)
+        result.resumed_from = str(checkpoint) if checkpoint else None
         with HeldSignals() as should_stop:  # a time limit or preemption stops training between two steps
             train_lora(
                 pipe,
@@ -77,7 +89,7 @@ class JobTraining:
                 resume_from=checkpoint,
                 class_images=class_images,
                 on_step=steps,
-                metadata=self._lora_metadata(),
+                metadata=self.lora_metadata(),
                 identity=self.identity,
                 until=until,
                 should_stop=should_stop,
@@ -136,7 +148,8 @@ class JobTraining:
         ]
         return [job.lora_dir, *others] if job.cfg.sweep.reuse_steps else [job.lora_dir]
 
-    def _lora_metadata(self) -> dict:
+    def lora_metadata(self) -> dict:
+        """What the LoRA files store besides the settings: identity, base model, token, sweep, run folder."""
         cfg = self.job.cfg
         return {
             **{f"identity.{k}": v for k, v in self.identity.items()},
@@ -146,3 +159,94 @@ class JobTraining:
             "sweep": cfg.sweep.name,
             "run_dir": self.job.run_dir.name,
         }
+
+
+def train_together(
+    trainings: list[JobTraining], pipe, results: list, loggers: list[StepLogger | None]
+) -> dict[int, str]:
+    """Train several jobs' LoRAs in one pack (``lora_core.packs``); what cannot pack trains alone, here.
+
+    Jobs already trained are skipped; a job whose final state is a checkpoint of a longer job of the pack
+    (``sweep.reuse_steps``) trains after the pack, from that checkpoint; each continues from its own
+    checkpoint where it has one.
+
+    Args:
+        trainings: The jobs' trainings (one model, pictures and shared settings: the plan made the pack).
+        pipe: The loaded base pipeline.
+        results: Each job's ``JobResult``.
+        loggers: Each job's MLflow step logger, or None.
+
+    Returns:
+        Job index -> why its training failed (a diverged loss); the others trained.
+    """
+    import torch
+
+    todo = [i for i, t in enumerate(trainings) if not t.is_trained()]
+    settings = {i: trainings[i].job.spec.settings for i in todo}
+    later = [
+        i
+        for i in todo
+        if any(
+            settings[j].max_train_steps > settings[i].max_train_steps
+            and settings[i].can_continue_from(settings[j])
+            for j in todo
+        )
+    ]
+    packed = [i for i in todo if i not in later]
+    failures: dict[int, str] = {}
+    if len(packed) > 1 and pipe.unet.dtype != torch.float32:
+        log.info(
+            "The pack's configurations train one after another: packs train in float32, the model is %s.",
+            pipe.unet.dtype,
+        )
+    if len(packed) > 1 and pipe.unet.dtype == torch.float32:
+        failures = _train_pack(
+            [trainings[i] for i in packed], pipe, [results[i] for i in packed], [loggers[i] for i in packed]
+        )
+        failures = {packed[k]: reason for k, reason in failures.items()}
+    else:
+        later = packed + later
+    for i in later:
+        trainings[i].train(pipe, results[i], loggers[i])
+    return failures
+
+
+def _train_pack(trainings: list[JobTraining], pipe, results: list, loggers: list) -> dict[int, str]:
+    from lora_core.packs import PackTrainer
+
+    lead = trainings[0]
+    if any(t.identity != lead.identity for t in trainings):
+        raise ValueError("a pack's configurations must share base model and pictures (the plan groups them)")
+    started = time.perf_counter()
+    images, captions, class_images = lead.inputs(pipe)
+    checkpoints = [t.checkpoint(None, steps) for t, steps in zip(trainings, loggers, strict=True)]
+
+    def on_step(k: int, record) -> None:
+        if loggers[k]:
+            loggers[k](record)
+
+    with HeldSignals() as should_stop:
+        trainer = PackTrainer(
+            pipe,
+            images,
+            [t.job.spec.settings for t in trainings],
+            [t.job.lora_dir for t in trainings],
+            class_images=class_images,
+            captions=captions,
+            on_step=on_step,
+            metadata=[t.lora_metadata() for t in trainings],
+            identity=lead.identity,
+            should_stop=should_stop,
+        )
+        try:
+            trainer.setup(checkpoints)
+            trainer.train()
+        finally:
+            trainer.cleanup()
+    seconds = time.perf_counter() - started
+    for result, checkpoint, steps in zip(results, checkpoints, loggers, strict=True):
+        if steps:
+            steps.flush()
+        result.trained, result.resumed_from = True, str(checkpoint) if checkpoint else None
+        result.timings["train_seconds"] = seconds  # the pack's: its configurations trained together
+    return dict(trainer.failures)

@@ -19,7 +19,7 @@ from sweeper.disk.naming import train_short_keys
 from sweeper.errors import exit_on_error
 from sweeper.launch.slurm import check_slurm_request
 from sweeper.planning.plan import SweepPlan, TrackingIds, check_inputs, compose_job, expand_jobs, plan_sweep
-from sweeper.plugins import SweeperKind, sweeper_kind
+from sweeper.plugins import SweeperKind, launches_packs, parallel_jobs, sweeper_kind
 from sweeper.search.halving import plan_halving
 from sweeper.search.optuna import check_search, search_space
 from sweeper.tracking.helper import open_tracker
@@ -50,7 +50,7 @@ def _plan_grid(config: DictConfig, bracket: bool = False) -> SweepPlan:
     With ``bracket`` (the halving sweeper) the same jobs, checkpointed at the rungs.
     """
     jobs = expand_jobs(config)
-    plan = plan_sweep(config, jobs)
+    plan = plan_sweep(config, jobs, launches_packs(config.hydra), parallel_jobs(config.hydra))
     if bracket:
         plan_halving(config, plan)  # checks eta, rungs, preview; checkpoints at the rungs
     log.info("Sweep %s: %d jobs, folders %s", config.sweep.name, len(jobs), ", ".join(plan.jobs))

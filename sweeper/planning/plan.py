@@ -24,6 +24,7 @@ from sweeper.config.embedded_models import TINY, WORLD
 from sweeper.config.spec import JobSpec, build_job
 from sweeper.disk.layout import PLAN_FILE
 from sweeper.disk.naming import differing_keys
+from sweeper.planning.packs import describe_packs, pack_size_setting, plan_packs
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,24 @@ class SweepPlan:
         varying: Config keys whose value differs between jobs (``train.`` keys by their short name).
         jobs: Run folder name -> {"overrides": [...], "extra_checkpoint_steps": [...]}.
         tracking: MLflow ids, filled by the callback (or by ``python -m sweeper.tracking``).
+        packs: The jobs the sweeper launches: run folder names trained together (one each when alone);
+            empty when the sweeper launches every job by itself (``sweeper.planning.packs``).
+        alone: Run folder name -> why it trains alone though packing is on.
     """
 
     name: str
     varying: list[str]
     jobs: dict[str, dict] = field(default_factory=dict)
     tracking: TrackingIds = field(default_factory=TrackingIds)
+    packs: list[list[str]] = field(default_factory=list)
+    alone: dict[str, str] = field(default_factory=dict)
+
+    def pack_of(self, name: str) -> tuple[int, list[str]] | None:
+        """The pack a run folder trains in (its index and members) when it has companions, else None."""
+        for index, members in enumerate(self.packs):
+            if name in members and len(members) > 1:
+                return index, members
+        return None
 
     @property
     def parent_run_id(self) -> str | None:
@@ -77,6 +90,9 @@ class SweepPlan:
     def save(self, sweep_dir: Path) -> None:
         """Write ``sweep.json`` atomically."""
         data = {**self.__dict__, "tracking": self.tracking.to_json()}
+        for key in ("packs", "alone"):  # written when packing planned something
+            if not data[key]:
+                del data[key]
         write_text_atomic(sweep_dir / PLAN_FILE, json.dumps(data, indent=2))
 
     @classmethod
@@ -87,6 +103,24 @@ class SweepPlan:
             return None
         data = json.loads(path.read_text())
         return cls(**{**data, "tracking": TrackingIds(**data.get("tracking", {}))})
+
+
+def pack_record(plan: SweepPlan, name: str) -> dict | None:
+    """What ``run.json`` and MLflow say of a job's pack: its index, size and members, or why it ran alone."""
+    found = plan.pack_of(name)
+    if found is not None:
+        index, members = found
+        return {"index": index, "size": len(members), "members": members}
+    return {"alone": plan.alone[name]} if name in plan.alone else None
+
+
+def pack_tags(pack: dict | None) -> dict[str, str]:
+    """A job's MLflow tags of its pack (``pack``: its index, or ``alone``; ``pack_size``)."""
+    if not pack:
+        return {}
+    if "alone" in pack:
+        return {"pack": "alone"}
+    return {"pack": str(pack["index"]), "pack_size": str(pack["size"])}
 
 
 def parent_run_of(sweep_dir: Path) -> str | None:
@@ -122,12 +156,25 @@ def compose_job(config: DictConfig, overrides: list[str]) -> DictConfig:
     return GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
 
 
-def plan_sweep(config: DictConfig, job_overrides: list[list[str]]) -> SweepPlan:
-    """Check every job and name its folder.
+def pack_job_overrides(plan: SweepPlan) -> list[list[str]]:
+    """What the pack sweeper launches: per pack, its first job's overrides (and ``sweep.pack_job`` naming it)."""
+    out = []
+    for index, members in enumerate(plan.packs):
+        overrides = list(plan.jobs[members[0]]["overrides"])
+        out.append([*overrides, f"sweep.pack_job={index}"] if len(members) > 1 else overrides)
+    return out
+
+
+def plan_sweep(
+    config: DictConfig, job_overrides: list[list[str]], packing: bool = False, parallel: int = 1
+) -> SweepPlan:
+    """Check every job, name its folder, and (with ``packing``) group the jobs into packs.
 
     Args:
         config: The multirun's master config.
         job_overrides: Each job's overrides (``expand_jobs``).
+        packing: The sweeper launches packs (``hydra/sweeper=packs``): plan them by ``sweep.pack``.
+        parallel: Jobs the launcher runs at once (``auto`` makes at least that many packs).
 
     Returns:
         The plan (not yet saved).
@@ -156,7 +203,13 @@ def plan_sweep(config: DictConfig, job_overrides: list[list[str]]) -> SweepPlan:
         name: {"overrides": ov, "extra_checkpoint_steps": ex}
         for name, ov, ex in zip(names, job_overrides, extra, strict=True)
     }
-    return SweepPlan(name=str(sweep.name), varying=varying, jobs=jobs)
+    plan = SweepPlan(name=str(sweep.name), varying=varying, jobs=jobs)
+    size = pack_size_setting(sweep.pack)  # checked whatever the sweeper: a bad value stops the sweep
+    if packing:
+        plan.packs, plan.alone = plan_packs(specs, names, size, parallel)
+        for line in describe_packs(plan.packs, plan.alone):
+            log.info(line)
+    return plan
 
 
 def _refuse_render_only_differences(varying: list[str]) -> None:

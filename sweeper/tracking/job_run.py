@@ -18,10 +18,19 @@ class JobRun:
         sweep_dir: The sweep folder (where the store's helper runs from).
         run_dir: The job's run folder.
         parent_run_id: The sweep's MLflow run, if the sweep opened one.
+        tags: More tags of the run (its pack: ``pack``, ``pack_size``).
     """
 
-    def __init__(self, cfg: DictConfig, sweep_dir: Path, run_dir: Path, parent_run_id: str | None):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        sweep_dir: Path,
+        run_dir: Path,
+        parent_run_id: str | None,
+        tags: dict | None = None,
+    ):
         self.cfg, self.sweep_dir, self.run_dir, self.parent_run_id = cfg, sweep_dir, run_dir, parent_run_id
+        self.tags = dict(tags or {})
         self.tracker: Tracker | TrackerProxy | None = None
         self.run_id: str | None = None
 
@@ -30,7 +39,7 @@ class JobRun:
         if not (self.cfg.tracking.enabled and self.cfg.tracking.live):
             return True  # nothing to log here (tracking.live=false: the sweep's end logs this run)
         self.tracker = open_tracker(self.cfg, self.sweep_dir)
-        tags = {"sweep": self.cfg.sweep.name, "experiment_preset": str(self.cfg.experiment)}
+        tags = {"sweep": self.cfg.sweep.name, "experiment_preset": str(self.cfg.experiment), **self.tags}
         self.run_id, finished = self.tracker.child_run(self.parent_run_id, self.run_dir.name, tags)
         return finished
 
@@ -60,3 +69,8 @@ class JobRun:
             pictures=pictures,
         )
         self.tracker.finish(self.run_id)
+
+    def fail(self) -> None:
+        """Close the run as failed (its training diverged)."""
+        if self.tracker is not None and self.tracker.active and self.run_id:
+            self.tracker.finish(self.run_id, status="FAILED")

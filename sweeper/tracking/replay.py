@@ -143,9 +143,14 @@ def log_run_folder(
         pictures: The pictures to log (default: all of the folder's; a rerun that rendered more cells into
             a run already logged passes just the new ones).
     """
+    from sweeper.planning.plan import pack_tags
+
     run = RunFolder(Path(run_dir))
     if pictures is None:  # MLflow refuses changed params; a run that only gains pictures keeps its own
         tracker.log_params(run_id, run_params(run))
+        tags = pack_tags(run.read_record().get("pack")) if run.record_file.is_file() else {}
+        if tags:
+            tracker.set_tags(run_id, tags)
     else:
         tracker.set_tags(run_id, {"grid_extended": "true"})
     metrics = run_summary_metrics(run) + score_metrics(run) + (step_metrics(run) if with_steps else [])
