@@ -65,22 +65,24 @@ OmegaConf.register_new_resolver("safe_name", _safe_name, replace=True)
 
 
 def _quiet_libraries() -> None:
-    """Keep the terminal for our own progress: no per-file loading bars from diffusers/transformers."""
+    """Keep the terminal for our own progress: no per-file loading bars or lines from the libraries."""
     import diffusers
     import transformers
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # not every file a checkpoint loads
 
 
-def run(cfg: DictConfig) -> float | None:
-    """Run one job of a sweep (train, render, sheets, MLflow).
+def run(cfg: DictConfig) -> float | dict | None:
+    """Run one job of a sweep (train, render, sheets, MLflow), or one pack of them.
 
     Args:
         cfg: The job's composed config.
 
     Returns:
-        The job's objective (for metric-driven search), or None.
+        The job's objective (for metric-driven search), or None; a pack's: each configuration's objective
+        by run folder name.
     """
     from sweeper.job import run_job
     from sweeper.job.placement import place_job
@@ -91,11 +93,10 @@ def run(cfg: DictConfig) -> float | None:
     _quiet_libraries()
     with job_errors(in_process):  # elsewhere the launcher reports the failed job
         device = place_job(cfg.model.device, Path(cfg.sweep.root) / ".gpu-locks", parallel_jobs(hydra_cfg))
-        if cfg.sweep.pack_job is not None:  # several configurations trained together (sweeper.job.pack)
+        if cfg.sweep.pack_members:  # several configurations trained together (sweeper.job.pack)
             from sweeper.job.pack import pack_jobs, run_pack
 
-            run_pack(pack_jobs(cfg, device))
-            return None
+            return run_pack(pack_jobs(cfg, overrides, device))
         objective = run_job(cfg, overrides, device).objective
         if objective is None and sweeper_kind(hydra_cfg) == SweeperKind.OPTUNA:
             log.warning(

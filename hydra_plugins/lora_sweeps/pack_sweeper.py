@@ -37,7 +37,7 @@ class PackSweeper(BasicSweeper):
         from sweeper.planning.plan import SweepPlan, pack_job_overrides
 
         plan = SweepPlan.load(sweep_dir_of(self.config))
-        jobs = pack_job_overrides(plan)
+        jobs = pack_job_overrides(plan, plan.packs)
         if not jobs:
             return []
         results = self.launcher.launch(jobs, initial_job_idx=0)

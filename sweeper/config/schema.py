@@ -155,8 +155,8 @@ class SweepConfig:
     # The most configurations trained together in one process, one forward and backward a step for all
     # (docs/packs.md): a positive integer (1: each alone) or auto (as many as fit in memory, up to 8).
     pack: Any = "auto"
-    # Set by the sweep for a job that trains a pack: the pack's index in sweep.json (never set it by hand).
-    pack_job: int | None = None
+    # Set by the sweep for a job that trains a pack: its configurations' run folders (never set it by hand).
+    pack_members: list[str] | None = None
 
 
 @dataclass

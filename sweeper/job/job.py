@@ -131,9 +131,13 @@ class Job:
         The rung's objective is the job's; ``run.json`` says ``status: rung`` until a later rung finishes
         the run. MLflow hears of rungs from the halving sweeper, which decides what they mean.
         """
+        pipe = self.load_pipeline()
+        self.training.train(pipe, self.result, until=self.context.spec.stop_at)
+        return self.finish_rung(pipe)
+
+    def finish_rung(self, pipe) -> JobResult:
+        """After a rung's training: render and score its grid, record the rung."""
         job = self.context
-        pipe = load_pipeline(job.model)
-        self.training.train(pipe, self.result, until=job.spec.stop_at)
         self.result.objective = self.grids.render_step(pipe, job.spec.stop_at, self.result)
         self._save_record("rung")
         job.folder.update_record(rung_step=job.spec.stop_at)

@@ -3,8 +3,9 @@
 The configurations take one forward and backward a step together (``lora_core.packs``); then each gets its
 grid, sheets, scores, record and MLflow run.
 
-The pack sweeper launches it with the first configuration's overrides and ``sweep.pack_job``; the others'
-configs are composed here from their overrides in ``sweep.json``, exactly as the launcher composes a job's.
+The sweeper launches it with the first configuration's overrides and ``sweep.pack_members``; the others'
+configs are composed here from their overrides in ``sweep.json`` (with what the sweeper added, such as a
+halving rung's), exactly as the launcher composes a job's.
 Every configuration keeps its own run folder, checkpoints and MLflow run, as if it had been a job of its own.
 """
 
@@ -17,7 +18,7 @@ from dataclasses import replace
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config.spec import build_job, sweep_dir_of
-from sweeper.job.job import Job, JobResult
+from sweeper.job.job import Job
 from sweeper.job.training import train_together
 from sweeper.planning.plan import SweepPlan
 
@@ -45,13 +46,22 @@ def compose_member(overrides: list[str]) -> DictConfig:
     return GlobalHydra.instance().config_loader().load_sweep_config(master, list(overrides))
 
 
-def pack_jobs(cfg: DictConfig, device: str | None) -> list[Job]:
-    """The jobs of the pack ``cfg.sweep.pack_job`` names, in plan order."""
+def pack_jobs(cfg: DictConfig, task_overrides: list[str], device: str | None) -> list[Job]:
+    """The jobs of the pack ``cfg.sweep.pack_members`` names, in its order.
+
+    Args:
+        cfg: The pack job's config (its first configuration's).
+        task_overrides: The pack job's overrides: the first configuration's, what the sweeper added to
+            every member (a rung's stop and preview), and ``sweep.pack_members``.
+        device: Where the job was placed.
+    """
     plan = SweepPlan.load(sweep_dir_of(cfg))
-    members = plan.packs[int(cfg.sweep.pack_job)]
+    members = list(cfg.sweep.pack_members)
+    own = plan.jobs[members[0]]["overrides"]
+    added = [o for o in task_overrides if o not in own and not o.startswith("sweep.pack_members=")]
     jobs = []
     for name in members:
-        overrides = list(plan.jobs[name]["overrides"])
+        overrides = [*plan.jobs[name]["overrides"], *added]
         member_cfg = compose_member(overrides)
         spec = build_job(member_cfg)
         if device is not None:
@@ -65,36 +75,46 @@ def pack_jobs(cfg: DictConfig, device: str | None) -> list[Job]:
     return jobs
 
 
-def run_pack(jobs: list[Job]) -> list[JobResult]:
+def run_pack(jobs: list[Job]) -> dict[str, float | None]:
     """Train the jobs together, then finish each (grid, sheets, scores, record, MLflow).
+
+    A halving rung (``sweep.stop_at_step``) trains each to that step and renders and scores its preview.
+
+    Returns:
+        Each job's objective by run folder name (what a search reads).
 
     Raises:
         PackTrainingFailed: A configuration's training diverged; the others finished first.
     """
     for job in jobs:
         job.prepare()
-    log.info(
-        "Training %d configurations together: %s", len(jobs), ", ".join(j.context.run_dir.name for j in jobs)
-    )
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-start") as pool:
-        tracking = pool.submit(lambda: [job.mlflow.start() for job in jobs])
+    names = [job.context.run_dir.name for job in jobs]
+    log.info("Training %d configurations together: %s", len(jobs), ", ".join(names))
+    until = jobs[0].context.spec.stop_at
+    loggers: list = [None] * len(jobs)
+    logged = [True] * len(jobs)
+    if until is None:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-start") as pool:
+            tracking = pool.submit(lambda: [job.mlflow.start() for job in jobs])
+            pipe = jobs[0].load_pipeline()
+            logged = tracking.result()
+        for job in jobs:
+            job.result.mlflow_run_id = job.mlflow.run_id
+        loggers = [job.mlflow.step_logger() for job in jobs]
+    else:  # MLflow hears of rungs from the halving sweeper
         pipe = jobs[0].load_pipeline()
-        logged = tracking.result()
-    for job in jobs:
-        job.result.mlflow_run_id = job.mlflow.run_id
     failures = train_together(
-        [job.training for job in jobs],
-        pipe,
-        [job.result for job in jobs],
-        [job.mlflow.step_logger() for job in jobs],
+        [job.training for job in jobs], pipe, [job.result for job in jobs], loggers, until
     )
     for index, (job, already_logged) in enumerate(zip(jobs, logged, strict=True)):
         if index in failures:
             job.fail(failures[index])
-        else:
+        elif until is None:
             job.finish(pipe, already_logged)
+        else:
+            job.finish_rung(pipe)
     if failures:
         raise PackTrainingFailed(
             "; ".join(f"{jobs[i].context.run_dir.name}: {reason}" for i, reason in failures.items())
         )
-    return [job.result for job in jobs]
+    return {name: job.result.objective for name, job in zip(names, jobs, strict=True)}

@@ -162,7 +162,11 @@ class JobTraining:
 
 
 def train_together(
-    trainings: list[JobTraining], pipe, results: list, loggers: list[StepLogger | None]
+    trainings: list[JobTraining],
+    pipe,
+    results: list,
+    loggers: list[StepLogger | None],
+    until: int | None = None,
 ) -> dict[int, str]:
     """Train several jobs' LoRAs in one pack (``lora_core.packs``); what cannot pack trains alone, here.
 
@@ -175,13 +179,14 @@ def train_together(
         pipe: The loaded base pipeline.
         results: Each job's ``JobResult``.
         loggers: Each job's MLflow step logger, or None.
+        until: Train each to this step only (a halving rung), with a checkpoint there.
 
     Returns:
         Job index -> why its training failed (a diverged loss); the others trained.
     """
     import torch
 
-    todo = [i for i, t in enumerate(trainings) if not t.is_trained()]
+    todo = [i for i, t in enumerate(trainings) if not t.is_trained(until)]
     settings = {i: trainings[i].job.spec.settings for i in todo}
     later = [
         i
@@ -201,17 +206,23 @@ def train_together(
         )
     if len(packed) > 1 and pipe.unet.dtype == torch.float32:
         failures = _train_pack(
-            [trainings[i] for i in packed], pipe, [results[i] for i in packed], [loggers[i] for i in packed]
+            [trainings[i] for i in packed],
+            pipe,
+            [results[i] for i in packed],
+            [loggers[i] for i in packed],
+            until,
         )
         failures = {packed[k]: reason for k, reason in failures.items()}
     else:
         later = packed + later
     for i in later:
-        trainings[i].train(pipe, results[i], loggers[i])
+        trainings[i].train(pipe, results[i], loggers[i], until)
     return failures
 
 
-def _train_pack(trainings: list[JobTraining], pipe, results: list, loggers: list) -> dict[int, str]:
+def _train_pack(
+    trainings: list[JobTraining], pipe, results: list, loggers: list, until: int | None
+) -> dict[int, str]:
     from lora_core.packs import PackTrainer
 
     lead = trainings[0]
@@ -219,7 +230,7 @@ def _train_pack(trainings: list[JobTraining], pipe, results: list, loggers: list
         raise ValueError("a pack's configurations must share base model and pictures (the plan groups them)")
     started = time.perf_counter()
     images, captions, class_images = lead.inputs(pipe)
-    checkpoints = [t.checkpoint(None, steps) for t, steps in zip(trainings, loggers, strict=True)]
+    checkpoints = [t.checkpoint(until, steps) for t, steps in zip(trainings, loggers, strict=True)]
 
     def on_step(k: int, record) -> None:
         if loggers[k]:
@@ -240,7 +251,7 @@ def _train_pack(trainings: list[JobTraining], pipe, results: list, loggers: list
         )
         try:
             trainer.setup(checkpoints)
-            trainer.train()
+            trainer.train(until)
         finally:
             trainer.cleanup()
     seconds = time.perf_counter() - started

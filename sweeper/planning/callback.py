@@ -50,7 +50,7 @@ def _plan_grid(config: DictConfig, bracket: bool = False) -> SweepPlan:
     With ``bracket`` (the halving sweeper) the same jobs, checkpointed at the rungs.
     """
     jobs = expand_jobs(config)
-    plan = plan_sweep(config, jobs, launches_packs(config.hydra), parallel_jobs(config.hydra))
+    plan = plan_sweep(config, jobs, launches_packs(config.hydra) or bracket, parallel_jobs(config.hydra))
     if bracket:
         plan_halving(config, plan)  # checks eta, rungs, preview; checkpoints at the rungs
     log.info("Sweep %s: %d jobs, folders %s", config.sweep.name, len(jobs), ", ".join(plan.jobs))

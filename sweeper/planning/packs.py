@@ -73,8 +73,8 @@ def _pack_key(spec: JobSpec) -> str:
 
 def plan_packs(
     specs: list[JobSpec], names: list[str], size: int | None, parallel: int = 1
-) -> tuple[list[list[str]], dict[str, str]]:
-    """Which configurations train together.
+) -> tuple[list[dict], dict[str, str]]:
+    """Which configurations may train together, and how many at most.
 
     Args:
         specs: Every job's checked values, in plan order.
@@ -83,8 +83,8 @@ def plan_packs(
         parallel: Jobs the launcher runs at once: ``auto`` spreads a group over that many packs at least.
 
     Returns:
-        The packs (run folder names, plan order; every job in exactly one, alone in its own) and, for the
-        jobs that run alone though packing is on, why.
+        The pack groups (``{"members": run folder names, "largest": n, "spread": least packs}``: any of its
+        members may share a pack) and, for the jobs that run alone though packing is on, why.
     """
     alone: dict[str, str] = {}
     groups: dict[str, list[str]] = {}
@@ -92,18 +92,35 @@ def plan_packs(
         reason = lone_reason(spec) if size != 1 else None
         if reason:
             alone[name] = reason
-        groups.setdefault(name if reason else _pack_key(spec), []).append(name)
+        else:
+            groups.setdefault(_pack_key(spec), []).append(name)
     by_name = dict(zip(names, specs, strict=True))
-    packs = []
+    planned = []
     for members in groups.values():
         largest = size if size is not None else _capacity(by_name[members[0]])
-        count = math.ceil(len(members) / max(1, largest))
-        if size is None:
-            count = max(count, min(parallel, len(members)))
-        packs += _split(members, count)
+        planned.append({"members": members, "largest": largest, "spread": parallel if size is None else 1})
+    return planned, alone
+
+
+def split_packs(groups: list[dict], names: list[str]) -> list[list[str]]:
+    """``names`` (all of a sweep's configurations, or a halving rung's) in packs, in the order given.
+
+    Each group's names among them make as few packs as its ``largest`` allows (at least ``spread``), of
+    sizes that differ by one at most; a name in no group is a pack of its own.
+    """
+    packs = []
+    for group in groups:
+        members = [n for n in names if n in group["members"]]
+        if members:
+            count = max(
+                math.ceil(len(members) / max(1, group["largest"])), min(group["spread"], len(members))
+            )
+            packs += _split(members, count)
+    grouped = {n for pack in packs for n in pack}
+    packs += [[n] for n in names if n not in grouped]
     order = {name: i for i, name in enumerate(names)}
     packs.sort(key=lambda pack: order[pack[0]])
-    return packs, alone
+    return packs
 
 
 def _capacity(spec: JobSpec) -> int:

@@ -24,7 +24,7 @@ from sweeper.config.embedded_models import TINY, WORLD
 from sweeper.config.spec import JobSpec, build_job
 from sweeper.disk.layout import PLAN_FILE
 from sweeper.disk.naming import differing_keys
-from sweeper.planning.packs import describe_packs, pack_size_setting, plan_packs
+from sweeper.planning.packs import describe_packs, pack_size_setting, plan_packs, split_packs
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class SweepPlan:
         packs: The jobs the sweeper launches: run folder names trained together (one each when alone);
             empty when the sweeper launches every job by itself (``sweeper.planning.packs``).
         alone: Run folder name -> why it trains alone though packing is on.
+        pack_groups: The configurations that may share a pack (``plan_packs``), for the sweepers that
+            choose their jobs as they go (a halving rung packs its survivors again).
     """
 
     name: str
@@ -74,6 +76,7 @@ class SweepPlan:
     tracking: TrackingIds = field(default_factory=TrackingIds)
     packs: list[list[str]] = field(default_factory=list)
     alone: dict[str, str] = field(default_factory=dict)
+    pack_groups: list[dict] = field(default_factory=list)
 
     def pack_of(self, name: str) -> tuple[int, list[str]] | None:
         """The pack a run folder trains in (its index and members) when it has companions, else None."""
@@ -90,7 +93,7 @@ class SweepPlan:
     def save(self, sweep_dir: Path) -> None:
         """Write ``sweep.json`` atomically."""
         data = {**self.__dict__, "tracking": self.tracking.to_json()}
-        for key in ("packs", "alone"):  # written when packing planned something
+        for key in ("packs", "alone", "pack_groups"):  # written when packing planned something
             if not data[key]:
                 del data[key]
         write_text_atomic(sweep_dir / PLAN_FILE, json.dumps(data, indent=2))
@@ -156,12 +159,21 @@ def compose_job(config: DictConfig, overrides: list[str]) -> DictConfig:
     return GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
 
 
-def pack_job_overrides(plan: SweepPlan) -> list[list[str]]:
-    """What the pack sweeper launches: per pack, its first job's overrides (and ``sweep.pack_job`` naming it)."""
+def pack_job_overrides(
+    plan: SweepPlan, packs: list[list[str]], extra: list[str] | None = None
+) -> list[list[str]]:
+    """The jobs that train ``packs``: each its first configuration's overrides, ``extra``, and its members.
+
+    A pack of one is that configuration's own job; a larger one names its members in ``sweep.pack_members``
+    (``sweeper.job.pack`` composes the others' configs from their overrides in the plan).
+    """
     out = []
-    for index, members in enumerate(plan.packs):
-        overrides = list(plan.jobs[members[0]]["overrides"])
-        out.append([*overrides, f"sweep.pack_job={index}"] if len(members) > 1 else overrides)
+    for members in packs:
+        overrides = [*plan.jobs[members[0]]["overrides"], *(extra or [])]
+        if len(members) > 1:
+            quoted = ",".join("'" + name.replace("\\", "\\\\").replace("'", "\\'") + "'" for name in members)
+            overrides.append(f"sweep.pack_members=[{quoted}]")
+        out.append(overrides)
     return out
 
 
@@ -206,7 +218,8 @@ def plan_sweep(
     plan = SweepPlan(name=str(sweep.name), varying=varying, jobs=jobs)
     size = pack_size_setting(sweep.pack)  # checked whatever the sweeper: a bad value stops the sweep
     if packing:
-        plan.packs, plan.alone = plan_packs(specs, names, size, parallel)
+        plan.pack_groups, plan.alone = plan_packs(specs, names, size, parallel)
+        plan.packs = split_packs(plan.pack_groups, names)
         for line in describe_packs(plan.packs, plan.alone):
             log.info(line)
     return plan

@@ -240,7 +240,7 @@ def plan_halving(config: DictConfig, plan) -> Bracket:
 
 
 def run_bracket(config: DictConfig, launcher) -> list:
-    """Run the bracket rung by rung through ``launcher``; each rung is one batch of jobs.
+    """Run the bracket rung by rung through ``launcher``; each rung is one batch of jobs (its packs).
 
     Args:
         config: The multirun's master config.
@@ -250,7 +250,8 @@ def run_bracket(config: DictConfig, launcher) -> list:
         Every job's ``JobReturn``.
     """
     from sweeper.config.spec import sweep_dir_of
-    from sweeper.planning.plan import SweepPlan
+    from sweeper.planning.packs import split_packs
+    from sweeper.planning.plan import SweepPlan, pack_job_overrides
     from sweeper.tracking.bracket import log_rung
 
     sweep_dir = sweep_dir_of(config)
@@ -264,12 +265,15 @@ def run_bracket(config: DictConfig, launcher) -> list:
         if todo:
             log.info("Halving rung %d (step %d): %d configurations", rung + 1, step, len(todo))
             extra = rung_overrides(step, top, bracket.preview)
-            batch = [[*plan.jobs[name]["overrides"], *extra] for name in todo]
+            packs = split_packs(plan.pack_groups, todo)  # the rung's configurations, packed again
+            batch = pack_job_overrides(plan, packs, extra)
             done = launcher.launch(batch, initial_job_idx=sum(len(s) for s in bracket.scores))
             returns += list(done)
-            for name, job in zip(todo, done, strict=True):
+            for pack, job in zip(packs, done, strict=True):
                 value = job.return_value  # a failed job raises here, as under the basic sweeper
-                bracket.scores[rung][name] = known_objective(value)
+                values = value if isinstance(value, dict) else {pack[0]: value}  # a pack's: by run folder
+                for name in pack:
+                    bracket.scores[rung][name] = known_objective(values.get(name))
             bracket.save(sweep_dir)
         if not top and rung == len(bracket.promoted):
             scores = {name: bracket.scores[rung].get(name) for name in bracket.candidates(rung)}
