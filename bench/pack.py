@@ -1,18 +1,28 @@
-"""Training time per configuration: packs of 1, 2, 4, 8 configurations against one configuration alone.
+"""Packs against one configuration a job: training time and peak memory per pack size, and whole sweeps.
 
-Each pack size trains that many configurations of a learning-rate and seed sweep together
-(``lora_core.packs``); the baseline is today's one-configuration training (``LoraTrainer``), in the same
-process, in interleaved rounds whose order is reversed every other round, so a drift of the machine's load
-hits every size alike. The time is the steady-state step loop (first step left out) divided by the pack's
-size; each round's ratio to the baseline of that round is taken, and the median and range printed.
+Three parts (``--parts``, all by default):
 
-``python -m bench pack [--model world|tiny] [--sizes 1,2,4,8] [--steps 30] [--rounds 3]``
+- ``training``: each pack size trains that many configurations of a learning-rate and seed sweep together
+  (``lora_core.packs``); the baseline is today's one-configuration training (``LoraTrainer``), in the same
+  process, in interleaved rounds whose order is reversed every other round, so a drift of the machine's load
+  hits every size alike. The time is the steady-state step loop (first step left out) divided by the pack's
+  size; each round's ratio to the baseline of that round is taken, and the median and range printed.
+- ``memory``: each pack size in a fresh process (load, 5 steps), its peak resident memory; the growth per
+  configuration is what ``lora_core.packs.memory`` calibrates ``sweep.pack=auto`` with.
+- ``sweeps``: ``make run``'s sweep (the quickstart, 4 configurations) and ``experiment=halving_search`` (12)
+  end to end, packed (``sweep.pack=auto``) against ``sweep.pack=1``, in alternating order; wall times and
+  their ratio, and whether the report ranks the configurations alike.
+
+``python -m bench pack [--model world|tiny] [--sizes 1,2,4,8] [--steps 30] [--rounds 3] [--parts ...]``
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -33,6 +43,101 @@ def pack_seconds_per_step(pipe, images, settings: list, out: Path) -> float:
     return (ends[-1] - ends[0]) / (len(ends) - 1)
 
 
+def peak_memory_child(model: str, size: int, steps: int = 5) -> float:
+    """Peak resident MiB of a fresh process that loads ``model`` and trains a pack of ``size`` (0: loads only)."""
+    code = (
+        "import json, resource, sys, tempfile\n"
+        "from pathlib import Path\n"
+        "from bench.pack import _child\n"
+        f"_child({model!r}, {size}, {steps})\n"
+        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _child(model: str, size: int, steps: int) -> None:
+    from lora_core.packs import train_pack
+    from lora_core.settings import TrainSettings
+
+    pipe, images = bench_model(model)
+    if size:
+        settings = [
+            TrainSettings(**dict(COMMON, max_train_steps=steps, text_encoder_lr=0.0, seed=i))
+            for i in range(size)
+        ]
+        with tempfile.TemporaryDirectory() as tmp:
+            train_pack(pipe, images, settings, [Path(tmp) / str(i) for i in range(size)])
+
+
+def memory_part(model: str, sizes: list[int]) -> None:
+    """Peak memory per pack size, and the growth per configuration ``auto`` is calibrated with."""
+    from lora_core.embedded.world_weights import verified_world_dir
+    from lora_core.packs.memory import BYTES_PER_PIXEL_WIDTH, latent_pixels, unet_width
+    from lora_core.settings import TrainSettings
+
+    loaded = peak_memory_child(model, 0)
+    peaks = {n: peak_memory_child(model, n) for n in sizes}
+    print(
+        f"\npeak resident memory ({model}, {COMMON['resolution']} px, batch 1); load only: {loaded:.0f} MiB"
+    )
+    print(f"{'pack':>4} {'peak MiB':>9} {'over load':>10}")
+    for n in sizes:
+        print(f"{n:>4} {peaks[n]:9.0f} {peaks[n] - loaded:10.0f}")
+    if len(sizes) > 1:
+        growth = (peaks[sizes[-1]] - peaks[sizes[0]]) / (sizes[-1] - sizes[0]) * 2**20
+        folder = verified_world_dir()[0] / "sd" if model == "world" else None
+        units = (
+            latent_pixels(COMMON["resolution"], folder)
+            * unet_width(folder)
+            * TrainSettings(**COMMON).train_batch_size
+        )
+        print(
+            f"growth per configuration: {growth / 2**20:.1f} MiB = {growth / units:.1f} bytes per latent pixel per "
+            f"unit of UNet width (lora_core.packs.memory.BYTES_PER_PIXEL_WIDTH = {BYTES_PER_PIXEL_WIDTH})"
+        )
+
+
+def sweeps_part(root: Path, quick: bool) -> None:
+    """The quickstart and the halving search, packed against ``sweep.pack=1``, end to end."""
+    from bench.halving import run_sweep
+
+    experiments = {
+        "quickstart": ["experiment=quickstart"],
+        "halving_search": ["experiment=halving_search"],
+    }
+    if quick:
+        experiments = {
+            "quickstart": ["experiment=quickstart", "train.max_train_steps=60"],
+            "halving_search": [
+                "experiment=halving_search",
+                "train.max_train_steps=120",
+                "hydra.sweeper.steps=[20]",
+            ],
+        }
+    print(f"\nwhole sweeps, packed (sweep.pack=auto) against sweep.pack=1 (outputs in {root})")
+    print(f"{'sweep':>15} {'pack=1 s':>9} {'auto s':>8} {'ratio':>6} {'same ranking':>13}")
+    for name, overrides in experiments.items():
+        times = {}
+        for pack in ["1", "auto"] if name == "quickstart" else ["auto", "1"]:
+            label = f"{name}-pack-{pack}"
+            times[pack] = run_sweep(root, label, [*overrides, f"sweep.pack={pack}"])
+        same = _ranking(root / f"{name}-pack-1") == _ranking(root / f"{name}-pack-auto")
+        print(
+            f"{name:>15} {times['1']:9.1f} {times['auto']:8.1f} {times['auto'] / times['1']:6.3f} {same!s:>13}"
+        )
+
+
+def _ranking(sweep_dir: Path) -> list[str]:
+    """The report's order of the finished configurations (best first), from their run records' objectives."""
+    scores = {}
+    for record in sweep_dir.glob("*/run.json"):
+        data = json.loads(record.read_text())
+        if data.get("status") == "done":
+            scores[data["run_dir"]] = data["result"].get("objective")
+    return sorted(scores, key=lambda n: (scores[n] is None, -(scores[n] or 0.0), n))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print seconds per configuration-step at each pack size and the ratio to one configuration alone."""
     parser = argparse.ArgumentParser(prog="python -m bench pack")
@@ -40,11 +145,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1,2,4,8")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="10 steps, 1 round, sizes 1,4")
+    parser.add_argument("--quick", action="store_true", help="10 steps, 1 round, sizes 1,4; short sweeps")
+    parser.add_argument("--parts", default="training,memory,sweeps", help="any of training, memory, sweeps")
+    parser.add_argument("--root", type=Path, default=Path("outputs") / "bench-pack")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.rounds, args.sizes = 10, 1, "1,4"
     sizes = [int(v) for v in args.sizes.split(",")]
+    parts = set(args.parts.split(","))
+    if "training" in parts:
+        training_part(args, sizes)
+    if "memory" in parts:
+        memory_part(args.model, sizes)
+    if "sweeps" in parts:
+        sweeps_part(args.root.resolve(), args.quick)
+    return 0
+
+
+def training_part(args, sizes: list[int]) -> None:
+    """Seconds per configuration-step at each pack size, against one configuration alone."""
 
     from lora_core.settings import TrainSettings
 
@@ -75,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{statistics.median(per_config[n]) * 1e3:14.1f} {statistics.median(ratios):9.3f} "
             f"{min(ratios):6.3f}-{max(ratios):.3f}"
         )
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from sweep_cli import FAST, mlflow_runs, planned_refusal, refused, run_records, 
 
 from lora_core.adapters import LORA_FILE
 from sweeper.app import CONF_DIR
+from sweeper.planning.plan import SweepPlan
 from sweeper.search.optuna import run_search
 
 STEPS = 6  # debug=fast's max_train_steps
@@ -22,23 +23,37 @@ class Interrupted(Exception):
 
 
 class FakeLauncher:
-    """Scores a job without training: the closer the learning rate to 1e-3, the better, at every step."""
+    """Scores a job without training: the closer the learning rate to 1e-3, the better, at every step.
+
+    A pack's job (``sweep.pack_members``) scores each of its trials, by run folder, as the pack job returns.
+    """
 
     def __init__(self, stop_after: int | None = None):
         self.jobs: list[tuple[float, int]] = []
-        self.batches: list[int] = []
+        self.batches: list[int] = []  # trials per launch
+        self.packs: list[int] = []  # trials per job
         self.stop_after = stop_after
+        self.sweep_dir = None  # set by _search
 
     def launch(self, batch, initial_job_idx):
         if self.stop_after is not None and len(self.jobs) >= self.stop_after:
             raise Interrupted  # the process dies between two stages
-        returns = []
-        self.batches.append(len(batch))
+        plan = SweepPlan.load(self.sweep_dir)
+        returns, trials = [], 0
         for overrides in batch:
             values = dict(o.split("=", 1) for o in overrides)
-            lr, step = float(values["train.learning_rate"]), int(values.get("sweep.stop_at_step", STEPS))
-            self.jobs.append((lr, step))
-            returns.append(SimpleNamespace(return_value=-abs(math.log10(lr) + 3) + step / 1000))
+            step = int(values.get("sweep.stop_at_step", STEPS))
+            members = [n.strip("'") for n in values.get("sweep.pack_members", "").strip("[]").split(",") if n]
+            scores = {}
+            for name in members or [None]:
+                own = dict(o.split("=", 1) for o in plan.jobs[name]["overrides"]) if name else values
+                lr = float(own["train.learning_rate"])
+                self.jobs.append((lr, step))
+                scores[name] = -abs(math.log10(lr) + 3) + step / 1000
+            trials += len(scores)
+            self.packs.append(len(scores))
+            returns.append(SimpleNamespace(return_value=scores if members else scores[None]))
+        self.batches.append(trials)
         return returns
 
 
@@ -60,6 +75,7 @@ def _search(root, launcher, *overrides):
         )
         with open_dict(cfg):  # continuous values: no two trials train the same folder
             cfg.hydra.sweeper.params = {"train.learning_rate": "tag(log, interval(1e-5, 1e-1))"}
+        launcher.sweep_dir = root / "optuna_search"
         run_search(cfg, launcher, list(cfg.hydra.overrides.task))
     return optuna.load_study(study_name="optuna_search", storage=f"sqlite:///{root.resolve() / 'optuna.db'}")
 
@@ -107,6 +123,7 @@ def test_n_jobs_trials_run_as_one_batch_per_stage_under_hyperband(tmp_path):
         "hydra.sweeper.pruner.name=hyperband",
     )
     assert launcher.batches[0] == 2 and max(launcher.batches) == 2
+    assert launcher.packs[0] == 2, "the first stage's two trials train as one pack"
     assert len(study.trials) == 5
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     for trial in study.trials:  # a trial ran exactly the stages it reported

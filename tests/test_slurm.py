@@ -93,15 +93,16 @@ def _finish(process, timeout=900):
 
 
 def test_a_2_job_sweep_through_sbatch_writes_what_the_local_launcher_writes(tmp_path, cache_dir):
-    """Every SLURM job is a fresh process that logs live through its MLflow helper process, never importing
-    MLflow itself (sweeper.tracking.helper; the probe sees the batch jobs' submitit processes)."""
+    """The two configurations are one pack: one SLURM job, a fresh process that logs each configuration's
+    run live through its MLflow helper process, never importing MLflow itself (sweeper.tracking.helper; the
+    probe sees the batch job's submitit process)."""
     env = {**ENV, **probe_env(tmp_path)}
     result = sweep(tmp_path, "experiment=quickstart", *FAST, "train.learning_rate=1e-3", *SLURM, env=env)
     assert result.returncode == 0, result.output
     sweep_dir = tmp_path / "quickstart"
     assert _job_ids(sweep_dir), "the jobs went through sbatch"
     jobs = [p for p in probed_processes(tmp_path) if p[1][0].endswith("_submit.py")]
-    assert len(jobs) == 2 and not any(imported for *_, imported in jobs), probed_processes(tmp_path)
+    assert len(jobs) == 1 and not any(imported for *_, imported in jobs), probed_processes(tmp_path)
     records = run_records(sweep_dir)
     assert set(records) == {"1e-3;1e-4", "1e-3;1e-5"} and all(r["status"] == "done" for r in records.values())
     for name in records:
@@ -257,36 +258,47 @@ def test_a_job_past_its_time_limit_is_requeued_and_finishes(tmp_path, cache_dir,
     assert _restarts(job) >= 1
 
 
-def test_a_cancelled_sweep_run_again_continues_from_the_last_checkpoint(tmp_path, cache_dir, uninterrupted):
-    # one job at a time: the first (text-encoder lr 1e-5) finishes, the second is cancelled while it trains
+def test_a_cancelled_pack_run_again_continues_each_configuration_from_its_own_checkpoint(tmp_path, cache_dir):
+    # one pack: 60 steps (text-encoder lr 1e-5) finish while 120 (1e-4) train on, then the job is cancelled
     args = [
         "experiment=quickstart",
         *FAST,
-        *LONG,
+        "train.learning_rate=1e-3",
+        "train.lr_scheduler=linear",  # the step counts do not share a training (no step-axis reuse)
+        "train.max_train_steps=60,120",
         "train.text_encoder_lr=1e-5,1e-4",
-        *SLURM,
-        "hydra.launcher.array_parallelism=1",
+        "train.checkpoint_every=10",
+        "render.enabled=false",
+        "tracking.enabled=false",
+        "sweep.run_dir_template='{learning_rate};{text_encoder_lr};{max_train_steps}'",
     ]
-    process = _start(tmp_path, *args)
+    process = _start(tmp_path, *args, *SLURM)
     sweep_dir = tmp_path / "quickstart"
-    checkpoints = sweep_dir / "1e-3;1e-4" / "lora" / "checkpoints"
-    _wait_for(lambda: (checkpoints / "step-000010").is_dir(), process, "a checkpoint of the second job")
-    finished = sweep_dir / "1e-3;1e-5" / LORA
+    checkpoints = sweep_dir / "1e-3;1e-4;120" / "lora" / "checkpoints"
+    _wait_for(
+        lambda: (checkpoints / "step-000070").is_dir(), process, "a checkpoint past the short one's end"
+    )
+    finished = sweep_dir / "1e-3;1e-5;60" / LORA
     assert finished.is_file()
     stamp = finished.stat().st_mtime_ns
-    array = _job_ids(sweep_dir)[0].split("_")[0]
-    subprocess.run(["scancel", array], check=True)
+    subprocess.run(["scancel", _job_ids(sweep_dir)[0].split("_")[0]], check=True)
     code, output = _finish(process)
     assert code == 1, output
     assert "Traceback" not in output, "one line, not a traceback"
     (line,) = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert "stopped at step" in line and str(checkpoints) in line and "run the same command again" in line
+    assert "stopped at step" in line and "run the same command again" in line
     assert not (checkpoints.parent / "pytorch_lora_weights.safetensors").exists()
-    rerun = sweep(tmp_path, *args, env=ENV)
+    rerun = sweep(tmp_path, *args, *SLURM, env=ENV)
     assert rerun.returncode == 0, rerun.output
     records = run_records(sweep_dir)
-    assert records["1e-3;1e-5"]["result"]["trained"] is False, "the finished job is not trained again"
+    assert records["1e-3;1e-5;60"]["result"]["trained"] is False, (
+        "the finished configuration is not trained again"
+    )
     assert finished.stat().st_mtime_ns == stamp
-    resumed = records["1e-3;1e-4"]["result"]["resumed_from"]
-    assert resumed and int(resumed.rsplit("-", 1)[1]) >= 10
-    assert_same_weights(checkpoints.parent / "pytorch_lora_weights.safetensors", uninterrupted)
+    resumed = records["1e-3;1e-4;120"]["result"]["resumed_from"]
+    assert resumed and int(resumed.rsplit("-", 1)[1]) >= 70
+    assert all(r["pack"]["size"] == 4 for r in records.values())
+    straight = sweep(tmp_path / "straight", *args, env=ENV)  # the same pack, uninterrupted, in this process
+    assert straight.returncode == 0, straight.output
+    for name in records:
+        assert_same_weights(sweep_dir / name / LORA, tmp_path / "straight" / "quickstart" / name / LORA)

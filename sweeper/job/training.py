@@ -186,7 +186,12 @@ def train_together(
     """
     import torch
 
-    todo = [i for i, t in enumerate(trainings) if not t.is_trained(until)]
+    todo = []
+    for i, training in enumerate(trainings):
+        if training.is_trained(until):
+            log.info("%s: LoRA already trained, skipping training.", training.job.run_dir.name)
+        else:
+            todo.append(i)
     settings = {i: trainings[i].job.spec.settings for i in todo}
     later = [
         i
@@ -199,12 +204,14 @@ def train_together(
     ]
     packed = [i for i in todo if i not in later]
     failures: dict[int, str] = {}
-    if len(packed) > 1 and pipe.unet.dtype != torch.float32:
+    if pipe.unet.dtype != torch.float32:
         log.info(
             "The pack's configurations train one after another: packs train in float32, the model is %s.",
             pipe.unet.dtype,
         )
-    if len(packed) > 1 and pipe.unet.dtype == torch.float32:
+    # A pack's configurations train packed, even one left alone: its steps then add up as they did in the
+    # pack, and it ends with the weights of an uninterrupted pack.
+    if packed and pipe.unet.dtype == torch.float32:
         failures = _train_pack(
             [trainings[i] for i in packed],
             pipe,

@@ -97,7 +97,7 @@ def plan_packs(
     by_name = dict(zip(names, specs, strict=True))
     planned = []
     for members in groups.values():
-        largest = size if size is not None else _capacity(by_name[members[0]])
+        largest = size if size is not None else pack_capacity_of(by_name[members[0]])
         planned.append({"members": members, "largest": largest, "spread": parallel if size is None else 1})
     return planned, alone
 
@@ -123,7 +123,7 @@ def split_packs(groups: list[dict], names: list[str]) -> list[list[str]]:
     return packs
 
 
-def _capacity(spec: JobSpec) -> int:
+def pack_capacity_of(spec: JobSpec) -> int:
     """``auto``'s largest pack for this configuration's model, resolution and batch."""
     from pathlib import Path
 

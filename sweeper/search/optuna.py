@@ -354,28 +354,65 @@ def run_search(config: DictConfig, launcher, arguments: list[str]) -> list:
 def _run_trials(
     config: DictConfig, study, launcher, trials: list[_Trial], settings: SearchSettings, job_index: int
 ) -> tuple[list, int]:
-    """Run a batch of trials stage by stage; each stage is one launch (trials of the same folder share a job)."""
+    """Run a batch of trials stage by stage; each stage is one launch.
+
+    Trials of the same folder share a job; trials at the same stage that can share a pack train together
+    (``sweep.pack``), each reporting its own objective and pruned on its own.
+    """
     returns: list = []
     alive = [t for t in trials if not (t.stage and _decide_pruned(config, study, t, settings))]
     while alive:
-        jobs = list(dict.fromkeys(t.stage_overrides(settings.preview) for t in alive))
+        packs, jobs = _stage_jobs(config, alive, settings)
         log.info(
             "Optuna: %d trials, %d jobs (%s)",
             len(alive),
             len(jobs),
             ", ".join(f"{t.trial.number}: step {t.steps[t.stage]}" for t in alive),
         )
-        done = launcher.launch([list(j) for j in jobs], initial_job_idx=job_index)
+        done = launcher.launch(jobs, initial_job_idx=job_index)
         job_index += len(jobs)
         returns += list(done)
-        values = {j: job.return_value for j, job in zip(jobs, done, strict=True)}  # a failed job raises here
+        values: dict[str, object] = {}
+        for pack, job in zip(packs, done, strict=True):
+            value = job.return_value  # a failed job raises here
+            values |= value if isinstance(value, dict) else {pack[0]: value}  # a pack's: by run folder
         going_on = []
         for t in alive:
-            if _decide(config, study, t, values[t.stage_overrides(settings.preview)], settings):
+            if _decide(config, study, t, values.get(t.name), settings):
                 t.stage += 1
                 going_on.append(t)
         alive = going_on
     return returns, job_index
+
+
+def _stage_jobs(config: DictConfig, alive: list[_Trial], settings: SearchSettings) -> tuple[list, list]:
+    """This stage's packs (run folder names) and the jobs that run them.
+
+    The trials enter the plan (``sweep.json``) so that a pack's job composes each one's config; trials at
+    the same step whose settings can share a pack are packed as the plan packs a grid.
+    """
+    from sweeper.config.spec import build_job, sweep_dir_of
+    from sweeper.planning.packs import pack_size_setting, plan_packs, split_packs
+    from sweeper.planning.plan import SweepPlan, compose_job, pack_job_overrides
+    from sweeper.plugins import parallel_jobs
+
+    sweep_dir = sweep_dir_of(config)
+    plan = SweepPlan.load(sweep_dir) or SweepPlan(name=str(config.sweep.name), varying=[])
+    by_name = {t.name: t for t in alive}  # trials of one folder share its job
+    by_step: dict[tuple, list[str]] = {}
+    for name, t in by_name.items():
+        plan.jobs[name] = {"overrides": list(t.overrides), "extra_checkpoint_steps": []}
+        by_step.setdefault(t.stage_overrides(settings.preview)[len(t.overrides) :], []).append(name)
+    plan.save(sweep_dir)
+    size = pack_size_setting(config.sweep.pack)
+    packs, jobs = [], []
+    for extra, names in by_step.items():
+        specs = [build_job(compose_job(config, by_name[n].overrides)) for n in names]
+        groups, _alone = plan_packs(specs, names, size, parallel_jobs(config.hydra))
+        for pack in split_packs(groups, names):
+            packs.append(pack)
+            jobs += pack_job_overrides(plan, [pack], list(extra))
+    return packs, jobs
 
 
 def _decide(config: DictConfig, study, t: _Trial, value, settings: SearchSettings) -> bool:
