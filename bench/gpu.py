@@ -13,6 +13,9 @@
 3. **grid** — the 48-cell grid (3 prompts x 4 UNet scales x 4 text scales) at 512 px, 25 steps: images/s
    of ``GridRenderer`` against the plain ``set_adapters`` loop, and the largest pixel difference.
 4. **sweep** — ``python -m sweeper -m`` on that model, two learning rates, MLflow on SQLite: ends green.
+5. **pack** — packs of 1, 4, 8, 16 configurations (``lora_core.packs``, fp32: packs train in float32 for
+   now) against one configuration alone in fp32 (``train_lora``): s per configuration-step, the ratio,
+   and peak GPU memory per pack size.
 
 ``--tiny`` runs the same code on the tiny model at 64 px with a few steps: the CPU path the tests run, so
 the check cannot rot between GPU sessions. Results: ``summary.json`` and ``table.md`` in ``--out``
@@ -39,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Size:
-    """How big the check is: real (the GPU) or tiny (the CPU test)."""
+    """How big the check is: real (the GPU) or tiny (the CPU test); ``packs``: the pack section's sizes."""
 
     resolution: int
     rank: int
@@ -49,6 +52,7 @@ class Size:
     resume_steps: int
     grid_steps: int
     sweep_steps: int
+    packs: tuple[int, ...] = (1, 4, 8, 16)
 
 
 REAL = Size(
@@ -62,7 +66,15 @@ REAL = Size(
     sweep_steps=20,
 )
 TINY = Size(
-    resolution=64, rank=4, batches=(1, 2), warmup=1, steps=3, resume_steps=4, grid_steps=2, sweep_steps=4
+    resolution=64,
+    rank=4,
+    batches=(1, 2),
+    warmup=1,
+    steps=3,
+    resume_steps=4,
+    grid_steps=2,
+    sweep_steps=4,
+    packs=(1, 2),
 )
 
 
@@ -148,6 +160,46 @@ def train_section(pipe, model_dir: Path, images, size: Size, device: str, work: 
             flush=True,
         )
     return rows
+
+
+def pack_section(model_dir: Path, images, size: Size, device: str, work: Path) -> dict:
+    """Seconds per configuration-step and peak memory of each pack size, against one configuration alone."""
+    from bench.step_clock import StepClock
+    from lora_core.models import ModelSource, load_pipeline
+    from lora_core.packs import train_pack
+    from lora_core.training import train_lora
+
+    pipe = load_pipeline(ModelSource(path=str(model_dir), device=device, dtype="float32"))
+    steps = size.warmup + size.steps + 1
+    configs = [
+        _settings(size, max_train_steps=steps, learning_rate=1e-4 * (1 + k), seed=k)
+        for k in range(max(size.packs))
+    ]
+    clock = StepClock()
+    _reset_peak()
+    train_lora(pipe, images, configs[0], work / "pack-alone")
+    alone, alone_mb = _median_step(clock.step_ends, size.warmup), _peak_mb()
+    rows = []
+    for n in size.packs:
+        ends: list[float] = []
+        _reset_peak()
+        train_pack(
+            pipe,
+            images,
+            configs[:n],
+            [work / f"pack-{n}" / str(k) for k in range(n)],
+            on_step=lambda k, record, ends=ends: ends.append(time.perf_counter()) if k == 0 else None,
+        )
+        per_config = _median_step(ends, size.warmup) / n
+        rows.append(
+            {"size": n, "s_per_config_step": per_config, "ratio": per_config / alone, "peak_mb": _peak_mb()}
+        )
+        print(
+            f"  pack {n}: {per_config:.4f} s per configuration-step ({per_config / alone:.3f}x alone), "
+            f"peak {_fmt_mb(rows[-1]['peak_mb'])}",
+            flush=True,
+        )
+    return {"alone_s_per_step": alone, "alone_peak_mb": alone_mb, "packs": rows}
 
 
 def _training_settings(size: Size):
@@ -479,6 +531,17 @@ def table(summary: dict) -> str:
             f"Sweep (`python -m sweeper -m`, 2 configurations, MLflow on SQLite): {'green' if sweep['green'] else 'FAILED'} "
             f"in {sweep['seconds']:.0f} s."
         )
+    if pack := summary.get("pack"):
+        lines.append(
+            f"Packs (fp32; one configuration alone {pack['alone_s_per_step']:.4f} s/step, peak "
+            f"{_fmt_mb(pack['alone_peak_mb'])}): "
+            + "; ".join(
+                f"{r['size']}: {r['s_per_config_step']:.4f} s per configuration-step ({r['ratio']:.3f}x), "
+                f"peak {_fmt_mb(r['peak_mb'])}"
+                for r in pack["packs"]
+            )
+            + "."
+        )
     sync = summary.get("sync") or {}
     if sync.get("ours", {}).get("syncs_per_step") is not None:
         lines.append(
@@ -557,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             "grid": lambda: grid_section(pipe, model_dir, images, size, work),
             "sweep": lambda: sweep_section(None if args.tiny else model_dir, size, work, device),
             "sync": lambda: sync_section(pipe, model_dir, images, size, device, work),
+            "pack": lambda: pack_section(model_dir, images, size, device, work),
         }
         for name, run in sections.items():
             if name not in args.skip and (name != "reference" or args.reference is not None):

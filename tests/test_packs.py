@@ -284,3 +284,44 @@ def test_checkpoints_of_a_pack_and_of_a_lone_run_continue_in_either(pipe, subjec
     for result in (continued, in_pack[0], packed[0]):
         assert_trained_alike(result.lora_path, alone.lora_path, 1e-3)
         np.testing.assert_allclose(result.loss_history, alone.loss_history, rtol=1e-4)
+
+
+def test_a_packs_grids_render_together_as_each_alone(pipe, subject_images, settings, tmp_path):
+    """Cells of several LoRAs in one denoising call, each with its own adapter and scales: within 1/255
+    (measured: at most 1 of 255, on the largest pixel)."""
+    from itertools import product
+
+    from lora_core.packs.render import PackRenderer
+    from lora_core.render import GridRenderer, RenderCell, RenderOptions
+
+    configs = [
+        settings(learning_rate=3e-2, max_train_steps=4),
+        settings(rank=8, text_encoder_lr=3e-2, seed=5),
+        settings(text_encoder_lr=1e-2, seed=6),  # a second text-encoder adapter beside the first
+    ]
+    results = train_pack(pipe, subject_images, configs, [tmp_path / k for k in "abc"])
+    loras = [r.output_dir for r in results]
+    options = RenderOptions(num_inference_steps=3, resolution=SIZE)
+    cells = [
+        RenderCell(prompt, u, t, g, seed=11)
+        for prompt, u, t, g in product(
+            ["a photo of ktn cat", "ktn cat on a beach"], [0, 0.5, 1], [0, 1], [1, 4]
+        )
+    ]
+    before = render(pipe)
+    alone = {}
+    for k, lora in enumerate(loras):
+        with GridRenderer(pipe, lora, options) as renderer:
+            alone |= {
+                (k, cell): np.asarray(image, dtype=np.float32) for cell, image in renderer.render(cells)
+            }
+    with PackRenderer(pipe, loras, options) as renderer:
+        together = {
+            (k, cell): np.asarray(image, dtype=np.float32)
+            for k, cell, image in renderer.render([(k, c) for k in range(3) for c in cells])
+        }
+    assert together.keys() == alone.keys()
+    assert max(np.abs(together[key] - alone[key]).max() for key in alone) <= 1  # of 255
+    # the two adapters draw differently, so each picture had its own
+    assert max(np.abs(alone[(0, c)] - alone[(1, c)]).max() for c in cells if c.unet_scale) > 10
+    np.testing.assert_array_equal(render(pipe), before)  # the pipeline is left as found

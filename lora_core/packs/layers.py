@@ -78,3 +78,77 @@ def _define_packed_linear():
             return y + delta.reshape(y.shape).to(y.dtype)
 
     return PackedLinear
+
+
+@dataclass
+class RowRouting:
+    """Which configuration's adapter, at which scale, each picture of a rendering batch takes.
+
+    Attributes:
+        rows: Per picture, its configuration's index; None: the layers add nothing.
+        scales: Per picture, its UNet scale.
+    """
+
+    rows: list[int] | None = None
+    scales: list[float] = field(default_factory=list)
+    _tensors: tuple | None = None
+
+    def set(self, rows: list[int] | None, scales: list[float]) -> None:
+        """Route the next batch (the tensors are made on first use, on the layers' device)."""
+        self.rows, self.scales, self._tensors = rows, list(scales), None
+
+    def tensors(self, device, dtype, batch: int) -> tuple:
+        """(rows, scales) as tensors, repeated to ``batch`` (classifier-free guidance doubles the batch)."""
+        import torch
+
+        if self._tensors is None or self._tensors[0].device != device or self._tensors[0].shape[0] != batch:
+            reps = batch // len(self.rows)
+            rows = torch.tensor(self.rows * reps, device=device)
+            scales = torch.tensor(self.scales * reps, device=device, dtype=dtype)
+            self._tensors = (rows, scales)
+        return self._tensors
+
+
+def row_linear_class():
+    """The ``RowPackedLinear`` module class: each picture of a batch with its own configuration's adapter."""
+    global _ROW_LINEAR
+    if _ROW_LINEAR is None:
+        _ROW_LINEAR = _define_row_linear()
+    return _ROW_LINEAR
+
+
+_ROW_LINEAR = None
+
+
+def _define_row_linear():
+    import torch
+    from torch import nn
+
+    class RowPackedLinear(nn.Module):
+        """A frozen linear layer plus one adapter per configuration, chosen per picture (rendering a pack).
+
+        Args:
+            base: The frozen layer.
+            routing: The model's shared ``RowRouting``.
+            lora_a: Every configuration's ``A``, ``(K, R, in)`` (zero padded to the largest rank).
+            lora_b: Every configuration's ``B``, ``(K, out, R)``.
+            scaling: Each configuration's alpha / rank in this layer, ``(K,)``.
+        """
+
+        def __init__(self, base: nn.Linear, routing: RowRouting, lora_a, lora_b, scaling):
+            super().__init__()
+            self.base, self.routing = base, routing
+            self.lora_A, self.lora_B, self.scaling = lora_a, lora_b, scaling
+
+        def forward(self, x):
+            y = self.base(x)
+            if self.routing.rows is None:
+                return y
+            a, b = self.lora_A, self.lora_B
+            rows, scales = self.routing.tensors(a.device, a.dtype, x.shape[0])
+            factor = (scales * self.scaling[rows]).view(-1, 1, 1)
+            samples = x.reshape(x.shape[0], -1, x.shape[-1]).to(a.dtype)  # (pictures, tokens, in)
+            delta = torch.bmm(torch.bmm(samples, (a[rows] * factor).transpose(1, 2)), b[rows].transpose(1, 2))
+            return y + delta.reshape(y.shape).to(y.dtype)
+
+    return RowPackedLinear

@@ -16,8 +16,9 @@ from pathlib import Path
 
 AUTO_MAX = 8  # the largest pack the bench measures; on 2 CPU cores 8 trains at 0.32x a configuration
 # Bytes of activations per sample, per latent pixel, per unit of UNet width (sum of block widths x layers
-# per block), fp32: measured on the world model at 64 px (bench pack: peak memory growth per configuration).
-BYTES_PER_PIXEL_WIDTH = 52.0
+# per block), fp32: measured on the world model at 64 px on the CPU (bench pack's memory part: the peak
+# resident memory grows by 10.0 MiB per configuration, 183 bytes per pixel and width), rounded up.
+BYTES_PER_PIXEL_WIDTH = 190.0
 # The UNet most hub models have (SD 1.x): its widths when the config cannot be read before loading.
 SD1_WIDTH = (320 + 640 + 1280 + 1280) * 2
 BUDGET_SHARE = 0.5  # of the memory free at planning time

@@ -7,6 +7,7 @@ A run has one grid per ``render.weights`` (the run folder's own and, for ``both`
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from lora_core.training import EMA_DIR, checkpoint_dir
 from sweeper.disk.layout import RunFolder
 from sweeper.job.context import JobContext
 from sweeper.planning.grid import GridCell
+
+log = logging.getLogger(__name__)
 
 
 def render_missing(
@@ -86,6 +89,70 @@ def weight_grids(folder: RunFolder, lora: Path, weights: str) -> list[tuple[RunF
     if weights == "both":
         return [(folder, raw), (folder.ema, ema)]
     return [(folder, ema if weights == "ema" else raw)]
+
+
+def render_together(grids: list[JobGrids], pipe, results: list, step: int | None = None) -> list[list[Path]]:
+    """Render the missing pictures of several jobs' grids in shared batches (``lora_core.packs.render``).
+
+    The jobs of a pack share the base model and the render settings: each picture is rendered with its own
+    job's adapter and scales, several jobs' cells to one denoising call. Adapters that cannot render
+    together (DoRA, LoCon, LoHa, LoKr) leave their pictures to each job's own ``render``.
+
+    Args:
+        grids: The jobs' grids.
+        pipe: The loaded base pipeline (borrowed).
+        results: Each job's ``JobResult`` (pictures rendered and the time are added).
+        step: Render the grids of the checkpoint at this step (``<run>/step-<n>/``); None: the final LoRA's.
+
+    Returns:
+        Per job, the pictures written now.
+    """
+    from lora_core.packs.render import NotPackable, PackRenderer
+
+    entries = []  # (job index, grid folder, adapter folder, missing cells)
+    for i, grid in enumerate(grids):
+        job = grid.job
+        if step is None:
+            grid._check_render_settings()
+        folder = job.folder if step is None else job.folder.step(step)
+        lora_dir = job.lora_dir if step is None else checkpoint_dir(job.lora_dir, step)
+        for into, lora in grid._grids(folder, lora_dir):
+            missing = [c for c in job.spec.cells if not into.picture(c.file_name).is_file()]
+            if missing:
+                entries.append((i, into, lora, missing))
+    written: list[list[Path]] = [[] for _ in grids]
+    if len(entries) < 2:
+        return written
+    cells = {}
+    for e, (i, into, _, missing) in enumerate(entries):
+        for cell in missing:
+            cells[(e, cell.render_cell())] = (i, into, cell)
+    started = time.perf_counter()
+    try:
+        with (
+            PackRenderer(pipe, [lora for _, _, lora, _ in entries], grids[0].job.spec.render) as renderer,
+            tqdm(
+                total=len(cells), desc=f"render {len(entries)} grids together", unit="img", dynamic_ncols=True
+            ) as bar,
+        ):
+            for e, render_cell, image in renderer.render(cells):
+                i, into, cell = cells[(e, render_cell)]
+                into.path.mkdir(parents=True, exist_ok=True)
+                path = into.picture(cell.file_name)
+                with atomic_path(path) as tmp:
+                    image.save(tmp, format="PNG")
+                written[i].append(path)
+                bar.update(1)
+    except NotPackable as err:
+        log.info("The grids render one job at a time: %s", err)
+        return written
+    seconds = time.perf_counter() - started
+    for result, pictures in zip(results, written, strict=True):
+        if pictures:
+            result.images_rendered += len(pictures)
+            key = "render_seconds" if step is None else f"render_seconds/step-{step}"
+            result.timings[key] = seconds  # the pack's: its grids rendered together
+    return written
 
 
 class JobGrids:

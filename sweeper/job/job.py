@@ -104,10 +104,16 @@ class Job:
         self.result.timings["load_seconds"] = time.perf_counter() - started
         return pipe
 
-    def finish(self, pipe, already_logged: bool) -> JobResult:
-        """After training: render the grids, draw the sheets, score, record and log the run."""
+    def finish(self, pipe, already_logged: bool, rendered: list[Path] | None = None) -> JobResult:
+        """After training: render the grids, draw the sheets, score, record and log the run.
+
+        Args:
+            pipe: The loaded base pipeline.
+            already_logged: Whether its MLflow run holds this run finished already.
+            rendered: Pictures of its grid rendered already, with its pack's (they count as new ones).
+        """
         job = self.context
-        new_pictures = self.grids.render(pipe, self.result)
+        new_pictures = list(rendered or []) + self.grids.render(pipe, self.result)
         for step in job.spec.steps:
             self.grids.render_step(pipe, step, self.result)
         self.result.sheets = [str(p) for p in self.grids.draw_sheets()]

@@ -18,6 +18,7 @@ from dataclasses import replace
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config.spec import build_job, sweep_dir_of
+from sweeper.job.grids import render_together
 from sweeper.job.job import Job
 from sweeper.job.training import train_together
 from sweeper.planning.plan import SweepPlan
@@ -75,6 +76,17 @@ def pack_jobs(cfg: DictConfig, task_overrides: list[str], device: str | None) ->
     return jobs
 
 
+def _render_together(jobs: list[Job], pipe, until: int | None) -> list[list]:
+    """The jobs' final grids (or a rung's) and their checkpoint grids, each rendered as one pack."""
+    grids, results = [job.grids for job in jobs], [job.result for job in jobs]
+    if until is not None:
+        return render_together(grids, pipe, results, step=until)
+    rendered = render_together(grids, pipe, results)
+    for step in jobs[0].context.spec.steps if jobs else []:
+        render_together(grids, pipe, results, step=step)
+    return rendered
+
+
 def run_pack(jobs: list[Job]) -> dict[str, float | None]:
     """Train the jobs together, then finish each (grid, sheets, scores, record, MLflow).
 
@@ -106,11 +118,13 @@ def run_pack(jobs: list[Job]) -> dict[str, float | None]:
     failures = train_together(
         [job.training for job in jobs], pipe, [job.result for job in jobs], loggers, until
     )
+    trained = [k for k in range(len(jobs)) if k not in failures]
+    rendered = _render_together([jobs[k] for k in trained], pipe, until)
     for index, (job, already_logged) in enumerate(zip(jobs, logged, strict=True)):
         if index in failures:
             job.fail(failures[index])
         elif until is None:
-            job.finish(pipe, already_logged)
+            job.finish(pipe, already_logged, rendered[trained.index(index)])
         else:
             job.finish_rung(pipe)
     if failures:

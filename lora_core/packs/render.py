@@ -1,0 +1,221 @@
+"""Render the grids of several LoRAs of one base model together: cells of several configurations in one call.
+
+``GridRenderer`` renders one LoRA, fusing it into the UNet at each UNet scale. A pack's configurations share
+the base model, so ``PackRenderer`` renders their cells in the same denoising calls instead: each picture of a
+batch goes through the frozen UNet with its own configuration's adapter at its own UNet scale
+(``RowPackedLinear``), and its prompt embeddings are encoded with its own configuration's text-encoder
+adapter at its own text scale, exactly as alone. Cells of one call share the guidance scale (the pipeline
+takes one); the starting noise of each picture comes from its own seed (``render.initial_noise``), so a
+picture does not depend on its batch. Plain LoRA on linear layers only (``pack_render_refusal``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from itertools import groupby
+
+from lora_core.packs.layers import RowRouting, row_linear_class
+from lora_core.render import SCHEDULERS, RenderCell, RenderOptions, initial_noise, load_adapter
+
+ADAPTER_PREFIX = "lora_sweeps_pack_"
+
+
+class NotPackable(ValueError):
+    """These adapters cannot render together (the reason is the message); render each alone."""
+
+
+class PackRenderer:
+    """Renders the cells of several LoRAs on a borrowed pipeline; use as a context manager.
+
+    Args:
+        pipe: A ``StableDiffusionPipeline`` with no adapter loaded.
+        loras: One adapter folder or file per configuration (see ``render.load_adapter``).
+        options: Shared render settings.
+
+    Raises:
+        NotPackable: On entering, when an adapter is not plain LoRA on linear layers (DoRA, LoCon, LoHa,
+            LoKr); the pipeline is left as found.
+    """
+
+    def __init__(self, pipe, loras: list[str | os.PathLike], options: RenderOptions):
+        options.validate()
+        self.pipe, self.loras, self.options = pipe, list(loras), options
+        self.names = [f"{ADAPTER_PREFIX}{k}" for k in range(len(self.loras))]
+        self.routing = RowRouting()
+        self._replaced: list[tuple] = []
+        self._scheduler = None
+        self._loaded = False
+
+    def __enter__(self) -> PackRenderer:
+        pipe = self.pipe
+        self._loaded = True
+        try:
+            with _quiet_loading():
+                for lora, name in zip(self.loras, self.names, strict=True):
+                    load_adapter(pipe, lora, name)
+            self._stacks = _unet_stacks(pipe.unet, self.names)
+        except BaseException:
+            self._unload()
+            raise
+        self._scheduler = pipe.scheduler
+        spec = SCHEDULERS[self.options.scheduler]
+        if spec is not None:
+            import diffusers
+
+            cls_name, extra = spec
+            pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore_layers()
+        self._unload()
+        if self._scheduler is not None:
+            self.pipe.scheduler = self._scheduler
+
+    # ---- public ------------------------------------------------------------------------------------------
+    def render(self, cells: Iterable[tuple[int, RenderCell]]) -> Iterator[tuple[int, RenderCell, object]]:
+        """Render (configuration index, cell) pairs; yields (index, cell, PIL image) as each batch finishes."""
+        cells = list(cells)
+        embeds = self._prompt_embeddings(cells)
+        self._unload()  # the text encoders' adapters are done; the UNet's become packed layers
+        self._install_layers()
+        size = self.options.batch_size or (8 if self.pipe.device.type == "cuda" else 16)
+        key = lambda item: item[1].guidance  # noqa: E731
+        for guidance, group in groupby(sorted(cells, key=key), key=key):
+            group = list(group)
+            for start in range(0, len(group), size):
+                batch = group[start : start + size]
+                images = self._render_batch(batch, guidance, embeds)
+                yield from ((k, cell, image) for (k, cell), image in zip(batch, images, strict=True))
+
+    # ---- prompt embeddings -------------------------------------------------------------------------------
+    def _prompt_embeddings(self, cells: list[tuple[int, RenderCell]]) -> dict:
+        """(configuration, prompt, text scale) -> (positive, negative), each with its own adapter, as alone."""
+        import torch
+
+        pipe, out = self.pipe, {}
+        for k in sorted({k for k, _ in cells}):
+            mine = [c for j, c in cells if j == k]
+            parts = {part for part, names in pipe.get_list_adapters().items() if self.names[k] in names}
+            for text_scale in sorted({c.text_scale for c in mine}):
+                prompts = sorted({c.prompt for c in mine if c.text_scale == text_scale})
+                weights = {p: w for p, w in (("unet", 1.0), ("text_encoder", text_scale)) if p in parts}
+                pipe.set_adapters([self.names[k]], adapter_weights=[weights])
+                with torch.no_grad():
+                    positive, negative = pipe.encode_prompt(
+                        prompts,
+                        pipe.device,
+                        1,
+                        True,
+                        negative_prompt=[self.options.negative_prompt] * len(prompts),
+                    )
+                for i, prompt in enumerate(prompts):
+                    out[(k, prompt, text_scale)] = (positive[i], negative[i])
+        return out
+
+    # ---- layers ------------------------------------------------------------------------------------------
+    def _install_layers(self) -> None:
+        row_linear = row_linear_class()
+        unet = self.pipe.unet
+        for name, (a, b, scaling) in self._stacks.items():
+            base = unet.get_submodule(name)
+            parent_name, _, child = name.rpartition(".")
+            parent = unet.get_submodule(parent_name) if parent_name else unet
+            setattr(parent, child, row_linear(base, self.routing, a, b, scaling))
+            self._replaced.append((parent, child, base))
+
+    def _restore_layers(self) -> None:
+        for parent, child, base in reversed(self._replaced):
+            setattr(parent, child, base)
+        self._replaced = []
+
+    def _unload(self) -> None:
+        if self._loaded:
+            self.pipe.unload_lora_weights()
+            self._loaded = False
+
+    # ---- batches -----------------------------------------------------------------------------------------
+    def _render_batch(self, batch: list[tuple[int, RenderCell]], guidance: float, embeds: dict) -> list:
+        import torch
+
+        pipe, opts = self.pipe, self.options
+        latent_side = opts.resolution // pipe.vae_scale_factor
+        shape = (pipe.unet.config.in_channels, latent_side, latent_side)
+        latents = torch.stack([initial_noise(c, shape) for _, c in batch]).to(pipe.device, pipe.unet.dtype)
+        positive = torch.stack([embeds[(k, c.prompt, c.text_scale)][0] for k, c in batch])
+        negative = torch.stack([embeds[(k, c.prompt, c.text_scale)][1] for k, c in batch])
+        generators = [torch.Generator("cpu").manual_seed(c.seed + 7919 * c.index) for _, c in batch]
+        self.routing.set([k for k, _ in batch], [c.unet_scale for _, c in batch])
+        try:
+            with torch.no_grad():
+                return pipe(
+                    prompt_embeds=positive,
+                    negative_prompt_embeds=negative,
+                    latents=latents,
+                    guidance_scale=guidance,
+                    num_inference_steps=opts.num_inference_steps,
+                    height=opts.resolution,
+                    width=opts.resolution,
+                    generator=generators,
+                ).images
+        finally:
+            self.routing.set(None, [])
+
+
+def _unet_stacks(unet, names: list[str]) -> dict:
+    """Per adapted linear layer of the UNet: ``A`` ``(K, R, in)``, ``B`` ``(K, out, R)``, scaling ``(K,)``.
+
+    Raises:
+        NotPackable: An adapter is not plain LoRA on linear layers.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    stacks = {}
+    for layer_name, module in unet.named_modules():
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        mine = [n for n in names if n in getattr(module, "lora_A", {})]
+        if not mine:
+            continue
+        base = module.get_base_layer()
+        if not isinstance(module, LoraLayer) or not isinstance(base, torch.nn.Linear):
+            raise NotPackable(f"{layer_name}: {type(base).__name__} layers render alone (LoCon, LoHa, LoKr)")
+        if any(module.use_dora.get(n) for n in mine):
+            raise NotPackable(f"{layer_name}: DoRA renders alone")
+        rank = max(module.lora_A[n].weight.shape[0] for n in mine)
+        device, dtype = base.weight.device, base.weight.dtype
+        a = torch.zeros(len(names), rank, base.in_features, device=device, dtype=dtype)
+        b = torch.zeros(len(names), base.out_features, rank, device=device, dtype=dtype)
+        scaling = torch.zeros(len(names), device=device, dtype=dtype)
+        for k, name in enumerate(names):
+            if name in mine:
+                r = module.lora_A[name].weight.shape[0]
+                a[k, :r] = module.lora_A[name].weight.detach()
+                b[k, :, :r] = module.lora_B[name].weight.detach()
+                scaling[k] = module.scaling[name]
+        stacks[layer_name] = (a, b, scaling)
+    return stacks
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Loading a second adapter into a model makes transformers report the first one's weights as missing from
+    the file (they are kept: checked in tests), diffusers warn about a LoRA without text-encoder weights, and
+    peft about several adapters: none of it is news here."""
+    loggers = [logging.getLogger(name) for name in ("transformers", "diffusers")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
