@@ -205,9 +205,11 @@ def _unet_stacks(unet, names: list[str]) -> dict:
 
 @contextlib.contextmanager
 def _quiet_loading():
-    """Loading a second adapter into a model makes transformers report the first one's weights as missing from
-    the file (they are kept: checked in tests), diffusers warn about a LoRA without text-encoder weights, and
-    peft about several adapters: none of it is news here."""
+    """Silence what loading several adapters into one model says: none of it is news here.
+
+    transformers reports the other adapters' weights as missing from each file (they are kept: checked in
+    tests), diffusers warns about a LoRA without text-encoder weights, peft about several adapters.
+    """
     loggers = [logging.getLogger(name) for name in ("transformers", "diffusers")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
