@@ -209,9 +209,11 @@ def train_together(
             "The pack's configurations train one after another: packs train in float32, the model is %s.",
             pipe.unet.dtype,
         )
-    # A pack's configurations train packed, even one left alone: its steps then add up as they did in the
-    # pack, and it ends with the weights of an uninterrupted pack.
-    if packed and pipe.unet.dtype == torch.float32:
+    # A pack's configurations train packed, even one left alone with a checkpoint: its steps then add up as
+    # they did in the pack, and it ends with the weights of an uninterrupted pack. One fresh start alone
+    # trains as a job of its own would.
+    alone = len(packed) == 1 and trainings[packed[0]].checkpoint(until) is None
+    if packed and not alone and pipe.unet.dtype == torch.float32:
         failures = _train_pack(
             [trainings[i] for i in packed],
             pipe,
