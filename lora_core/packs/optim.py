@@ -1,9 +1,10 @@
-"""One AdamW step and one gradient clipping for a whole pack, over its stacked adapter tensors.
+"""One AdamW step and one gradient clipping for a whole pack, over flat buffers of its adapters.
 
-Each tensor is ``(K, ...)``: slice *k* is configuration *k*'s. Every configuration's learning rate,
-betas, epsilon, weight decay, clipping norm and bias correction become a ``(K, 1, 1)`` factor, so a step
-is the same dozen operations per tensor whatever the pack's size, and slice *k* follows the update
-``torch.optim.AdamW`` (foreach) makes for configuration *k* alone, up to rounding.
+Every stacked adapter tensor of one model (``(K, ...)``: slice *k* is configuration *k*'s) is a view into
+one flat ``(K, N)`` buffer, and so is its gradient (``FlatStacks``). Every configuration's learning rate,
+betas, epsilon, weight decay, clipping norm and bias correction become a ``(K, 1)`` factor, so a step is a
+dozen operations per model whatever the pack's size and the number of adapted layers, and row *k* follows
+the update ``torch.optim.AdamW`` makes for configuration *k* alone, up to rounding.
 """
 
 from __future__ import annotations
@@ -11,20 +12,54 @@ from __future__ import annotations
 import math
 
 
-class PackAdamW:
-    """AdamW over stacked tensors, each configuration's slice with its own hyperparameters.
+class FlatStacks:
+    """The stacked adapter tensors of one model as views into one ``(K, N)`` buffer, their gradients too.
 
     Args:
-        groups: Parameter groups, each a list of stacked ``(K, ...)`` parameters: the UNet's adapters,
-            then the text encoder's.
+        k: Configurations in the pack.
+        shapes: Each stacked tensor's shape without its leading ``K``, in order.
+        device: Where the buffers live.
+    """
+
+    def __init__(self, k: int, shapes: list[tuple[int, ...]], device):
+        import torch
+
+        sizes = [math.prod(shape) for shape in shapes]
+        self.data = torch.zeros(k, sum(sizes), device=device)
+        self.grad = torch.zeros_like(self.data)
+        self.stacks, self.offsets = [], []
+        offset = 0
+        for shape, size in zip(shapes, sizes, strict=True):
+            stack = torch.nn.Parameter(self.data[:, offset : offset + size].view(k, *shape))
+            self.stacks.append(stack)
+            self.offsets.append((offset, size, shape))
+            offset += size
+        self.attach_grads()
+
+    def attach_grads(self) -> None:
+        """Point each stack's ``.grad`` at its part of the gradient buffer (backward adds into it)."""
+        for stack, part in zip(self.stacks, self.parts(self.grad), strict=True):
+            stack.grad = part
+
+    def parts(self, buffer) -> list:
+        """``buffer`` (``(K, N)``: the data, the gradient or a moment) cut into the stacks' shapes."""
+        k = buffer.shape[0]
+        return [buffer[:, o : o + n].view(k, *shape) for o, n, shape in self.offsets]
+
+
+class PackAdamW:
+    """AdamW over flat buffers, each configuration's row with its own hyperparameters.
+
+    Args:
+        groups: The models' ``FlatStacks``: the UNet's adapters, then the text encoder's.
         settings: Each configuration's ``TrainSettings`` (``adam_*``; all of them train with AdamW).
     """
 
-    def __init__(self, groups: list[list], settings: list):
+    def __init__(self, groups: list[FlatStacks], settings: list):
         import torch
 
         self.groups, self.k = groups, len(settings)
-        self.state = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for g in groups for p in g}
+        self.state = [(torch.zeros_like(g.data), torch.zeros_like(g.data)) for g in groups]
         self.beta1 = [s.adam_beta1 for s in settings]
         self.beta2 = [s.adam_beta2 for s in settings]
         self.eps = self._factor([s.adam_epsilon for s in settings])
@@ -37,13 +72,13 @@ class PackAdamW:
     def _factor(self, values: list[float]):
         import torch
 
-        device = self.groups[0][0].device if self.groups and self.groups[0] else "cpu"
-        return torch.tensor(values, dtype=torch.float32, device=device).view(self.k, 1, 1)
+        device = self.groups[0].data.device if self.groups else "cpu"
+        return torch.tensor(values, dtype=torch.float32, device=device).view(self.k, 1)
 
     def step(self, lrs: list[list[float]], active: list[int]) -> None:
         """One step of the ``active`` configurations; ``lrs[g][k]`` is configuration *k*'s rate in group *g*.
 
-        The other slices get a zero rate and keep their moments: they are not in the batch.
+        The other rows get a zero rate and keep their moments: they are not in the batch.
         """
         import torch
 
@@ -58,39 +93,38 @@ class PackAdamW:
         keep2 = self.beta2_t * moving + (1 - moving)
         add2 = self.one_minus_beta2 * moving
         with torch.no_grad():
-            for params, rates in zip(self.groups, lrs, strict=True):
+            for group, (exp_avg, exp_avg_sq), rates in zip(self.groups, self.state, lrs, strict=True):
                 lr = [r if k in active else 0.0 for k, r in enumerate(rates)]
                 decay = self._factor([1 - r * wd for r, wd in zip(lr, self.weight_decay, strict=True)])
                 step_size = self._factor([-r / bc for r, bc in zip(lr, bias1, strict=True)])
-                for p in params:
-                    if p.grad is None:
-                        continue
-                    exp_avg, exp_avg_sq = self.state[id(p)]
-                    p.mul_(decay)
-                    exp_avg.lerp_(p.grad, lerp1)
-                    exp_avg_sq.mul_(keep2).add_(p.grad * p.grad * add2)
-                    denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
-                    p.add_(exp_avg / denom * step_size)
+                p, grad = group.data, group.grad
+                p.mul_(decay)
+                exp_avg.lerp_(grad, lerp1)
+                exp_avg_sq.mul_(keep2).add_(grad * grad * add2)
+                denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
+                p.add_(exp_avg / denom * step_size)
 
-    def moments(self, stack) -> tuple:
-        """The ``(exp_avg, exp_avg_sq)`` stacks of one stacked parameter."""
-        return self.state[id(stack)]
+    def moments(self, group: int) -> tuple[list, list]:
+        """The ``(exp_avg, exp_avg_sq)`` of group ``group``, each cut into its stacks' shapes."""
+        exp_avg, exp_avg_sq = self.state[group]
+        return self.groups[group].parts(exp_avg), self.groups[group].parts(exp_avg_sq)
 
 
-def clip_pack_gradients(params: list, max_norms: list[float]) -> None:
+def clip_pack_gradients(grads: list, max_norms: list[float]) -> None:
     """Clip each configuration's gradient to its own ``train.max_grad_norm`` (0: no clipping).
 
-    The norm is configuration *k*'s over every tensor's slice *k*, as ``torch.nn.utils.clip_grad_norm_``
-    computes it alone over that configuration's parameters.
+    Args:
+        grads: The gradient buffers, each ``(K, N)``: row *k* is configuration *k*'s.
+        max_norms: Each configuration's limit. The norm is configuration *k*'s over every buffer's row
+            *k*, as ``torch.nn.utils.clip_grad_norm_`` computes it alone over its parameters.
     """
     import torch
 
-    grads = [p.grad for p in params if p.grad is not None]
     if not grads or not any(m > 0 for m in max_norms):
         return
     with torch.no_grad():
-        squares = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (K,)
+        squares = torch.stack([g.pow(2).sum(1) for g in grads]).sum(0)  # (K,)
         limit = torch.tensor([m if m > 0 else math.inf for m in max_norms], dtype=squares.dtype)
-        coef = (limit.to(squares.device) / (squares.sqrt() + 1e-6)).clamp(max=1.0).view(-1, 1, 1)
+        coef = (limit.to(squares.device) / (squares.sqrt() + 1e-6)).clamp(max=1.0).view(-1, 1)
         for g in grads:
             g.mul_(coef)

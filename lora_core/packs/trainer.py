@@ -26,7 +26,7 @@ from pathlib import Path
 from lora_core.adapters import AdapterWeights
 from lora_core.optimizers import make_optimizer, make_schedule, set_optimizer_mode
 from lora_core.packs.layers import PackRouting, packed_linear_class
-from lora_core.packs.optim import PackAdamW, clip_pack_gradients
+from lora_core.packs.optim import FlatStacks, PackAdamW, clip_pack_gradients
 from lora_core.settings import BOOKKEEPING_FIELDS, TrainSettings
 from lora_core.training.checkpoint import Checkpointer, checkpoint_due
 from lora_core.training.device import peak_memory
@@ -180,11 +180,14 @@ class PackTrainer:
         self.unet_routing, self.text_routing, self._replaced = PackRouting(), PackRouting(), []
         # the adapted layers' names, in the order peft made them (every configuration adapts the same ones)
         self.layer_names = (list(initial[0][0]), next((list(w[1]) for w in initial if w[1]), []))
-        self.stacks, self.slices = [], [[] for _ in self.settings]
-        for index, (model, routing) in enumerate(
-            [(pipe.unet, self.unet_routing), (pipe.text_encoder, self.text_routing)]
-        ):
-            self.stacks.append(self._pack_model(model, index, [w[index] for w in initial], routing))
+        self.slices = [[] for _ in self.settings]
+        flats = [
+            self._pack_model(model, index, [w[index] for w in initial], routing)
+            for index, (model, routing) in enumerate(
+                [(pipe.unet, self.unet_routing), (pipe.text_encoder, self.text_routing)]
+            )
+        ]
+        self.flats = [flat for flat in flats if flat is not None]  # the UNet's, then the text encoder's
         self.params = [
             [torch.nn.Parameter(stack.data[where]) for _, stack, where in self.slices[k]]
             for k in range(len(self.settings))
@@ -224,7 +227,7 @@ class PackTrainer:
             self.checkpointers.append(Checkpointer(self.output_dirs[k], s, self.identity, accelerator, ema))
         # AdamW without EMA (a sweep's usual case) steps the whole stack at once; else each its own optimizer.
         batched = all(s.optimizer == "adamw" and not s.uses_ema for s in self.settings)
-        self.pack_adamw = PackAdamW(self.stacks, self.settings) if batched else None
+        self.pack_adamw = PackAdamW(self.flats, self.settings) if batched else None
 
     @property
     def steps(self) -> list[int]:
@@ -245,49 +248,50 @@ class PackTrainer:
         restore_pipeline(pipe, gradient_checkpointing=False)
         return weights
 
-    def _pack_model(self, model, index: int, weights: list[dict], routing: PackRouting) -> list:
+    def _pack_model(self, model, index: int, weights: list[dict], routing: PackRouting) -> FlatStacks | None:
         """Replace each adapted linear layer of ``model`` by a ``PackedLinear`` over stacked adapters.
 
-        Ranks below the pack's largest are padded with zeros, which stay zero (their gradient is zero).
-        Each configuration's own part of each stack (``self.slices``: checkpoint name, stack, index) is
-        what it trains alone: its rank's rows of ``A`` and columns of ``B``.
+        The stacks are views into one flat buffer (``FlatStacks``: one optimizer step for all of them). Ranks
+        below the pack's largest are padded with zeros, which stay zero (their gradient is zero). Each
+        configuration's own part of each stack (``self.slices``: checkpoint name, stack, index) is what it
+        trains alone: its rank's rows of ``A`` and columns of ``B``.
 
         Returns:
-            The stacked parameters, ``A`` then ``B`` of each layer.
+            The model's stacks (``A`` then ``B`` of each layer), None when no configuration adapts it.
         """
         import torch
 
         names = next((list(w) for w in weights if w), [])
-        stacks = []
+        if not names:
+            return None
+        bases = [model.get_submodule(name) for name in names]
+        ranks = [max(w[name][0].shape[0] for w in weights if w) for name in names]
+        shapes = []
+        for base, rank in zip(bases, ranks, strict=True):
+            shapes += [(rank, base.in_features), (base.out_features, rank)]
+        flat = FlatStacks(len(weights), shapes, bases[0].weight.device)
         packed_linear = packed_linear_class()
-        for name in names:
-            base = model.get_submodule(name)
-            rank = max(w[name][0].shape[0] for w in weights if w)
-            a = torch.zeros(len(weights), rank, base.in_features)
-            b = torch.zeros(len(weights), base.out_features, rank)
+        for i, (name, base) in enumerate(zip(names, bases, strict=True)):
+            a, b = flat.stacks[2 * i], flat.stacks[2 * i + 1]
             scales = []
             for k, w in enumerate(weights):
                 scales.append(self.settings[k].lora_alpha / self.settings[k].rank if w else 0.0)
-                if w:
-                    r = w[name][0].shape[0]
-                    a[k, :r], b[k, :, :r] = w[name][0], w[name][1]
-            device = base.weight.device
-            a, b = torch.nn.Parameter(a.to(device)), torch.nn.Parameter(b.to(device))
-            stacks += [a, b]
-            for k, w in enumerate(weights):
-                if w:
-                    r = self.settings[k].rank
-                    for part, stack, where in (
-                        ("A", a, (k, slice(0, r))),
-                        ("B", b, (k, slice(None), slice(0, r))),
-                    ):
-                        key = f"{index}.{name}.lora_{part}.{ADAPTER_NAME}.weight"  # LoraTrainer's names
-                        self.slices[k].append((key, stack, where))
+                if not w:
+                    continue
+                r = self.settings[k].rank
+                with torch.no_grad():
+                    a.data[k, :r], b.data[k, :, :r] = w[name][0], w[name][1]
+                for part, stack, where in (
+                    ("A", a, (k, slice(0, r))),
+                    ("B", b, (k, slice(None), slice(0, r))),
+                ):
+                    key = f"{index}.{name}.lora_{part}.{ADAPTER_NAME}.weight"  # LoraTrainer's names
+                    self.slices[k].append((key, stack, where))
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, packed_linear(base, routing, a, b, scales))
             self._replaced.append((parent, child, base))
-        return stacks
+        return flat
 
     def _setup_inputs(self) -> None:
         s = self.settings[0]
@@ -318,14 +322,23 @@ class PackTrainer:
         trainable = {key: param for (key, _, _), param in zip(self.slices[k], self.params[k], strict=True)}
         self.logs[k].restore(self.checkpointers[k].load(folder, trainable))
         self.logs[k].rewrite()  # drops what came after the checkpoint
-        if self.pack_adamw is not None:  # its moments move into the pack's stacks
+        if self.pack_adamw is not None:  # its moments move into the pack's buffers
             self.pack_adamw.steps[k] = self.steps[k]
             with torch.no_grad():
                 for param, (_, stack, where) in zip(self.params[k], self.slices[k], strict=True):
                     state = self.optimizers[k].state.get(param)
                     if state:
-                        for mine, saved in zip(self.pack_adamw.moments(stack), _moments(state), strict=True):
+                        for mine, saved in zip(self._moments_of(stack), _moments(state), strict=True):
                             mine[where].copy_(saved)
+
+    def _moments_of(self, stack) -> tuple:
+        """The pack's AdamW ``(exp_avg, exp_avg_sq)`` of one stacked tensor, in its shape."""
+        for g, flat in enumerate(self.flats):
+            for i, mine in enumerate(flat.stacks):
+                if mine is stack:
+                    exp_avg, exp_avg_sq = self.pack_adamw.moments(g)
+                    return exp_avg[i], exp_avg_sq[i]
+        raise KeyError("not a stack of this pack")
 
     # ---- train -------------------------------------------------------------------------------------------
     def train(self, until: int | None = None) -> list[TrainResult | None]:
@@ -419,23 +432,27 @@ class PackTrainer:
         for micro in range(accumulation):
             micro_steps = [self.steps[k] * accumulation + micro for k in active]
             losses = self._loss_step(active, micro_steps)
-            (losses.sum() / accumulation).backward()  # each configuration's gradient is its own loss's
+            with (
+                warnings.catch_warnings()
+            ):  # the stacks and their gradients are strided views of flat buffers
+                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
+                (losses.sum() / accumulation).backward()  # each configuration's gradient is its own loss's
             totals = totals + losses.detach() / accumulation
         if self.pack_adamw is not None:
             self._pack_step(active)
         else:
             self._separate_steps(active)
-        for stack in (p for group in self.stacks for p in group):
-            stack.grad = None
+        for flat in self.flats:
+            flat.grad.zero_()  # the stacks' gradients stay views of it
         return totals.float().tolist()
 
     def _pack_step(self, active: list[int]) -> None:
         """Clip and step every configuration at once (``PackAdamW``), each at its schedule's rate."""
-        clip_pack_gradients([p for g in self.stacks for p in g], [s.max_grad_norm for s in self.settings])
+        clip_pack_gradients([flat.grad for flat in self.flats], [s.max_grad_norm for s in self.settings])
         now = [step_sizes(optimizer) for optimizer in self.optimizers]
         # group g's rate of each configuration (0 for the text encoder of one that keeps it frozen)
         self.pack_adamw.step(
-            [[r[g] if g < len(r) else 0.0 for r in now] for g in range(len(self.stacks))], active
+            [[r[g] if g < len(r) else 0.0 for r in now] for g in range(len(self.flats))], active
         )
         with warnings.catch_warnings():  # torch's warning that the (unused) optimizer of k did not step
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
@@ -449,7 +466,7 @@ class PackTrainer:
         for k in active:
             s = self.settings[k]
             for view, (_, stack, where) in zip(self.params[k], self.slices[k], strict=True):
-                view.grad = None if stack.grad is None else stack.grad[where]
+                view.grad = stack.grad[where]
             if s.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.params[k], s.max_grad_norm)
             self.optimizers[k].step()
@@ -535,7 +552,7 @@ class PackTrainer:
 
         optimizer = self.optimizers[k]
         for param, (_, stack, where) in zip(self.params[k], self.slices[k], strict=True):
-            exp_avg, exp_avg_sq = self.pack_adamw.moments(stack)
+            exp_avg, exp_avg_sq = self._moments_of(stack)
             optimizer.state[param] = {
                 "step": torch.tensor(float(self.pack_adamw.steps[k])),
                 "exp_avg": exp_avg[where].clone(),
