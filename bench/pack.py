@@ -43,17 +43,22 @@ def pack_seconds_per_step(pipe, images, settings: list, out: Path) -> float:
     return (ends[-1] - ends[0]) / (len(ends) - 1)
 
 
-def peak_memory_child(model: str, size: int, steps: int = 5) -> float:
-    """Peak resident MiB of a fresh process that loads ``model`` and trains a pack of ``size`` (0: loads only)."""
-    code = (
-        "import json, resource, sys, tempfile\n"
-        "from pathlib import Path\n"
-        "from bench.pack import _child\n"
-        f"_child({model!r}, {size}, {steps})\n"
-        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))\n"
-    )
+def peak_memory_child(model: str, size: int, steps: int = 5) -> tuple[float, float]:
+    """(resident MiB after loading ``model``, peak resident MiB while training a pack of ``size`` after it).
+
+    A fresh process each; the peak is reset once the model is loaded (``/proc/self/clear_refs``), so a
+    passing peak of the loading does not hide the training's.
+    """
+    code = f"from bench.pack import _child\n_child({model!r}, {size}, {steps})\n"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    loaded, peak = json.loads(out.stdout.strip().splitlines()[-1])
+    return loaded, peak
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
 
 
 def _child(model: str, size: int, steps: int) -> None:
@@ -61,6 +66,9 @@ def _child(model: str, size: int, steps: int) -> None:
     from lora_core.settings import TrainSettings
 
     pipe, images = bench_model(model)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak resident size starts again from here
+    loaded = _status_mib("VmRSS")
     if size:
         settings = [
             TrainSettings(**dict(COMMON, max_train_steps=steps, text_encoder_lr=0.0, seed=i))
@@ -68,6 +76,7 @@ def _child(model: str, size: int, steps: int) -> None:
         ]
         with tempfile.TemporaryDirectory() as tmp:
             train_pack(pipe, images, settings, [Path(tmp) / str(i) for i in range(size)])
+    print(json.dumps([loaded, _status_mib("VmHWM")]))
 
 
 def memory_part(model: str, sizes: list[int]) -> None:
@@ -76,16 +85,19 @@ def memory_part(model: str, sizes: list[int]) -> None:
     from lora_core.packs.memory import BYTES_PER_PIXEL_WIDTH, latent_pixels, unet_width
     from lora_core.settings import TrainSettings
 
-    loaded = peak_memory_child(model, 0)
-    peaks = {n: peak_memory_child(model, n) for n in sizes}
+    runs = {n: peak_memory_child(model, n) for n in sizes}
+    loaded = statistics.median(load for load, _ in runs.values())
     print(
-        f"\npeak resident memory ({model}, {COMMON['resolution']} px, batch 1); load only: {loaded:.0f} MiB"
+        f"\npeak resident memory ({model}, {COMMON['resolution']} px, batch 1); after loading: {loaded:.0f} MiB"
     )
     print(f"{'pack':>4} {'peak MiB':>9} {'over load':>10}")
     for n in sizes:
-        print(f"{n:>4} {peaks[n]:9.0f} {peaks[n] - loaded:10.0f}")
+        print(f"{n:>4} {runs[n][1]:9.0f} {runs[n][1] - runs[n][0]:10.0f}")
     if len(sizes) > 1:
-        growth = (peaks[sizes[-1]] - peaks[sizes[0]]) / (sizes[-1] - sizes[0]) * 2**20
+        first, last = sizes[0], sizes[-1]
+        growth = (
+            ((runs[last][1] - runs[last][0]) - (runs[first][1] - runs[first][0])) / (last - first) * 2**20
+        )
         folder = verified_world_dir()[0] / "sd" if model == "world" else None
         units = (
             latent_pixels(COMMON["resolution"], folder)

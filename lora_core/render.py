@@ -20,8 +20,10 @@ Per-component scales go through ``set_adapters(..., adapter_weights=[{"unet": u,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
@@ -166,7 +168,8 @@ class GridRenderer:
     def __enter__(self) -> GridRenderer:
         pipe = self.pipe
         if self.lora is not None:
-            load_adapter(pipe, self.lora, ADAPTER_NAME)
+            with quiet_adapter_loading():
+                load_adapter(pipe, self.lora, ADAPTER_NAME)
         self._scheduler = pipe.scheduler
         spec = SCHEDULERS[self.options.scheduler]
         if spec is not None:
@@ -304,3 +307,24 @@ def _restore_base_weights(model, snapshot: dict | None) -> None:
     modules = dict(model.named_modules())
     for name, weight in snapshot.items():
         modules[name].get_base_layer().weight.data.copy_(weight)
+
+
+@contextlib.contextmanager
+def quiet_adapter_loading():
+    """Silence what loading adapters says that is no news here.
+
+    diffusers warns about a LoRA without text-encoder weights (a frozen text encoder); with several adapters
+    in one model (``lora_core.packs.render``) transformers reports the others' weights as missing from each
+    file (they are kept: checked in tests) and peft warns that there are several.
+    """
+    loggers = [logging.getLogger(name) for name in ("transformers", "diffusers")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

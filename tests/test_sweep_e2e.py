@@ -351,13 +351,13 @@ def test_an_unreachable_tracking_server_does_not_stop_the_sweep(tmp_path, cache_
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 6 for r in children)
 
 
-def joblib_sweep(tmp_path, *args: str):
-    """The quickstart's two jobs (one learning rate) on joblib's two workers, their processes probed."""
+def joblib_sweep(tmp_path, *args: str, rates: str = "1e-3"):
+    """The quickstart's jobs (learning rates ``rates``) on joblib's two workers, their processes probed."""
     return sweep(
         tmp_path,
         "experiment=quickstart",
         *FAST,
-        "train.learning_rate=1e-3",
+        f"train.learning_rate={rates}",
         "launcher=joblib",
         "hydra.launcher.n_jobs=2",
         *args,
@@ -365,23 +365,27 @@ def joblib_sweep(tmp_path, *args: str):
     )
 
 
-def test_the_joblib_launcher_completes_a_2_job_sweep(tmp_path, cache_dir):
-    """Each job is a process of its own; its live MLflow writes go through its helper process (which ends
-    with os._exit, unseen by the probe), so the job's process never imports MLflow (sweeper.tracking.helper).
-    submitit's launcher: tests/test_slurm.py runs the same sweep through a real SLURM."""
-    result = joblib_sweep(tmp_path)
+def test_the_joblib_launcher_trains_a_pack_on_each_worker(tmp_path, cache_dir):
+    """Four configurations, two workers: two packs of two, each a process of its own that composes its
+    members' configs; its live MLflow writes go through its helper process (which ends with os._exit,
+    unseen by the probe), so the job's process never imports MLflow (sweeper.tracking.helper).
+    submitit's launcher: tests/test_slurm.py runs a sweep through a real SLURM."""
+    result = joblib_sweep(tmp_path, rates="1e-3,2e-3")
     assert result.returncode == 0, result.output
     processes = probed_processes(tmp_path)
     jobs = [p for p in processes if p[0].startswith("Loky")]
     assert jobs and not any(imported for *_, imported in jobs), processes  # yet the runs are logged (below)
     records = run_records(tmp_path / "quickstart")
-    assert set(records) == {"1e-3;1e-4", "1e-3;1e-5"} and all(r["status"] == "done" for r in records.values())
+    assert set(records) == {f"{lr};{te}" for lr in ("1e-3", "2e-3") for te in ("1e-4", "1e-5")}
+    assert all(r["status"] == "done" and r["pack"]["size"] == 2 for r in records.values())
+    assert len({r["pack"]["index"] for r in records.values()}) == 2
     for name in records:
         assert {p.name for p in (tmp_path / "quickstart" / name).glob("*.png")} == PICTURES
     runs = mlflow_runs(tmp_path, "quickstart")
     children = [r for r in runs if r.data.tags.get("sweep_role") == "job"]
     assert {r.info.run_name for r in children} == set(records)
     assert all(r.info.status == "FINISHED" and "loss" in r.data.metrics for r in children)
+    assert {r.data.tags["pack_size"] for r in children} == {"2"}
     parent = next(r for r in runs if r.data.tags.get("sweep_role") == "parent")
     assert all(r.data.tags["sweep_parent"] == parent.info.run_id for r in children)
 

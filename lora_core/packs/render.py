@@ -11,15 +11,19 @@ picture does not depend on its batch. Plain LoRA on linear layers only (``pack_r
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import warnings
 from collections.abc import Iterable, Iterator
 from itertools import groupby
 
 from lora_core.packs.layers import RowRouting, row_linear_class
-from lora_core.render import SCHEDULERS, RenderCell, RenderOptions, initial_noise, load_adapter
+from lora_core.render import (
+    SCHEDULERS,
+    RenderCell,
+    RenderOptions,
+    initial_noise,
+    load_adapter,
+    quiet_adapter_loading,
+)
 
 ADAPTER_PREFIX = "lora_sweeps_pack_"
 
@@ -54,7 +58,7 @@ class PackRenderer:
         pipe = self.pipe
         self._loaded = True
         try:
-            with _quiet_loading():
+            with quiet_adapter_loading():
                 for lora, name in zip(self.loras, self.names, strict=True):
                     load_adapter(pipe, lora, name)
             self._stacks = _unet_stacks(pipe.unet, self.names)
@@ -201,23 +205,3 @@ def _unet_stacks(unet, names: list[str]) -> dict:
                 scaling[k] = module.scaling[name]
         stacks[layer_name] = (a, b, scaling)
     return stacks
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """Silence what loading several adapters into one model says: none of it is news here.
-
-    transformers reports the other adapters' weights as missing from each file (they are kept: checked in
-    tests), diffusers warns about a LoRA without text-encoder weights, peft about several adapters.
-    """
-    loggers = [logging.getLogger(name) for name in ("transformers", "diffusers")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
