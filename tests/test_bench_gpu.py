@@ -59,3 +59,7 @@ def test_the_device_check_runs_every_section_on_the_tiny_model(tmp_path):
     table = (out / "table.md").read_text()
     assert table.count("\n| ") == 5 and "Device: CPU" in table  # header + 4 training rows
     assert "| ours / reference |" in table and "Resume" in table and "Sweep" in table
+    # packs against one configuration alone, with each size's time per configuration-step
+    assert [r["size"] for r in summary["pack"]["packs"]] == [1, 2]
+    assert all(r["s_per_config_step"] > 0 and r["ratio"] > 0 for r in summary["pack"]["packs"])
+    assert "Packs (fp32" in table

@@ -113,6 +113,19 @@ def test_each_configuration_of_a_pack_ends_with_the_weights_it_has_alone(
 
 
 @pytest.mark.slow  # several configurations trained twice: in a pack and alone
+def test_locon_configurations_pack_like_alone(pipe, subject_images, settings, tmp_path):
+    """LoCon: the UNet's convolutions adapted too, with their own rank and alpha (grouped convolutions)."""
+    locon = dict(conv_target_modules=("conv1", "conv2"))
+    configs = [
+        dict(locon, conv_rank=4, conv_alpha=2.0),
+        dict(locon, conv_rank=8, learning_rate=3e-3, seed=5, text_encoder_lr=1e-3),
+    ]
+    pairs = _differences(pipe, subject_images, settings, tmp_path, configs)
+    _assert_each_as_alone(pairs, configs)
+    assert any(".conv1.lora_A" in key for key in load_file(str(pairs[0][0].lora_path)))
+
+
+@pytest.mark.slow  # several configurations trained twice: in a pack and alone
 def test_prior_preservation_weights_and_adafactor_pack_like_alone(pipe, subject_images, settings, tmp_path):
     prior = dict(with_prior_preservation=True, class_prompt="a photo of a cat", num_class_images=2)
     configs = [
@@ -168,7 +181,8 @@ def test_a_pack_leaves_the_shared_pipeline_as_it_found_it(pipe, subject_images, 
     ("change", "reason"),
     [
         (dict(adapter_kind="loha"), "lora.kind=loha"),
-        (dict(conv_target_modules=("conv1",)), "lora.kind=LoCon"),
+        (dict(adapter_kind="dora"), "lora.kind=dora"),
+        (dict(conv_target_modules=("conv1",)), "train.conv_target_modules differs"),
         (dict(dropout=0.1), "train.dropout=0.1"),
         (dict(resolution=2 * SIZE), "train.resolution differs"),
         (dict(train_batch_size=2), "train.train_batch_size differs"),
@@ -325,3 +339,27 @@ def test_a_packs_grids_render_together_as_each_alone(pipe, subject_images, setti
     # the two adapters draw differently, so each picture had its own
     assert max(np.abs(alone[(0, c)] - alone[(1, c)]).max() for c in cells if c.unet_scale) > 10
     np.testing.assert_array_equal(render(pipe), before)  # the pipeline is left as found
+
+
+def test_the_packed_convolution_applies_each_adapter_to_its_own_slice_only():
+    from lora_core.packs.layers import PackRouting, packed_conv_class
+
+    torch.manual_seed(0)
+    base = torch.nn.Conv2d(3, 5, 3, padding=1)
+    a, b = torch.randn(2, 4, 3, 3, 3), torch.randn(2, 5, 4, 1, 1)
+    a[0, 3:], b[0, :, 3:] = 0, 0  # configuration 0 has rank 3, padded to 4
+    scales = [0.5, 2.0]
+    routing = PackRouting([1, 0])
+    layer = packed_conv_class()(base, routing, a, b, scales)
+    x = torch.randn(4, 3, 6, 6)  # two slices of two samples: configuration 1, then 0
+    expected = torch.cat(
+        [
+            base(x[i : i + 2])
+            + scales[k]
+            * torch.nn.functional.conv2d(torch.nn.functional.conv2d(x[i : i + 2], a[k], padding=1), b[k])
+            for i, k in ((0, 1), (2, 0))
+        ]
+    )
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    routing.active = []
+    torch.testing.assert_close(layer(x), base(x))

@@ -152,3 +152,71 @@ def _define_row_linear():
             return y + delta.reshape(y.shape).to(y.dtype)
 
     return RowPackedLinear
+
+
+def packed_conv_class():
+    """The ``PackedConv2d`` module class: LoCon's adapted convolutions in a pack."""
+    global _PACKED_CONV
+    if _PACKED_CONV is None:
+        _PACKED_CONV = _define_packed_conv()
+    return _PACKED_CONV
+
+
+_PACKED_CONV = None
+
+
+def _define_packed_conv():
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
+    class PackedConv2d(nn.Module):
+        """A frozen convolution plus one LoCon adapter per configuration, each on its batch slice.
+
+        The configurations' slices become channel groups: ``A`` (a convolution like the base one, to rank
+        ``R``) and ``B`` (1 x 1, back to the output channels) each run as one grouped convolution for the
+        whole pack, as ``PackedLinear``'s batched products do.
+
+        Args:
+            base: The frozen convolution (groups 1, dilation 1).
+            routing: The model's shared routing.
+            lora_a: Every configuration's ``A``, ``(K, R, in, kh, kw)`` (zero padded to the largest rank).
+            lora_b: Every configuration's ``B``, ``(K, out, R, 1, 1)``.
+            scales: Each configuration's alpha / rank in this layer.
+        """
+
+        def __init__(self, base: nn.Conv2d, routing: PackRouting, lora_a, lora_b, scales: list[float]):
+            super().__init__()
+            if base.groups != 1 or tuple(base.dilation) != (1, 1):
+                raise ValueError("packed convolutions need groups=1 and dilation=1")
+            self.base, self.routing = base, routing
+            self.lora_A, self.lora_B = lora_a, lora_b
+            self.scales = torch.tensor(scales, dtype=lora_a.dtype, device=lora_a.device)
+            self._every = list(range(lora_a.shape[0]))
+            self._index: dict[tuple, torch.Tensor] = {}
+
+        def forward(self, x):
+            y = self.base(x)
+            active = self.routing.active
+            if not active:
+                return y
+            k, a, b, scales = len(active), self.lora_A, self.lora_B, self.scales
+            if active != self._every:
+                key = tuple(active)
+                if key not in self._index:
+                    self._index[key] = torch.tensor(active, device=a.device)
+                index = self._index[key]
+                a, b, scales = a.index_select(0, index), b.index_select(0, index), scales[index]
+            n, channels = x.shape[0] // k, x.shape[1]
+            grouped = (
+                x.reshape(k, n, channels, *x.shape[2:]).transpose(0, 1).reshape(n, k * channels, *x.shape[2:])
+            )
+            a = (a * scales.view(-1, 1, 1, 1, 1)).reshape(-1, *a.shape[2:])  # (K R, in, kh, kw)
+            hidden = functional.conv2d(
+                grouped.to(a.dtype), a, stride=self.base.stride, padding=self.base.padding, groups=k
+            )
+            out = functional.conv2d(hidden, b.reshape(-1, *b.shape[2:]), groups=k)  # (n, K out, h, w)
+            delta = out.reshape(n, k, -1, *out.shape[2:]).transpose(0, 1).reshape(y.shape)
+            return y + delta.to(y.dtype)
+
+    return PackedConv2d

@@ -7,7 +7,7 @@ configurations that train it) runs once for the whole pack, through ``PackedLine
 with fewer steps writes its final files when it reaches them and leaves the batch.
 
 Each configuration checkpoints and resumes on its own, in ``LoraTrainer``'s format. The pack trainer is for
-LoRA on linear layers in fp32 (``pack_refusal`` says what else runs alone).
+LoRA and LoCon in fp32 (``pack_refusal`` says what else runs alone).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from lora_core.adapters import AdapterWeights
 from lora_core.optimizers import make_optimizer, make_schedule, set_optimizer_mode
-from lora_core.packs.layers import PackRouting, packed_linear_class
+from lora_core.packs.layers import PackRouting, packed_conv_class, packed_linear_class
 from lora_core.packs.optim import FlatStacks, PackAdamW, clip_pack_gradients
 from lora_core.settings import BOOKKEEPING_FIELDS, TrainSettings
 from lora_core.training.checkpoint import Checkpointer, checkpoint_due
@@ -65,6 +65,8 @@ PACKABLE_FIELDS = BOOKKEEPING_FIELDS | {
     "adam_epsilon",
     "rank",
     "alpha",
+    "conv_rank",
+    "conv_alpha",
     "seed",
     "noise_offset",
     "snr_gamma",
@@ -82,9 +84,8 @@ def pack_refusal(settings: list[TrainSettings]) -> str | None:
     """
     first = settings[0]
     for s in settings:
-        if s.adapter_kind != "lora" or s.conv_target_modules:
-            what = "LoCon" if s.conv_target_modules else s.adapter_kind
-            return f"lora.kind={what}: packs train LoRA on linear layers; this configuration runs alone"
+        if s.adapter_kind != "lora":
+            return f"lora.kind={s.adapter_kind}: packs train LoRA and LoCon; this configuration runs alone"
         if s.dropout:
             return (
                 f"train.dropout={s.dropout}: packed layers have no dropout yet; this configuration runs alone"
@@ -249,7 +250,7 @@ class PackTrainer:
         return weights
 
     def _pack_model(self, model, index: int, weights: list[dict], routing: PackRouting) -> FlatStacks | None:
-        """Replace each adapted linear layer of ``model`` by a ``PackedLinear`` over stacked adapters.
+        """Replace each adapted layer of ``model`` by a ``PackedLinear`` (``PackedConv2d``: LoCon) over stacks.
 
         The stacks are views into one flat buffer (``FlatStacks``: one optimizer step for all of them). Ranks
         below the pack's largest are padded with zeros, which stay zero (their gradient is zero). Each
@@ -265,20 +266,20 @@ class PackTrainer:
         if not names:
             return None
         bases = [model.get_submodule(name) for name in names]
-        ranks = [max(w[name][0].shape[0] for w in weights if w) for name in names]
         shapes = []
-        for base, rank in zip(bases, ranks, strict=True):
-            shapes += [(rank, base.in_features), (base.out_features, rank)]
+        for name in names:
+            a, b = next((w[name][0], w[name][1]) for w in weights if w)
+            rank = max(w[name][0].shape[0] for w in weights if w)
+            shapes += [(rank, *a.shape[1:]), (b.shape[0], rank, *b.shape[2:])]
         flat = FlatStacks(len(weights), shapes, bases[0].weight.device)
-        packed_linear = packed_linear_class()
         for i, (name, base) in enumerate(zip(names, bases, strict=True)):
             a, b = flat.stacks[2 * i], flat.stacks[2 * i + 1]
             scales = []
             for k, w in enumerate(weights):
-                scales.append(self.settings[k].lora_alpha / self.settings[k].rank if w else 0.0)
+                scales.append(w[name][2] if w else 0.0)
                 if not w:
                     continue
-                r = self.settings[k].rank
+                r = w[name][0].shape[0]  # its rank in this layer (LoCon's convolutions have their own)
                 with torch.no_grad():
                     a.data[k, :r], b.data[k, :, :r] = w[name][0], w[name][1]
                 for part, stack, where in (
@@ -287,9 +288,10 @@ class PackTrainer:
                 ):
                     key = f"{index}.{name}.lora_{part}.{ADAPTER_NAME}.weight"  # LoraTrainer's names
                     self.slices[k].append((key, stack, where))
+            packed = packed_conv_class() if isinstance(base, torch.nn.Conv2d) else packed_linear_class()
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, packed_linear(base, routing, a, b, scales))
+            setattr(parent, child, packed(base, routing, a, b, scales))
             self._replaced.append((parent, child, base))
         return flat
 
@@ -597,11 +599,15 @@ def _moments(state: dict) -> tuple:
 
 
 def _lora_weights(model) -> dict:
-    """``{layer name: (A, B)}`` of the training adapter peft attached to ``model``."""
+    """``{layer name: (A, B, alpha / rank)}`` of the training adapter peft attached to ``model``."""
     from peft.tuners.lora import LoraLayer
 
     return {
-        name: (m.lora_A[ADAPTER_NAME].weight.detach().clone(), m.lora_B[ADAPTER_NAME].weight.detach().clone())
+        name: (
+            m.lora_A[ADAPTER_NAME].weight.detach().clone(),
+            m.lora_B[ADAPTER_NAME].weight.detach().clone(),
+            float(m.scaling[ADAPTER_NAME]),
+        )
         for name, m in model.named_modules()
         if isinstance(m, LoraLayer) and ADAPTER_NAME in m.lora_A
     }
