@@ -58,6 +58,10 @@ def _assert_each_as_alone(pairs, configs) -> None:
         assert_trained_alike(packed.kohya_path, alone.kohya_path, lr)
         np.testing.assert_allclose(packed.loss_history, alone.loss_history, rtol=1e-4)
         np.testing.assert_allclose(packed.lr_history, alone.lr_history, rtol=1e-6)
+        assert packed.val_losses.keys() == alone.val_losses.keys()
+        np.testing.assert_allclose(
+            list(packed.val_losses.values()), list(alone.val_losses.values()), rtol=1e-4
+        )
         assert (packed.output_dir / LOSS_LOG).read_text().count("\n") == len(alone.loss_history)
         meta = read_training_metadata(packed.lora_path)
         assert meta == read_training_metadata(alone.lora_path)  # the same settings in the same file
@@ -69,7 +73,7 @@ def test_an_adamw_pack_steps_every_configuration_at_once_as_each_alone(
 ):
     """Every configuration on AdamW without EMA: one clipping and one AdamW step for the whole stack."""
     configs = [
-        {},
+        dict(validation_every=2, validation_samples=4),  # the validation loss, on its own weights
         dict(learning_rate=3e-3, lr_scheduler="cosine", lr_warmup_steps=2, max_train_steps=5, seed=5),
         dict(rank=8, alpha=4.0, text_encoder_lr=1e-3, adam_weight_decay=0.1, adam_beta2=0.99),
         dict(noise_offset=0.1, snr_gamma=5.0, caption_dropout=0.5, max_grad_norm=0.01, adam_epsilon=1e-6),
@@ -92,7 +96,7 @@ def test_each_configuration_of_a_pack_ends_with_the_weights_it_has_alone(
             ema_decay=0.9,
             max_grad_norm=0.01,
         ),
-        dict(optimizer="schedulefree_adamw", learning_rate=3e-3),
+        dict(optimizer="schedulefree_adamw", learning_rate=3e-3, validation_every=3, text_encoder_lr=1e-3),
     ]
     _assert_each_as_alone(_differences(pipe, subject_images, settings, tmp_path, configs), configs)
     ema_pack, ema_alone = tmp_path / "pack-2" / "ema" / LORA_FILE, tmp_path / "alone-2" / "ema" / LORA_FILE

@@ -43,7 +43,8 @@ from lora_core.training.recipe import (
     write_trained_adapters,
 )
 from lora_core.training.results import StepClock, StepRecord, TrainingStopped, TrainResult, finish_folder
-from lora_core.training.weights import ema_weights, make_ema
+from lora_core.training.validation import ValidationSet
+from lora_core.training.weights import ema_weights, evaluation_weights, make_ema
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,6 @@ def pack_refusal(settings: list[TrainSettings]) -> str | None:
         if s.dropout:
             return (
                 f"train.dropout={s.dropout}: packed layers have no dropout yet; this configuration runs alone"
-            )
-        if s.validation_every:
-            return (
-                "train.validation_every: validation in packs is not built yet; this configuration runs alone"
             )
         if s.gradient_checkpointing:
             return "train.gradient_checkpointing: packs run without it; this configuration runs alone"
@@ -315,6 +312,12 @@ class PackTrainer:
         self.latents = LatentCache(self.pipe.vae, self.device, pictures, s.random_flip)
         table = self.frozen_prompts or self.live_prompts
         self.batches = [MicroBatches(c, table, self.latents, n_instance, n_class) for c in self.settings]
+        self.validations = [
+            ValidationSet(c, self.latents, self.noise_scheduler, n_instance, table.picture_rows)
+            if c.validation_every
+            else None
+            for c in self.settings
+        ]
 
     def _resume(self, k: int, checkpoint: Path) -> None:
         """Continue configuration ``k`` from a checkpoint: weights, optimizer, schedule, generator, EMA, log."""
@@ -386,6 +389,9 @@ class PackTrainer:
                     self._fail(k, f"the loss became {loss} at step {self.steps[k] + 1}: training diverged")
                     continue
                 self.checkpointers[k].progress.step += 1
+                every = self.settings[k].validation_every
+                if every and self.steps[k] % every == 0:
+                    self.logs[k].val_losses[self.steps[k]] = self.validation_loss(k)
                 self._record(k, loss, pending[k])
                 self._after_step(k, last[k], stop, pending[k])
             bar.update(len(active))
@@ -403,7 +409,8 @@ class PackTrainer:
         text_lr = lrs[1] if len(lrs) > 1 else None
         pending.append(self.logs[k].record(step, loss, lrs[0], text_lr))
         if self.on_step:
-            self.on_step(k, StepRecord(step, loss, lrs[0], text_lr, self.clock.elapsed()))
+            val = self.logs[k].val_losses.get(step)
+            self.on_step(k, StepRecord(step, loss, lrs[0], text_lr, self.clock.elapsed(), val))
 
     def _after_step(self, k: int, last: int, stop: bool, pending: list[dict]) -> None:
         """Configuration ``k``'s log, checkpoint and final files after its step, as ``LoraTrainer`` writes them."""
@@ -417,6 +424,24 @@ class PackTrainer:
         if step == s.max_train_steps:
             set_optimizer_mode(self.optimizers[k], training=False)
             self.results[k] = self.save_final(k)
+
+    def validation_loss(self, k: int) -> float:
+        """Configuration ``k``'s validation loss, as ``LoraTrainer`` measures it: its saved weights, no dropout."""
+        import torch
+
+        trains_text = self.settings[k].trains_text_encoder
+        self.unet_routing.active = [k]
+        self.text_routing.active = [k] if trains_text else []
+        table = self.live_prompts if trains_text else self.frozen_prompts
+        models = (self.pipe.unet, self.pipe.text_encoder)
+        with torch.no_grad(), evaluation_weights(self.params[k], self.optimizers[k]):
+            for model in models:
+                model.eval()
+            try:
+                return self.validations[k].loss(self.pipe.unet, torch.float32, table)
+            finally:
+                for model in models:
+                    model.train()
 
     def _fail(self, k: int, reason: str) -> None:
         self.failures[k] = reason
