@@ -75,7 +75,7 @@ def test_an_adamw_pack_steps_every_configuration_at_once_as_each_alone(
     configs = [
         dict(validation_every=2, validation_samples=4),  # the validation loss, on its own weights
         dict(learning_rate=3e-3, lr_scheduler="cosine", lr_warmup_steps=2, max_train_steps=5, seed=5),
-        dict(rank=8, alpha=4.0, text_encoder_lr=1e-3, adam_weight_decay=0.1, adam_beta2=0.99),
+        dict(rank=8, alpha=4.0, text_encoder_lr=1e-3, adam_weight_decay=0.1, adam_beta2=0.99, dropout=0.1),
         dict(noise_offset=0.1, snr_gamma=5.0, caption_dropout=0.5, max_grad_norm=0.01, adam_epsilon=1e-6),
     ]
     _assert_each_as_alone(_differences(pipe, subject_images, settings, tmp_path, configs), configs)
@@ -87,7 +87,14 @@ def test_each_configuration_of_a_pack_ends_with_the_weights_it_has_alone(
 ):
     """Other optimizers and the EMA: each configuration's own optimizer, on views of its slices."""
     configs = [
-        dict(learning_rate=3e-3, lr_scheduler="cosine", lr_warmup_steps=2, max_train_steps=5, seed=5),
+        dict(
+            learning_rate=3e-3,
+            lr_scheduler="cosine",
+            lr_warmup_steps=2,
+            max_train_steps=5,
+            seed=5,
+            dropout=0.2,
+        ),
         dict(rank=8, alpha=4.0, text_encoder_lr=1e-3, optimizer="prodigy"),
         dict(
             noise_offset=0.1,
@@ -187,7 +194,6 @@ def test_a_pack_leaves_the_shared_pipeline_as_it_found_it(pipe, subject_images, 
         (dict(adapter_kind="loha"), "lora.kind=loha"),
         (dict(adapter_kind="dora"), "lora.kind=dora"),
         (dict(conv_target_modules=("conv1",)), "train.conv_target_modules differs"),
-        (dict(dropout=0.1), "train.dropout=0.1"),
         (dict(resolution=2 * SIZE), "train.resolution differs"),
         (dict(train_batch_size=2), "train.train_batch_size differs"),
         (dict(rank=8, optimizer="adafactor"), "adafactor with different ranks"),
@@ -242,7 +248,13 @@ def test_a_stopped_pack_continues_each_configuration_from_its_own_checkpoint(
     from lora_core.packs import PackTrainer
     from lora_core.training import TrainingStopped, find_checkpoint
 
-    configs = [dict(max_train_steps=6), dict(max_train_steps=3, seed=5, learning_rate=3e-3), dict(rank=8)]
+    configs = [
+        dict(
+            max_train_steps=6, dropout=0.1, text_encoder_lr=1e-3
+        ),  # its dropout generator is checkpointed too
+        dict(max_train_steps=3, seed=5, learning_rate=3e-3),
+        dict(rank=8),
+    ]
     straight = train_pack(
         pipe, subject_images, [settings(**c) for c in configs], [tmp_path / f"s{i}" for i in range(3)]
     )

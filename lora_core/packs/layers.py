@@ -20,9 +20,27 @@ class PackRouting:
     Attributes:
         active: Indices of the configurations whose slices make up the batch, in order; empty: the layers
             add nothing (the base model alone).
+        dropout: Configuration index -> (its adapter dropout, its generator) for those that use dropout:
+            in training, each draws its masks from its own generator, in the order it would alone.
     """
 
     active: list[int] = field(default_factory=list)
+    dropout: dict = field(default_factory=dict)
+
+    def drop(self, x):
+        """``x`` with each active configuration's slice through its own dropout (unchanged where it has none)."""
+        import torch
+
+        if not self.dropout or not any(k in self.dropout for k in self.active):
+            return x
+        parts = list(x.chunk(len(self.active)))
+        for i, k in enumerate(self.active):
+            if k in self.dropout:
+                p, generator = self.dropout[k]
+                # what torch.nn.functional.dropout draws: a Bernoulli mask of the slice, scaled by 1 / (1 - p)
+                mask = torch.empty_like(parts[i]).bernoulli_(1 - p, generator=generator).div_(1 - p)
+                parts[i] = parts[i] * mask
+        return torch.cat(parts)
 
 
 def packed_linear_class():
@@ -72,6 +90,8 @@ def _define_packed_linear():
                     self._index[key] = torch.tensor(active, device=a.device)
                 index = self._index[key]
                 a, b, scales = a.index_select(0, index), b.index_select(0, index), scales[index]
+            if self.training:
+                x = self.routing.drop(x)  # the adapters' input (the frozen layer had the undropped one)
             slices = x.reshape(k, -1, x.shape[-1]).to(a.dtype)  # (K, rows of a slice, in)
             # the scale goes on A, the smallest tensor, rather than on the (K, rows, out) product
             delta = torch.bmm(torch.bmm(slices, (a * scales).transpose(1, 2)), b.transpose(1, 2))
@@ -207,6 +227,8 @@ def _define_packed_conv():
                     self._index[key] = torch.tensor(active, device=a.device)
                 index = self._index[key]
                 a, b, scales = a.index_select(0, index), b.index_select(0, index), scales[index]
+            if self.training:
+                x = self.routing.drop(x)  # the adapters' input (the frozen layer had the undropped one)
             n, channels = x.shape[0] // k, x.shape[1]
             grouped = (
                 x.reshape(k, n, channels, *x.shape[2:]).transpose(0, 1).reshape(n, k * channels, *x.shape[2:])

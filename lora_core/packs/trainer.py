@@ -71,6 +71,7 @@ PACKABLE_FIELDS = BOOKKEEPING_FIELDS | {
     "seed",
     "noise_offset",
     "snr_gamma",
+    "dropout",
     "prior_loss_weight",
     "caption_dropout",
     "ema_decay",
@@ -87,10 +88,6 @@ def pack_refusal(settings: list[TrainSettings]) -> str | None:
     for s in settings:
         if s.adapter_kind != "lora":
             return f"lora.kind={s.adapter_kind}: packs train LoRA and LoCon; this configuration runs alone"
-        if s.dropout:
-            return (
-                f"train.dropout={s.dropout}: packed layers have no dropout yet; this configuration runs alone"
-            )
         if s.gradient_checkpointing:
             return "train.gradient_checkpointing: packs run without it; this configuration runs alone"
         for f in fields(TrainSettings):
@@ -174,8 +171,18 @@ class PackTrainer:
         self.snr = [
             SnrWeights(self.noise_scheduler, s.snr_gamma) if s.snr_gamma else None for s in self.settings
         ]
+        self._dropout_states = []
         initial = [self._initial_weights(s) for s in self.settings]
+        # Alone, adapter dropout draws from the global generator after the LoRA init; here each configuration
+        # draws from its own generator, started where the global one stood after its init.
+        dropout = {}
+        for k, (s, state) in enumerate(zip(self.settings, self._dropout_states, strict=True)):
+            if s.dropout:
+                generator = torch.Generator("cpu")
+                generator.set_state(state)
+                dropout[k] = (s.dropout, generator)
         self.unet_routing, self.text_routing, self._replaced = PackRouting(), PackRouting(), []
+        self.unet_routing.dropout = self.text_routing.dropout = dropout
         # the adapted layers' names, in the order peft made them (every configuration adapts the same ones)
         self.layer_names = (list(initial[0][0]), next((list(w[1]) for w in initial if w[1]), []))
         self.slices = [[] for _ in self.settings]
@@ -234,6 +241,7 @@ class PackTrainer:
 
     def _initial_weights(self, s: TrainSettings) -> tuple[dict, dict]:
         """One configuration's initial LoRA weights, by layer name: peft's own init under its seed, as alone."""
+        import torch
         from accelerate.utils import set_seed
 
         pipe = self.pipe
@@ -243,6 +251,7 @@ class PackTrainer:
         if text_config is not None:
             add_adapter(pipe.text_encoder, text_config, "train.text_target_modules")
         weights = (_lora_weights(pipe.unet), _lora_weights(pipe.text_encoder) if text_config else {})
+        self._dropout_states.append(torch.get_rng_state())  # where alone its dropout would start drawing
         restore_pipeline(pipe, gradient_checkpointing=False)
         return weights
 
@@ -325,7 +334,8 @@ class PackTrainer:
 
         folder = self.checkpointers[k].resume_point(checkpoint)
         trainable = {key: param for (key, _, _), param in zip(self.slices[k], self.params[k], strict=True)}
-        self.logs[k].restore(self.checkpointers[k].load(folder, trainable))
+        with self._dropout_as_global(k):  # the checkpoint's global generator is its dropout's
+            self.logs[k].restore(self.checkpointers[k].load(folder, trainable))
         self.logs[k].rewrite()  # drops what came after the checkpoint
         if self.pack_adamw is not None:  # its moments move into the pack's buffers
             self.pack_adamw.steps[k] = self.steps[k]
@@ -571,7 +581,25 @@ class PackTrainer:
             self._export_moments(k)
         trainable = {key: param for (key, _, _), param in zip(self.slices[k], self.params[k], strict=True)}
         write = functools.partial(self._write_adapters, k, kohya=False)
-        return self.checkpointers[k].save(self.steps[k], trainable, write, self.logs[k])
+        with self._dropout_as_global(k):  # a lone run's checkpoint keeps its dropout's generator there
+            return self.checkpointers[k].save(self.steps[k], trainable, write, self.logs[k])
+
+    @contextlib.contextmanager
+    def _dropout_as_global(self, k: int):
+        """Hold configuration ``k``'s dropout generator as the global one (what a checkpoint saves and loads)."""
+        import torch
+
+        generator = self.unet_routing.dropout.get(k, (0.0, None))[1]
+        if generator is None:
+            yield
+            return
+        saved = torch.get_rng_state()
+        torch.set_rng_state(generator.get_state())
+        try:
+            yield
+        finally:
+            generator.set_state(torch.get_rng_state())
+            torch.set_rng_state(saved)
 
     def _export_moments(self, k: int) -> None:
         """Put configuration ``k``'s slices of the pack's AdamW moments into its own optimizer's state."""
