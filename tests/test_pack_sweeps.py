@@ -46,6 +46,7 @@ def test_a_bad_sweep_pack_stops_the_sweep_before_anything_trains(tmp_path, capsy
     assert not list(tmp_path.glob("quickstart/*/lora"))
 
 
+@pytest.mark.slow  # six sweeps planned
 def test_the_plan_packs_what_can_share_and_says_why_the_rest_runs_alone(tmp_path):
     grid = [
         "experiment=quickstart",

@@ -316,6 +316,7 @@ def test_checkpoints_of_a_pack_and_of_a_lone_run_continue_in_either(pipe, subjec
         np.testing.assert_allclose(result.loss_history, alone.loss_history, rtol=1e-4)
 
 
+@pytest.mark.slow  # three trainings, their grids rendered alone and together
 def test_a_packs_grids_render_together_as_each_alone(pipe, subject_images, settings, tmp_path):
     """Cells of several LoRAs in one denoising call, each with its own adapter and scales: within 1/255
     (measured: at most 1 of 255, on the largest pixel)."""
