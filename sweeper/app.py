@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config.schema import register_configs
-from sweeper.errors import job_errors
+from sweeper.errors import FAILURE_EXIT, exit_with, job_errors
 from sweeper.plugins import LauncherKind, SweeperKind, launcher_kind, parallel_jobs, sweeper_kind
 from sweeper.search.objective import objective_or_nan
 
@@ -94,9 +94,14 @@ def run(cfg: DictConfig) -> float | dict | None:
     with job_errors(in_process):  # elsewhere the launcher reports the failed job
         device = place_job(cfg.model.device, Path(cfg.sweep.root) / ".gpu-locks", parallel_jobs(hydra_cfg))
         if cfg.sweep.pack_members:  # several configurations trained together (sweeper.job.pack)
-            from sweeper.job.pack import pack_jobs, run_pack
+            from sweeper.job.pack import PackTrainingFailed, pack_jobs, run_pack
 
-            return run_pack(pack_jobs(cfg, overrides, device))
+            try:
+                return run_pack(pack_jobs(cfg, overrides, device))
+            except PackTrainingFailed as err:  # the others finished; in this process: one line, exit 1
+                if not in_process:
+                    raise
+                exit_with(FAILURE_EXIT, [f"training failed: {err}"])
         objective = run_job(cfg, overrides, device).objective
         if objective is None and sweeper_kind(hydra_cfg) == SweeperKind.OPTUNA:
             log.warning(
