@@ -193,7 +193,7 @@ def test_a_pack_leaves_the_shared_pipeline_as_it_found_it(pipe, subject_images, 
     [
         (dict(adapter_kind="loha"), "lora.kind=loha"),
         (dict(adapter_kind="dora"), "lora.kind=dora"),
-        (dict(conv_target_modules=("conv1",)), "train.conv_target_modules differs"),
+        (dict(conv_target_modules=("conv1",)), "lora.conv_target_modules differs"),
         (dict(resolution=2 * SIZE), "train.resolution differs"),
         (dict(train_batch_size=2), "train.train_batch_size differs"),
         (dict(rank=8, optimizer="adafactor"), "adafactor with different ranks"),

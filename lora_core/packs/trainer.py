@@ -27,7 +27,7 @@ from lora_core.adapters import AdapterWeights
 from lora_core.optimizers import make_optimizer, make_schedule, set_optimizer_mode
 from lora_core.packs.layers import PackRouting, packed_conv_class, packed_linear_class
 from lora_core.packs.optim import FlatStacks, PackAdamW, clip_pack_gradients
-from lora_core.settings import BOOKKEEPING_FIELDS, TrainSettings
+from lora_core.settings import BOOKKEEPING_FIELDS, FIELD_SOURCES, TrainSettings
 from lora_core.training.checkpoint import Checkpointer, checkpoint_due
 from lora_core.training.device import peak_memory
 from lora_core.training.inputs import LatentCache, MicroBatches, PromptTable
@@ -92,7 +92,10 @@ def pack_refusal(settings: list[TrainSettings]) -> str | None:
             return "train.gradient_checkpointing: packs run without it; this configuration runs alone"
         for f in fields(TrainSettings):
             if f.name not in PACKABLE_FIELDS and getattr(s, f.name) != getattr(first, f.name):
-                return f"train.{f.name} differs ({getattr(first, f.name)!r} and {getattr(s, f.name)!r}): a pack shares it"
+                key = FIELD_SOURCES.get(f.name, f"train.{f.name}")
+                return (
+                    f"{key} differs ({getattr(first, f.name)!r} and {getattr(s, f.name)!r}): a pack shares it"
+                )
     ranks = {s.rank for s in settings}
     if len(ranks) > 1 and any(s.optimizer == "adafactor" for s in settings):
         return "train.optimizer=adafactor with different ranks: its factored moments see the zero padding"
