@@ -10,6 +10,7 @@ zero gradients and so stay zero under every optimizer this project uses on packs
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 
@@ -26,6 +27,18 @@ class PackRouting:
 
     active: list[int] = field(default_factory=list)
     dropout: dict = field(default_factory=dict)
+    _index: dict = field(default_factory=dict, repr=False)  # (active set, device) -> its index, built once
+
+    def select(self, *stacks) -> tuple:
+        """The stacks' rows of the active configurations, in slice order (the stacks themselves when all are)."""
+        import torch
+
+        if self.active == list(range(stacks[0].shape[0])):
+            return stacks
+        key = (tuple(self.active), stacks[0].device)
+        if key not in self._index:
+            self._index[key] = torch.tensor(self.active, device=stacks[0].device)
+        return tuple(stack.index_select(0, self._index[key]) for stack in stacks)
 
     def drop(self, x):
         """``x`` with each active configuration's slice through its own dropout (unchanged where it has none)."""
@@ -43,18 +56,9 @@ class PackRouting:
         return torch.cat(parts)
 
 
+@functools.cache
 def packed_linear_class():
-    """The ``PackedLinear`` module class (defined on first use, so importing this module needs no torch)."""
-    global _PACKED_LINEAR
-    if _PACKED_LINEAR is None:
-        _PACKED_LINEAR = _define_packed_linear()
-    return _PACKED_LINEAR
-
-
-_PACKED_LINEAR = None
-
-
-def _define_packed_linear():
+    """The ``PackedLinear`` module class (defined once, on first use: importing this module needs no torch)."""
     import torch
     from torch import nn
 
@@ -75,21 +79,14 @@ def _define_packed_linear():
             self.base, self.routing = base, routing
             self.lora_A, self.lora_B = lora_a, lora_b  # (K, R, in), (K, out, R); trained by the pack
             self.scales = torch.tensor(scales, dtype=lora_a.dtype, device=lora_a.device).view(-1, 1, 1)
-            self._every = list(range(lora_a.shape[0]))
-            self._index: dict[tuple, torch.Tensor] = {}  # active set -> its index, built once
 
         def forward(self, x):
             y = self.base(x)
             active = self.routing.active
             if not active:
                 return y
-            k, a, b, scales = len(active), self.lora_A, self.lora_B, self.scales
-            if active != self._every:
-                key = tuple(active)
-                if key not in self._index:
-                    self._index[key] = torch.tensor(active, device=a.device)
-                index = self._index[key]
-                a, b, scales = a.index_select(0, index), b.index_select(0, index), scales[index]
+            k = len(active)
+            a, b, scales = self.routing.select(self.lora_A, self.lora_B, self.scales)
             if self.training:
                 x = self.routing.drop(x)  # the adapters' input (the frozen layer had the undropped one)
             slices = x.reshape(k, -1, x.shape[-1]).to(a.dtype)  # (K, rows of a slice, in)
@@ -129,18 +126,9 @@ class RowRouting:
         return self._tensors
 
 
+@functools.cache
 def row_linear_class():
     """The ``RowPackedLinear`` module class: each picture of a batch with its own configuration's adapter."""
-    global _ROW_LINEAR
-    if _ROW_LINEAR is None:
-        _ROW_LINEAR = _define_row_linear()
-    return _ROW_LINEAR
-
-
-_ROW_LINEAR = None
-
-
-def _define_row_linear():
     import torch
     from torch import nn
 
@@ -174,18 +162,9 @@ def _define_row_linear():
     return RowPackedLinear
 
 
+@functools.cache
 def packed_conv_class():
     """The ``PackedConv2d`` module class: LoCon's adapted convolutions in a pack."""
-    global _PACKED_CONV
-    if _PACKED_CONV is None:
-        _PACKED_CONV = _define_packed_conv()
-    return _PACKED_CONV
-
-
-_PACKED_CONV = None
-
-
-def _define_packed_conv():
     import torch
     from torch import nn
     from torch.nn import functional
@@ -212,21 +191,14 @@ def _define_packed_conv():
             self.base, self.routing = base, routing
             self.lora_A, self.lora_B = lora_a, lora_b
             self.scales = torch.tensor(scales, dtype=lora_a.dtype, device=lora_a.device)
-            self._every = list(range(lora_a.shape[0]))
-            self._index: dict[tuple, torch.Tensor] = {}
 
         def forward(self, x):
             y = self.base(x)
             active = self.routing.active
             if not active:
                 return y
-            k, a, b, scales = len(active), self.lora_A, self.lora_B, self.scales
-            if active != self._every:
-                key = tuple(active)
-                if key not in self._index:
-                    self._index[key] = torch.tensor(active, device=a.device)
-                index = self._index[key]
-                a, b, scales = a.index_select(0, index), b.index_select(0, index), scales[index]
+            k = len(active)
+            a, b, scales = self.routing.select(self.lora_A, self.lora_B, self.scales)
             if self.training:
                 x = self.routing.drop(x)  # the adapters' input (the frozen layer had the undropped one)
             n, channels = x.shape[0] // k, x.shape[1]
