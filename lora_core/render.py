@@ -170,13 +170,7 @@ class GridRenderer:
         if self.lora is not None:
             with quiet_adapter_loading():
                 load_adapter(pipe, self.lora, ADAPTER_NAME)
-        self._scheduler = pipe.scheduler
-        spec = SCHEDULERS[self.options.scheduler]
-        if spec is not None:
-            import diffusers
-
-            cls_name, extra = spec
-            pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+        self._scheduler = use_scheduler(pipe, self.options.scheduler)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -201,7 +195,7 @@ class GridRenderer:
         for (unet_scale, guidance), group in groupby(sorted(cells, key=key), key=key):
             self._set_unet_scale(unet_scale)
             group = list(group)
-            size = self._batch_size()
+            size = batch_size(self.options, self.pipe.device)
             for start in range(0, len(group), size):
                 batch = group[start : start + size]
                 yield from zip(batch, self._render_batch(batch, guidance, embeds), strict=True)
@@ -209,29 +203,16 @@ class GridRenderer:
     # ---- prompt embeddings -------------------------------------------------------------------------------
     def _prompt_embeddings(self, cells: list[RenderCell]) -> dict:
         """(prompt, text scale) -> (positive, negative) embeddings, each encoded once."""
-        import torch
-
-        pipe, out = self.pipe, {}
+        out = {}
         for text_scale in sorted({c.text_scale for c in cells}):
             prompts = sorted({c.prompt for c in cells if c.text_scale == text_scale})
             self._set_text_scale(text_scale)
-            with torch.no_grad():
-                positive, negative = pipe.encode_prompt(
-                    prompts,
-                    pipe.device,
-                    1,
-                    True,
-                    negative_prompt=[self.options.negative_prompt] * len(prompts),
-                )
-            for i, prompt in enumerate(prompts):
-                out[(prompt, text_scale)] = (positive[i], negative[i])
+            for prompt, pair in encode_prompts(self.pipe, prompts, self.options.negative_prompt).items():
+                out[(prompt, text_scale)] = pair
         return out
 
     def _set_scales(self, unet: float, text: float) -> None:
-        """``set_adapters`` with a weight for each component the LoRA has (a UNet-only LoRA has no text part)."""
-        parts = {part for part, names in self.pipe.get_list_adapters().items() if ADAPTER_NAME in names}
-        weights = {part: w for part, w in (("unet", unet), ("text_encoder", text)) if part in parts}
-        self.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[weights])
+        set_adapter_scales(self.pipe, ADAPTER_NAME, unet, text)
 
     def _set_text_scale(self, text_scale: float) -> None:
         if self.lora is not None:
@@ -262,33 +243,72 @@ class GridRenderer:
         self._fused_at = None
 
     # ---- batches -----------------------------------------------------------------------------------------
-    def _batch_size(self) -> int:
-        if self.options.batch_size:
-            return self.options.batch_size
-        return 8 if self.pipe.device.type == "cuda" else 16
-
     def _render_batch(self, batch: list[RenderCell], guidance: float, embeds: dict) -> list:
-        import torch
+        pairs = [embeds[(c.prompt, c.text_scale)] for c in batch]
+        return render_pictures(self.pipe, self.options, batch, pairs, guidance)
 
-        pipe, opts = self.pipe, self.options
-        latent_side = opts.resolution // pipe.vae_scale_factor
-        shape = (pipe.unet.config.in_channels, latent_side, latent_side)
-        latents = torch.stack([initial_noise(c, shape) for c in batch]).to(pipe.device, pipe.unet.dtype)
-        positive = torch.stack([embeds[(c.prompt, c.text_scale)][0] for c in batch])
-        negative = torch.stack([embeds[(c.prompt, c.text_scale)][1] for c in batch])
-        # One generator per picture, for schedulers that add noise while sampling (euler_a).
-        generators = [torch.Generator("cpu").manual_seed(c.seed + 7919 * c.index) for c in batch]
-        with torch.no_grad():
-            return pipe(
-                prompt_embeds=positive,
-                negative_prompt_embeds=negative,
-                latents=latents,
-                guidance_scale=guidance,
-                num_inference_steps=opts.num_inference_steps,
-                height=opts.resolution,
-                width=opts.resolution,
-                generator=generators,
-            ).images
+
+def use_scheduler(pipe, name: str):
+    """Give ``pipe`` the sampler ``render.scheduler`` names (``default``: keep its own); returns the one it had."""
+    previous = pipe.scheduler
+    spec = SCHEDULERS[name]
+    if spec is not None:
+        import diffusers
+
+        cls_name, extra = spec
+        pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+    return previous
+
+
+def batch_size(options: RenderOptions, device) -> int:
+    """Pictures per pipeline call: ``render.batch_size``, or 8 on a GPU and 16 on the CPU."""
+    if options.batch_size:
+        return options.batch_size
+    return 8 if device.type == "cuda" else 16
+
+
+def set_adapter_scales(pipe, name: str, unet: float, text: float) -> None:
+    """``set_adapters`` with a weight for each component the adapter has (a UNet-only one has no text part)."""
+    parts = {part for part, names in pipe.get_list_adapters().items() if name in names}
+    weights = {part: w for part, w in (("unet", unet), ("text_encoder", text)) if part in parts}
+    pipe.set_adapters([name], adapter_weights=[weights])
+
+
+def encode_prompts(pipe, prompts: list[str], negative_prompt: str) -> dict:
+    """Each prompt's (positive, negative) embeddings, with the text encoder's adapters as they are set."""
+    import torch
+
+    with torch.no_grad():
+        positive, negative = pipe.encode_prompt(
+            prompts, pipe.device, 1, True, negative_prompt=[negative_prompt] * len(prompts)
+        )
+    return {prompt: (positive[i], negative[i]) for i, prompt in enumerate(prompts)}
+
+
+def render_pictures(
+    pipe, options: RenderOptions, cells: list[RenderCell], embeds: list, guidance: float
+) -> list:
+    """One pipeline call: each cell's picture from its own starting noise and its (positive, negative) embeds."""
+    import torch
+
+    latent_side = options.resolution // pipe.vae_scale_factor
+    shape = (pipe.unet.config.in_channels, latent_side, latent_side)
+    latents = torch.stack([initial_noise(c, shape) for c in cells]).to(pipe.device, pipe.unet.dtype)
+    positive = torch.stack([pair[0] for pair in embeds])
+    negative = torch.stack([pair[1] for pair in embeds])
+    # One generator per picture, for schedulers that add noise while sampling (euler_a).
+    generators = [torch.Generator("cpu").manual_seed(c.seed + 7919 * c.index) for c in cells]
+    with torch.no_grad():
+        return pipe(
+            prompt_embeds=positive,
+            negative_prompt_embeds=negative,
+            latents=latents,
+            guidance_scale=guidance,
+            num_inference_steps=options.num_inference_steps,
+            height=options.resolution,
+            width=options.resolution,
+            generator=generators,
+        ).images
 
 
 def _lora_base_weights(model) -> dict:

@@ -10,8 +10,42 @@ zero gradients and so stay zero under every optimizer this project uses on packs
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, field
+
+
+def replace_layer(model, name: str, layer) -> tuple:
+    """Put ``layer`` where ``model``'s submodule ``name`` is; returns what ``restore_layers`` puts back."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    base = getattr(parent, child)
+    setattr(parent, child, layer)
+    return parent, child, base
+
+
+def dropout_generators(dropouts: list[float], states: list) -> dict:
+    """``PackRouting.dropout`` of a pack: for each configuration with adapter dropout, (p, its generator).
+
+    Alone, adapter dropout draws from the global generator after the LoRA init; in a pack each configuration
+    draws from its own generator, started at ``states[k]``: where the global one stood after its init.
+    """
+    import torch
+
+    out = {}
+    for k, (p, state) in enumerate(zip(dropouts, states, strict=True)):
+        if p:
+            generator = torch.Generator("cpu")
+            generator.set_state(state)
+            out[k] = (p, generator)
+    return out
+
+
+def restore_layers(replaced: list) -> None:
+    """Put back the layers ``replace_layer`` took out (last replaced first)."""
+    for parent, child, base in reversed(replaced):
+        setattr(parent, child, base)
+    replaced.clear()
 
 
 @dataclass
@@ -54,6 +88,23 @@ class PackRouting:
                 mask = torch.empty_like(parts[i]).bernoulli_(1 - p, generator=generator).div_(1 - p)
                 parts[i] = parts[i] * mask
         return torch.cat(parts)
+
+    @contextlib.contextmanager
+    def dropout_as_global(self, k: int):
+        """Hold configuration ``k``'s dropout generator as the global one (what a checkpoint saves and loads)."""
+        import torch
+
+        generator = self.dropout.get(k, (0.0, None))[1]
+        if generator is None:
+            yield
+            return
+        saved = torch.get_rng_state()
+        torch.set_rng_state(generator.get_state())
+        try:
+            yield
+        finally:
+            generator.set_state(torch.get_rng_state())
+            torch.set_rng_state(saved)
 
 
 @functools.cache

@@ -104,10 +104,46 @@ class PackAdamW:
                 denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
                 p.add_(exp_avg / denom * step_size)
 
-    def moments(self, group: int) -> tuple[list, list]:
-        """The ``(exp_avg, exp_avg_sq)`` of group ``group``, each cut into its stacks' shapes."""
-        exp_avg, exp_avg_sq = self.state[group]
-        return self.groups[group].parts(exp_avg), self.groups[group].parts(exp_avg_sq)
+    def moments_of(self, stack) -> tuple:
+        """The ``(exp_avg, exp_avg_sq)`` of one stacked tensor, in its shape (views of the buffers)."""
+        for group, (exp_avg, exp_avg_sq) in zip(self.groups, self.state, strict=True):
+            for i, mine in enumerate(group.stacks):
+                if mine is stack:
+                    return group.parts(exp_avg)[i], group.parts(exp_avg_sq)[i]
+        raise KeyError("not a stack of this pack")
+
+    def save_into(self, k: int, optimizer, params: list, slices: list) -> None:
+        """Put configuration ``k``'s part of the moments into its own ``torch.optim.AdamW``'s state.
+
+        Args:
+            k: The configuration.
+            optimizer: Its own optimizer, over ``params``.
+            params: Its own parameters (views of its part of the stacks).
+            slices: Per parameter, (checkpoint name, stack, index of its part).
+        """
+        import torch
+
+        for param, (_, stack, where) in zip(params, slices, strict=True):
+            exp_avg, exp_avg_sq = self.moments_of(stack)
+            optimizer.state[param] = {
+                "step": torch.tensor(float(self.steps[k])),
+                "exp_avg": exp_avg[where].clone(),
+                "exp_avg_sq": exp_avg_sq[where].clone(),
+            }
+
+    def load_from(self, k: int, steps: int, optimizer, params: list, slices: list) -> None:
+        """Take configuration ``k``'s moments from its own optimizer's state (a resumed checkpoint's)."""
+        import torch
+
+        self.steps[k] = steps
+        with torch.no_grad():
+            for param, (_, stack, where) in zip(params, slices, strict=True):
+                state = optimizer.state.get(param)
+                if state:
+                    for mine, saved in zip(
+                        self.moments_of(stack), (state["exp_avg"], state["exp_avg_sq"]), strict=True
+                    ):
+                        mine[where].copy_(saved)
 
 
 def clip_pack_gradients(grads: list, max_norms: list[float]) -> None:

@@ -15,14 +15,17 @@ import os
 from collections.abc import Iterable, Iterator
 from itertools import groupby
 
-from lora_core.packs.layers import RowRouting, row_linear_class
+from lora_core.packs.layers import RowRouting, replace_layer, restore_layers, row_linear_class
 from lora_core.render import (
-    SCHEDULERS,
     RenderCell,
     RenderOptions,
-    initial_noise,
+    batch_size,
+    encode_prompts,
     load_adapter,
     quiet_adapter_loading,
+    render_pictures,
+    set_adapter_scales,
+    use_scheduler,
 )
 
 ADAPTER_PREFIX = "lora_sweeps_pack_"
@@ -65,17 +68,11 @@ class PackRenderer:
         except BaseException:
             self._unload()
             raise
-        self._scheduler = pipe.scheduler
-        spec = SCHEDULERS[self.options.scheduler]
-        if spec is not None:
-            import diffusers
-
-            cls_name, extra = spec
-            pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+        self._scheduler = use_scheduler(pipe, self.options.scheduler)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._restore_layers()
+        restore_layers(self._replaced)
         self._unload()
         if self._scheduler is not None:
             self.pipe.scheduler = self._scheduler
@@ -87,7 +84,7 @@ class PackRenderer:
         embeds = self._prompt_embeddings(cells)
         self._unload()  # the text encoders' adapters are done; the UNet's become packed layers
         self._install_layers()
-        size = self.options.batch_size or (8 if self.pipe.device.type == "cuda" else 16)
+        size = batch_size(self.options, self.pipe.device)
         key = lambda item: item[1].guidance  # noqa: E731
         for guidance, group in groupby(sorted(cells, key=key), key=key):
             group = list(group)
@@ -99,26 +96,14 @@ class PackRenderer:
     # ---- prompt embeddings -------------------------------------------------------------------------------
     def _prompt_embeddings(self, cells: list[tuple[int, RenderCell]]) -> dict:
         """(configuration, prompt, text scale) -> (positive, negative), each with its own adapter, as alone."""
-        import torch
-
-        pipe, out = self.pipe, {}
+        out = {}
         for k in sorted({k for k, _ in cells}):
             mine = [c for j, c in cells if j == k]
-            parts = {part for part, names in pipe.get_list_adapters().items() if self.names[k] in names}
             for text_scale in sorted({c.text_scale for c in mine}):
                 prompts = sorted({c.prompt for c in mine if c.text_scale == text_scale})
-                weights = {p: w for p, w in (("unet", 1.0), ("text_encoder", text_scale)) if p in parts}
-                pipe.set_adapters([self.names[k]], adapter_weights=[weights])
-                with torch.no_grad():
-                    positive, negative = pipe.encode_prompt(
-                        prompts,
-                        pipe.device,
-                        1,
-                        True,
-                        negative_prompt=[self.options.negative_prompt] * len(prompts),
-                    )
-                for i, prompt in enumerate(prompts):
-                    out[(k, prompt, text_scale)] = (positive[i], negative[i])
+                set_adapter_scales(self.pipe, self.names[k], 1.0, text_scale)
+                for prompt, pair in encode_prompts(self.pipe, prompts, self.options.negative_prompt).items():
+                    out[(k, prompt, text_scale)] = pair
         return out
 
     # ---- layers ------------------------------------------------------------------------------------------
@@ -126,16 +111,8 @@ class PackRenderer:
         row_linear = row_linear_class()
         unet = self.pipe.unet
         for name, (a, b, scaling) in self._stacks.items():
-            base = unet.get_submodule(name)
-            parent_name, _, child = name.rpartition(".")
-            parent = unet.get_submodule(parent_name) if parent_name else unet
-            setattr(parent, child, row_linear(base, self.routing, a, b, scaling))
-            self._replaced.append((parent, child, base))
-
-    def _restore_layers(self) -> None:
-        for parent, child, base in reversed(self._replaced):
-            setattr(parent, child, base)
-        self._replaced = []
+            layer = row_linear(unet.get_submodule(name), self.routing, a, b, scaling)
+            self._replaced.append(replace_layer(unet, name, layer))
 
     def _unload(self) -> None:
         if self._loaded:
@@ -144,28 +121,10 @@ class PackRenderer:
 
     # ---- batches -----------------------------------------------------------------------------------------
     def _render_batch(self, batch: list[tuple[int, RenderCell]], guidance: float, embeds: dict) -> list:
-        import torch
-
-        pipe, opts = self.pipe, self.options
-        latent_side = opts.resolution // pipe.vae_scale_factor
-        shape = (pipe.unet.config.in_channels, latent_side, latent_side)
-        latents = torch.stack([initial_noise(c, shape) for _, c in batch]).to(pipe.device, pipe.unet.dtype)
-        positive = torch.stack([embeds[(k, c.prompt, c.text_scale)][0] for k, c in batch])
-        negative = torch.stack([embeds[(k, c.prompt, c.text_scale)][1] for k, c in batch])
-        generators = [torch.Generator("cpu").manual_seed(c.seed + 7919 * c.index) for _, c in batch]
+        pairs = [embeds[(k, c.prompt, c.text_scale)] for k, c in batch]
         self.routing.set([k for k, _ in batch], [c.unet_scale for _, c in batch])
         try:
-            with torch.no_grad():
-                return pipe(
-                    prompt_embeds=positive,
-                    negative_prompt_embeds=negative,
-                    latents=latents,
-                    guidance_scale=guidance,
-                    num_inference_steps=opts.num_inference_steps,
-                    height=opts.resolution,
-                    width=opts.resolution,
-                    generator=generators,
-                ).images
+            return render_pictures(self.pipe, self.options, [c for _, c in batch], pairs, guidance)
         finally:
             self.routing.set(None, [])
 

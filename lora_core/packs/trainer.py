@@ -23,21 +23,18 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from lora_core.adapters import AdapterWeights
 from lora_core.optimizers import make_optimizer, make_schedule, set_optimizer_mode
-from lora_core.packs.layers import PackRouting, packed_conv_class, packed_linear_class
-from lora_core.packs.optim import FlatStacks, PackAdamW, clip_pack_gradients
+from lora_core.packs.layers import PackRouting, dropout_generators, restore_layers
+from lora_core.packs.optim import PackAdamW, clip_pack_gradients
+from lora_core.packs.prompts import PackPrompts
+from lora_core.packs.stacks import adapter_weights, initial_adapter, pack_model
 from lora_core.settings import BOOKKEEPING_FIELDS, FIELD_SOURCES, TrainSettings
 from lora_core.training.checkpoint import Checkpointer, checkpoint_due
 from lora_core.training.device import peak_memory
-from lora_core.training.inputs import LatentCache, MicroBatches, PromptTable
+from lora_core.training.inputs import LatentCache, MicroBatches
 from lora_core.training.loss_log import LossLog
 from lora_core.training.objective import SnrWeights, denoising_target, draw_noise, pack_losses
 from lora_core.training.recipe import (
-    ADAPTER_NAME,
-    adapter_configs,
-    add_adapter,
-    restore_pipeline,
     step_sizes,
     training_metadata,
     write_trained_adapters,
@@ -174,28 +171,22 @@ class PackTrainer:
         self.snr = [
             SnrWeights(self.noise_scheduler, s.snr_gamma) if s.snr_gamma else None for s in self.settings
         ]
-        self._dropout_states = []
-        initial = [self._initial_weights(s) for s in self.settings]
-        # Alone, adapter dropout draws from the global generator after the LoRA init; here each configuration
-        # draws from its own generator, started where the global one stood after its init.
-        dropout = {}
-        for k, (s, state) in enumerate(zip(self.settings, self._dropout_states, strict=True)):
-            if s.dropout:
-                generator = torch.Generator("cpu")
-                generator.set_state(state)
-                dropout[k] = (s.dropout, generator)
+        initial = [initial_adapter(pipe, s) for s in self.settings]
+        dropout = dropout_generators([s.dropout for s in self.settings], [state for *_, state in initial])
         self.unet_routing, self.text_routing, self._replaced = PackRouting(), PackRouting(), []
         self.unet_routing.dropout = self.text_routing.dropout = dropout
         # the adapted layers' names, in the order peft made them (every configuration adapts the same ones)
         self.layer_names = (list(initial[0][0]), next((list(w[1]) for w in initial if w[1]), []))
         self.slices = [[] for _ in self.settings]
-        flats = [
-            self._pack_model(model, index, [w[index] for w in initial], routing)
-            for index, (model, routing) in enumerate(
-                [(pipe.unet, self.unet_routing), (pipe.text_encoder, self.text_routing)]
-            )
-        ]
-        self.flats = [flat for flat in flats if flat is not None]  # the UNet's, then the text encoder's
+        self.flats = []  # the UNet's stacks, then the text encoder's
+        for index, (model, routing) in enumerate(
+            [(pipe.unet, self.unet_routing), (pipe.text_encoder, self.text_routing)]
+        ):
+            flat, slices = pack_model(model, index, [w[index] for w in initial], routing, self._replaced)
+            if flat is not None:
+                self.flats.append(flat)
+            for mine, more in zip(self.slices, slices, strict=True):
+                mine += more
         self.params = [
             [torch.nn.Parameter(stack.data[where]) for _, stack, where in self.slices[k]]
             for k in range(len(self.settings))
@@ -242,68 +233,6 @@ class PackTrainer:
         """Each configuration's optimizer steps done."""
         return [c.progress.step for c in self.checkpointers]
 
-    def _initial_weights(self, s: TrainSettings) -> tuple[dict, dict]:
-        """One configuration's initial LoRA weights, by layer name: peft's own init under its seed, as alone."""
-        import torch
-        from accelerate.utils import set_seed
-
-        pipe = self.pipe
-        set_seed(s.seed)  # the LoRA init draws from the global generator, as in LoraTrainer.setup
-        unet_config, text_config = adapter_configs(s)
-        add_adapter(pipe.unet, unet_config, "train.unet_target_modules")
-        if text_config is not None:
-            add_adapter(pipe.text_encoder, text_config, "train.text_target_modules")
-        weights = (_lora_weights(pipe.unet), _lora_weights(pipe.text_encoder) if text_config else {})
-        self._dropout_states.append(torch.get_rng_state())  # where alone its dropout would start drawing
-        restore_pipeline(pipe, gradient_checkpointing=False)
-        return weights
-
-    def _pack_model(self, model, index: int, weights: list[dict], routing: PackRouting) -> FlatStacks | None:
-        """Replace each adapted layer of ``model`` by a ``PackedLinear`` (``PackedConv2d``: LoCon) over stacks.
-
-        The stacks are views into one flat buffer (``FlatStacks``: one optimizer step for all of them). Ranks
-        below the pack's largest are padded with zeros, which stay zero (their gradient is zero). Each
-        configuration's own part of each stack (``self.slices``: checkpoint name, stack, index) is what it
-        trains alone: its rank's rows of ``A`` and columns of ``B``.
-
-        Returns:
-            The model's stacks (``A`` then ``B`` of each layer), None when no configuration adapts it.
-        """
-        import torch
-
-        names = next((list(w) for w in weights if w), [])
-        if not names:
-            return None
-        bases = [model.get_submodule(name) for name in names]
-        shapes = []
-        for name in names:
-            a, b = next((w[name][0], w[name][1]) for w in weights if w)
-            rank = max(w[name][0].shape[0] for w in weights if w)
-            shapes += [(rank, *a.shape[1:]), (b.shape[0], rank, *b.shape[2:])]
-        flat = FlatStacks(len(weights), shapes, bases[0].weight.device)
-        for i, (name, base) in enumerate(zip(names, bases, strict=True)):
-            a, b = flat.stacks[2 * i], flat.stacks[2 * i + 1]
-            scales = []
-            for k, w in enumerate(weights):
-                scales.append(w[name][2] if w else 0.0)
-                if not w:
-                    continue
-                r = w[name][0].shape[0]  # its rank in this layer (LoCon's convolutions have their own)
-                with torch.no_grad():
-                    a.data[k, :r], b.data[k, :, :r] = w[name][0], w[name][1]
-                for part, stack, where in (
-                    ("A", a, (k, slice(0, r))),
-                    ("B", b, (k, slice(None), slice(0, r))),
-                ):
-                    key = f"{index}.{name}.lora_{part}.{ADAPTER_NAME}.weight"  # LoraTrainer's names
-                    self.slices[k].append((key, stack, where))
-            packed = packed_conv_class() if isinstance(base, torch.nn.Conv2d) else packed_linear_class()
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, packed(base, routing, a, b, scales))
-            self._replaced.append((parent, child, base))
-        return flat
-
     def _setup_inputs(self) -> None:
         s = self.settings[0]
         prompts = [
@@ -313,16 +242,13 @@ class PackTrainer:
             "",  # a dropped caption (configurations with caption dropout)
         ]
         n_instance, n_class = len(self.images), len(self.class_images or [])
-        frozen = [not c.trains_text_encoder for c in self.settings]
-        self.frozen_prompts = (
-            PromptTable(self.pipe, self.device, prompts, self.captions, True) if any(frozen) else None
-        )
-        self.live_prompts = (
-            PromptTable(self.pipe, self.device, prompts, self.captions, False) if not all(frozen) else None
+        trains_text = [c.trains_text_encoder for c in self.settings]
+        self.prompts = PackPrompts(
+            self.pipe, self.device, prompts, self.captions, trains_text, self.text_routing
         )
         pictures = list(self.images) + list(self.class_images or [])
         self.latents = LatentCache(self.pipe.vae, self.device, pictures, s.random_flip)
-        table = self.frozen_prompts or self.live_prompts
+        table = self.prompts.rows
         self.batches = [MicroBatches(c, table, self.latents, n_instance, n_class) for c in self.settings]
         self.validations = [
             ValidationSet(c, self.latents, self.noise_scheduler, n_instance, table.picture_rows)
@@ -333,30 +259,13 @@ class PackTrainer:
 
     def _resume(self, k: int, checkpoint: Path) -> None:
         """Continue configuration ``k`` from a checkpoint: weights, optimizer, schedule, generator, EMA, log."""
-        import torch
-
         folder = self.checkpointers[k].resume_point(checkpoint)
         trainable = {key: param for (key, _, _), param in zip(self.slices[k], self.params[k], strict=True)}
-        with self._dropout_as_global(k):  # the checkpoint's global generator is its dropout's
+        with self.unet_routing.dropout_as_global(k):  # the checkpoint's global generator is its dropout's
             self.logs[k].restore(self.checkpointers[k].load(folder, trainable))
         self.logs[k].rewrite()  # drops what came after the checkpoint
         if self.pack_adamw is not None:  # its moments move into the pack's buffers
-            self.pack_adamw.steps[k] = self.steps[k]
-            with torch.no_grad():
-                for param, (_, stack, where) in zip(self.params[k], self.slices[k], strict=True):
-                    state = self.optimizers[k].state.get(param)
-                    if state:
-                        for mine, saved in zip(self._moments_of(stack), _moments(state), strict=True):
-                            mine[where].copy_(saved)
-
-    def _moments_of(self, stack) -> tuple:
-        """The pack's AdamW ``(exp_avg, exp_avg_sq)`` of one stacked tensor, in its shape."""
-        for g, flat in enumerate(self.flats):
-            for i, mine in enumerate(flat.stacks):
-                if mine is stack:
-                    exp_avg, exp_avg_sq = self.pack_adamw.moments(g)
-                    return exp_avg[i], exp_avg_sq[i]
-        raise KeyError("not a stack of this pack")
+            self.pack_adamw.load_from(k, self.steps[k], self.optimizers[k], self.params[k], self.slices[k])
 
     # ---- train -------------------------------------------------------------------------------------------
     def train(self, until: int | None = None) -> list[TrainResult | None]:
@@ -442,10 +351,8 @@ class PackTrainer:
         """Configuration ``k``'s validation loss, as ``LoraTrainer`` measures it: its saved weights, no dropout."""
         import torch
 
-        trains_text = self.settings[k].trains_text_encoder
         self.unet_routing.active = [k]
-        self.text_routing.active = [k] if trains_text else []
-        table = self.live_prompts if trains_text else self.frozen_prompts
+        table = self.prompts.table_of(k)
         models = (self.pipe.unet, self.pipe.text_encoder)
         with torch.no_grad(), evaluation_weights(self.params[k], self.optimizers[k]):
             for model in models:
@@ -527,7 +434,7 @@ class PackTrainer:
                 latents, scheduler, self.settings[k].noise_offset, generator, self.device
             )
             parts.append((latents, rows, noise, timesteps))
-        embeds = self._embeddings(active, [rows for _, rows, _, _ in parts])
+        embeds = self.prompts.embeddings(active, [rows for _, rows, _, _ in parts])
         latents, noise, timesteps = (torch.cat([part[i] for part in parts]) for i in (0, 2, 3))
         self.unet_routing.active = list(active)
         pred = self.pipe.unet(scheduler.add_noise(latents, noise, timesteps), timesteps, embeds).sample
@@ -535,44 +442,14 @@ class PackTrainer:
         prior = [self.settings[k].prior_loss_weight for k in active] if self.class_images else None
         return pack_losses(pred, target, timesteps, len(active), [self.snr[k] for k in active], prior)
 
-    def _embeddings(self, active: list[int], rows: list[list[int]]):
-        """The prompt embeddings of each configuration's rows, in slice order (text encoder packed too)."""
-        import torch
-
-        live = [k for k in active if self.settings[k].trains_text_encoder]
-        by_config = {}
-        if live:
-            self.text_routing.active = live
-            ids = [rows[active.index(k)] for k in live]
-            out = self.live_prompts.embeddings([r for part in ids for r in part])
-            by_config |= dict(zip(live, out.split([len(p) for p in ids]), strict=True))
-        for k, part in zip(active, rows, strict=True):
-            if k not in by_config:
-                by_config[k] = self.frozen_prompts.embeddings(part)
-        return torch.cat([by_config[k] for k in active])
-
     # ---- save --------------------------------------------------------------------------------------------
-    def adapter_weights(self, k: int, meta: dict) -> AdapterWeights:
-        """Configuration ``k``'s adapter as the writers take it: its rank's rows and columns, peft naming."""
-        s = self.settings[k]
-        unet_config, text_config = adapter_configs(s)
-        n_unet = 2 * len(self.layer_names[0])
-        unet_names, text_names = self.layer_names
-        return AdapterWeights(
-            unet=_peft_named(unet_names, self.params[k][:n_unet]),
-            unet_config=unet_config.to_dict(),
-            training_metadata=meta,
-            text_encoder=_peft_named(text_names, self.params[k][n_unet:]) if text_config else None,
-            text_encoder_config=text_config.to_dict() if text_config else None,
-        )
-
     def _write_adapters(self, k: int, folder: Path, kohya: bool) -> None:
         ema = self.emas[k]
         write_trained_adapters(
             folder,
             self.settings[k].adapter_kind,
             kohya,
-            lambda meta: self.adapter_weights(k, meta),
+            functools.partial(adapter_weights, self.settings[k], self.layer_names, self.params[k]),
             training_metadata(self.settings[k], self.metadata[k], self.steps[k]),
             contextlib.nullcontext,
             functools.partial(ema_weights, self.params[k], ema) if ema is not None else None,
@@ -581,41 +458,13 @@ class PackTrainer:
     def save_checkpoint(self, k: int) -> Path:
         """Write configuration ``k``'s checkpoint at its current step, in ``LoraTrainer``'s format."""
         if self.pack_adamw is not None:
-            self._export_moments(k)
+            self.pack_adamw.save_into(k, self.optimizers[k], self.params[k], self.slices[k])
         trainable = {key: param for (key, _, _), param in zip(self.slices[k], self.params[k], strict=True)}
         write = functools.partial(self._write_adapters, k, kohya=False)
-        with self._dropout_as_global(k):  # a lone run's checkpoint keeps its dropout's generator there
+        with self.unet_routing.dropout_as_global(
+            k
+        ):  # a lone run's checkpoint keeps its dropout's generator there
             return self.checkpointers[k].save(self.steps[k], trainable, write, self.logs[k])
-
-    @contextlib.contextmanager
-    def _dropout_as_global(self, k: int):
-        """Hold configuration ``k``'s dropout generator as the global one (what a checkpoint saves and loads)."""
-        import torch
-
-        generator = self.unet_routing.dropout.get(k, (0.0, None))[1]
-        if generator is None:
-            yield
-            return
-        saved = torch.get_rng_state()
-        torch.set_rng_state(generator.get_state())
-        try:
-            yield
-        finally:
-            generator.set_state(torch.get_rng_state())
-            torch.set_rng_state(saved)
-
-    def _export_moments(self, k: int) -> None:
-        """Put configuration ``k``'s slices of the pack's AdamW moments into its own optimizer's state."""
-        import torch
-
-        optimizer = self.optimizers[k]
-        for param, (_, stack, where) in zip(self.params[k], self.slices[k], strict=True):
-            exp_avg, exp_avg_sq = self._moments_of(stack)
-            optimizer.state[param] = {
-                "step": torch.tensor(float(self.pack_adamw.steps[k])),
-                "exp_avg": exp_avg[where].clone(),
-                "exp_avg_sq": exp_avg_sq[where].clone(),
-            }
 
     def save_final(self, k: int) -> TrainResult:
         """Write configuration ``k``'s final files, as ``LoraTrainer.save_final`` lays them out."""
@@ -640,42 +489,12 @@ class PackTrainer:
         """Put the base layers back and leave the borrowed pipeline frozen, in eval mode."""
         from accelerate.state import AcceleratorState, GradientState
 
-        for parent, child, base in reversed(getattr(self, "_replaced", [])):
-            setattr(parent, child, base)
-        self._replaced = []
+        restore_layers(getattr(self, "_replaced", []))
         for model in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
             model.requires_grad_(False)
             model.eval()
         AcceleratorState._reset_state()  # as LoraTrainer.cleanup: the next job may train otherwise
         GradientState._reset_state()
-
-
-def _moments(state: dict) -> tuple:
-    return state["exp_avg"], state["exp_avg_sq"]
-
-
-def _lora_weights(model) -> dict:
-    """``{layer name: (A, B, alpha / rank)}`` of the training adapter peft attached to ``model``."""
-    from peft.tuners.lora import LoraLayer
-
-    return {
-        name: (
-            m.lora_A[ADAPTER_NAME].weight.detach().clone(),
-            m.lora_B[ADAPTER_NAME].weight.detach().clone(),
-            float(m.scaling[ADAPTER_NAME]),
-        )
-        for name, m in model.named_modules()
-        if isinstance(m, LoraLayer) and ADAPTER_NAME in m.lora_A
-    }
-
-
-def _peft_named(names: list[str], params: list) -> dict:
-    """Peft-named tensors (``<layer>.lora_A.weight``) of one configuration's ``A``, ``B`` per layer."""
-    out = {}
-    for name, a, b in zip(names, params[0::2], params[1::2], strict=True):
-        out[f"{name}.lora_A.weight"] = a.detach().clone()
-        out[f"{name}.lora_B.weight"] = b.detach().contiguous().clone()
-    return out
 
 
 def train_pack(
