@@ -51,16 +51,16 @@ class JobTraining:
         images = load_subject_images(job.instance_dir, spec.settings.resolution, spec.settings.center_crop)
         return images, spec.read_captions(job.instance_dir), self._class_images(pipe)
 
-    def checkpoint(self, until: int | None = None, steps: StepLogger | None = None) -> Path | None:
-        """The checkpoint this training continues from (its own, or a longer run's), noted in ``steps``."""
-        checkpoint = find_checkpoint(
-            self._training_dirs(), self.job.spec.settings, self.identity, up_to=until
-        )
+    def resume_point(self, until: int | None = None) -> Path | None:
+        """The checkpoint this training continues from (its own, or a longer run's), or None."""
+        return find_checkpoint(self._training_dirs(), self.job.spec.settings, self.identity, up_to=until)
+
+    def note_resume(self, checkpoint: Path | None, steps: StepLogger | None) -> None:
+        """Say where the training continues from, and give ``steps`` the history up to there."""
         if checkpoint is not None:
             log.info("%s: continuing from %s", self.job.run_dir.name, checkpoint)
             if steps:
                 steps.add_history(read_rows(checkpoint))
-        return checkpoint
 
     def train(self, pipe, result, steps: StepLogger | None = None, until: int | None = None) -> None:
         """Train the LoRA (to step ``until`` only, if given) unless that is already in the run folder.
@@ -78,7 +78,8 @@ class JobTraining:
             return
         started = time.perf_counter()
         images, captions, class_images = self.inputs(pipe)
-        checkpoint = self.checkpoint(until, steps)
+        checkpoint = self.resume_point(until)
+        self.note_resume(checkpoint, steps)
         result.resumed_from = str(checkpoint) if checkpoint else None
         with HeldSignals() as should_stop:  # a time limit or preemption stops training between two steps
             train_lora(
@@ -212,13 +213,15 @@ def train_together(
     # A pack's configurations train packed, even one left alone with a checkpoint: its steps then add up as
     # they did in the pack, and it ends with the weights of an uninterrupted pack. One fresh start alone
     # trains as a job of its own would.
-    alone = len(packed) == 1 and trainings[packed[0]].checkpoint(until) is None
+    resume = [trainings[i].resume_point(until) for i in packed]
+    alone = len(packed) == 1 and resume[0] is None
     if packed and not alone and pipe.unet.dtype == torch.float32:
         failures = _train_pack(
             [trainings[i] for i in packed],
             pipe,
             [results[i] for i in packed],
             [loggers[i] for i in packed],
+            resume,
             until,
         )
         failures = {packed[k]: reason for k, reason in failures.items()}
@@ -230,7 +233,7 @@ def train_together(
 
 
 def _train_pack(
-    trainings: list[JobTraining], pipe, results: list, loggers: list, until: int | None
+    trainings: list[JobTraining], pipe, results: list, loggers: list, checkpoints: list, until: int | None
 ) -> dict[int, str]:
     from lora_core.packs import PackTrainer
 
@@ -239,7 +242,8 @@ def _train_pack(
         raise ValueError("a pack's configurations must share base model and pictures (the plan groups them)")
     started = time.perf_counter()
     images, captions, class_images = lead.inputs(pipe)
-    checkpoints = [t.checkpoint(until, steps) for t, steps in zip(trainings, loggers, strict=True)]
+    for training, checkpoint, steps in zip(trainings, checkpoints, loggers, strict=True):
+        training.note_resume(checkpoint, steps)
 
     def on_step(k: int, record) -> None:
         if loggers[k]:
