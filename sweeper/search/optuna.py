@@ -268,6 +268,7 @@ class _Trial:
     steps: list[int]
     name: str
     stage: int = 0
+    spec: object = None  # its checked values (sweeper.config.spec.JobSpec): what its pack shares
 
     def stage_overrides(self, preview: dict) -> tuple[str, ...]:
         from sweeper.search.halving import rung_overrides
@@ -295,7 +296,7 @@ def _start_trial(
     name = spec.run_dir(cfg.sweep.run_dir_template, varying).name
     trial.set_user_attr(RUN_DIR_ATTR, name)
     stage = sum(1 for s in steps[:-1] if s in reported)  # a resumed trial goes on after its last report
-    return _Trial(trial=trial, overrides=overrides, steps=steps, name=name, stage=stage)
+    return _Trial(trial=trial, overrides=overrides, steps=steps, name=name, stage=stage, spec=spec)
 
 
 def run_search(config: DictConfig, launcher, arguments: list[str]) -> list:
@@ -391,9 +392,9 @@ def _stage_jobs(config: DictConfig, alive: list[_Trial], settings: SearchSetting
     The trials enter the plan (``sweep.json``) so that a pack's job composes each one's config; trials at
     the same step whose settings can share a pack are packed as the plan packs a grid.
     """
-    from sweeper.config.spec import build_job, sweep_dir_of
+    from sweeper.config.spec import sweep_dir_of
     from sweeper.planning.packs import pack_size_setting, plan_packs, split_packs
-    from sweeper.planning.plan import SweepPlan, compose_job, pack_job_overrides
+    from sweeper.planning.plan import SweepPlan, pack_job_overrides
     from sweeper.plugins import parallel_jobs
 
     sweep_dir = sweep_dir_of(config)
@@ -407,7 +408,7 @@ def _stage_jobs(config: DictConfig, alive: list[_Trial], settings: SearchSetting
     size = pack_size_setting(config.sweep.pack)
     packs, jobs = [], []
     for extra, names in by_step.items():
-        specs = [build_job(compose_job(config, by_name[n].overrides)) for n in names]
+        specs = [by_name[n].spec for n in names]
         groups, _alone = plan_packs(specs, names, size, parallel_jobs(config.hydra))
         for pack in split_packs(groups, names):
             packs.append(pack)
