@@ -13,9 +13,9 @@
 3. **grid** — the 48-cell grid (3 prompts x 4 UNet scales x 4 text scales) at 512 px, 25 steps: images/s
    of ``GridRenderer`` against the plain ``set_adapters`` loop, and the largest pixel difference.
 4. **sweep** — ``python -m sweeper -m`` on that model, two learning rates, MLflow on SQLite: ends green.
-5. **pack** — packs of 1, 4, 8, 16 configurations (``lora_core.packs``, fp32: packs train in float32 for
-   now) against one configuration alone in fp32 (``train_lora``): s per configuration-step, the ratio,
-   and peak GPU memory per pack size.
+5. **pack** — packs of 1, 4, 8, 16 configurations (``lora_core.packs``, fp16 base on the GPU: each
+   configuration with its own gradient scaler) against one configuration alone (``train_lora``): s per
+   configuration-step, the ratio, and peak GPU memory per pack size.
 
 ``--tiny`` runs the same code on the tiny model at 64 px with a few steps: the CPU path the tests run, so
 the check cannot rot between GPU sessions. Results: ``summary.json`` and ``table.md`` in ``--out``
@@ -169,7 +169,7 @@ def pack_section(model_dir: Path, images, size: Size, device: str, work: Path) -
     from lora_core.packs import train_pack
     from lora_core.training import train_lora
 
-    pipe = load_pipeline(ModelSource(path=str(model_dir), device=device, dtype="float32"))
+    pipe = load_pipeline(ModelSource(path=str(model_dir), device=device))  # fp16 on CUDA, as users train
     steps = size.warmup + size.steps + 1
     configs = [
         _settings(size, max_train_steps=steps, learning_rate=1e-4 * (1 + k), seed=k)
@@ -199,7 +199,12 @@ def pack_section(model_dir: Path, images, size: Size, device: str, work: Path) -
             f"peak {_fmt_mb(rows[-1]['peak_mb'])}",
             flush=True,
         )
-    return {"alone_s_per_step": alone, "alone_peak_mb": alone_mb, "packs": rows}
+    return {
+        "alone_s_per_step": alone,
+        "alone_peak_mb": alone_mb,
+        "packs": rows,
+        "dtype": str(pipe.unet.dtype),
+    }
 
 
 def _training_settings(size: Size):
@@ -533,7 +538,7 @@ def table(summary: dict) -> str:
         )
     if pack := summary.get("pack"):
         lines.append(
-            f"Packs (fp32; one configuration alone {pack['alone_s_per_step']:.4f} s/step, peak "
+            f"Packs ({pack.get('dtype', 'torch.float32').removeprefix('torch.')} base; one configuration alone {pack['alone_s_per_step']:.4f} s/step, peak "
             f"{_fmt_mb(pack['alone_peak_mb'])}): "
             + "; ".join(
                 f"{r['size']}: {r['s_per_config_step']:.4f} s per configuration-step ({r['ratio']:.3f}x), "

@@ -7,7 +7,9 @@ configurations that train it) runs once for the whole pack, through ``PackedLine
 with fewer steps writes its final files when it reaches them and leaves the batch.
 
 Each configuration checkpoints and resumes on its own, in ``LoraTrainer``'s format. The pack trainer is for
-LoRA and LoCon in fp32 (``pack_refusal`` says what else runs alone).
+LoRA and LoCon (``pack_refusal`` says what else runs alone), on a float32, float16 or bfloat16 base model as
+``LoraTrainer``: the adapters train in float32 under the accelerator's autocast. Under fp16 each configuration
+has its own gradient scaler: an overflow in its gradients skips its own step alone.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from lora_core.packs.prompts import PackPrompts
 from lora_core.packs.stacks import adapter_weights, initial_adapter, pack_model
 from lora_core.settings import BOOKKEEPING_FIELDS, FIELD_SOURCES, TrainSettings
 from lora_core.training.checkpoint import Checkpointer, checkpoint_due
-from lora_core.training.device import peak_memory
+from lora_core.training.device import mixed_precision, peak_memory
 from lora_core.training.inputs import LatentCache, MicroBatches
 from lora_core.training.loss_log import LossLog
 from lora_core.training.objective import SnrWeights, denoising_target, draw_noise, pack_losses
@@ -162,9 +164,8 @@ class PackTrainer:
         from diffusers import DDPMScheduler
 
         pipe, device = self.pipe, self.pipe.unet.device
-        if pipe.unet.dtype != torch.float32:
-            raise ValueError("packs train in fp32 for now: load the pipeline in float32")
-        self.device = device
+        self.device, self.unet_dtype = device, pipe.unet.dtype
+        self.precision = mixed_precision(self.unet_dtype, self.settings[0].mixed_precision, device.type)
         for model in (pipe.unet, pipe.vae, pipe.text_encoder):
             model.requires_grad_(False)
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -210,23 +211,31 @@ class PackTrainer:
         """Each configuration's optimizer, schedule, EMA and checkpointer (step counter and generator)."""
         from accelerate import Accelerator
 
-        self.optimizers, self.schedules, self.emas, self.checkpointers = [], [], [], []
+        self.optimizers, self.schedules, self.emas, self.checkpointers, self.accelerators = [], [], [], [], []
         for k, s in enumerate(self.settings):
             n_unet = 2 * len(self.layer_names[0])
             groups = [{"params": self.params[k][:n_unet], "lr": s.learning_rate}]
             if s.trains_text_encoder:
                 groups.append({"params": self.params[k][n_unet:], "lr": s.text_encoder_lr})
-            accelerator = Accelerator(cpu=self.device.type == "cpu")
+            accelerator = Accelerator(mixed_precision=self.precision, cpu=self.device.type == "cpu")
             optimizer = make_optimizer(groups, s, self.device.type)
             optimizer, schedule = accelerator.prepare(optimizer, make_schedule(optimizer, s))
             ema = make_ema(self.params[k], s.ema_decay) if s.uses_ema else None
             self.optimizers.append(optimizer)
             self.schedules.append(schedule)
             self.emas.append(ema)
+            self.accelerators.append(accelerator)
             self.checkpointers.append(Checkpointer(self.output_dirs[k], s, self.identity, accelerator, ema))
-        # AdamW without EMA (a sweep's usual case) steps the whole stack at once; else each its own optimizer.
+        # AdamW without EMA nor loss scaling (a sweep's usual case) steps the whole stack at once; else each
+        # configuration its own optimizer (its own scaler skips its step on an overflow).
         batched = all(s.optimizer == "adamw" and not s.uses_ema for s in self.settings)
+        batched = batched and not any(self.scalers)
         self.pack_adamw = PackAdamW(self.flats, self.settings) if batched else None
+
+    @property
+    def scalers(self) -> list:
+        """Each configuration's gradient scaler (fp16 on CUDA) or None: its accelerated optimizer's."""
+        return [optimizer.scaler for optimizer in self.optimizers]
 
     @property
     def steps(self) -> list[int]:
@@ -354,11 +363,15 @@ class PackTrainer:
         self.unet_routing.active = [k]
         table = self.prompts.table_of(k)
         models = (self.pipe.unet, self.pipe.text_encoder)
-        with torch.no_grad(), evaluation_weights(self.params[k], self.optimizers[k]):
+        with (
+            torch.no_grad(),
+            evaluation_weights(self.params[k], self.optimizers[k]),
+            self.accelerators[k].autocast(),
+        ):
             for model in models:
                 model.eval()
             try:
-                return self.validations[k].loss(self.pipe.unet, torch.float32, table)
+                return self.validations[k].loss(self.pipe.unet, self.unet_dtype, table)
             finally:
                 for model in models:
                     model.train()
@@ -379,11 +392,15 @@ class PackTrainer:
         for micro in range(accumulation):
             micro_steps = [self.steps[k] * accumulation + micro for k in active]
             losses = self._loss_step(active, micro_steps)
+            total = (losses / accumulation).sum()  # each configuration's gradient is its own loss's
+            if any(scalers := self.scalers):  # fp16: each loss scaled by its own scaler, as alone
+                parts = (losses / accumulation).unbind()
+                total = sum(scalers[k].scale(loss) for k, loss in zip(active, parts, strict=True))
             with (
                 warnings.catch_warnings()
             ):  # the stacks and their gradients are strided views of flat buffers
                 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
-                (losses.sum() / accumulation).backward()  # each configuration's gradient is its own loss's
+                total.backward()
             totals = totals + losses.detach() / accumulation
         if self.pack_adamw is not None:
             self._pack_step(active)
@@ -407,14 +424,21 @@ class PackTrainer:
                 self.schedules[k].step()  # the optimizer's rates for the next step (and its checkpoint)
 
     def _separate_steps(self, active: list[int]) -> None:
-        """Each active configuration's own clipping, optimizer, schedule and EMA, on its slices."""
+        """Each active configuration's own clipping, optimizer, schedule and EMA, on its slices.
+
+        Under fp16, as ``accelerator.clip_grad_norm_`` and the accelerated optimizer do alone: the gradients
+        are unscaled before clipping; an overflow skips the optimizer's step and its schedule's, and the
+        scaler backs off; only this configuration's.
+        """
         import torch
 
         for k in active:
-            s = self.settings[k]
+            s, scaler = self.settings[k], self.optimizers[k].scaler
             for view, (_, stack, where) in zip(self.params[k], self.slices[k], strict=True):
                 view.grad = stack.grad[where]
             if s.max_grad_norm > 0:
+                if scaler is not None:
+                    scaler.unscale_(self.optimizers[k].optimizer)
                 torch.nn.utils.clip_grad_norm_(self.params[k], s.max_grad_norm)
             self.optimizers[k].step()
             self.schedules[k].step()
@@ -434,10 +458,13 @@ class PackTrainer:
                 latents, scheduler, self.settings[k].noise_offset, generator, self.device
             )
             parts.append((latents, rows, noise, timesteps))
-        embeds = self.prompts.embeddings(active, [rows for _, rows, _, _ in parts])
         latents, noise, timesteps = (torch.cat([part[i] for part in parts]) for i in (0, 2, 3))
+        noisy = scheduler.add_noise(latents, noise, timesteps)
         self.unet_routing.active = list(active)
-        pred = self.pipe.unet(scheduler.add_noise(latents, noise, timesteps), timesteps, embeds).sample
+        with self.accelerators[0].autocast():  # every configuration's accelerator has the same precision
+            embeds = self.prompts.embeddings(active, [rows for _, rows, _, _ in parts])
+            dtype = self.unet_dtype
+            pred = self.pipe.unet(noisy.to(dtype), timesteps, embeds.to(dtype)).sample
         target = denoising_target(scheduler, latents, noise, timesteps)
         prior = [self.settings[k].prior_loss_weight for k in active] if self.class_images else None
         return pack_losses(pred, target, timesteps, len(active), [self.snr[k] for k in active], prior)

@@ -185,8 +185,6 @@ def train_together(
     Returns:
         Job index -> why its training failed (a diverged loss); the others trained.
     """
-    import torch
-
     todo = []
     for i, training in enumerate(trainings):
         if training.is_trained(until):
@@ -205,17 +203,12 @@ def train_together(
     ]
     packed = [i for i in todo if i not in later]
     failures: dict[int, str] = {}
-    if pipe.unet.dtype != torch.float32:
-        log.info(
-            "The pack's configurations train one after another: packs train in float32, the model is %s.",
-            pipe.unet.dtype,
-        )
     # A pack's configurations train packed, even one left alone with a checkpoint: its steps then add up as
     # they did in the pack, and it ends with the weights of an uninterrupted pack. One fresh start alone
     # trains as a job of its own would.
     resume = [trainings[i].resume_point(until) for i in packed]
     alone = len(packed) == 1 and resume[0] is None
-    if packed and not alone and pipe.unet.dtype == torch.float32:
+    if packed and not alone:
         failures = _train_pack(
             [trainings[i] for i in packed],
             pipe,

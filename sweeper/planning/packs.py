@@ -49,8 +49,6 @@ def lone_reason(spec: JobSpec) -> str | None:
     """Why this configuration cannot train in any pack, in one line; None when it can."""
     if spec.stop_at is not None:
         return None
-    if spec.model.dtype in ("float16", "bfloat16"):
-        return f"model.dtype={spec.model.dtype}: packs train in float32 for now"
     return pack_refusal([spec.settings])
 
 
