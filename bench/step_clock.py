@@ -16,6 +16,7 @@ Run a script under the clock::
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import runpy
 import sys
@@ -70,10 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     clock = StepClock()
     sys.argv = [args.script, *args.script_args]
-    try:
-        runpy.run_path(args.script, run_name="__main__")
-    finally:
-        clock.write(args.out)
+    # at exit: also when the script ends the process itself after the exit handlers (``python -m sweeper``)
+    atexit.register(clock.write, args.out)
+    runpy.run_path(args.script, run_name="__main__")
     return 0
 
 

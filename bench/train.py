@@ -69,6 +69,7 @@ DEFAULT_RESULTS = REPO_ROOT / "bench" / "results" / "train"
 TARGET_OVER_FLOOR = 1.10  # ours per step within 10% of the floor: the trainer adds next to nothing
 TARGET_OVER_REFERENCE = 1.00  # no slower than diffusers' reference, per step and start-up
 TARGET_JOB_OVER_REFERENCE = 1.20  # a whole sweeper job's fixed cost (Hydra, MLflow, records) vs the reference
+TARGET_SWEEP_OVER_REFERENCE = 1.30  # a one-configuration `python -m sweeper -m`'s fixed cost vs the reference
 # The issue's figures, measured on this kind of machine on the same tiny model (context, not a target).
 ISSUE_FIGURES = (
     "reference 0.049-0.056 s/step (text encoder frozen), floor ~0.048 s/step, reference start-up ~4.8 s"
@@ -280,7 +281,7 @@ def reference_args(settings, model_dir: Path, subject_dir: Path) -> list[str]:
 
 
 def sweeper_job(
-    settings, model_dir: Path, subject_dir: Path, device: str, live: bool = True
+    settings, model_dir: Path, subject_dir: Path, device: str, live: bool = True, sweep: bool = False
 ) -> tuple[str, ...]:
     """One ``python -m sweeper`` job of the same training, as a SLURM or joblib worker runs it: Hydra, the
     job's checks, the run folder and its records, and MLflow on the SQLite store its sweep shares
@@ -289,6 +290,9 @@ def sweeper_job(
     Every run logs into an experiment of its own in the section's store (``prepare_store`` made it, as a
     sweep's start does before its jobs): in a shared experiment a later round would find its run already
     logged and skip the logging a job does.
+
+    ``sweep``: the whole one-configuration command a user types, ``python -m sweeper -m``: Hydra's compose,
+    the sweep's plan, checks and MLflow start, the launch of its job, the job, and the sweep's end.
     """
     s = settings
     overrides = [
@@ -310,13 +314,13 @@ def sweeper_job(
         "eval.enabled=false",
         "sweep.root={run_dir}/sweeps",
         "sweep.print_summary=false",
-        "hydra.run.dir={run_dir}/hydra",
+        "hydra.sweep.dir={run_dir}/hydra" if sweep else "hydra.run.dir={run_dir}/hydra",
         f"tracking.enabled={str(live).lower()}",
         "tracking.uri=sqlite:///{run_dir}/../mlflow.db",
         "tracking.experiment={run_dir}",
     ]
     script = str(REPO_ROOT / "sweeper" / "__main__.py")
-    return ("-m", "bench.step_clock", "--out", "{out}", "--", script, *overrides)
+    return ("-m", "bench.step_clock", "--out", "{out}", "--", script, *(["-m"] if sweep else []), *overrides)
 
 
 def contestants(
@@ -367,6 +371,11 @@ def contestants(
         Contestant(
             "worker without MLflow",
             (sys.executable, *sweeper_job(settings, model_dir, subject_dir, device, live=False)),
+            plan.warmup,
+        ),
+        Contestant(
+            "sweep command",
+            (sys.executable, *sweeper_job(settings, model_dir, subject_dir, device, sweep=True)),
             plan.warmup,
         ),
     ]
@@ -464,6 +473,12 @@ def print_ratios(results: dict[str, Measured]) -> None:
                 ref.start_up_runs(),
                 TARGET_JOB_OVER_REFERENCE,
             )
+        _ratio_line(
+            "sweep command / reference, start-up",
+            results["sweep command"].start_up_runs(),
+            ref.start_up_runs(),
+            TARGET_SWEEP_OVER_REFERENCE,
+        )
     _ratio_line("reference / its env's floor, s/step", ref.per_step_runs(), ref_floor.per_step_runs(), None)
     _ratio_line(
         "ref-env floor / our floor (torch versions)", ref_floor.per_step_runs(), floor.per_step_runs(), None

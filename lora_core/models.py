@@ -27,6 +27,19 @@ _DTYPES = {
 _SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
+def quiet_libraries() -> None:
+    """Keep the terminal for our own progress: no per-file loading bars or lines from the libraries.
+
+    Imports diffusers and transformers (a few seconds the first time).
+    """
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # not every file a checkpoint loads
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where the base model comes from and how to hold it.

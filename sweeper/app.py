@@ -12,6 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from lora_core.models import quiet_libraries
 from sweeper.config.schema import register_configs
 from sweeper.errors import FAILURE_EXIT, exit_with, job_errors
 from sweeper.plugins import LauncherKind, SweeperKind, launcher_kind, parallel_jobs, sweeper_kind
@@ -64,16 +65,6 @@ OmegaConf.register_new_resolver("dreambooth_prompts", _dreambooth_prompts, repla
 OmegaConf.register_new_resolver("safe_name", _safe_name, replace=True)
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal for our own progress: no per-file loading bars or lines from the libraries."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # not every file a checkpoint loads
-
-
 def run(cfg: DictConfig) -> float | dict | None:
     """Run one job of a sweep (train, render, sheets, MLflow), or one pack of them.
 
@@ -90,7 +81,7 @@ def run(cfg: DictConfig) -> float | dict | None:
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     overrides = list(hydra_cfg.overrides.task) if hydra_cfg else []
     in_process = launcher_kind(hydra_cfg) == LauncherKind.BASIC
-    _quiet_libraries()
+    quiet_libraries()
     with job_errors(in_process):  # elsewhere the launcher reports the failed job
         device = place_job(cfg.model.device, Path(cfg.sweep.root) / ".gpu-locks", parallel_jobs(hydra_cfg))
         if cfg.sweep.pack_members:  # several configurations trained together (sweeper.job.pack)

@@ -62,4 +62,5 @@ def test_the_device_check_runs_every_section_on_the_tiny_model(tmp_path):
     # packs against one configuration alone, with each size's time per configuration-step
     assert [r["size"] for r in summary["pack"]["packs"]] == [1, 2]
     assert all(r["s_per_config_step"] > 0 and r["ratio"] > 0 for r in summary["pack"]["packs"])
-    assert "Packs (fp32" in table
+    assert summary["pack"]["dtype"] == "torch.float32"  # the CPU's; the GPU's base is fp16 (auto)
+    assert "Packs (float32 base" in table

@@ -398,10 +398,11 @@ def test_jobs_without_live_tracking_never_import_mlflow_and_the_sweeps_end_logs_
 
     result = joblib_sweep(tmp_path, "tracking.live=false")
     assert result.returncode == 0, result.output
-    importers = [(name, argv) for name, argv, imported in probed_processes(tmp_path) if imported]
-    assert [n for n, _ in importers] == ["MainProcess"], (
-        f"only the launching process imports mlflow: {importers}"
-    )
+    # the launching process logs through its own helper process (which ends with os._exit, unseen by the
+    # probe): no process that trains or plans imports MLflow
+    processes = probed_processes(tmp_path)
+    importers = [(name, argv) for name, argv, imported in processes if imported]
+    assert importers == [] and "MainProcess" in [p[0] for p in processes], processes
     records = run_records(tmp_path / "quickstart")
     runs = mlflow_runs(tmp_path, "quickstart")
     parent = next(r for r in runs if r.data.tags.get("sweep_role") == "parent")

@@ -13,18 +13,25 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lora_core.errors import UserInputError
+from lora_core.models import quiet_libraries
 from sweeper.config.spec import build_job, sweep_dir_of
 from sweeper.disk.layout import SweepFolder
 from sweeper.disk.naming import train_short_keys
 from sweeper.errors import exit_on_error
 from sweeper.launch.slurm import check_slurm_request
 from sweeper.planning.plan import SweepPlan, TrackingIds, check_inputs, compose_job, expand_jobs, plan_sweep
-from sweeper.plugins import SweeperKind, launches_packs, parallel_jobs, sweeper_kind
+from sweeper.plugins import (
+    LauncherKind,
+    SweeperKind,
+    launcher_kind,
+    launches_packs,
+    parallel_jobs,
+    sweeper_kind,
+)
 from sweeper.search.halving import plan_halving
 from sweeper.search.optuna import check_search, search_space
-from sweeper.tracking.helper import open_tracker
+from sweeper.tracking.helper import open_tracker, prefetch_mlflow
 from sweeper.tracking.store import tracking_uri
-from sweeper.tracking.tracker import Tracker
 from sweeper.tracking.ui import describe_sweep
 
 log = logging.getLogger(__name__)
@@ -97,10 +104,14 @@ class SweepCallback(Callback):
         """Check every job and write ``sweep.json`` before the launcher starts any of them."""
         with exit_on_error():
             sweep_dir = sweep_dir_of(config)
+            if config.tracking.enabled:
+                prefetch_mlflow()  # the helper process imports MLflow while the sweep is planned
             check_slurm_request(OmegaConf.to_container(config.hydra.launcher, resolve=True))
             plan = PLANNERS[sweeper_kind(config.hydra)](config)
             _make_sweep_dir(sweep_dir, config.sweep.root)
             self._plan = plan
+            if config.tracking.enabled and launcher_kind(config.hydra) == LauncherKind.BASIC:
+                quiet_libraries()  # the jobs' libraries load here while MLflow opens the sweep's run
             plan.tracking = self._open_parent(config, sweep_dir, SweepPlan.load(sweep_dir))
             plan.save(sweep_dir)
 
@@ -108,7 +119,7 @@ class SweepCallback(Callback):
         if not config.tracking.enabled:
             return TrackingIds()
         uri = tracking_uri(config)
-        tracker = Tracker.for_config(config, sweep_dir)
+        tracker = open_tracker(config, sweep_dir)  # in-process jobs share its helper process
         reuse = previous.tracking.parent_in(uri) if previous else None
         parent = tracker.parent_run(reuse, config.sweep.name, {"sweep": config.sweep.name})
         describe_sweep(tracker, parent, config, self._plan)
@@ -128,7 +139,7 @@ class SweepCallback(Callback):
         plan = SweepPlan.load(sweep_dir)
         parent = plan.parent_run_id if plan else None
         if parent and config.tracking.enabled:
-            tracker = Tracker.for_config(config, sweep_dir)
+            tracker = open_tracker(config, sweep_dir)
             if not config.tracking.live:  # the jobs left MLflow to the sweep's end
                 log_finished_runs(tracker, parent, SweepFolder(sweep_dir))
             close_sweep(tracker, parent, SweepFolder(sweep_dir), config.eval.objective)

@@ -17,8 +17,10 @@ preemption means, and may still log after it) and ends when the job's end of the
 the job is killed. If it dies, the proxy acts as ``Tracker`` does when the store fails: one warning, the
 ``MLFLOW_PENDING`` note naming the command that logs the folder later, and no more MLflow calls.
 
-A process that has already imported MLflow (an in-process multirun, whose sweep callback opened the
-parent run; a test) gains nothing from a helper and gets a plain ``Tracker``.
+A sweep's own process uses a helper too (``prefetch_mlflow`` starts it, and MLflow's import there, while
+the sweep is planned): its in-process jobs share it, and the sweep's process never imports MLflow. A
+process that has already imported MLflow (a halving or Optuna sweep's bookkeeping, a test) gains nothing
+from a helper and gets a plain ``Tracker``.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def serve(read_fd: int, write_fd: int) -> None:
     for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    with os.fdopen(read_fd, "rb") as calls, os.fdopen(write_fd, "wb") as answers:
+    calls, answers = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
+    with contextlib.suppress(OSError), calls, answers:  # the job may close its ends first (an early exit)
         while True:
             try:
                 call_id, fn, args = pickle.load(calls)
@@ -89,6 +92,11 @@ def serve(read_fd: int, write_fd: int) -> None:
     logging.shutdown()
     # Every write is in the store (SQLite commits each); skip tearing down MLflow's modules (about 0.8 s).
     os._exit(0)
+
+
+def _import_mlflow() -> None:
+    from mlflow.store.tracking import sqlalchemy_store  # noqa: F401  (what opening a SQLite store imports)
+    from mlflow.tracking import MlflowClient  # noqa: F401
 
 
 def _open(key: tuple[str, str, str], timeout: float) -> tuple[bool, str | None]:
@@ -126,6 +134,7 @@ class _Helper:
         self._calls = os.fdopen(calls_w, "wb")
         self._answers = os.fdopen(answers_r, "rb")
         self._pending: dict[int, Future] = {}
+        self._optional: set[Future] = set()  # calls nobody waits for at exit (the prefetched import)
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._gone: str | None = None
@@ -169,7 +178,7 @@ class _Helper:
     def close(self) -> None:
         """Wait (a bounded time) for calls still queued, then close the pipe: the helper exits."""
         with self._lock:
-            pending = list(self._pending.values())
+            pending = [f for f in self._pending.values() if f not in self._optional]
         for future in pending:
             try:
                 future.exception(timeout=_EXIT_WAIT)
@@ -188,6 +197,18 @@ def _helper() -> _Helper:
         _HELPER = _Helper()
         atexit.register(_HELPER.close)
     return _HELPER
+
+
+def prefetch_mlflow() -> None:
+    """Start the helper process and its import of MLflow now, in this process's first seconds of other work.
+
+    Nothing waits for it; a process that exits before using MLflow closes the helper without waiting.
+    """
+    if "mlflow" in sys.modules:
+        return
+    helper = _helper()
+    future = helper.submit(_import_mlflow)
+    helper._optional.add(future)
 
 
 class TrackerProxy:
