@@ -62,6 +62,8 @@ class RenderCell:
         seed: Seed of the starting noise.
         index: Which of the cell's ``count`` pictures this is.
         count: Pictures drawn from this seed (as ``num_images_per_prompt`` would).
+        sampler: A key of ``SCHEDULERS``; None: the grid's ``RenderOptions.scheduler``.
+        steps: Sampling steps; None: the grid's ``RenderOptions.num_inference_steps``.
     """
 
     prompt: str
@@ -71,6 +73,8 @@ class RenderCell:
     seed: int = 0
     index: int = 0
     count: int = 1
+    sampler: str | None = None
+    steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -190,15 +194,18 @@ class GridRenderer:
             Each cell with its picture.
         """
         cells = list(cells)
-        embeds = self._prompt_embeddings(cells)
-        key = lambda c: (c.unet_scale, c.guidance)  # noqa: E731
-        for (unet_scale, guidance), group in groupby(sorted(cells, key=key), key=key):
-            self._set_unet_scale(unet_scale)
-            group = list(group)
-            size = batch_size(self.options, self.pipe.device)
-            for start in range(0, len(group), size):
-                batch = group[start : start + size]
-                yield from zip(batch, self._render_batch(batch, guidance, embeds), strict=True)
+        embeds = self._prompt_embeddings(cells)  # shared by every sampler and step count
+        options = self.options
+        for (sampler, _), by_sampling in groupby(sorted(cells, key=sampling_key), key=sampling_key):
+            self.pipe.scheduler = sampler_of(self._scheduler, sampler or options.scheduler)
+            key = lambda c: (c.unet_scale, c.guidance)  # noqa: E731
+            for (unet_scale, guidance), group in groupby(sorted(by_sampling, key=key), key=key):
+                self._set_unet_scale(unet_scale)
+                group = list(group)
+                size = batch_size(options, self.pipe.device)
+                for start in range(0, len(group), size):
+                    batch = group[start : start + size]
+                    yield from zip(batch, self._render_batch(batch, guidance, embeds), strict=True)
 
     # ---- prompt embeddings -------------------------------------------------------------------------------
     def _prompt_embeddings(self, cells: list[RenderCell]) -> dict:
@@ -251,13 +258,28 @@ class GridRenderer:
 def use_scheduler(pipe, name: str):
     """Give ``pipe`` the sampler ``render.scheduler`` names (``default``: keep its own); returns the one it had."""
     previous = pipe.scheduler
-    spec = SCHEDULERS[name]
-    if spec is not None:
-        import diffusers
-
-        cls_name, extra = spec
-        pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+    pipe.scheduler = sampler_of(previous, name)
     return previous
+
+
+def sampler_of(own, name: str):
+    """The sampler ``name`` (a key of ``SCHEDULERS``) made from the model's own scheduler ``own``.
+
+    ``default`` is ``own`` itself; every other is built from ``own``'s config, so that switching samplers
+    within a grid carries nothing of one sampler into the next.
+    """
+    spec = SCHEDULERS[name]
+    if spec is None:
+        return own
+    import diffusers
+
+    cls_name, extra = spec
+    return getattr(diffusers, cls_name).from_config(own.config, **extra)
+
+
+def sampling_key(cell: RenderCell) -> tuple[str, int]:
+    """How a cell is sampled, for grouping (None sorts as the grid's own: ``""`` and 0)."""
+    return (cell.sampler or "", cell.steps or 0)
 
 
 def batch_size(options: RenderOptions, device) -> int:
@@ -298,13 +320,16 @@ def render_pictures(
     negative = torch.stack([pair[1] for pair in embeds])
     # One generator per picture, for schedulers that add noise while sampling (euler_a).
     generators = [torch.Generator("cpu").manual_seed(c.seed + 7919 * c.index) for c in cells]
+    steps = {c.steps or options.num_inference_steps for c in cells}
+    if len(steps) != 1:
+        raise ValueError(f"one pipeline call samples with one step count, not {sorted(steps)}")
     with torch.no_grad():
         return pipe(
             prompt_embeds=positive,
             negative_prompt_embeds=negative,
             latents=latents,
             guidance_scale=guidance,
-            num_inference_steps=options.num_inference_steps,
+            num_inference_steps=steps.pop(),
             height=options.resolution,
             width=options.resolution,
             generator=generators,

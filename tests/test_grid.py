@@ -88,3 +88,102 @@ def test_bad_grids_are_refused_with_the_key(overrides, key):
 def test_prompt_text_never_reaches_a_file_name():
     cells = grid_cells(_render(prompts=["../../etc/passwd", "a/b\\c"]), "ktn", "cat")
     assert all("/" not in c.file_name and "\\" not in c.file_name and ".." not in c.file_name for c in cells)
+
+
+def test_sampler_and_step_axes_cross_the_grid_and_name_only_what_varies():
+    """The X/Y/Z plot's sampler and steps axes: crossed with the others in one grid; a picture's name gets
+    ``;<sampler>`` / ``;<steps>`` only for an axis with several values, the same value always the same name."""
+    both = grid_cells(
+        _render(prompts={"sf": "smile"}, samplers=["ddim", "euler_a"], sampling_steps=[10, 30]), "ktn", "cat"
+    )
+    assert [c.stem for c in both] == [
+        "sf_1;1;7.5;ddim;10",
+        "sf_1;1;7.5;ddim;30",
+        "sf_1;1;7.5;euler_a;10",
+        "sf_1;1;7.5;euler_a;30",
+    ]
+    assert [(c.sampler, c.steps) for c in both] == [
+        ("ddim", 10),
+        ("ddim", 30),
+        ("euler_a", 10),
+        ("euler_a", 30),
+    ]
+    assert both[3].label == "1;1;7.5;euler_a;30" and both[3].label_keys == "unet;text;guidance;sampler;steps"
+    assert both[3].render_cell().sampler == "euler_a" and both[3].render_cell().steps == 30
+    one_sampler = grid_cells(
+        _render(prompts={"sf": "smile"}, samplers=["ddim"], sampling_steps=[10, 30]), "k", "c"
+    )
+    assert [c.stem for c in one_sampler] == ["sf_1;1;7.5;10", "sf_1;1;7.5;30"]  # one sampler: not in the name
+    plain = grid_cells(_render(prompts={"sf": "smile"}, scheduler="euler"), "ktn", "cat")
+    assert [(c.stem, c.sampler, c.steps, c.label) for c in plain] == [("sf_1;1;7.5", "euler", 25, "1;1;7.5")]
+
+
+def test_prompt_search_and_replace_adds_a_prompt_per_value():
+    """Prompt S/R: each prompt that holds the first value once more per other value; the rest stay once."""
+    cells = grid_cells(
+        _render(
+            prompts=[{"ph": "a photo of {token}"}, {"be": "a {token} {class} on the beach"}],
+            prompt_sr=["beach", "snow", "old pub"],
+        ),
+        "ktn",
+        "cat",
+    )
+    assert [(c.prompt_name, c.prompt) for c in cells] == [
+        ("ph", "a photo of ktn"),
+        ("be", "a ktn cat on the beach"),
+        ("be-snow", "a ktn cat on the snow"),
+        ("be-old+pub", "a ktn cat on the old pub"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"samplers": ["ddim", "eulr"]}, "render.samplers: unknown sampler 'eulr'"),
+        ({"samplers": ["ddim", "ddim"]}, r"render.samplers=\['ddim', 'ddim'\]: a value is listed twice"),
+        ({"samplers": ["ddim"], "scheduler": "euler"}, "render.scheduler=euler and render.samplers"),
+        ({"sampling_steps": [10, 0]}, "render.sampling_steps: 0 is outside 1-1000"),
+        ({"prompt_sr": ["forest", "snow"]}, "render.prompt_sr: its first value 'forest' is in no prompt"),
+        ({"prompt_sr": ["beach"]}, r"render.prompt_sr=\['beach'\]: give the word"),
+        ({"prompt_sr": ["beach", "snow!", "snow?"]}, "render.prompt_sr: the variant 'be-snow'"),
+        ({"prompt_sr": ["beach", "x"], "prompts": {"be": "on the beach", "be-x": "y"}}, "variant 'be-x'"),
+    ],
+)
+def test_bad_axes_are_refused_in_one_line_naming_the_key(overrides, message):
+    base = {"prompts": {"be": "a {token} on the beach"}}
+    with pytest.raises(UserInputError, match=message) as refused:
+        grid_cells(_render(**{**base, **overrides}), "ktn", "cat")
+    assert "\n" not in str(refused.value)
+
+
+def test_a_grid_with_two_samplers_and_two_step_counts_renders_each_as_its_own_one_sampler_grid(pipe):
+    """Cells that differ in sampler or steps share one renderer (prompt embeddings, the loaded adapter) and
+    draw the pictures each one-sampler grid draws (the ``render.scheduler`` / ``num_inference_steps`` path)."""
+    import numpy as np
+    from conftest import SIZE, render
+
+    from lora_core.render import GridRenderer, RenderCell, RenderOptions
+
+    before = render(pipe)
+    axes = [("ddim", 2), ("ddim", 3), ("euler_a", 2), ("euler_a", 3)]
+    cells = [
+        RenderCell("a photo of ktn cat", 1.0, 1.0, g, seed=5, sampler=s, steps=n)
+        for s, n in axes
+        for g in (1, 4)
+    ]
+    with GridRenderer(pipe, None, RenderOptions(num_inference_steps=7, resolution=SIZE)) as renderer:
+        together = {c: np.asarray(image, dtype=np.float32) for c, image in renderer.render(cells)}
+    assert together.keys() == set(cells)
+    for sampler, steps in axes:
+        options = RenderOptions(num_inference_steps=steps, resolution=SIZE, scheduler=sampler)
+        plain = [RenderCell(c.prompt, c.unet_scale, c.text_scale, c.guidance, c.seed) for c in cells[:2]]
+        with GridRenderer(pipe, None, options) as renderer:
+            for cell, image in renderer.render(plain):
+                twin = next(
+                    c for c in cells if (c.sampler, c.steps, c.guidance) == (sampler, steps, cell.guidance)
+                )
+                assert np.abs(np.asarray(image, dtype=np.float32) - together[twin]).max() <= 1  # of 255
+    first = {(c.sampler, c.steps): together[c] for c in cells if c.guidance == 4}
+    assert np.abs(first[("ddim", 3)] - first[("euler_a", 3)]).max() > 10  # the sampler draws differently
+    assert np.abs(first[("ddim", 2)] - first[("ddim", 3)]).max() > 10  # and so do the steps
+    np.testing.assert_array_equal(render(pipe), before)  # the pipeline's own sampler is back

@@ -64,7 +64,7 @@ def test_a_run_sheet_has_the_exact_layout_size():
 
 
 def test_a_sweep_sheet_has_a_row_per_run_and_a_column_per_cell():
-    runs, columns = ["3e-4;1e-5", "1e-4;1e-5;5000"], [(0.9, 0.5, 3.6), (1.0, 1.0, 7.5), (0.5, 0.0, 3.0)]
+    runs, columns = ["3e-4;1e-5", "1e-4;1e-5;5000"], ["0.9;0.5;3.6", "1;1;7.5", "0.5;0;3"]  # cell labels
     images = {(run, column): _solid((10, 10, 10)) for run in runs for column in columns}
     sheet = sweep_sheet(images, runs, columns, "a ktn cat is smiling", thumb=64)
     layout = plan_layout("a ktn cat is smiling", runs, ["0.9;0.5;3.6", "1;1;7.5", "0.5;0;3"], 64)
@@ -171,10 +171,10 @@ def test_words_are_cut_after_a_semicolon_where_one_fits():
 
 def test_a_big_sweep_stays_within_the_size_cap():
     runs = [f"{i}e-4;1e-5" for i in range(30)]
-    columns = [(u / 10, t / 10, 3.6) for u in range(10) for t in range(10)]
+    columns = [f"{u / 10:g};{t / 10:g};3.6" for u in range(10) for t in range(10)]
     picture = _solid((200, 30, 30), size=64)
     sheet = sweep_sheet({(r, c): picture for r in runs for c in columns}, runs, columns, "big", thumb=256)
-    layout = plan_layout("big", runs, [f"{u:g};{t:g};3.6" for u, t, _ in columns], 256)
+    layout = plan_layout("big", runs, columns, 256)
     assert sheet.size == layout.size and layout.thumb < 256
     assert max(sheet.size) <= MAX_SIDE and sheet.width * sheet.height <= MAX_PIXELS
     assert _centre(sheet, layout, 29, 99) == (200, 30, 30)

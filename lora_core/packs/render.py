@@ -24,6 +24,8 @@ from lora_core.render import (
     load_adapter,
     quiet_adapter_loading,
     render_pictures,
+    sampler_of,
+    sampling_key,
     set_adapter_scales,
     use_scheduler,
 )
@@ -85,8 +87,9 @@ class PackRenderer:
         self._unload()  # the text encoders' adapters are done; the UNet's become packed layers
         self._install_layers()
         size = batch_size(self.options, self.pipe.device)
-        key = lambda item: item[1].guidance  # noqa: E731
-        for guidance, group in groupby(sorted(cells, key=key), key=key):
+        key = lambda item: (*sampling_key(item[1]), item[1].guidance)  # noqa: E731
+        for (sampler, _, guidance), group in groupby(sorted(cells, key=key), key=key):
+            self.pipe.scheduler = sampler_of(self._scheduler, sampler or self.options.scheduler)
             group = list(group)
             for start in range(0, len(group), size):
                 batch = group[start : start + size]

@@ -88,6 +88,12 @@ class RenderConfig:
     num_inference_steps: int = RenderOptions.num_inference_steps
     # default: the model's own; or ddim, euler, euler_a, dpmpp_2m, ... (lora_core.render.SCHEDULERS)
     scheduler: str = RenderOptions.scheduler
+    # Grid axes of the X/Y/Z plot, crossed with the others in one job's grid (the LoRA trains once):
+    # samplers (replaces scheduler), sampling steps (replaces num_inference_steps), and prompt S/R: the
+    # first value is a word or phrase of the prompts, each other value replaces it (a prompt per value).
+    samplers: list[str] | None = None
+    sampling_steps: list[int] | None = None
+    prompt_sr: list[str] | None = None
     resolution: int | None = None  # None: the training resolution
     negative_prompt: str = RenderOptions.negative_prompt
     images_per_cell: int = 1

@@ -17,7 +17,7 @@ from lora_core.render import RenderOptions
 from lora_core.settings import TrainSettings
 from sweeper.config.embedded_models import base_model
 from sweeper.disk.naming import check_safe_name, run_dir_name, short_key
-from sweeper.planning.grid import GridCell, grid_cells
+from sweeper.planning.grid import GridCell, grid_cells, sampling_axes
 
 DATA_KINDS = ("object", "live")
 # render.weights: which LoRA weights render the grid; with both, the run folder holds the raw grid and its
@@ -145,6 +145,8 @@ def build_job(cfg: DictConfig) -> JobSpec:
     _check_captions_and_weights(cfg)
     _say_format_notes(settings.adapter_kind)
     shared = {f.name: cfg.render[f.name] for f in fields(RenderOptions)}  # RenderConfig holds every one
+    samplers, sampling_steps = sampling_axes(cfg.render)  # the first of each axis stands for the grid's own
+    shared |= {"scheduler": samplers[0], "num_inference_steps": sampling_steps[0]}
     render = RenderOptions(**shared | {"resolution": cfg.render.resolution or resolution})
     render.validate()
     cells = grid_cells(cfg.render, cfg.data.token, cfg.data.class_name) if cfg.render.enabled else []

@@ -85,7 +85,17 @@ PENDING_FILE = "MLFLOW_PENDING"
 
 DONE = "done"
 # scores.csv: a picture's cell, then its metrics (lora_core.metrics.METRICS).
-SCORE_COLUMNS = ("file", "prompt_name", "prompt", "unet_scale", "text_scale", "guidance", "seed", "index")
+SCORE_COLUMNS = (
+    "file",
+    "prompt_name",
+    "prompt",
+    "unet_scale",
+    "text_scale",
+    "guidance",
+    "seed",
+    "index",
+    "cell",  # the cell's label (GridCell.label); absent from files written before the sampler axes
+)
 _NUMERIC_SCORES = {"unet_scale", "text_scale", "guidance", *METRICS}
 
 
@@ -190,9 +200,13 @@ class RunFolder:
         """``ema/``: the grid rendered with the EMA weights beside the raw one (``render.weights=both``)."""
         return RunFolder(self.path / EMA_GRID_DIR)
 
-    def guidance_sheet(self, prompt_name: str, guidance: float) -> Path:
-        """``sheets/<pr>_g<guidance>.png``: a prompt's cells at one guidance (rows UNet, columns text scale)."""
-        return self.sheets_dir / f"{prompt_name}_g{format_number(guidance)}.png"
+    def guidance_sheet(self, prompt_name: str, guidance: float, axes=()) -> Path:
+        """``sheets/<pr>_g<guidance>.png``: a prompt's cells at one guidance (rows UNet, columns text scale).
+
+        With more axes, at one value of each that has several: ``ph_g4_euler_a_30.png``.
+        """
+        extra = "".join(f"_{value}" for value in axes)
+        return self.sheets_dir / f"{prompt_name}_g{format_number(guidance)}{extra}.png"
 
     def sheet_links(self) -> list[str]:
         """This run's sheets as paths from the sweep folder (``1e-4;1e-5/sheets/ph_g4.png``), by name."""

@@ -157,9 +157,12 @@ def train_short_keys(keys: Iterable[str]) -> list[str]:
     return [short_key(k) for k in keys if k.startswith(TRAIN_PREFIX)]
 
 
-def cell_label(unet: float, text: float, guidance: float) -> str:
-    """A grid cell's label ``unet;text;guidance`` (``0.9;0.5;3.6``): sheet columns, scores, MLflow."""
-    return ";".join(format_number(v) for v in (unet, text, guidance))
+def cell_label(unet: float, text: float, guidance: float, axes=()) -> str:
+    """A grid cell's label ``unet;text;guidance`` (``0.9;0.5;3.6``): sheet columns, scores, MLflow.
+
+    The values of the grid's other axes that have several follow: ``0.9;0.5;3.6;euler_a;30``.
+    """
+    return ";".join([*(format_number(v) for v in (unet, text, guidance)), *axes])
 
 
 def differing_keys(rows: Sequence[Mapping], settings: bool = False) -> list[str]:
@@ -203,6 +206,7 @@ def image_stem(
     guidance: float,
     seed: int | None = None,
     index: int | None = None,
+    axes: list[str] | None = None,
 ) -> str:
     """File stem of one image: ``sf_0.9;0.5;3.6`` (``_<seed>`` and ``-<k>`` added when there are several).
 
@@ -214,6 +218,8 @@ def image_stem(
         guidance: Guidance scale.
         seed: Appended as ``_<seed>`` when the grid has several seeds (unless the template has ``{seed}``).
         index: Appended as ``-<k>`` when a cell has several images.
+        axes: The values of the axes that have several (sampler, then sampling steps), each appended as
+            ``;<value>``: ``sf_0.9;0.5;3.6;euler_a;30``.
 
     Returns:
         The stem (no ``.png``).
@@ -225,6 +231,7 @@ def image_stem(
         guidance=format_number(guidance),
         seed="" if seed is None else seed,
     )
+    stem += "".join(f";{value}" for value in axes or [])
     if seed is not None and "{seed}" not in template:
         stem += f"_{seed}"
     if index is not None:

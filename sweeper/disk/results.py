@@ -93,8 +93,8 @@ class RunResult:
 
 
 def cell_scales(row: dict) -> str:
-    """A scored picture's cell as ``unet;text;guidance`` (``0.9;0.5;3.6``)."""
-    return cell_label(row["unet_scale"], row["text_scale"], row["guidance"])
+    """A scored picture's cell as ``unet;text;guidance`` (``0.9;0.5;3.6``), with its other axes' values."""
+    return row.get("cell") or cell_label(row["unet_scale"], row["text_scale"], row["guidance"])
 
 
 def cell_key(row: dict) -> str:

@@ -106,4 +106,5 @@ def _cell_columns(cell: GridCell) -> dict:
         "guidance": cell.guidance,
         "seed": cell.seed,
         "index": cell.index,
+        "cell": cell.label,
     }

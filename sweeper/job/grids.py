@@ -258,14 +258,22 @@ class JobGrids:
         job = self.job
         weights = "ema" if job.spec.weights == "ema" else "raw"
         wanted = {**job.spec.render.__dict__, "model": model_identity(job.model), "weights": weights}
+        for key, values in (
+            ("samplers", [c.sampler for c in job.spec.cells]),
+            ("sampling_steps", [c.steps for c in job.spec.cells]),
+        ):
+            values = list(dict.fromkeys(v for v in values if v is not None))
+            if len(values) > 1:  # an axis of the grid (its pictures' names say which value)
+                wanted[key] = values
         saved = job.folder.read_render()
         if saved is not None:
             saved.setdefault("weights", "raw")  # written before the weights axis existed
-            differs = [k for k in wanted if saved.get(k) != wanted[k]]
+            keys = [*wanted, *(k for k in ("samplers", "sampling_steps") if k not in wanted)]
+            differs = [k for k in keys if saved.get(k) != wanted.get(k)]
             if differs and job.folder.pictures():
                 key = differs[0]
                 raise UserInputError(
                     f"{job.run_dir}: its pictures were rendered with render.{key}={saved.get(key)!r}, not "
-                    f"{wanted[key]!r}. Nothing was changed; choose another sweep.name or move the pictures away."
+                    f"{wanted.get(key)!r}. Nothing was changed; choose another sweep.name or move the pictures away."
                 )
         job.folder.write_render(wanted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import product
@@ -9,7 +10,7 @@ from itertools import product
 from lora_core.data.captions import fill_prompt
 from lora_core.errors import UserInputError
 from lora_core.render import RenderCell
-from sweeper.disk.naming import check_short_name, image_stem, short_names
+from sweeper.disk.naming import cell_label, check_short_name, image_stem, short_names
 
 # Sensible ranges; outside them a value is far more likely a typo than an experiment.
 SCALE_RANGE = (-1.0, 3.0)
@@ -29,7 +30,11 @@ class GridCell:
         seed: Seed of the starting noise.
         index: Picture index within the cell.
         count: Pictures per cell.
-        stem: File stem (``sf_0.9;0.5;3.6``).
+        stem: File stem (``sf_0.9;0.5;3.6``; ``;<sampler>`` and ``;<steps>`` added when those axes have
+            several values).
+        sampler: Its sampler (a key of ``lora_core.render.SCHEDULERS``); None: the job's ``render.scheduler``.
+        steps: Its sampling steps; None: the job's ``render.num_inference_steps``.
+        axes: The values of its grid's axes that have several (sampler, sampling steps), as in its name.
     """
 
     prompt_name: str
@@ -41,6 +46,26 @@ class GridCell:
     index: int
     count: int
     stem: str
+    sampler: str | None = None
+    steps: int | None = None
+    axes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "axes", tuple(self.axes))  # a list when read back from run.json
+
+    @property
+    def label(self) -> str:
+        """Its cell's label, whatever its seed and index: ``unet;text;guidance;<axes>``.
+
+        ``0.9;0.5;3.6;euler_a``: sheet columns, scores, the report and MLflow.
+        """
+        return cell_label(self.unet_scale, self.text_scale, self.guidance, self.axes)
+
+    @property
+    def label_keys(self) -> str:
+        """What its ``label`` lists: ``unet;text;guidance``, then ``sampler`` and ``steps`` where it has them."""
+        extra = ["steps" if value.isdigit() else "sampler" for value in self.axes]
+        return ";".join(["unet", "text", "guidance", *extra])
 
     @property
     def file_name(self) -> str:
@@ -50,7 +75,15 @@ class GridCell:
     def render_cell(self) -> RenderCell:
         """The lora_core cell to render."""
         return RenderCell(
-            self.prompt, self.unet_scale, self.text_scale, self.guidance, self.seed, self.index, self.count
+            self.prompt,
+            self.unet_scale,
+            self.text_scale,
+            self.guidance,
+            self.seed,
+            self.index,
+            self.count,
+            self.sampler,
+            self.steps,
         )
 
 
@@ -150,7 +183,8 @@ def grid_cells(render, token: str, class_name: str) -> list[GridCell]:
     Raises:
         UserInputError: Bad values, or two cells that would share a file name.
     """
-    prompts = resolve_prompts(render.prompts, token, class_name)
+    prompts = search_replace(resolve_prompts(render.prompts, token, class_name), render.prompt_sr)
+    samplers, steps = sampling_axes(render)
     seeds = [int(s) for s in render.seeds]
     if not seeds:
         raise UserInputError("render.seeds: empty list; give at least one seed.")
@@ -165,20 +199,134 @@ def grid_cells(render, token: str, class_name: str) -> list[GridCell]:
         combos = [(p, u, t, g) for p in prompts for u, t, g in product(unet, text, guidance)]
     count = render.images_per_cell
     cells, seen = [], {}
-    for (name, u, t, g), seed, index in product(combos, seeds, range(count)):
+    for (name, u, t, g), sampler, n_steps, seed, index in product(
+        combos, samplers, steps, seeds, range(count)
+    ):
+        axes = ([sampler] if len(samplers) > 1 else []) + ([str(n_steps)] if len(steps) > 1 else [])
         stem = image_stem(
-            render.image_name, name, u, t, g, seed if len(seeds) > 1 else None, index if count > 1 else None
+            render.image_name,
+            name,
+            u,
+            t,
+            g,
+            seed if len(seeds) > 1 else None,
+            index if count > 1 else None,
+            axes,
         )
-        cell = GridCell(name, prompts[name], u, t, g, seed, index, count, stem)
+        cell = GridCell(name, prompts[name], u, t, g, seed, index, count, stem, sampler, n_steps, tuple(axes))
         if stem in seen:
             if seen[stem] == cell:
                 continue  # the same cell listed twice: render it once
             raise UserInputError(
-                f"render: two cells would both be written to {stem}.png; make the names differ."
+                f"render: two cells would both be written to {stem}.png ({_what_differs(seen[stem], cell)}); "
+                "make the names differ."
             )
         seen[stem] = cell
         cells.append(cell)
     return cells
+
+
+def _what_differs(a: GridCell, b: GridCell) -> str:
+    keys = ("prompt", "unet_scale", "text_scale", "guidance", "sampler", "steps", "seed", "index")
+    return ", ".join(
+        f"{k} {getattr(a, k)!r} and {getattr(b, k)!r}" for k in keys if getattr(a, k) != getattr(b, k)
+    )
+
+
+def sampling_axes(render) -> tuple[list[str], list[int]]:
+    """The grid's samplers and sampling-step counts.
+
+    ``render.samplers`` / ``render.sampling_steps``, or the one-value ``render.scheduler`` /
+    ``render.num_inference_steps``.
+
+    Raises:
+        UserInputError: An unknown sampler, a step count out of 1-1000, an empty or repeated list, or both
+            ``render.scheduler`` and ``render.samplers`` set.
+    """
+    from lora_core.render import SCHEDULERS
+
+    samplers = [str(v) for v in render.samplers] if render.samplers is not None else [render.scheduler]
+    if render.samplers is not None and render.scheduler != "default":
+        raise UserInputError(
+            f"render.scheduler={render.scheduler} and render.samplers={samplers}: the samplers axis replaces "
+            "the one sampler; list it in render.samplers only."
+        )
+    sampler_key = "render.samplers" if render.samplers is not None else "render.scheduler"
+    for value in samplers:
+        if value not in SCHEDULERS:
+            raise UserInputError(
+                f"{sampler_key}: unknown sampler {value!r}; use any of {', '.join(SCHEDULERS)}."
+            )
+    steps = (
+        [_integer("render.sampling_steps", v) for v in render.sampling_steps]
+        if render.sampling_steps is not None
+        else [int(render.num_inference_steps)]
+    )
+    steps_key = "render.sampling_steps" if render.sampling_steps is not None else "render.num_inference_steps"
+    for value in steps:
+        if not 1 <= value <= 1000:
+            raise UserInputError(f"{steps_key}: {value} is outside 1-1000.")
+    for key, values in (("render.samplers", samplers), ("render.sampling_steps", steps)):
+        if not values:
+            raise UserInputError(f"{key}: empty list; give at least one value.")
+        if len(set(values)) != len(values):
+            raise UserInputError(f"{key}={values}: a value is listed twice; list each once.")
+    return samplers, steps
+
+
+def _integer(key: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserInputError(f"{key}: {value!r} is not a whole number of steps.")
+    return value
+
+
+def search_replace(prompts: dict[str, str], values) -> dict[str, str]:
+    """Prompt S/R, as the X/Y/Z plot's: each prompt that holds ``values[0]``, once more per other value.
+
+    Each variant has ``values[0]`` replaced by the value; prompts without it stay as they are, once.
+
+    A variant's short name is the prompt's followed by ``-`` and the value (letters and digits, ``+`` for
+    spaces): ``be`` with ``[beach, snow, the pub]`` gives ``be``, ``be-snow`` and ``be-the+pub``.
+
+    Raises:
+        UserInputError: Fewer than two values, a repeated or empty value, a first value that no prompt holds,
+            or a variant's short name that another prompt already has.
+    """
+    if values is None:
+        return prompts
+    values = [str(v) for v in values]
+    key = "render.prompt_sr"
+    if len(values) < 2:
+        raise UserInputError(
+            f"{key}={values}: give the word or phrase the prompts hold, then what replaces it "
+            "(e.g. render.prompt_sr=[beach,snow,pub])."
+        )
+    if any(not v.strip() for v in values) or len(set(values)) != len(values):
+        raise UserInputError(f"{key}={values}: each value once, none empty.")
+    search = values[0]
+    if not any(search in prompt for prompt in prompts.values()):
+        raise UserInputError(
+            f"{key}: its first value {search!r} is in no prompt ({'; '.join(prompts.values())}); the first "
+            "value is the word or phrase the prompts hold, the others replace it."
+        )
+    out: dict[str, str] = {}
+    for name, prompt in prompts.items():
+        out[name] = prompt
+        if search not in prompt:
+            continue
+        for value in values[1:]:
+            variant = check_short_name(f"{name}-{_name_part(value)}", key)
+            if variant in prompts or variant in out:
+                raise UserInputError(
+                    f"{key}: the variant {variant!r} of prompt {name!r} has the short name of another prompt; "
+                    "rename that prompt."
+                )
+            out[variant] = prompt.replace(search, value)
+    return out
+
+
+def _name_part(value: str) -> str:
+    return "+".join(re.findall(r"[A-Za-z0-9]+", value)) or "x"
 
 
 def first_images(cells: list[GridCell]) -> list[GridCell]:

@@ -88,14 +88,15 @@ def image_chart_steps(run: RunFolder) -> dict[str, tuple[str, int, str, str]]:
 
     A prompt's pictures take steps 0, 1, ... in grid order.
     """
-    from sweeper.disk.results import cell_scales
+    from sweeper.disk.naming import cell_label
 
     seen: dict[str, int] = {}
     steps = {}
     for cell in run.cells():
         prompt = cell["prompt_name"]
         scales = {k: cell[k] for k in ("unet_scale", "text_scale", "guidance")}
-        steps[cell["stem"]] = (image_chart_key(prompt), seen.get(prompt, 0), cell_scales(scales), prompt)
+        label = cell_label(*scales.values(), cell.get("axes", ()))
+        steps[cell["stem"]] = (image_chart_key(prompt), seen.get(prompt, 0), label, prompt)
         seen[prompt] = seen.get(prompt, 0) + 1
     return steps
 

@@ -1,7 +1,8 @@
 """The static compare page (``compare.html``): every configuration's pictures side by side in one HTML file.
 
 The page is self-contained (data inlined into ``compare_page.html``, no CDN, no server): open it from
-``file://``. Pick a prompt, UNet scale, text scale and guidance and see that cell for every training
+``file://``. Pick a prompt, UNet scale, text scale and guidance (and sampler and sampling steps where the
+grid has several) and see that cell for every training
 configuration side by side, sorted and coloured by any metric; or pick a configuration and see its
 contact sheets.
 """
@@ -36,6 +37,8 @@ def page_data(sweep_dir: Path, runs: list[RunResult]) -> dict:
                     "unet": cell.unet_scale,
                     "text": cell.text_scale,
                     "guidance": cell.guidance,
+                    "sampler": cell.sampler or "",
+                    "steps": cell.steps or 0,
                     "stem": cell.stem,
                 },
             )

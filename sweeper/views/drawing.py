@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from lora_core.atomic import atomic_path
 from lora_core.errors import UserInputError
-from sweeper.disk.naming import cell_label, format_number
+from sweeper.disk.naming import format_number
 
 log = logging.getLogger(__name__)
 
@@ -437,19 +437,19 @@ def run_sheet(
 
 
 def sweep_sheet(
-    images: Mapping[tuple[str, tuple[float, float, float]], Picture],
+    images: Mapping[tuple[str, str], Picture],
     runs: Sequence[str],
-    columns: Sequence[tuple[float, float, float]],
+    columns: Sequence[str],
     title: str,
     thumb: int = 256,
 ) -> Image.Image:
     """The whole sweep for one prompt: a row per training configuration, a column per grid cell.
 
     Args:
-        images: (run folder name, (unet_scale, text_scale, guidance)) -> picture (PIL image or file
-            path); absent or None cells are drawn as placeholders.
+        images: (run folder name, cell label) -> picture (PIL image or file path); absent or None cells
+            are drawn as placeholders.
         runs: Run folder names, top to bottom (``3e-4;1e-5``), used as row labels.
-        columns: (unet_scale, text_scale, guidance) per column, left to right (labelled ``0.9;0.5;3.6``).
+        columns: Cell labels (``GridCell.label``: ``0.9;0.5;3.6``, then other axes' values) per column.
         title: Title, usually the prompt.
         thumb: Wanted cell size in pixels (smaller for a very large sweep; see ``plan_layout``).
 
@@ -457,8 +457,7 @@ def sweep_sheet(
         The sheet.
     """
     cells = _by_position(images, runs, columns)
-    col_labels = [cell_label(*column) for column in columns]
-    return grid_sheet(title, list(runs), col_labels, cells, thumb)
+    return grid_sheet(title, list(runs), list(columns), cells, thumb)
 
 
 def _by_position(images: Mapping[tuple, Picture], rows: Sequence, cols: Sequence) -> dict:

@@ -12,7 +12,7 @@ from sweeper.views.drawing import run_sheet, save_sheet, sweep_sheet
 
 
 def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Path]:
-    """One sheet per prompt and guidance: rows = UNet scale, columns = text-encoder scale.
+    """One sheet per prompt, guidance and value of the other axes: rows = UNet scale, columns = text scale.
 
     Args:
         run_dir: The run folder (pictures in it, sheets written to ``sheets/``).
@@ -23,20 +23,26 @@ def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Pa
         The sheet files.
     """
     run = RunFolder(run_dir)
-    groups: dict[tuple[str, float], list[GridCell]] = {}
+    groups: dict[tuple, list[GridCell]] = {}
     for cell in first_images(cells):
-        groups.setdefault((cell.prompt_name, cell.guidance), []).append(cell)
+        groups.setdefault((cell.prompt_name, cell.guidance, cell.axes), []).append(cell)
     written = []
-    for (name, guidance), group in groups.items():
+    for (name, guidance, axes), group in groups.items():
         unet = list(dict.fromkeys(c.unet_scale for c in group))
         text = sorted({c.text_scale for c in group})
         pictures = {(c.unet_scale, c.text_scale): run.existing_picture(c.file_name) for c in group}
-        title = f'"{group[0].prompt}" | {run_dir.name} | guidance {format_number(guidance)}'
+        sampling = "".join(f" | {value}" for value in _axes_words(group[0]))
+        title = f'"{group[0].prompt}" | {run_dir.name} | guidance {format_number(guidance)}{sampling}'
         sheet = run_sheet(pictures, unet, text, title, thumb)
-        path = run.guidance_sheet(name, guidance)
+        path = run.guidance_sheet(name, guidance, axes)
         save_sheet(sheet, path)
         written.append(path)
     return written
+
+
+def _axes_words(cell: GridCell) -> list[str]:
+    """The cell's values of its grid's other axes, in words for a title (``sampler euler_a``, ``30 steps``)."""
+    return [f"{value} steps" if value.isdigit() else f"sampler {value}" for value in cell.axes]
 
 
 def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
@@ -51,22 +57,22 @@ def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
     """
     runs = [(RunFolder(run.run_dir), run.cells) for run in load_results(sweep_dir)]
     prompts: dict[str, str] = {}
-    columns: dict[str, list[tuple[float, float, float]]] = {}
+    columns: dict[str, list[str]] = {}
     for _, cells in runs:
         for c in first_images(cells):
             prompts.setdefault(c.prompt_name, c.prompt)
-            key = (c.unet_scale, c.text_scale, c.guidance)
-            if key not in columns.setdefault(c.prompt_name, []):
-                columns[c.prompt_name].append(key)
+            if c.label not in columns.setdefault(c.prompt_name, []):
+                columns[c.prompt_name].append(c.label)
     written = []
     for name, keys in columns.items():
         pictures = {
-            (run.name, (c.unet_scale, c.text_scale, c.guidance)): run.existing_picture(c.file_name)
+            (run.name, c.label): run.existing_picture(c.file_name)
             for run, cells in runs
             for c in first_images(cells)
             if c.prompt_name == name
         }
-        title = f'"{prompts[name]}" | every run of {Path(sweep_dir).name} | columns: unet;text;guidance'
+        keys = next(c.label_keys for _, cells in runs for c in cells if c.prompt_name == name)
+        title = f'"{prompts[name]}" | every run of {Path(sweep_dir).name} | columns: {keys}'
         sheet = sweep_sheet(pictures, [run.name for run, _ in runs], keys, title, thumb)
         path = SweepFolder(Path(sweep_dir)).prompt_sheet(name)
         save_sheet(sheet, path)
@@ -93,14 +99,14 @@ def draw_rows_sheets(
     written = []
     for prompt in dict.fromkeys(c.prompt_name for c in cells) if rows else ():
         group = [c for c in first_images(cells) if c.prompt_name == prompt]
-        columns = list(dict.fromkeys((c.unet_scale, c.text_scale, c.guidance) for c in group))
+        columns = list(dict.fromkeys(c.label for c in group))
         pictures = {
-            (label, (c.unet_scale, c.text_scale, c.guidance)): path
+            (label, c.label): path
             for label, folder in rows.items()
             for c in group
             if (path := folder.existing_picture(c.file_name)) is not None
         }
-        title = f'"{group[0].prompt}" | {run.name} | rows: {what}, columns: unet;text;guidance'
+        title = f'"{group[0].prompt}" | {run.name} | rows: {what}, columns: {group[0].label_keys}'
         written.append(
             save_sheet(sweep_sheet(pictures, list(rows), columns, title, thumb), sheet_file(prompt))
         )

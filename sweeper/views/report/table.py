@@ -28,13 +28,14 @@ def configuration_table(sweep_dir: Path, runs: list[RunResult], objective: str) 
             best[m] = (min if m == "final_loss" else max)(scored)[1]
     # A prompt with one cell has no best cell to pick: no column for it.
     prompts = [p for p, n in _cells_per_prompt(runs).items() if n > 1]
+    cell_keys = next((c.label_keys for r in runs for c in r.cells), "unet;text;guidance")
     lines = [
         f"# Sweep report: {sweep_dir.name}",
         "",
         f"{len(runs)} finished configurations. Metrics are means over every rendered picture "
         f"(DreamBooth protocol: DINO and CLIP-I against the subject pictures, CLIP-T against the prompt); "
         f"final_loss is the mean training loss of the last 10% of steps (lower is better). "
-        f"Best per metric in **bold**. Best cell per prompt by `{objective}` (unet;text;guidance).",
+        f"Best per metric in **bold**. Best cell per prompt by `{objective}` ({cell_keys}).",
         "",
     ]
     header = ["configuration", *keys, *columns, *(f"best {p}" for p in prompts)]
@@ -56,7 +57,7 @@ def _cells_per_prompt(runs: list[RunResult]) -> dict[str, int]:
     for run in runs:
         cells: dict[str, set] = {}
         for c in run.cells:
-            cells.setdefault(c.prompt_name, set()).add((c.unet_scale, c.text_scale, c.guidance))
+            cells.setdefault(c.prompt_name, set()).add(c.label)
         for prompt, found in cells.items():
             counts[prompt] = max(counts.get(prompt, 0), len(found))
     return counts
