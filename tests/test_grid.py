@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -187,3 +189,37 @@ def test_a_grid_with_two_samplers_and_two_step_counts_renders_each_as_its_own_on
     assert np.abs(first[("ddim", 3)] - first[("euler_a", 3)]).max() > 10  # the sampler draws differently
     assert np.abs(first[("ddim", 2)] - first[("ddim", 3)]).max() > 10  # and so do the steps
     np.testing.assert_array_equal(render(pipe), before)  # the pipeline's own sampler is back
+
+
+def test_a_rerun_with_other_drawing_settings_is_refused_and_one_with_another_batch_size_is_not(tmp_path):
+    """A run folder's pictures were drawn one way (``render.json``): a rerun that would draw them otherwise
+    (a sampler, a sampler axis) stops with one line naming the key; the batch size draws the same pictures."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from lora_core.models import ModelSource
+    from lora_core.render import RenderOptions
+    from sweeper.disk.layout import RunFolder
+    from sweeper.job.grids import JobGrids
+
+    def grid(**render):
+        cells = grid_cells(_render(prompts={"sf": "smile"}, **render), "ktn", "cat")
+        options = RenderOptions(scheduler=cells[0].sampler, num_inference_steps=cells[0].steps)
+        folder = RunFolder(tmp_path)
+        spec = SimpleNamespace(render=options, weights="raw", cells=cells)
+        job = SimpleNamespace(spec=spec, model=ModelSource(path="hub/model"), folder=folder, run_dir=tmp_path)
+        return JobGrids(job)
+
+    grid()._check_render_settings()
+    Image.new("RGB", (8, 8)).save(tmp_path / "sf_1;1;7.5.png")  # the first grid's picture
+    grid(batch_size=3)._check_render_settings()
+    for change, key in (
+        ({"scheduler": "euler_a"}, "render.scheduler='default', not 'euler_a'"),
+        ({"samplers": ["ddim", "euler_a"]}, "render.samplers=None, not ['ddim', 'euler_a']"),
+        ({"sampling_steps": [10, 20]}, "render.sampling_steps=None, not [10, 20]"),
+    ):
+        with pytest.raises(UserInputError, match=re.escape(key)) as refused:
+            grid(**change)._check_render_settings()
+        assert "\n" not in str(refused.value)
+    assert (tmp_path / "sf_1;1;7.5.png").is_file()

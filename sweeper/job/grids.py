@@ -257,7 +257,9 @@ class JobGrids:
         # The run folder's own pictures: render.weights raw and both render them with the raw weights.
         job = self.job
         weights = "ema" if job.spec.weights == "ema" else "raw"
-        wanted = {**job.spec.render.__dict__, "model": model_identity(job.model), "weights": weights}
+        # every setting that changes how its pictures are drawn (the batch size changes none of them)
+        drawing = {k: v for k, v in job.spec.render.__dict__.items() if k != "batch_size"}
+        wanted = {**drawing, "model": model_identity(job.model), "weights": weights}
         for key, values in (
             ("samplers", [c.sampler for c in job.spec.cells]),
             ("sampling_steps", [c.steps for c in job.spec.cells]),
@@ -268,7 +270,11 @@ class JobGrids:
         saved = job.folder.read_render()
         if saved is not None:
             saved.setdefault("weights", "raw")  # written before the weights axis existed
-            keys = [*wanted, *(k for k in ("samplers", "sampling_steps") if k not in wanted)]
+            keys = [
+                "samplers",
+                "sampling_steps",
+                *(k for k in wanted if k not in ("samplers", "sampling_steps")),
+            ]
             differs = [k for k in keys if saved.get(k) != wanted.get(k)]
             if differs and job.folder.pictures():
                 key = differs[0]
