@@ -74,6 +74,8 @@ def test_the_compare_page_works_from_file_in_a_browser(quickstart_sweep, browser
     # it opens on the LoRA at its strongest (UNet 1, text 1), not on four copies of the base model's picture
     assert len(first) == 4 and all(src.endswith("/ph_1%3B1%3B4.png") for _, src in first)
     assert _all_images_loaded(browser)
+    # one sampler and one step count: their selectors are not shown
+    assert not any(browser.find_element(By.ID, axis).is_displayed() for axis in ("sampler", "steps"))
 
     Select(browser.find_element(By.ID, "unet")).select_by_value("0.5")
     Select(browser.find_element(By.ID, "text")).select_by_value("0")

@@ -12,7 +12,9 @@ from sweeper.views.compare_page import page_data
 
 
 @pytest.mark.slow  # one sweep of two configurations, end to end
-def test_a_sweep_with_sampler_and_prompt_sr_axes_trains_once_and_shows_every_axis(tmp_path, cache_dir):
+def test_a_sweep_with_sampler_and_prompt_sr_axes_trains_once_and_shows_every_axis(
+    tmp_path, cache_dir, browser
+):
     result = sweep(
         tmp_path,
         "experiment=quickstart",
@@ -50,3 +52,15 @@ def test_a_sweep_with_sampler_and_prompt_sr_axes_trains_once_and_shows_every_axi
     report = (sweep_dir / "report.md").read_text()
     assert "(unet;text;guidance;sampler)" in report
     assert len(re.findall(r"`[01];1;4;(?:ddim|euler_a)` \(", report)) == 2 * len(prompts)
+    # in a browser: the sampler's selector is shown (the steps' is not: one value) and picks the pictures
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get((sweep_dir / "compare.html").as_uri())
+    assert browser.find_element(By.ID, "sampler").is_displayed()
+    assert not browser.find_element(By.ID, "steps").is_displayed()
+    Select(browser.find_element(By.ID, "prompt")).select_by_value("be-snow")
+    Select(browser.find_element(By.ID, "sampler")).select_by_value("euler_a")
+    shown = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "#cards .card img")]
+    assert len(shown) == 2 and all(src.endswith("/be-snow_1%3B1%3B4%3Beuler_a.png") for src in shown), shown
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
