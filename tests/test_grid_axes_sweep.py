@@ -4,11 +4,13 @@ import json
 import re
 
 import pytest
+from PIL import Image
 from sweep_cli import FAST, run_records, sweep
 
 from sweeper.disk.layout import RunFolder
 from sweeper.disk.results import load_results
 from sweeper.views.compare_page import page_data
+from sweeper.views.drawing import plan_layout
 
 
 @pytest.mark.slow  # one sweep of two configurations, end to end
@@ -42,6 +44,12 @@ def test_a_sweep_with_sampler_and_prompt_sr_axes_trains_once_and_shows_every_axi
             f"{u};1;4;{s}" for u in ("0", "1") for s in ("ddim", "euler_a")
         }
     assert {p.name for p in (sweep_dir / "sheets").glob("*.png")} == {f"{p}.png" for p in prompts}
+    # the sweep's sheet of a prompt: a row per run, a column per cell label (4: UNet scale x sampler)
+    columns = [f"{u};1;4;{s}" for u in ("0", "1") for s in ("ddim", "euler_a")]
+    title = '"a ktn cat on the snow" | every run of quickstart | columns: unet;text;guidance;sampler'
+    layout = plan_layout(title, sorted(records), columns, 64)  # debug=fast: 64 px thumbnails
+    with Image.open(sweep_dir / "sheets" / "be-snow.png") as sheet:
+        assert sheet.size == layout.size and (layout.rows, layout.cols) == (2, 4)
     # the compare page gets each cell's sampler, which its sampler selector offers
     data = page_data(sweep_dir, load_results(sweep_dir))
     assert {c["sampler"] for c in data["cells"]} == {"ddim", "euler_a"}

@@ -64,16 +64,16 @@ def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
             if c.label not in columns.setdefault(c.prompt_name, []):
                 columns[c.prompt_name].append(c.label)
     written = []
-    for name, keys in columns.items():
+    for name, labels in columns.items():
         pictures = {
             (run.name, c.label): run.existing_picture(c.file_name)
             for run, cells in runs
             for c in first_images(cells)
             if c.prompt_name == name
         }
-        keys = next(c.label_keys for _, cells in runs for c in cells if c.prompt_name == name)
-        title = f'"{prompts[name]}" | every run of {Path(sweep_dir).name} | columns: {keys}'
-        sheet = sweep_sheet(pictures, [run.name for run, _ in runs], keys, title, thumb)
+        what = next(c.label_keys for _, cells in runs for c in cells if c.prompt_name == name)
+        title = f'"{prompts[name]}" | every run of {Path(sweep_dir).name} | columns: {what}'
+        sheet = sweep_sheet(pictures, [run.name for run, _ in runs], labels, title, thumb)
         path = SweepFolder(Path(sweep_dir)).prompt_sheet(name)
         save_sheet(sheet, path)
         written.append(path)
