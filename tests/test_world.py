@@ -95,11 +95,11 @@ def test_identifier_token_appears_in_no_pretraining_caption():
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory):
-    """The whole recipe at 1/500 of its steps: every stage runs, the result has the shipped layout."""
+    """The whole recipe at 1/1000 of its steps: every stage runs, the result has the shipped layout."""
     from lora_core.embedded.recipe import Recipe, build
 
     out = tmp_path_factory.mktemp("world")
-    manifest = build(out, Recipe(seed=0).scaled(0.002))
+    manifest = build(out, Recipe(seed=0).scaled(0.001))
     return out, manifest
 
 
@@ -135,7 +135,7 @@ def test_world_model_loads_by_name_and_renders(small_world, monkeypatch):
 def test_recipe_is_deterministic_given_its_seed(tmp_path):
     from lora_core.embedded.recipe import Recipe, train_vae
 
-    recipe = Recipe(seed=4).scaled(0.002)
+    recipe = Recipe(seed=4).scaled(0.0005)
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     assert train_vae(recipe, a) == train_vae(recipe, b)
@@ -151,7 +151,7 @@ def test_assembling_the_same_stages_twice_gives_the_same_files(small_world, tmp_
     out, manifest = small_world
     again = tmp_path / "again"
     shutil.copytree(out / "stages", again / "stages")
-    assert assemble(again, Recipe(seed=0).scaled(0.002), manifest["report"])["files"] == manifest["files"]
+    assert assemble(again, Recipe(seed=0).scaled(0.001), manifest["report"])["files"] == manifest["files"]
 
 
 @pytest.mark.slow
