@@ -223,3 +223,11 @@ def test_a_rerun_with_other_drawing_settings_is_refused_and_one_with_another_bat
             grid(**change)._check_render_settings()
         assert "\n" not in str(refused.value)
     assert (tmp_path / "sf_1;1;7.5.png").is_file()
+
+
+def test_the_mlflow_run_note_names_the_axes_of_each_best_cell():
+    from sweeper.tracking.ui import note_for_job
+
+    note = note_for_job("r", {}, [], {"be": ("1;0;4;euler_a;30", 0.5), "ph": ("1;0;4", 0.4)}, {})
+    assert "Best cell for `be` (unet;text;guidance;sampler;steps): `1;0;4;euler_a;30`" in note
+    assert "Best cell for `ph` (unet;text;guidance): `1;0;4`" in note

@@ -157,7 +157,9 @@ def note_for_job(run_name: str, settings: dict, varying: list[str], best: dict, 
         f"{settings.get('max_train_steps')} steps, rank {settings.get('rank')}."
     ]
     for prompt, (cell, value) in best.items():
-        lines.append(f"Best cell for `{prompt}` (unet;text;guidance): `{cell}`, objective {value:.3f}.")
+        extra = ["steps" if part.isdigit() else "sampler" for part in cell.split(";")[3:]]  # GridCell.label
+        keys = ";".join(["unet", "text", "guidance", *extra])
+        lines.append(f"Best cell for `{prompt}` ({keys}): `{cell}`, objective {value:.3f}.")
     for prompt, cells in prompts.items():
         steps = ", ".join(f"{i}: {c}" for i, c in enumerate(cells))
         lines.append(f"Image chart `{image_chart_key(prompt)}`, step = cell: {steps}.")
