@@ -74,6 +74,16 @@ class PackRouting:
             self._index[key] = torch.tensor(self.active, device=stacks[0].device)
         return tuple(stack.index_select(0, self._index[key]) for stack in stacks)
 
+    def adapter_inputs(self, x, training: bool, *stacks) -> tuple | None:
+        """What a packed layer's adapters take, or None when no configuration is active.
+
+        The active configurations' rows of ``stacks`` (``select``), then ``x``, through each configuration's
+        dropout in training (``drop``).
+        """
+        if not self.active:
+            return None
+        return (*self.select(*stacks), self.drop(x) if training else x)
+
     def drop(self, x):
         """``x`` with each active configuration's slice through its own dropout (unchanged where it has none)."""
         import torch
@@ -132,15 +142,12 @@ def packed_linear_class():
             self.scales = torch.tensor(scales, dtype=lora_a.dtype, device=lora_a.device).view(-1, 1, 1)
 
         def forward(self, x):
-            y = self.base(x)
-            active = self.routing.active
-            if not active:
+            y = self.base(x)  # the frozen layer takes the undropped input
+            inputs = self.routing.adapter_inputs(x, self.training, self.lora_A, self.lora_B, self.scales)
+            if inputs is None:
                 return y
-            k = len(active)
-            a, b, scales = self.routing.select(self.lora_A, self.lora_B, self.scales)
-            if self.training:
-                x = self.routing.drop(x)  # the adapters' input (the frozen layer had the undropped one)
-            slices = x.reshape(k, -1, x.shape[-1]).to(a.dtype)  # (K, rows of a slice, in)
+            a, b, scales, x = inputs
+            slices = x.reshape(a.shape[0], -1, x.shape[-1]).to(a.dtype)  # (K, rows of a slice, in)
             # the scale goes on A, the smallest tensor, rather than on the (K, rows, out) product
             delta = torch.bmm(torch.bmm(slices, (a * scales).transpose(1, 2)), b.transpose(1, 2))
             return y + delta.reshape(y.shape).to(y.dtype)
@@ -244,14 +251,12 @@ def packed_conv_class():
             self.scales = torch.tensor(scales, dtype=lora_a.dtype, device=lora_a.device)
 
         def forward(self, x):
-            y = self.base(x)
-            active = self.routing.active
-            if not active:
+            y = self.base(x)  # the frozen layer takes the undropped input
+            inputs = self.routing.adapter_inputs(x, self.training, self.lora_A, self.lora_B, self.scales)
+            if inputs is None:
                 return y
-            k = len(active)
-            a, b, scales = self.routing.select(self.lora_A, self.lora_B, self.scales)
-            if self.training:
-                x = self.routing.drop(x)  # the adapters' input (the frozen layer had the undropped one)
+            a, b, scales, x = inputs
+            k = a.shape[0]
             n, channels = x.shape[0] // k, x.shape[1]
             grouped = (
                 x.reshape(k, n, channels, *x.shape[2:]).transpose(0, 1).reshape(n, k * channels, *x.shape[2:])
