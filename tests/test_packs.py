@@ -36,6 +36,15 @@ def assert_trained_alike(a, b, lr: float) -> None:
     assert spread <= SHARE * sum(t.numel() for t in a.values()), spread
 
 
+def _render_with(pipe, folder):
+    """``render``'s picture with the LoRA of a training folder loaded (and unloaded after)."""
+    pipe.load_lora_weights(str(folder), adapter_name="t")
+    try:
+        return render(pipe)
+    finally:
+        pipe.unload_lora_weights()
+
+
 def _differences(pipe, subject_images, settings, tmp_path, configs, **train_args):
     """Train ``configs`` as one pack and each alone; returns [(pack result, alone result)]."""
     configs = [{"max_train_steps": 6} | c for c in configs]  # 6 steps; a configuration may set fewer
@@ -111,13 +120,7 @@ def test_each_configuration_of_a_pack_ends_with_the_weights_it_has_alone(
     ema_pack, ema_alone = tmp_path / "pack-2" / "ema" / LORA_FILE, tmp_path / "alone-2" / "ema" / LORA_FILE
     assert_trained_alike(ema_pack, ema_alone, 1e-3)
     # The configuration that trained the text encoder renders the same pictures as alone.
-    pictures = []
-    for folder in (tmp_path / "pack-1", tmp_path / "alone-1"):
-        pipe.load_lora_weights(str(folder), adapter_name="t")
-        try:
-            pictures.append(render(pipe))
-        finally:
-            pipe.unload_lora_weights()
+    pictures = [_render_with(pipe, folder) for folder in (tmp_path / "pack-1", tmp_path / "alone-1")]
     assert np.abs(pictures[0] - pictures[1]).max() <= 2 / 255
     assert (
         load_file(str(tmp_path / "pack-1" / LORA_FILE)).keys()
@@ -198,13 +201,7 @@ def test_an_fp16_overflow_skips_only_that_configurations_step(
     a, b = (load_file(str(r.lora_path)) for r in (packed, alone))
     assert max((a[k] - b[k]).abs().max() for k in a) <= 4 * 1e-3
     assert any(a[k].abs().max() > 4e-3 for k in a if ".lora_B." in k)  # it trained: B left zero
-    pictures = []
-    for folder in (packed.output_dir, alone.output_dir):
-        pipe.load_lora_weights(str(folder), adapter_name="t")
-        try:
-            pictures.append(render(pipe))
-        finally:
-            pipe.unload_lora_weights()
+    pictures = [_render_with(pipe, folder) for folder in (packed.output_dir, alone.output_dir)]
     assert np.abs(pictures[0] - pictures[1]).max() <= 2 / 255
     for result in (skipped, skipped_alone):  # every step skipped: B is still zero, and the log has every step
         assert all(not t.any() for k, t in load_file(str(result.lora_path)).items() if ".lora_B." in k)
