@@ -157,6 +157,16 @@ def train_short_keys(keys: Iterable[str]) -> list[str]:
     return [short_key(k) for k in keys if k.startswith(TRAIN_PREFIX)]
 
 
+def axis_name(value: str) -> str:
+    """Which axis a value of a cell's label after ``unet;text;guidance`` belongs to: ``steps`` or ``sampler``."""
+    return "steps" if value.isdigit() else "sampler"
+
+
+def label_keys(label: str) -> str:
+    """What a cell label lists: ``unet;text;guidance``, then ``sampler`` and ``steps`` where it has them."""
+    return ";".join(["unet", "text", "guidance", *(axis_name(v) for v in label.split(";")[3:])])
+
+
 def cell_label(unet: float, text: float, guidance: float, axes=()) -> str:
     """A grid cell's label ``unet;text;guidance`` (``0.9;0.5;3.6``): sheet columns, scores, MLflow.
 

@@ -10,7 +10,7 @@ from itertools import product
 from lora_core.data.captions import fill_prompt
 from lora_core.errors import UserInputError
 from lora_core.render import RenderCell
-from sweeper.disk.naming import cell_label, check_short_name, image_stem, short_names
+from sweeper.disk.naming import cell_label, check_short_name, image_stem, label_keys, short_names
 
 # Sensible ranges; outside them a value is far more likely a typo than an experiment.
 SCALE_RANGE = (-1.0, 3.0)
@@ -64,8 +64,7 @@ class GridCell:
     @property
     def label_keys(self) -> str:
         """What its ``label`` lists: ``unet;text;guidance``, then ``sampler`` and ``steps`` where it has them."""
-        extra = ["steps" if value.isdigit() else "sampler" for value in self.axes]
-        return ";".join(["unet", "text", "guidance", *extra])
+        return label_keys(self.label)
 
     @property
     def file_name(self) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from lora_core.errors import UserInputError
 from sweeper.disk.layout import default_store
-from sweeper.disk.naming import param_key
+from sweeper.disk.naming import label_keys, param_key
 from sweeper.errors import user_errors
 from sweeper.tracking.tags import JOB_FILTER, JOB_ROLE, ROLE_TAG
 from sweeper.tracking.tracker import image_key
@@ -157,9 +157,7 @@ def note_for_job(run_name: str, settings: dict, varying: list[str], best: dict, 
         f"{settings.get('max_train_steps')} steps, rank {settings.get('rank')}."
     ]
     for prompt, (cell, value) in best.items():
-        extra = ["steps" if part.isdigit() else "sampler" for part in cell.split(";")[3:]]  # GridCell.label
-        keys = ";".join(["unet", "text", "guidance", *extra])
-        lines.append(f"Best cell for `{prompt}` ({keys}): `{cell}`, objective {value:.3f}.")
+        lines.append(f"Best cell for `{prompt}` ({label_keys(cell)}): `{cell}`, objective {value:.3f}.")
     for prompt, cells in prompts.items():
         steps = ", ".join(f"{i}: {c}" for i, c in enumerate(cells))
         lines.append(f"Image chart `{image_chart_key(prompt)}`, step = cell: {steps}.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sweeper.disk.layout import RunFolder, SweepFolder
-from sweeper.disk.naming import format_number
+from sweeper.disk.naming import axis_name, format_number
 from sweeper.disk.results import load_results
 from sweeper.planning.grid import GridCell, first_images
 from sweeper.views.drawing import run_sheet, save_sheet, sweep_sheet
@@ -42,7 +42,7 @@ def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Pa
 
 def _axes_words(cell: GridCell) -> list[str]:
     """The cell's values of its grid's other axes, in words for a title (``sampler euler_a``, ``30 steps``)."""
-    return [f"{value} steps" if value.isdigit() else f"sampler {value}" for value in cell.axes]
+    return [f"{value} steps" if axis_name(value) == "steps" else f"sampler {value}" for value in cell.axes]
 
 
 def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
