@@ -4,7 +4,8 @@ Every stacked adapter tensor of one model (``(K, ...)``: slice *k* is configurat
 one flat ``(K, N)`` buffer, and so is its gradient (``FlatStacks``). Every configuration's learning rate,
 betas, epsilon, weight decay, clipping norm and bias correction become a ``(K, 1)`` factor, so a step is a
 dozen operations per model whatever the pack's size and the number of adapted layers, and row *k* follows
-the update ``torch.optim.AdamW`` makes for configuration *k* alone, up to rounding.
+the update ``torch.optim.AdamW`` makes for configuration *k* alone, up to rounding (``step_together``).
+Other optimizers, the EMA and fp16's loss scaling step each configuration on its own (``step_alone``).
 """
 
 from __future__ import annotations
@@ -164,3 +165,61 @@ def clip_pack_gradients(grads: list, max_norms: list[float]) -> None:
         coef = (limit.to(squares.device) / (squares.sqrt() + 1e-6)).clamp(max=1.0).view(-1, 1)
         for g in grads:
             g.mul_(coef)
+
+
+def step_together(
+    adamw: PackAdamW, flats: list[FlatStacks], settings: list, optimizers: list, schedules: list, active
+):
+    """Clip and step every active configuration at once (``PackAdamW``), each at its schedule's rate.
+
+    Args:
+        adamw: The pack's optimizer.
+        flats: The models' ``FlatStacks`` (their gradients filled by the backward).
+        settings: Each configuration's ``TrainSettings`` (its clipping norm).
+        optimizers: Each configuration's own optimizer: its rates (and its checkpoint's state).
+        schedules: Each configuration's schedule, stepped for its next rates.
+        active: The configurations that step.
+    """
+    import re
+    import warnings
+
+    from lora_core.training.recipe import step_sizes
+
+    clip_pack_gradients([flat.grad for flat in flats], [s.max_grad_norm for s in settings])
+    now = [step_sizes(optimizer) for optimizer in optimizers]
+    # group g's rate of each configuration (0 for the text encoder of one that keeps it frozen)
+    adamw.step([[r[g] if g < len(r) else 0.0 for r in now] for g in range(len(flats))], active)
+    with warnings.catch_warnings():  # torch's warning that the (unused) optimizer of k did not step
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+        for k in active:
+            schedules[k].step()  # the optimizer's rates for the next step (and its checkpoint)
+
+
+def step_alone(settings, optimizer, schedule, ema, params: list, slices: list) -> None:
+    """One configuration's own clipping, optimizer, schedule and EMA step, on its slices of the stacks.
+
+    Under fp16, as ``accelerator.clip_grad_norm_`` and the accelerated optimizer do alone: the gradients are
+    unscaled before clipping; an overflow skips the optimizer's step and its schedule's, and the scaler
+    backs off; only this configuration's.
+
+    Args:
+        settings: Its ``TrainSettings``.
+        optimizer: Its accelerated optimizer (``.scaler``: its gradient scaler under fp16, else None).
+        schedule: Its accelerated schedule.
+        ema: Its EMA of the weights, or None.
+        params: Its parameters: views of its rows and columns of the stacks.
+        slices: (name, stack, index) of each parameter: where its gradient is in the stack's.
+    """
+    import torch
+
+    for view, (_, stack, where) in zip(params, slices, strict=True):
+        view.grad = stack.grad[where]
+    if settings.max_grad_norm > 0:
+        if optimizer.scaler is not None:
+            optimizer.scaler.unscale_(optimizer.optimizer)
+        torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.step(params)

@@ -19,7 +19,6 @@ import functools
 import logging
 import math
 import os
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import fields
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from lora_core.optimizers import make_optimizer, make_schedule, set_optimizer_mode
 from lora_core.packs.layers import PackRouting, dropout_generators, restore_layers
-from lora_core.packs.optim import PackAdamW, clip_pack_gradients
+from lora_core.packs.optim import PackAdamW, step_alone, step_together
 from lora_core.packs.prompts import PackPrompts
 from lora_core.packs.stacks import adapter_weights, initial_adapter, pack_model
 from lora_core.settings import BOOKKEEPING_FIELDS, FIELD_SOURCES, TrainSettings
@@ -391,60 +390,25 @@ class PackTrainer:
         totals = 0.0
         for micro in range(accumulation):
             micro_steps = [self.steps[k] * accumulation + micro for k in active]
-            losses = self._loss_step(active, micro_steps)
-            total = (losses / accumulation).sum()  # each configuration's gradient is its own loss's
+            losses = self._loss_step(active, micro_steps) / accumulation
+            total = losses.sum()  # each configuration's gradient is its own loss's
             if any(scalers := self.scalers):  # fp16: each loss scaled by its own scaler, as alone
-                parts = (losses / accumulation).unbind()
-                total = sum(scalers[k].scale(loss) for k, loss in zip(active, parts, strict=True))
+                total = sum(scalers[k].scale(loss) for k, loss in zip(active, losses.unbind(), strict=True))
             with (
                 warnings.catch_warnings()
             ):  # the stacks and their gradients are strided views of flat buffers
                 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
                 total.backward()
-            totals = totals + losses.detach() / accumulation
+            totals = totals + losses.detach()
         if self.pack_adamw is not None:
-            self._pack_step(active)
+            step_together(self.pack_adamw, self.flats, self.settings, self.optimizers, self.schedules, active)
         else:
-            self._separate_steps(active)
+            for k in active:
+                parts = (self.optimizers, self.schedules, self.emas, self.params, self.slices)
+                step_alone(self.settings[k], *(part[k] for part in parts))
         for flat in self.flats:
             flat.grad.zero_()  # the stacks' gradients stay views of it
         return totals.float().tolist()
-
-    def _pack_step(self, active: list[int]) -> None:
-        """Clip and step every configuration at once (``PackAdamW``), each at its schedule's rate."""
-        clip_pack_gradients([flat.grad for flat in self.flats], [s.max_grad_norm for s in self.settings])
-        now = [step_sizes(optimizer) for optimizer in self.optimizers]
-        # group g's rate of each configuration (0 for the text encoder of one that keeps it frozen)
-        self.pack_adamw.step(
-            [[r[g] if g < len(r) else 0.0 for r in now] for g in range(len(self.flats))], active
-        )
-        with warnings.catch_warnings():  # torch's warning that the (unused) optimizer of k did not step
-            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-            for k in active:
-                self.schedules[k].step()  # the optimizer's rates for the next step (and its checkpoint)
-
-    def _separate_steps(self, active: list[int]) -> None:
-        """Each active configuration's own clipping, optimizer, schedule and EMA, on its slices.
-
-        Under fp16, as ``accelerator.clip_grad_norm_`` and the accelerated optimizer do alone: the gradients
-        are unscaled before clipping; an overflow skips the optimizer's step and its schedule's, and the
-        scaler backs off; only this configuration's.
-        """
-        import torch
-
-        for k in active:
-            s, scaler = self.settings[k], self.optimizers[k].scaler
-            for view, (_, stack, where) in zip(self.params[k], self.slices[k], strict=True):
-                view.grad = stack.grad[where]
-            if s.max_grad_norm > 0:
-                if scaler is not None:
-                    scaler.unscale_(self.optimizers[k].optimizer)
-                torch.nn.utils.clip_grad_norm_(self.params[k], s.max_grad_norm)
-            self.optimizers[k].step()
-            self.schedules[k].step()
-            self.optimizers[k].zero_grad(set_to_none=True)
-            if self.emas[k] is not None:
-                self.emas[k].step(self.params[k])
 
     def _loss_step(self, active: list[int], micro_steps: list[int]):
         """The ``(K,)`` losses of the active configurations' own micro-batches, from one UNet forward."""
