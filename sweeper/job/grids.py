@@ -270,11 +270,7 @@ class JobGrids:
         saved = job.folder.read_render()
         if saved is not None:
             saved.setdefault("weights", "raw")  # written before the weights axis existed
-            keys = [
-                "samplers",
-                "sampling_steps",
-                *(k for k in wanted if k not in ("samplers", "sampling_steps")),
-            ]
+            keys = dict.fromkeys(["samplers", "sampling_steps", *wanted])  # a changed axis is named first
             differs = [k for k in keys if saved.get(k) != wanted.get(k)]
             if differs and job.folder.pictures():
                 key = differs[0]

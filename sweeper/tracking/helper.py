@@ -140,8 +140,11 @@ class _Helper:
         self._gone: str | None = None
         threading.Thread(target=self._read, name="mlflow-helper", daemon=True).start()
 
-    def submit(self, fn, *args) -> Future:
+    def submit(self, fn, *args, optional: bool = False) -> Future:
+        """Send ``fn(*args)`` to the helper; ``optional``: the exit does not wait for it."""
         future: Future = Future()
+        if optional:
+            self._optional.add(future)
         with self._lock:
             if self._gone is None:
                 call_id = next(self._ids)
@@ -206,9 +209,7 @@ def prefetch_mlflow() -> None:
     """
     if "mlflow" in sys.modules:
         return
-    helper = _helper()
-    future = helper.submit(_import_mlflow)
-    helper._optional.add(future)
+    _helper().submit(_import_mlflow, optional=True)
 
 
 class TrackerProxy:
