@@ -191,9 +191,10 @@ def test_a_grid_with_two_samplers_and_two_step_counts_renders_each_as_its_own_on
     np.testing.assert_array_equal(render(pipe), before)  # the pipeline's own sampler is back
 
 
-def test_a_rerun_with_other_drawing_settings_is_refused_and_one_with_another_batch_size_is_not(tmp_path):
+def test_a_rerun_that_draws_otherwise_goes_to_a_second_grid_named_by_what_differs(tmp_path):
     """A run folder's pictures were drawn one way (``render.json``): a rerun that would draw them otherwise
-    (a sampler, a sampler axis) stops with one line naming the key; the batch size draws the same pictures."""
+    (a sampler, a sampler axis, steps, a negative prompt) gets its own ``grid-<what differs>/`` beside them;
+    the batch size draws the same pictures and stays in the first grid; another base model is refused."""
     from types import SimpleNamespace
 
     from PIL import Image
@@ -203,26 +204,62 @@ def test_a_rerun_with_other_drawing_settings_is_refused_and_one_with_another_bat
     from sweeper.disk.layout import RunFolder
     from sweeper.job.grids import JobGrids
 
-    def grid(**render):
+    folder = RunFolder(tmp_path)
+
+    def grid(model="hub/model", negative="", **render):
         cells = grid_cells(_render(prompts={"sf": "smile"}, **render), "ktn", "cat")
-        options = RenderOptions(scheduler=cells[0].sampler, num_inference_steps=cells[0].steps)
-        folder = RunFolder(tmp_path)
+        options = RenderOptions(
+            scheduler=cells[0].sampler, num_inference_steps=cells[0].steps, negative_prompt=negative
+        )
         spec = SimpleNamespace(render=options, weights="raw", cells=cells)
-        job = SimpleNamespace(spec=spec, model=ModelSource(path="hub/model"), folder=folder, run_dir=tmp_path)
+        job = SimpleNamespace(spec=spec, model=ModelSource(path=model), folder=folder, run_dir=tmp_path)
         return JobGrids(job)
 
-    grid()._check_render_settings()
+    assert grid().home == folder  # nothing drawn yet: the run folder
     Image.new("RGB", (8, 8)).save(tmp_path / "sf_1;1;7.5.png")  # the first grid's picture
-    grid(batch_size=3)._check_render_settings()
-    for change, key in (
-        ({"scheduler": "euler_a"}, "render.scheduler='default', not 'euler_a'"),
-        ({"samplers": ["ddim", "euler_a"]}, "render.samplers=None, not ['ddim', 'euler_a']"),
-        ({"sampling_steps": [10, 20]}, "render.sampling_steps=None, not [10, 20]"),
+    first = folder.render_file.read_bytes()
+    assert grid(batch_size=3).home == folder
+    for change, name, label in (
+        ({"scheduler": "euler_a"}, "grid-euler_a", "render.scheduler=euler_a"),
+        ({"num_inference_steps": 30}, "grid-30steps", "render.num_inference_steps=30"),
+        (
+            {"samplers": ["ddim", "euler_a"]},
+            "grid-ddim-euler_a",
+            "render.samplers=[ddim,euler_a]",
+        ),
+        (
+            {"sampling_steps": [10, 20]},
+            "grid-10-20steps",
+            "render.sampling_steps=[10,20]",
+        ),
+        ({"negative": "blurry, dark"}, "grid-neg-", "render.negative_prompt='blurry, dark'"),
     ):
-        with pytest.raises(UserInputError, match=re.escape(key)) as refused:
-            grid(**change)._check_render_settings()
-        assert "\n" not in str(refused.value)
-    assert (tmp_path / "sf_1;1;7.5.png").is_file()
+        second = grid(**change).home
+        assert second.path.parent == tmp_path and second.name.startswith(name), second.name
+        assert second.grid_label() == label
+        assert second.read_render() != folder.read_render()
+        assert [c["stem"] for c in second.cells()] == [c.stem for c in grid(**change).job.spec.cells]
+    assert folder.render_file.read_bytes() == first  # the first grid's settings are kept
+    assert (
+        set(folder.other_grids()) == {p.name for p in tmp_path.glob("grid-*")}
+        and len(folder.other_grids()) == 5
+    )
+    assert grid(scheduler="euler_a").home.name == "grid-euler_a"  # the same settings find the same folder
+    with pytest.raises(
+        UserInputError,
+        match=re.escape("rendered from model 'hub/model@main:full', not 'hub/other@main:full'"),
+    ) as refused:
+        _ = grid(model="hub/other").home
+    assert "\n" not in str(refused.value)
+    # a second grid whose folder holds pictures drawn otherwise is refused, not mixed
+    second = folder.other_grid("grid-euler_a")
+    Image.new("RGB", (8, 8)).save(second.path / "sf_1;1;7.5.png")
+    second.write_render({**second.read_render(), "resolution": 64})
+    with pytest.raises(
+        UserInputError, match=re.escape("grid-euler_a: its pictures were rendered with render.resolution=64")
+    ):
+        _ = grid(scheduler="euler_a").home
+    assert (tmp_path / "sf_1;1;7.5.png").is_file() and (second.path / "sf_1;1;7.5.png").is_file()
 
 
 def test_the_mlflow_run_note_names_the_axes_of_each_best_cell():

@@ -72,3 +72,58 @@ def test_a_sweep_with_sampler_and_prompt_sr_axes_trains_once_and_shows_every_axi
     shown = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "#cards .card img")]
     assert len(shown) == 2 and all(src.endswith("/be-snow_1%3B1%3B4%3Beuler_a.png") for src in shown), shown
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+@pytest.mark.slow  # two sweeps of one configuration, end to end
+def test_a_rerun_with_another_sampler_trains_nothing_and_draws_a_second_labelled_grid(
+    tmp_path, cache_dir, browser
+):
+    """``make run`` again with ``render.scheduler=euler_a``: the LoRA keeps its bytes, the first grid too,
+    and ``<run>/grid-euler_a/`` holds the same cells drawn by euler_a, in the sheets, report, page and MLflow."""
+    import mlflow
+
+    args = ["experiment=quickstart", *FAST, "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4"]
+    args += ["render.unet_scales=[0,1]", "render.text_scales=[1]"]
+    assert (first := sweep(tmp_path, *args)).returncode == 0, first.output
+    sweep_dir = tmp_path / "quickstart"
+    run = RunFolder(sweep_dir / "1e-3;1e-4")
+    kept = [*run.pictures(), *(p for p in run.lora_dir.rglob("*") if p.is_file())]
+    before = {p: p.read_bytes() for p in kept}
+    again = sweep(tmp_path, *args, "render.scheduler=euler_a")
+    assert again.returncode == 0, again.output
+    assert "1e-3;1e-4: LoRA already trained, skipping training." in again.output
+    assert "this one (render.scheduler=euler_a) goes to grid-euler_a/" in again.output
+    assert {p: p.read_bytes() for p in kept} == before  # nothing trained again, nothing drawn over
+    grid = run.other_grid("grid-euler_a")
+    assert grid.grid_label() == "render.scheduler=euler_a"
+    assert [p.name for p in grid.pictures()] == [p.name for p in run.pictures()]
+    assert any(p.read_bytes() != before[run.picture(p.name)] for p in grid.pictures())  # drawn by euler_a
+    assert {r["file"] for r in grid.read_scores()} == {p.name for p in grid.pictures()}
+    assert {p.name for p in grid.sheets_dir.glob("*.png")} == {"ph_g4.png", "be_g4.png"}
+    assert {p.name for p in (sweep_dir / "sheets" / "grid-euler_a").glob("*.png")} == {"ph.png", "be.png"}
+    report = (sweep_dir / "report.md").read_text()
+    assert "The tables above are the first grid's (render.scheduler=default)" in report
+    assert "### `grid-euler_a`: render.scheduler=euler_a" in report
+    # MLflow: the job's run holds both grids, the second one under its folder's name
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("quickstart").experiment_id], "tags.mlflow.runName = '1e-3;1e-4'"
+    )
+    assert len(runs) == 1 and "grid-euler_a/dino" in runs[0].data.metrics and "dino" in runs[0].data.metrics
+    logged = [a.path for a in client.list_artifacts(runs[0].info.run_id, "1e-3;1e-4/grid-euler_a")]
+    assert {p.rsplit("/", 1)[-1] for p in logged} == {p.name for p in grid.pictures()}
+    assert "Second grid `grid-euler_a` (render.scheduler=euler_a)" in runs[0].data.tags["mlflow.note.content"]
+    # the compare page: a grid selector, which picks the second grid's pictures
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get((sweep_dir / "compare.html").as_uri())
+    chooser = Select(browser.find_element(By.ID, "grid"))
+    assert [o.text for o in chooser.options] == [
+        "first grid (render.scheduler=default)",
+        "render.scheduler=euler_a",
+    ]
+    chooser.select_by_visible_text("render.scheduler=euler_a")
+    shown = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "#cards .card img")]
+    assert len(shown) == 1 and "/grid-euler_a/" in shown[0], shown
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

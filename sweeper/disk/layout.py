@@ -8,7 +8,7 @@ Disk is the source of truth (MLflow, the report and the compare page are rebuilt
         sweep.json                             the plan: varying keys, jobs, MLflow ids (sweeper.planning.plan)
         bracket.json                           a halving sweep's rungs, scores and decisions (sweeper.search.halving)
         trials.json                            an Optuna search's trials, reports and states (sweeper.search.optuna)
-        report.md  compare.html  loss_curves.png  sheets/<prompt>.png
+        report.md  compare.html  loss_curves.png  sheets/<prompt>.png  sheets/grid-<...>/<prompt>.png
         MLFLOW_PENDING                         the store could not be reached; how to log later
         <learning_rate>;<text_encoder_lr>/     RunFolder (name: sweep.run_dir_template)
             run.json                           status, settings, grid cells, timings, MLflow run id
@@ -26,6 +26,10 @@ Disk is the source of truth (MLflow, the report and the compare page are rebuilt
                                                the EMA adapter files (train.ema_decay)
             sheets/weights_<pr>.png            a prompt's cells (columns) with the raw and EMA weights (rows)
             sheets/steps_<pr>.png              a prompt's cells (columns) at every rendered step (rows)
+            grid-<what differs>/               the same LoRA's grid drawn with other render settings (a rerun
+                                               with another sampler, steps, negative prompt, resolution):
+                                               run.json (its label and cells), render.json, pictures,
+                                               scores.csv, sheets/, as in the run folder
 
 A picture's file name is made once (``sweeper.planning.grid.GridCell.stem`` through ``sweeper.disk.naming.image_stem``)
 and never parsed back: ``RunFolder.cells`` maps names to cells from ``run.json``, so prompt short names
@@ -66,6 +70,7 @@ RENDER_FILE = "render.json"
 SCORES_FILE = "scores.csv"
 REFERENCE_FILE = "reference_scores.json"
 SHEETS_DIR = "sheets"
+GRID_PREFIX = "grid-"  # <run>/grid-<what differs>/: the LoRA's grid drawn with other render settings
 EMA_GRID_DIR = "ema"  # <run>/ema/: the EMA weights' grid (the EMA adapter itself is lora/<EMA_DIR>/)
 LORA_DIR = "lora"
 # Sweep root.
@@ -200,6 +205,24 @@ class RunFolder:
         """``ema/``: the grid rendered with the EMA weights beside the raw one (``render.weights=both``)."""
         return RunFolder(self.path / EMA_GRID_DIR)
 
+    def other_grid(self, name: str) -> RunFolder:
+        """``grid-<...>/``: a second grid of this run's LoRA, drawn with other render settings.
+
+        Laid out like the run folder; ``sweeper.disk.naming.grid_name`` names it.
+        """
+        if not name.startswith(GRID_PREFIX):
+            raise ValueError(f"{name}: a second grid's folder starts with {GRID_PREFIX}")
+        return RunFolder(self.path / name)
+
+    def other_grids(self) -> dict[str, RunFolder]:
+        """The run's second grids that were set up (``grid-*/`` with a ``render.json``), by name."""
+        found = sorted(p for p in self.path.glob(f"{GRID_PREFIX}*") if (p / RENDER_FILE).is_file())
+        return {p.name: RunFolder(p) for p in found}
+
+    def grid_label(self) -> str:
+        """What this grid draws otherwise than the run's first grid (``run.json``'s ``grid``); '' for the first."""
+        return str(self.read_record().get("grid", ""))
+
     def guidance_sheet(self, prompt_name: str, guidance: float, axes=()) -> Path:
         """``sheets/<pr>_g<guidance>.png``: a prompt's cells at one guidance (rows UNet, columns text scale).
 
@@ -209,8 +232,16 @@ class RunFolder:
         return self.sheets_dir / f"{prompt_name}_g{format_number(guidance)}{extra}.png"
 
     def sheet_links(self) -> list[str]:
-        """This run's sheets as paths from the sweep folder (``1e-4;1e-5/sheets/ph_g4.png``), by name."""
-        return [f"{self.name}/{SHEETS_DIR}/{p.name}" for p in sorted(self.sheets_dir.glob("*.png"))]
+        """This run's sheets as paths from the sweep folder (``1e-4;1e-5/sheets/ph_g4.png``), by name.
+
+        Then those of its second grids (``1e-4;1e-5/grid-euler_a/sheets/ph_g4.png``).
+        """
+        links = [f"{self.name}/{SHEETS_DIR}/{p.name}" for p in sorted(self.sheets_dir.glob("*.png"))]
+        for name, grid in self.other_grids().items():
+            links += [
+                f"{self.name}/{name}/{SHEETS_DIR}/{p.name}" for p in sorted(grid.sheets_dir.glob("*.png"))
+            ]
+        return links
 
     def weights_sheet(self, prompt_name: str) -> Path:
         """``sheets/weights_<pr>.png``: a prompt's cells with the raw weights and with their EMA."""
@@ -388,6 +419,10 @@ class SweepFolder:
     def prompt_sheet(self, prompt_name: str) -> Path:
         """``sheets/<pr>.png``: a prompt's cells (columns) for every run (rows)."""
         return self.sheets_dir / f"{prompt_name}.png"
+
+    def grid_sheet(self, grid: str, prompt_name: str) -> Path:
+        """``sheets/grid-<...>/<pr>.png``: a prompt's cells for every run, in the runs' second grid ``grid``."""
+        return self.sheets_dir / grid / f"{prompt_name}.png"
 
     def read_bracket(self) -> dict | None:
         """``bracket.json`` (``sweeper.search.halving.Bracket``'s fields), or None when absent."""

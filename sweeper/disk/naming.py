@@ -9,6 +9,7 @@ the same name, whichever way it was typed. Every name is checked to stay inside 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -173,6 +174,43 @@ def cell_label(unet: float, text: float, guidance: float, axes=()) -> str:
     The values of the grid's other axes that have several follow: ``0.9;0.5;3.6;euler_a;30``.
     """
     return ";".join([*(format_number(v) for v in (unet, text, guidance)), *axes])
+
+
+# A second grid's folder part per render setting that differs from the first grid's (``grid_name``).
+_GRID_PARTS = {
+    "scheduler": lambda v: str(v),
+    "samplers": lambda v: "-".join(v),
+    "num_inference_steps": lambda v: f"{v}steps",
+    "sampling_steps": lambda v: "-".join(str(n) for n in v) + "steps",
+    "resolution": lambda v: f"{v}px",
+    "negative_prompt": lambda v: f"neg-{hashlib.sha1(v.encode()).hexdigest()[:6]}" if v else "noneg",
+    "weights": lambda v: str(v),
+}
+_GRID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def grid_name(differs: Mapping) -> str:
+    """The folder of a run's second grid, named by the render settings it draws with otherwise.
+
+    ``{"scheduler": "euler_a", "num_inference_steps": 30}`` -> ``grid-euler_a-30steps``; a negative
+    prompt by a hash of its text (``neg-1a2b3c``). Only ``[A-Za-z0-9_.-]``: the name is also the MLflow
+    prefix of the grid's pictures and metrics.
+    """
+    parts = []
+    for key, value in differs.items():
+        part = _GRID_PARTS[key](value) if key in _GRID_PARTS and value is not None else f"{key}-{value}"
+        parts.append(_GRID_UNSAFE.sub("_", part).strip("._") or "_")
+    return "grid-" + "-".join(parts)
+
+
+def grid_label(differs: Mapping) -> str:
+    """How a second grid is labelled: ``render.scheduler=euler_a, render.num_inference_steps=30``."""
+
+    def text(value) -> str:
+        plain = isinstance(value, str) and (not value or re.search(r"[\s,'\"]", value))
+        return repr(value) if plain else override_value(value)
+
+    return ", ".join(f"render.{key}={text(value)}" for key, value in differs.items())
 
 
 def differing_keys(rows: Sequence[Mapping], settings: bool = False) -> list[str]:

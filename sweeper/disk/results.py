@@ -28,6 +28,9 @@ class RunResult:
         scores: Per-picture scores (``scores.csv`` rows, numbers parsed), empty when not evaluated.
         loss: (step, loss) of every step.
         val_loss: (step, validation loss) where it was measured (``train.validation_every``).
+        grid: For a second grid of the run (``<run>/grid-<...>/``), its folder name; '' for the run's own.
+        label: What the second grid draws otherwise (``render.scheduler=euler_a``); '' for the run's own.
+        other_grids: The run's second grids, by folder name, each as a ``RunResult`` of the same run.
     """
 
     run_dir: Path
@@ -36,11 +39,14 @@ class RunResult:
     scores: list[dict] = field(default_factory=list)
     loss: list[tuple[int, float]] = field(default_factory=list)
     val_loss: list[tuple[int, float]] = field(default_factory=list)
+    grid: str = ""
+    label: str = ""
+    other_grids: dict[str, RunResult] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        """The folder name (``3e-4;1e-5``)."""
-        return self.run_dir.name
+        """The run folder's name (``3e-4;1e-5``), for a second grid too."""
+        return self.run_dir.parent.name if self.grid else self.run_dir.name
 
     @property
     def final_loss(self) -> float | None:
@@ -121,14 +127,54 @@ def load_results(sweep_dir: str | Path) -> list[RunResult]:
 
 
 def load_run(run_dir: Path) -> RunResult:
-    """One run folder's results (whatever its status)."""
-    record = RunFolder(run_dir).read_record()
+    """One run folder's results (whatever its status), with its second grids'."""
+    folder = RunFolder(run_dir)
+    record = folder.read_record()
+    settings = record.get("settings", {})
+    loss, val_loss = read_loss(run_dir), read_loss(run_dir, "val_loss")
+    grids = {
+        name: RunResult(
+            grid.path,
+            settings,
+            [GridCell(**c) for c in grid.cells()],
+            grid.read_scores(),
+            loss,
+            val_loss,
+            grid=name,
+            label=grid.grid_label(),
+        )
+        for name, grid in folder.other_grids().items()
+    }
     cells = [GridCell(**c) for c in record.get("cells", [])]
-    return RunResult(
-        run_dir,
-        record.get("settings", {}),
-        cells,
-        RunFolder(run_dir).read_scores(),
-        read_loss(run_dir),
-        read_loss(run_dir, "val_loss"),
+    return RunResult(run_dir, settings, cells, folder.read_scores(), loss, val_loss, other_grids=grids)
+
+
+def first_grid_label(runs: list[RunResult]) -> str:
+    """What the runs' own grids were drawn with, for the settings their second grids change.
+
+    ``render.scheduler=default`` where a second grid has ``render.scheduler=euler_a``; '' without second grids.
+    """
+    from sweeper.disk.naming import grid_label
+
+    keys = dict.fromkeys(
+        k
+        for r in runs
+        for g in r.other_grids.values()
+        for k in RunFolder(g.run_dir).read_record().get("render", {})
     )
+    if not keys:
+        return ""
+    saved = (
+        next((RunFolder(r.run_dir).read_render() for r in runs if RunFolder(r.run_dir).read_render()), {})
+        or {}
+    )
+    return grid_label({k: saved.get(k) for k in keys})
+
+
+def grid_results(runs: list[RunResult]) -> dict[str, list[RunResult]]:
+    """Every grid of the sweep: '' -> the runs' own grids, ``grid-<...>`` -> the runs that have that one."""
+    grids: dict[str, list[RunResult]] = {"": list(runs)}
+    for run in runs:
+        for name, grid in run.other_grids.items():
+            grids.setdefault(name, []).append(grid)
+    return grids

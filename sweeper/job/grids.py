@@ -20,6 +20,7 @@ from lora_core.models import model_identity
 from lora_core.render import GridRenderer, RenderOptions
 from lora_core.training import EMA_DIR, checkpoint_dir
 from sweeper.disk.layout import RunFolder
+from sweeper.disk.naming import grid_label, grid_name
 from sweeper.job.context import JobContext
 from sweeper.planning.grid import GridCell
 
@@ -112,9 +113,7 @@ def render_together(grids: list[JobGrids], pipe, results: list, step: int | None
     entries = []  # (job index, grid folder, adapter folder, missing cells)
     for i, grid in enumerate(grids):
         job = grid.job
-        if step is None:
-            grid._check_render_settings()
-        folder = job.folder if step is None else job.folder.step(step)
+        folder = grid.home if step is None else grid.home.step(step)
         lora_dir = job.lora_dir if step is None else checkpoint_dir(job.lora_dir, step)
         for into, lora in grid._grids(folder, lora_dir):
             missing = [c for c in job.spec.cells if not into.picture(c.file_name).is_file()]
@@ -164,6 +163,7 @@ class JobGrids:
 
     def __init__(self, job: JobContext):
         self.job = job
+        self._home: RunFolder | None = None
 
     def render(self, pipe, result) -> list[Path]:
         """Render the grids' missing pictures (existing ones are kept as they are): one per ``render.weights``.
@@ -171,11 +171,14 @@ class JobGrids:
         Returns:
             The pictures written now.
         """
-        job = self.job
-        self._check_render_settings()
+        job, home = self.job, self.home
         started, written = time.perf_counter(), []
-        for folder, lora in self._grids(job.folder, job.lora_dir):
-            label = job.run_dir.name if folder == job.folder else f"{job.run_dir.name}/{folder.name}"
+        for folder, lora in self._grids(home, job.lora_dir):
+            label = (
+                job.run_dir.name
+                if folder == job.folder
+                else f"{job.run_dir.name}/{folder.path.relative_to(job.folder.path)}"
+            )
             written += render_missing(pipe, folder, lora, job.spec.cells, job.spec.render, f"render {label}")
         if written:
             seconds = time.perf_counter() - started
@@ -193,7 +196,7 @@ class JobGrids:
 
         job = self.job
         started = time.perf_counter()
-        grids = self._grids(job.folder.step(step), checkpoint_dir(job.lora_dir, step))
+        grids = self._grids(self.home.step(step), checkpoint_dir(job.lora_dir, step))
         for folder, lora in grids:
             written = render_missing(pipe, folder, lora, job.spec.cells, job.spec.render)
             result.images_rendered += len(written)
@@ -208,7 +211,7 @@ class JobGrids:
         if job.cfg.eval.enabled and job.spec.cells:
             started = time.perf_counter()
             result.objective = self._score_grids(
-                [folder for folder, _ in self._grids(job.folder, job.lora_dir)]
+                [folder for folder, _ in self._grids(self.home, job.lora_dir)]
             )
             result.timings["eval_seconds"] = time.perf_counter() - started
 
@@ -221,8 +224,8 @@ class JobGrids:
         from sweeper.views.sheets import draw_rows_sheets, draw_run_sheets, step_rows, weights_rows
 
         job = self.job
-        thumb, cells, folder = job.cfg.render.sheet_thumb, job.spec.cells, job.folder
-        sheets = draw_run_sheets(job.run_dir, cells, thumb)
+        thumb, cells, folder = job.cfg.render.sheet_thumb, job.spec.cells, self.home
+        sheets = draw_run_sheets(folder.path, cells, thumb)
         steps = step_rows(folder, job.spec.settings.max_train_steps)
         sheets += draw_rows_sheets(folder, steps, cells, thumb, "training step", folder.step_sheet)
         if job.spec.weights == "both":
@@ -253,12 +256,38 @@ class JobGrids:
         """(grid folder, adapter folder) of each grid ``render.weights`` asks for (``weight_grids``)."""
         return weight_grids(folder, lora, self.job.spec.weights)
 
-    def _check_render_settings(self) -> None:
-        # The run folder's own pictures: render.weights raw and both render them with the raw weights.
+    @property
+    def home(self) -> RunFolder:
+        """Where this job's grid goes: the run folder, or one of its second grids (``grid-<...>/``).
+
+        The run folder's pictures were drawn with the settings in its ``render.json``; a rerun that would
+        draw them otherwise (another sampler, sampling steps, negative prompt, resolution) draws its grid
+        into ``grid-<what differs>/`` with the same LoRA, and the first grid's pictures stay as they are.
+        More prompts or scales go into whichever grid has these settings.
+
+        Raises:
+            UserInputError: The pictures of the base model's identity differ (a LoRA trained otherwise), or
+                the second grid's folder holds pictures drawn otherwise still.
+        """
+        if self._home is None:
+            self._home = self._find_home()
+        return self._home
+
+    def first_grid_cells(self) -> list[dict] | None:
+        """The cells ``run.json`` keeps for the run folder's own grid.
+
+        Its own when this job draws a second grid (whose cells are in its folder); None (the job's) otherwise.
+        """
+        if self._home is None or self._home == self.job.folder:
+            return None
+        return self.job.folder.cells()
+
+    def _render_settings(self) -> dict:
+        """Every setting that changes how the pictures are drawn, as ``render.json`` holds them."""
         job = self.job
+        # The run folder's own pictures: render.weights raw and both render them with the raw weights.
         weights = "ema" if job.spec.weights == "ema" else "raw"
-        # every setting that changes how its pictures are drawn (the batch size changes none of them)
-        drawing = {k: v for k, v in job.spec.render.__dict__.items() if k != "batch_size"}
+        drawing = {k: v for k, v in job.spec.render.__dict__.items() if k not in _SAME_PICTURES}
         wanted = {**drawing, "model": model_identity(job.model), "weights": weights}
         for key, values in (
             ("samplers", [c.sampler for c in job.spec.cells]),
@@ -267,15 +296,56 @@ class JobGrids:
             values = list(dict.fromkeys(v for v in values if v is not None))
             if len(values) > 1:  # an axis of the grid (its pictures' names say which value)
                 wanted[key] = values
+        return wanted
+
+    def _find_home(self) -> RunFolder:
+        job = self.job
+        wanted = self._render_settings()
         saved = job.folder.read_render()
-        if saved is not None:
+        if saved is not None and job.folder.pictures():
             saved.setdefault("weights", "raw")  # written before the weights axis existed
-            keys = dict.fromkeys(["samplers", "sampling_steps", *wanted])  # a changed axis is named first
-            differs = [k for k in keys if saved.get(k) != wanted.get(k)]
-            if differs and job.folder.pictures():
-                key = differs[0]
+            keys = dict.fromkeys(["samplers", "sampling_steps", *wanted, *saved])  # a changed axis first
+            differs = {
+                k: wanted.get(k) for k in keys if k not in _SAME_PICTURES and saved.get(k) != wanted.get(k)
+            }
+            if "model" in differs:
                 raise UserInputError(
-                    f"{job.run_dir}: its pictures were rendered with render.{key}={saved.get(key)!r}, not "
-                    f"{wanted.get(key)!r}. Nothing was changed; choose another sweep.name or move the pictures away."
+                    f"{job.run_dir}: its pictures were rendered from model {saved.get('model')!r}, not "
+                    f"{wanted['model']!r}. Nothing was changed; choose another sweep.name or move the folder away."
                 )
+            for axis, one in (("samplers", "scheduler"), ("sampling_steps", "num_inference_steps")):
+                if wanted.get(axis):  # the one-value form is the axis's first value: the axis names it
+                    differs.pop(one, None)
+            if differs:
+                return self._second_grid(differs, wanted)
         job.folder.write_render(wanted)
+        return job.folder
+
+    def _second_grid(self, differs: dict, wanted: dict) -> RunFolder:
+        """Set up ``grid-<what differs>/`` for this job's grid (its ``render.json`` and ``run.json``)."""
+        job = self.job
+        grid = job.folder.other_grid(grid_name(differs))
+        saved = grid.read_render()
+        if saved is not None and grid.pictures():
+            key = next((k for k in dict.fromkeys([*wanted, *saved]) if saved.get(k) != wanted.get(k)), None)
+            if key is not None:
+                raise UserInputError(
+                    f"{grid.path}: its pictures were rendered with render.{key}={saved.get(key)!r}, not "
+                    f"{wanted.get(key)!r}. Nothing was changed; move that folder away to render it again."
+                )
+        label = grid_label(differs)
+        grid.path.mkdir(parents=True, exist_ok=True)
+        grid.write_render(wanted)
+        grid.write_record({"grid": label, "render": differs, "cells": [c.__dict__ for c in job.spec.cells]})
+        log.info(
+            "%s: its grid was drawn with other render settings: this one (%s) goes to %s/, drawn with the "
+            "trained LoRA; the first grid's pictures stay as they are.",
+            job.run_dir.name,
+            label,
+            grid.name,
+        )
+        return grid
+
+
+# Render settings that draw the same pictures: the batch size, and fusing (the same within rounding).
+_SAME_PICTURES = frozenset({"batch_size", "fuse"})

@@ -150,7 +150,9 @@ class Job:
         return self.result
 
     def _save_record(self, status: str) -> None:
-        save_record(self.context, status, self.result, self.training.identity, self.mlflow.run_id, self.pack)
+        job = self.context
+        cells = self.grids.first_grid_cells()
+        save_record(job, status, self.result, self.training.identity, self.mlflow.run_id, self.pack, cells)
 
 
 def run_job(cfg: DictConfig, overrides: list[str] | None = None, device: str | None = None) -> JobResult:

@@ -21,7 +21,13 @@ def write_config(job: JobContext) -> None:
 
 
 def save_record(
-    job: JobContext, status: str, result, identity: dict, mlflow_run: str | None, pack: dict | None = None
+    job: JobContext,
+    status: str,
+    result,
+    identity: dict,
+    mlflow_run: str | None,
+    pack: dict | None = None,
+    cells: list[dict] | None = None,
 ) -> None:
     """Write ``run.json``: the job's status, settings, grid, result and MLflow run.
 
@@ -32,6 +38,8 @@ def save_record(
         identity: What the weights depend on besides the settings (``JobTraining.identity``).
         mlflow_run: The job's MLflow run id, if it has one.
         pack: The pack it trained in (``plan.pack_record``), if any.
+        cells: The run folder's grid cells (default: the job's; a job that drew a second grid keeps the
+            first grid's, ``JobGrids.first_grid_cells``).
     """
     spec = job.spec
     record = {
@@ -45,7 +53,7 @@ def save_record(
         **(
             {"captions": _captions_by_picture(job)} if spec.settings.caption_mode != "instance_prompt" else {}
         ),
-        "cells": [c.__dict__ for c in spec.cells],
+        "cells": cells if cells is not None else [c.__dict__ for c in spec.cells],
         "result": {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()},
         "mlflow": {"uri": tracking_uri(job.cfg), "run_id": mlflow_run},
         **({"pack": pack} if pack else {}),

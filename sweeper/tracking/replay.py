@@ -114,8 +114,30 @@ def job_note(run: RunFolder, chart_steps: dict[str, tuple[str, int, str, str]]) 
     cells_by_prompt: dict[str, list[str]] = {}
     for _key, _step, cell, prompt in chart_steps.values():
         cells_by_prompt.setdefault(prompt, []).append(cell)
-    best = result.best_cells(parse_objective(objective or DEFAULT_OBJECTIVE))
-    return note_for_job(run.name, result.settings, plan.varying if plan else [], best, cells_by_prompt)
+    terms = parse_objective(objective or DEFAULT_OBJECTIVE)
+    best = result.best_cells(terms)
+    note = note_for_job(run.name, result.settings, plan.varying if plan else [], best, cells_by_prompt)
+    for name, grid in result.other_grids.items():  # reruns that drew the LoRA with other render settings
+        cells = ", ".join(f"`{p}`: `{c}`" for p, (c, _) in grid.best_cells(terms).items())
+        note += (
+            f"\n\nSecond grid `{name}` ({grid.label}): pictures and sheets under `{name}/`, image charts "
+            f"`{name}/grid/<prompt>`, metrics `{name}/<metric>`"
+            + (f"; best cells {cells}" if cells else "")
+            + "."
+        )
+    return note
+
+
+def grid_folders(run: RunFolder) -> dict[str, RunFolder]:
+    """The grids of a run folder, by the prefix of their MLflow metrics.
+
+    '' the run's own, ``ema_`` its EMA grid, ``grid-euler_a/`` a second grid (a rerun with other render
+    settings) and ``grid-euler_a/ema_`` its EMA grid.
+    """
+    grids = {"": run, EMA_PREFIX: run.ema}
+    for name, grid in run.other_grids().items():
+        grids |= {f"{name}/": grid, f"{name}/{EMA_PREFIX}": grid.ema}
+    return grids
 
 
 def log_run_folder(
@@ -155,22 +177,37 @@ def log_run_folder(
     else:
         tracker.set_tags(run_id, {"grid_extended": "true"})
     metrics = run_summary_metrics(run) + score_metrics(run) + (step_metrics(run) if with_steps else [])
-    metrics += [
-        (f"{EMA_PREFIX}{name}", value, step)
-        for name, value, step in score_metrics(run.ema)
-        if not name.startswith("real_")
-    ]
+    grids = grid_folders(run)
+    for prefix, grid in grids.items():
+        if prefix:  # ema_dino, grid-euler_a/dino, grid-euler_a/ema_dino
+            metrics += [
+                (prefix + name, value, step)
+                for name, value, step in score_metrics(grid)
+                if not name.startswith("real_")
+            ]
     tracker.log_metrics(run_id, metrics)
-    chart_steps = image_chart_steps(run)
-    for picture in run.pictures() + run.ema.pictures() if pictures is None else pictures:
-        ema = picture.parent == run.ema.path  # render.weights=both: the EMA grid, kept apart
-        tracker.log_artifact(run_id, picture, f"{run.name}/{run.ema.name}" if ema else run.name)
-        if log_images and picture.stem in chart_steps:
-            key, step, _cell, _prompt = chart_steps[picture.stem]
-            tracker.log_image(run_id, picture, f"{run.ema.name}/{key}" if ema else key, step)
-    tracker.log_artifact(run_id, run.sheets_dir, run.sheets_dir.name)
-    if run.ema.sheets_dir.is_dir():
-        tracker.log_artifact(run_id, run.ema.sheets_dir, f"{run.ema.name}/{run.ema.sheets_dir.name}")
+    chart_steps = {
+        folder.path: image_chart_steps(folder if folder.record_file.is_file() else run)
+        for folder in grids.values()
+    }
+    where = {folder.path: folder.path.relative_to(run.path).as_posix() for folder in grids.values()}
+    wanted = [p for folder in grids.values() for p in folder.pictures()] if pictures is None else pictures
+    for picture in wanted:
+        sub = where.get(picture.parent, ".")
+        tracker.log_artifact(run_id, picture, run.name if sub == "." else f"{run.name}/{sub}")
+        steps = chart_steps.get(picture.parent, {})
+        if log_images and picture.stem in steps:
+            key, step, _cell, _prompt = steps[picture.stem]
+            tracker.log_image(run_id, picture, key if sub == "." else f"{sub}/{key}", step)
+    for folder in grids.values():
+        if folder.sheets_dir.is_dir():
+            sub = where[folder.path]
+            tracker.log_artifact(
+                run_id,
+                folder.sheets_dir,
+                folder.sheets_dir.name if sub == "." else f"{sub}/{folder.sheets_dir.name}",
+            )
+    chart_steps = chart_steps[run.path]
     for path in run.config_artifacts():
         tracker.log_artifact(run_id, path, "config" if path.suffix == ".yaml" else None)
     tracker.set_tags(run_id, {"mlflow.note.content": job_note(run, chart_steps)})

@@ -2,7 +2,7 @@
 
 The page is self-contained (data inlined into ``compare_page.html``, no CDN, no server): open it from
 ``file://``. Pick a prompt, UNet scale, text scale and guidance (and sampler and sampling steps where the
-grid has several) and see that cell for every training
+grid has several, and the grid where a rerun drew a second one) and see that cell for every training
 configuration side by side, sorted and coloured by any metric; or pick a configuration and see its
 contact sheets.
 """
@@ -15,43 +15,62 @@ from pathlib import Path
 from lora_core.atomic import write_text_atomic
 from sweeper.disk.layout import PAGE_FILE, RunFolder
 from sweeper.disk.naming import differing_keys
-from sweeper.disk.results import METRICS, RunResult
+from sweeper.disk.results import METRICS, RunResult, first_grid_label, grid_results
 from sweeper.planning.grid import first_images
 
 _TEMPLATE = Path(__file__).with_name("compare_page.html")
 
 
 def page_data(sweep_dir: Path, runs: list[RunResult]) -> dict:
-    """Everything the compare page shows, with paths relative to the sweep folder."""
+    """Everything the compare page shows, with paths relative to the sweep folder.
+
+    A cell's ``key`` is its picture's stem, prefixed by its grid's folder for a second grid
+    (``grid-euler_a/ph_1;1;7.5``): images and scores are looked up by it.
+    """
     keys = differing_keys([r.settings for r in runs], settings=True)
+    grids = grid_results(runs)
+    first = first_grid_label(runs)
     cells: dict[str, dict] = {}
-    images: dict[str, dict] = {}
-    for run in runs:
-        images[run.name] = {}
-        for cell in first_images(run.cells):
-            cells.setdefault(
-                cell.stem,
-                {
-                    "prompt_name": cell.prompt_name,
-                    "prompt": cell.prompt,
-                    "unet": cell.unet_scale,
-                    "text": cell.text_scale,
-                    "guidance": cell.guidance,
-                    "sampler": cell.sampler or "",
-                    "steps": cell.steps or 0,
-                    "stem": cell.stem,
-                },
-            )
-            if (run.run_dir / cell.file_name).is_file():
-                images[run.name][cell.stem] = f"{run.name}/{cell.file_name}"
-    metric_names = sorted({m for run in runs for m in run.metric_names()}, key=METRICS.index)
+    images: dict[str, dict] = {run.name: {} for run in runs}
+    scores: dict[str, dict] = {run.name: {} for run in runs}
+    metric_names = sorted(
+        {m for r in runs for g in (r, *r.other_grids.values()) for m in g.metric_names()}, key=METRICS.index
+    )
+    for grid, results in grids.items():
+        for run in results:
+            prefix = f"{grid}/" if grid else ""
+            for cell in first_images(run.cells):
+                key = prefix + cell.stem
+                cells.setdefault(
+                    key,
+                    {
+                        "key": key,
+                        "grid": grid,
+                        "prompt_name": cell.prompt_name,
+                        "prompt": cell.prompt,
+                        "unet": cell.unet_scale,
+                        "text": cell.text_scale,
+                        "guidance": cell.guidance,
+                        "sampler": cell.sampler or "",
+                        "steps": cell.steps or 0,
+                        "stem": cell.stem,
+                    },
+                )
+                if (run.run_dir / cell.file_name).is_file():
+                    images[run.name][key] = f"{run.name}/{prefix}{cell.file_name}"
+            scores[run.name].update({prefix + k: v for k, v in _scores_by_stem(run, metric_names).items()})
+    labels = {name: next((r.label for r in results if r.label), name) for name, results in grids.items()}
     return {
         "sweep": sweep_dir.name,
         "varying": keys,
         "metric_names": [*metric_names, "final_loss"],
+        "grids": [
+            {"name": name, "label": f"first grid ({first})" if not name and first else label or "first grid"}
+            for name, label in labels.items()
+        ],
         "cells": list(cells.values()),
         "images": images,
-        "scores": {run.name: _scores_by_stem(run, metric_names) for run in runs},
+        "scores": scores,
         "runs": [
             {
                 "name": run.name,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sweeper.disk.layout import RunFolder, SweepFolder
+from sweeper.disk.layout import EMA_GRID_DIR, GRID_PREFIX, RunFolder, SweepFolder
 from sweeper.disk.naming import axis_name, format_number
-from sweeper.disk.results import load_results
+from sweeper.disk.results import grid_results, load_results
 from sweeper.planning.grid import GridCell, first_images
 from sweeper.views.drawing import run_sheet, save_sheet, sweep_sheet
 
@@ -32,12 +32,24 @@ def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Pa
         text = sorted({c.text_scale for c in group})
         pictures = {(c.unet_scale, c.text_scale): run.existing_picture(c.file_name) for c in group}
         sampling = "".join(f" | {value}" for value in _axes_words(group[0]))
-        title = f'"{group[0].prompt}" | {run_dir.name} | guidance {format_number(guidance)}{sampling}'
+        title = f'"{group[0].prompt}" | {grid_title(run)} | guidance {format_number(guidance)}{sampling}'
         sheet = run_sheet(pictures, unet, text, title, thumb)
         path = run.guidance_sheet(name, guidance, axes)
         save_sheet(sheet, path)
         written.append(path)
     return written
+
+
+def grid_title(folder: RunFolder) -> str:
+    """How a sheet's title names its grid: the run (``1e-4;1e-5``), or a second or EMA grid with its label.
+
+    A second grid by what it draws otherwise (``1e-4;1e-5 | render.scheduler=euler_a``), the EMA grid as
+    ``... | EMA weights``.
+    """
+    if folder.name == EMA_GRID_DIR:
+        return f"{grid_title(RunFolder(folder.path.parent))} | EMA weights"
+    label = folder.grid_label() if folder.name.startswith(GRID_PREFIX) else ""
+    return f"{folder.path.parent.name} | {label}" if label else folder.name
 
 
 def _axes_words(cell: GridCell) -> list[str]:
@@ -48,6 +60,8 @@ def _axes_words(cell: GridCell) -> list[str]:
 def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
     """One sheet per prompt for the whole sweep: a row per run, a column per grid cell (``u;t;g``).
 
+    A second grid's (``<run>/grid-<...>/``) go to ``sheets/grid-<...>/``, labelled with what it draws otherwise.
+
     Args:
         sweep_dir: The sweep folder (sheets written to its ``sheets/``).
         thumb: Cell size in pixels (reduced by ``sweeper.views.drawing`` for very wide grids).
@@ -55,10 +69,21 @@ def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
     Returns:
         The sheet files.
     """
-    runs = [(RunFolder(run.run_dir), run.cells) for run in load_results(sweep_dir)]
+    sweep = SweepFolder(Path(sweep_dir))
+    written = []
+    for grid, results in grid_results(load_results(sweep_dir)).items():
+        label = next((r.label for r in results if r.label), "")
+        runs = [(run.name, RunFolder(run.run_dir), run.cells) for run in results]
+        sheet_file = sweep.prompt_sheet if not grid else lambda name, grid=grid: sweep.grid_sheet(grid, name)
+        written += _sweep_grid_sheets(sweep.name, runs, label, thumb, sheet_file)
+    return written
+
+
+def _sweep_grid_sheets(sweep: str, runs: list, label: str, thumb: int, sheet_file) -> list[Path]:
+    """A sheet per prompt of one grid: a row per run (``runs``: name, grid folder, cells), a column per cell."""
     prompts: dict[str, str] = {}
     columns: dict[str, list[str]] = {}
-    for _, cells in runs:
+    for _, _, cells in runs:
         for c in first_images(cells):
             prompts.setdefault(c.prompt_name, c.prompt)
             if c.label not in columns.setdefault(c.prompt_name, []):
@@ -66,15 +91,16 @@ def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
     written = []
     for name, labels in columns.items():
         pictures = {
-            (run.name, c.label): run.existing_picture(c.file_name)
-            for run, cells in runs
+            (row, c.label): folder.existing_picture(c.file_name)
+            for row, folder, cells in runs
             for c in first_images(cells)
             if c.prompt_name == name
         }
-        what = next(c.label_keys for _, cells in runs for c in cells if c.prompt_name == name)
-        title = f'"{prompts[name]}" | every run of {Path(sweep_dir).name} | columns: {what}'
-        sheet = sweep_sheet(pictures, [run.name for run, _ in runs], labels, title, thumb)
-        path = SweepFolder(Path(sweep_dir)).prompt_sheet(name)
+        what = next(c.label_keys for _, _, cells in runs for c in cells if c.prompt_name == name)
+        grid = f" | {label}" if label else ""
+        title = f'"{prompts[name]}" | every run of {sweep}{grid} | columns: {what}'
+        sheet = sweep_sheet(pictures, [row for row, _, _ in runs], labels, title, thumb)
+        path = sheet_file(name)
         save_sheet(sheet, path)
         written.append(path)
     return written
@@ -106,7 +132,7 @@ def draw_rows_sheets(
             for c in group
             if (path := folder.existing_picture(c.file_name)) is not None
         }
-        title = f'"{group[0].prompt}" | {run.name} | rows: {what}, columns: {group[0].label_keys}'
+        title = f'"{group[0].prompt}" | {grid_title(run)} | rows: {what}, columns: {group[0].label_keys}'
         written.append(
             save_sheet(sweep_sheet(pictures, list(rows), columns, title, thumb), sheet_file(prompt))
         )

@@ -3,7 +3,7 @@
 ``write_report`` also writes the compare page (``sweeper.views.compare_page``). ``python -m
 sweeper.views.report <sweep folder>`` makes both for any sweep folder; a multirun makes them at its end.
 Each section is a module of this package returning Markdown lines (none when the sweep has nothing for it):
-``table`` (a row per configuration), ``dreambooth`` (the paper's table), ``validation``, ``tradeoff`` (DINO / CLIP-T over the UNet scale),
+``table`` (a row per configuration), ``dreambooth`` (the paper's table), ``grids`` (second grids), ``validation``, ``tradeoff`` (DINO / CLIP-T over the UNet scale),
 ``best_step`` (the checkpoint axis), ``bracket`` (a halving sweep) and ``trials`` (an Optuna search).
 """
 
@@ -23,6 +23,7 @@ from sweeper.views.plots import plot_losses
 from sweeper.views.report.best_step import best_step_lines
 from sweeper.views.report.bracket import bracket_lines
 from sweeper.views.report.dreambooth import dreambooth_table
+from sweeper.views.report.grids import grids_lines
 from sweeper.views.report.table import configuration_table
 from sweeper.views.report.tradeoff import scale_lines
 from sweeper.views.report.trials import trials_lines
@@ -40,6 +41,7 @@ def report_markdown(sweep_dir: Path, runs: list[RunResult], objective: str, plot
             "No picture scores: evaluation was off or its models were not available (eval.enabled).",
             "",
         ]
+    lines += grids_lines(runs, objective)  # second grids: the LoRAs drawn with other render settings
     lines += validation_lines(runs)
     if plot is not None:
         lines += [f"![loss curves]({plot.name})", ""]

@@ -16,18 +16,6 @@ def _best_cell(run: RunResult, prompt: str, terms: list[tuple[float, str]]) -> s
 
 def configuration_table(sweep_dir: Path, runs: list[RunResult], objective: str) -> list[str]:
     """The report's title and its table: a row per configuration, best per metric in bold, best cell per prompt."""
-    terms = parse_objective(objective)
-    keys = differing_keys([r.settings for r in runs], settings=True)
-    metrics = sorted({m for r in runs for m in r.metric_names()}, key=METRICS.index)
-    columns = [*metrics, "final_loss"]
-    values = {r.name: {**r.means(), "final_loss": r.final_loss} for r in runs}
-    best = {}
-    for m in columns:
-        scored = [(values[r.name][m], r.name) for r in runs if values[r.name].get(m) is not None]
-        if scored:
-            best[m] = (min if m == "final_loss" else max)(scored)[1]
-    # A prompt with one cell has no best cell to pick: no column for it.
-    prompts = [p for p, n in _cells_per_prompt(runs).items() if n > 1]
     cell_keys = next((c.label_keys for r in runs for c in r.cells), "unet;text;guidance")
     lines = [
         f"# Sweep report: {sweep_dir.name}",
@@ -38,8 +26,24 @@ def configuration_table(sweep_dir: Path, runs: list[RunResult], objective: str) 
         f"Best per metric in **bold**. Best cell per prompt by `{objective}` ({cell_keys}).",
         "",
     ]
+    return lines + metrics_table(runs, objective, differing_keys([r.settings for r in runs], settings=True))
+
+
+def metrics_table(runs: list[RunResult], objective: str, keys: list[str]) -> list[str]:
+    """A row per configuration: its ``keys``, metric means (best in bold), best cell per prompt."""
+    terms = parse_objective(objective)
+    metrics = sorted({m for r in runs for m in r.metric_names()}, key=METRICS.index)
+    columns = [*metrics, "final_loss"]
+    values = {r.name: {**r.means(), "final_loss": r.final_loss} for r in runs}
+    best = {}
+    for m in columns:
+        scored = [(values[r.name][m], r.name) for r in runs if values[r.name].get(m) is not None]
+        if scored:
+            best[m] = (min if m == "final_loss" else max)(scored)[1]
+    # A prompt with one cell has no best cell to pick: no column for it.
+    prompts = [p for p, n in _cells_per_prompt(runs).items() if n > 1]
     header = ["configuration", *keys, *columns, *(f"best {p}" for p in prompts)]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         row = [f"`{run.name}`", *(_cell_text(run.settings.get(k)) for k in keys)]
         for m in columns:
@@ -67,5 +71,5 @@ def _cell_text(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, float) and not value.is_integer():
-        return format_number(value) if abs(value) < 1e-2 else f"{value:.4f}".rstrip("0")
+        return format_number(float(f"{value:.4g}")) if abs(value) < 1e-2 else f"{value:.4f}".rstrip("0")
     return format_number(value) if isinstance(value, int | float) else str(value)
