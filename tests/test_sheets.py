@@ -219,3 +219,60 @@ def test_saving_writes_the_png_atomically(tmp_path):
     with Image.open(out) as saved:
         assert saved.format == "PNG" and saved.size == sheet.size
     assert [p.name for p in out.parent.iterdir()] == ["sf_g3.6.png"], "no temporary file left"
+
+
+def test_a_run_sheet_can_have_any_two_axes_as_rows_and_columns(tmp_path):
+    """``render.sheet_rows=sampler render.sheet_cols=unet``: a sheet per prompt and guidance (the other axis
+    that varies), rows the samplers, columns the UNet scales, each picture in its cell."""
+    from omegaconf import OmegaConf
+
+    from sweeper.config.schema import RenderConfig
+    from sweeper.planning.grid import grid_cells
+    from sweeper.views.sheets import draw_run_sheets
+
+    render = OmegaConf.structured(RenderConfig)
+    render.prompts = [{"sf": "smile"}]
+    render.samplers, render.unet_scales, render.guidance_scales = ["ddim", "euler_a"], [0.0, 1.0], [3.0, 7.0]
+    cells = grid_cells(render, "ktn", "cat")
+    colours = {}
+    for cell in cells:
+        colours[cell.sampler, cell.unet_scale, cell.guidance] = (
+            ["ddim", "euler_a"].index(cell.sampler) * 120 + 40,
+            int(cell.unet_scale) * 150 + 50,
+            int(cell.guidance) * 30,
+        )
+        _solid(colours[cell.sampler, cell.unet_scale, cell.guidance]).save(tmp_path / cell.file_name)
+    written = draw_run_sheets(tmp_path, cells, 48, rows="sampler", cols="unet")
+    assert [p.name for p in written] == ["sf_sampler-unet_g3.png", "sf_sampler-unet_g7.png"]
+    for path, guidance in zip(written, (3.0, 7.0), strict=True):
+        title = f'"smile" | {tmp_path.name} | guidance {guidance:g} | rows sampler, columns unet'
+        layout = plan_layout(title, ["sampler ddim", "sampler euler_a"], ["unet 0", "unet 1"], 48)
+        with Image.open(path) as sheet:
+            assert sheet.size == layout.size
+            for r, sampler in enumerate(["ddim", "euler_a"]):
+                for c, unet in enumerate([0.0, 1.0]):
+                    assert _centre(sheet.convert("RGB"), layout, r, c) == colours[sampler, unet, guidance]
+    # the default stays a sheet per guidance (and sampler), rows UNet, columns text
+    assert {p.name for p in draw_run_sheets(tmp_path, cells, 48)} == {
+        f"sf_g{g}_{s}.png" for g in (3, 7) for s in ("ddim", "euler_a")
+    }
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "message"),
+    [
+        ("seed", "text", "render.sheet_rows=seed: use one of unet, text, guidance, sampler, steps"),
+        ("unet", "unet", "render.sheet_cols=unet: the same axis as render.sheet_rows"),
+    ],
+)
+def test_bad_sheet_axes_are_refused_naming_the_key(rows, cols, message):
+    from omegaconf import OmegaConf
+
+    from sweeper.config.schema import RenderConfig
+    from sweeper.planning.grid import grid_cells
+
+    render = OmegaConf.structured(RenderConfig)
+    render.sheet_rows, render.sheet_cols = rows, cols
+    with pytest.raises(UserInputError, match=message) as refused:
+        grid_cells(render, "ktn", "cat")
+    assert "\n" not in str(refused.value)

@@ -101,6 +101,10 @@ class RenderConfig:
     fuse: bool = RenderOptions.fuse  # fuse the UNet LoRA at each scale (faster; same pictures)
     image_name: str = "{pr}_{unet};{text};{guidance}"
     sheet_thumb: int = 256
+    # A run's sheet per prompt: which two axes are its rows and columns (unet, text, guidance, sampler,
+    # steps); one sheet per value of the others that have several.
+    sheet_rows: str = "unet"
+    sheet_cols: str = "text"
     enabled: bool = True
     # The checkpoint axis: also render the grid at these training steps (each in <run>/step-<n>/), with a
     # sheet per prompt whose rows are the steps, and the best step in report.md.

@@ -231,6 +231,15 @@ class RunFolder:
         extra = "".join(f"_{value}" for value in axes)
         return self.sheets_dir / f"{prompt_name}_g{format_number(guidance)}{extra}.png"
 
+    def axes_sheet(self, prompt_name: str, rows: str, cols: str, values=()) -> Path:
+        """``sheets/<pr>_<rows>-<cols>[_<value>...].png``: a prompt's cells on two chosen axes.
+
+        ``render.sheet_rows`` / ``sheet_cols`` other than UNet x text: ``be_sampler-unet_t1.png``, one per value
+        of the other axes that vary.
+        """
+        extra = "".join(f"_{value}" for value in values)
+        return self.sheets_dir / f"{prompt_name}_{rows}-{cols}{extra}.png"
+
     def sheet_links(self) -> list[str]:
         """This run's sheets as paths from the sweep folder (``1e-4;1e-5/sheets/ph_g4.png``), by name.
 

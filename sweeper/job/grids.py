@@ -200,7 +200,7 @@ class JobGrids:
         for folder, lora in grids:
             written = render_missing(pipe, folder, lora, job.spec.cells, job.spec.render)
             result.images_rendered += len(written)
-            draw_run_sheets(folder.path, job.spec.cells, job.cfg.render.sheet_thumb)
+            draw_run_sheets(folder.path, job.spec.cells, job.cfg.render.sheet_thumb, *self._sheet_axes())
         objective = self._score_grids([folder for folder, _ in grids])
         result.timings[f"render_seconds/step-{step}"] = time.perf_counter() - started
         return objective
@@ -216,7 +216,10 @@ class JobGrids:
             result.timings["eval_seconds"] = time.perf_counter() - started
 
     def draw_sheets(self) -> list[Path]:
-        """One contact sheet per prompt and guidance: rows UNet scale, columns text-encoder scale.
+        """One contact sheet per prompt and value of the other axes, and the step and weights sheets.
+
+        A run sheet's rows and columns are ``render.sheet_rows`` and ``render.sheet_cols`` (UNet scale and
+        text-encoder scale by default: a sheet per guidance).
 
         Returns:
             The sheets written: the run's, its steps' and (``render.weights=both``) its weights'.
@@ -225,14 +228,20 @@ class JobGrids:
 
         job = self.job
         thumb, cells, folder = job.cfg.render.sheet_thumb, job.spec.cells, self.home
-        sheets = draw_run_sheets(folder.path, cells, thumb)
+        sheets = draw_run_sheets(folder.path, cells, thumb, *self._sheet_axes())
         steps = step_rows(folder, job.spec.settings.max_train_steps)
         sheets += draw_rows_sheets(folder, steps, cells, thumb, "training step", folder.step_sheet)
         if job.spec.weights == "both":
-            sheets += draw_run_sheets(folder.ema.path, cells, thumb)
+            sheets += draw_run_sheets(folder.ema.path, cells, thumb, *self._sheet_axes())
             weights = weights_rows(folder)
             sheets += draw_rows_sheets(folder, weights, cells, thumb, "LoRA weights", folder.weights_sheet)
         return sheets
+
+    def _sheet_axes(self) -> tuple[str, str]:
+        """The rows' and columns' axes of the run's sheets (``render.sheet_rows``, ``render.sheet_cols``)."""
+        from sweeper.planning.grid import sheet_axes
+
+        return sheet_axes(self.job.cfg.render)
 
     def _score_grids(self, grids: list[RunFolder]) -> float | None:
         """Score the pictures of each grid not yet in its ``scores.csv``; the objective of the first.

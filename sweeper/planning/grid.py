@@ -168,6 +168,31 @@ def _explicit_cells(cells, prompts: dict[str, str]) -> list[tuple[str, float, fl
     return out
 
 
+# The axes a run's sheet can have as rows or columns, and each cell's value on it.
+SHEET_AXES = {
+    "unet": lambda c: c.unet_scale,
+    "text": lambda c: c.text_scale,
+    "guidance": lambda c: c.guidance,
+    "sampler": lambda c: c.sampler or "",
+    "steps": lambda c: c.steps or 0,
+}
+
+
+def sheet_axes(render) -> tuple[str, str]:
+    """The axes of a run's sheets: ``render.sheet_rows`` and ``render.sheet_cols`` (default ``unet``, ``text``).
+
+    Raises:
+        UserInputError: An axis that is not one of ``SHEET_AXES``, or the same axis twice.
+    """
+    rows, cols = render.get("sheet_rows", "unet"), render.get("sheet_cols", "text")
+    for key, axis in (("sheet_rows", rows), ("sheet_cols", cols)):
+        if axis not in SHEET_AXES:
+            raise UserInputError(f"render.{key}={axis}: use one of {', '.join(SHEET_AXES)}.")
+    if rows == cols:
+        raise UserInputError(f"render.sheet_cols={cols}: the same axis as render.sheet_rows; choose another.")
+    return rows, cols
+
+
 def grid_cells(render, token: str, class_name: str) -> list[GridCell]:
     """Every picture of a run's grid: the full product, or the explicit cells per prompt.
 
@@ -183,6 +208,7 @@ def grid_cells(render, token: str, class_name: str) -> list[GridCell]:
         UserInputError: Bad values, or two cells that would share a file name.
     """
     prompts = search_replace(resolve_prompts(render.prompts, token, class_name), render.prompt_sr)
+    sheet_axes(render)
     samplers, steps = sampling_axes(render)
     seeds = [int(s) for s in render.seeds]
     if not seeds:

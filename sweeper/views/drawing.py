@@ -24,7 +24,7 @@ import importlib.util
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -414,7 +414,6 @@ def run_sheet(
     text_scales: Sequence[float],
     title: str,
     thumb: int = 256,
-    label: Callable[[float], str] = format_number,
 ) -> Image.Image:
     """One run, one prompt, one guidance: rows = UNet LoRA scale, columns = text-encoder LoRA scale.
 
@@ -425,14 +424,43 @@ def run_sheet(
         text_scales: Column order, left to right (labelled ``text 0.5``).
         title: Title, e.g. ``"smile face" — 3e-4;1e-5 — guidance 3.6``.
         thumb: Cell size in pixels.
-        label: Formats a scale for its label.
 
     Returns:
         The sheet.
     """
-    cells = _by_position(images, unet_scales, text_scales)
-    row_labels = [f"unet {label(scale)}" for scale in unet_scales]
-    col_labels = [f"text {label(scale)}" for scale in text_scales]
+    return axes_sheet(images, unet_scales, text_scales, title, thumb)
+
+
+def axes_sheet(
+    images: Mapping[tuple, Picture],
+    rows: Sequence,
+    cols: Sequence,
+    title: str,
+    thumb: int = 256,
+    row_axis: str = "unet",
+    col_axis: str = "text",
+) -> Image.Image:
+    """One run, one prompt: rows the values of one axis of its grid, columns another's.
+
+    Args:
+        images: (row value, column value) -> picture; absent or None cells are drawn as placeholders.
+        rows: Row values, top to bottom (labelled ``<row_axis> <value>``: ``unet 0.9``, ``sampler ddim``).
+        cols: Column values, left to right.
+        title: Title.
+        thumb: Cell size in pixels.
+        row_axis: The rows' axis, in the labels.
+        col_axis: The columns' axis, in the labels.
+
+    Returns:
+        The sheet.
+    """
+
+    def label(axis: str, value) -> str:
+        return f"{axis} {format_number(value) if isinstance(value, int | float) else value}"
+
+    cells = _by_position(images, rows, cols)
+    row_labels = [label(row_axis, v) for v in rows]
+    col_labels = [label(col_axis, v) for v in cols]
     return grid_sheet(title, row_labels, col_labels, cells, thumb)
 
 

@@ -7,37 +7,75 @@ from pathlib import Path
 from sweeper.disk.layout import EMA_GRID_DIR, GRID_PREFIX, RunFolder, SweepFolder
 from sweeper.disk.naming import axis_name, format_number
 from sweeper.disk.results import grid_results, load_results
-from sweeper.planning.grid import GridCell, first_images
-from sweeper.views.drawing import run_sheet, save_sheet, sweep_sheet
+from sweeper.planning.grid import SHEET_AXES, GridCell, first_images
+from sweeper.views.drawing import axes_sheet, save_sheet, sweep_sheet
 
 
-def draw_run_sheets(run_dir: Path, cells: list[GridCell], thumb: int) -> list[Path]:
-    """One sheet per prompt, guidance and value of the other axes: rows = UNet scale, columns = text scale.
+def draw_run_sheets(
+    run_dir: Path, cells: list[GridCell], thumb: int, rows: str = "unet", cols: str = "text"
+) -> list[Path]:
+    """One sheet per prompt and value of the other axes: rows and columns two axes of the grid.
+
+    The default (rows UNet scale, columns text scale) gives a sheet per guidance too
+    (``sheets/<pr>_g<guidance>.png``); other axes name the sheet after them and the other axes' values
+    that vary (``sheets/be_sampler-unet_t1.png``).
 
     Args:
         run_dir: The run folder (pictures in it, sheets written to ``sheets/``).
         cells: The run's grid.
         thumb: Cell size in pixels.
+        rows: The rows' axis (``render.sheet_rows``: a key of ``sweeper.planning.grid.SHEET_AXES``).
+        cols: The columns' axis (``render.sheet_cols``).
 
     Returns:
         The sheet files.
     """
     run = RunFolder(run_dir)
+    default = (rows, cols) == ("unet", "text")
+    others = [a for a in SHEET_AXES if a not in (rows, cols)]
+    shown = first_images(cells)
+    varying = [a for a in others if len({SHEET_AXES[a](c) for c in shown}) > 1]
     groups: dict[tuple, list[GridCell]] = {}
-    for cell in first_images(cells):
-        groups.setdefault((cell.prompt_name, cell.guidance, cell.axes), []).append(cell)
+    for cell in shown:
+        groups.setdefault((cell.prompt_name, *(SHEET_AXES[a](cell) for a in others)), []).append(cell)
     written = []
-    for (name, guidance, axes), group in groups.items():
-        unet = list(dict.fromkeys(c.unet_scale for c in group))
-        text = sorted({c.text_scale for c in group})
-        pictures = {(c.unet_scale, c.text_scale): run.existing_picture(c.file_name) for c in group}
-        sampling = "".join(f" | {value}" for value in _axes_words(group[0]))
-        title = f'"{group[0].prompt}" | {grid_title(run)} | guidance {format_number(guidance)}{sampling}'
-        sheet = run_sheet(pictures, unet, text, title, thumb)
-        path = run.guidance_sheet(name, guidance, axes)
+    for (name, *values), group in groups.items():
+        fixed = dict(zip(others, values, strict=True))
+        row_values = _axis_values(rows, group)
+        col_values = _axis_values(cols, group)
+        pictures = {
+            (SHEET_AXES[rows](c), SHEET_AXES[cols](c)): run.existing_picture(c.file_name) for c in group
+        }
+        if default:
+            words = [f"guidance {format_number(fixed['guidance'])}", *_axes_words(group[0])]
+            path = run.guidance_sheet(name, fixed["guidance"], group[0].axes)
+        else:
+            words = [_axis_word(a, fixed[a]) for a in varying] + [f"rows {rows}, columns {cols}"]
+            path = run.axes_sheet(name, rows, cols, [_axis_short(a, fixed[a]) for a in varying])
+        title = " | ".join([f'"{group[0].prompt}"', grid_title(run), *words])
+        sheet = axes_sheet(pictures, row_values, col_values, title, thumb, rows, cols)
         save_sheet(sheet, path)
         written.append(path)
     return written
+
+
+def _axis_values(axis: str, cells: list[GridCell]) -> list:
+    """An axis's values in the order of the grid; numbers other than the UNet scale's sorted."""
+    values = list(dict.fromkeys(SHEET_AXES[axis](c) for c in cells))
+    return values if axis in ("unet", "sampler") else sorted(values)
+
+
+def _axis_word(axis: str, value) -> str:
+    """A value of an axis in words, for a title: ``sampler euler_a``, ``30 steps``, ``guidance 4``."""
+    text = format_number(value) if isinstance(value, int | float) else str(value)
+    return f"{text} steps" if axis == "steps" else f"{axis} {text}"
+
+
+def _axis_short(axis: str, value) -> str:
+    """A value of an axis in a sheet's file name: ``u0.5``, ``t1``, ``g4``, ``euler_a``, ``30``."""
+    if axis in ("sampler", "steps"):
+        return str(value)
+    return f"{axis[0]}{format_number(value)}"
 
 
 def grid_title(folder: RunFolder) -> str:
