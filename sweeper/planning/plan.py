@@ -20,7 +20,7 @@ from lora_core.atomic import write_text_atomic
 from lora_core.embedded.world_weights import verified_world_dir
 from lora_core.errors import UserInputError
 from lora_core.settings import STEP_INDEPENDENT_SCHEDULERS
-from sweeper.config.embedded_models import TINY, WORLD
+from sweeper.config.embedded_models import TINY_SPECS, WORLD
 from sweeper.config.spec import JobSpec, build_job
 from sweeper.disk.layout import PLAN_FILE
 from sweeper.disk.naming import differing_keys
@@ -262,7 +262,7 @@ def check_inputs(specs: list[JobSpec]) -> None:
         if path == WORLD:
             verified_world_dir()  # missing or corrupt weights stop the sweep here, named
             continue
-        if path == TINY or Path(path).expanduser().exists():
+        if path in TINY_SPECS or Path(path).expanduser().exists():
             continue
         if (
             path.startswith((".", "/", "~"))
