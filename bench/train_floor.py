@@ -85,7 +85,9 @@ def make_optimizer(unet, text_encoder, settings: dict):
     from lora_core.training.recipe import parameter_groups
 
     s = TrainSettings.from_dict(settings)
-    groups = parameter_groups(unet, text_encoder, s)
+    from types import SimpleNamespace
+
+    groups = parameter_groups(SimpleNamespace(unet=unet, text_encoder=text_encoder), s)
     device_type = next(unet.parameters()).device.type
     return trainer_optimizer(groups, s, device_type), [p for group in groups for p in group["params"]]
 

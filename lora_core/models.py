@@ -1,4 +1,4 @@
-"""Load a base Stable Diffusion 1.x pipeline: hub id, local folder or single-file checkpoint.
+"""Load a base Stable Diffusion pipeline (1.x, 2.x or SDXL): hub id, local folder or single-file checkpoint.
 
 Pipelines are cached per process, so the later jobs of a sweep that run in the same process reuse the
 weights instead of loading them again. Callers must leave the cached pipeline as they found it (no
@@ -144,11 +144,58 @@ def dtype_name(source: ModelSource) -> str:
     return str(resolve_dtype(source.dtype, resolve_device(source.device)))
 
 
+def model_family(source: ModelSource) -> str:
+    """``sdxl`` or ``sd`` (1.x / 2.x) without loading the weights (``lora_core.family``).
+
+    A diffusers folder or hub id says it in its ``model_index.json`` (a hub id's from the local cache, or
+    downloaded unless ``local_files_only``); a single-file checkpoint by its keys (SDXL's have
+    ``conditioner.embedders``), or its ``single_file_config``'s. Unknown (a hub id that cannot be reached):
+    ``sd``, and loading says what is wrong.
+    """
+    from lora_core.family import SD, SDXL
+
+    local = Path(source.path).expanduser()
+    if local.is_file() or source.path.endswith(_SINGLE_FILE_SUFFIXES):
+        if source.single_file_config:
+            return model_family(
+                ModelSource(source.single_file_config, local_files_only=source.local_files_only)
+            )
+        if local.suffix == ".safetensors" and local.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(local), framework="pt") as f:
+                return SDXL if any(k.startswith("conditioner.embedders.1") for k in f.keys()) else SD  # noqa: SIM118
+        return SD
+    index = local / "model_index.json" if local.is_dir() else _hub_model_index(source)
+    if index is None or not Path(index).is_file():
+        return SD
+    import json
+
+    return SDXL if "XL" in json.loads(Path(index).read_text()).get("_class_name", "") else SD
+
+
+def _hub_model_index(source: ModelSource) -> str | None:
+    """A hub model's ``model_index.json``: the cached copy, else downloaded (None when it cannot be had)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source.path, "model_index.json", revision=source.revision)
+    if isinstance(cached, str):
+        return cached
+    if source.local_files_only:
+        return None
+    try:
+        return hf_hub_download(source.path, "model_index.json", revision=source.revision)
+    except Exception:  # any hub failure: the pipeline's own loading reports it
+        return None
+
+
 _PIPELINES: dict[tuple, object] = {}
 
 
 def load_pipeline(source: ModelSource):
-    """Load (or reuse from this process's cache) a ``StableDiffusionPipeline`` with no safety checker.
+    """Load (or reuse from this process's cache) the model's pipeline, with no safety checker.
+
+    ``StableDiffusionPipeline`` for SD 1.x / 2.x, ``StableDiffusionXLPipeline`` for SDXL (``model_family``).
 
     Args:
         source: What to load and where to put it.
@@ -204,12 +251,18 @@ def clear_pipeline_cache() -> None:
 
 
 def _load_uncached(source: ModelSource, dtype):
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    from lora_core.family import SDXL
 
     path = source.path
     local = Path(path).expanduser()
-    common = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    if model_family(source) == SDXL:
+        pipeline, common = StableDiffusionXLPipeline, {"dtype": dtype}
+    else:
+        pipeline = StableDiffusionPipeline
+        common = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     try:
         if local.is_file() or path.endswith(_SINGLE_FILE_SUFFIXES):
             if not local.is_file():
@@ -221,7 +274,7 @@ def _load_uncached(source: ModelSource, dtype):
                     "a diffusers folder (or cached hub id) whose configs describe it, such as its base model."
                 )
             log.info("Loading single-file checkpoint %s", local)
-            return StableDiffusionPipeline.from_single_file(
+            return pipeline.from_single_file(
                 str(local),
                 config=source.single_file_config,
                 local_files_only=source.local_files_only,
@@ -233,7 +286,7 @@ def _load_uncached(source: ModelSource, dtype):
                 "folder. Point it at the folder that holds model_index.json, unet/, vae/, text_encoder/."
             )
         log.info("Loading pipeline %s", path)
-        return StableDiffusionPipeline.from_pretrained(
+        return pipeline.from_pretrained(
             str(local) if local.is_dir() else path,
             revision=source.revision,
             variant=source.variant,
@@ -249,6 +302,6 @@ def _load_uncached(source: ModelSource, dtype):
         hint = (
             "Check the hub id and your network/HF_TOKEN, or download the model and pass its local folder."
             if not local.exists()
-            else "The files may be incomplete or not a Stable Diffusion 1.x model."
+            else "The files may be incomplete or not a Stable Diffusion (1.x, 2.x or SDXL) model."
         )
         raise UserInputError(f"model.path={path}: could not load the pipeline ({err}). {hint}") from err

@@ -30,6 +30,7 @@ from itertools import groupby
 from pathlib import Path
 
 from lora_core.errors import UserInputError
+from lora_core.family import SDXL, family_of
 
 log = logging.getLogger(__name__)
 
@@ -290,21 +291,32 @@ def batch_size(options: RenderOptions, device) -> int:
 
 
 def set_adapter_scales(pipe, name: str, unet: float, text: float) -> None:
-    """``set_adapters`` with a weight for each component the adapter has (a UNet-only one has no text part)."""
+    """``set_adapters`` with a weight for each component the adapter has (a UNet-only one has no text part).
+
+    SDXL's two text encoders both take ``text``.
+    """
     parts = {part for part, names in pipe.get_list_adapters().items() if name in names}
-    weights = {part: w for part, w in (("unet", unet), ("text_encoder", text)) if part in parts}
+    scales = (("unet", unet), ("text_encoder", text), ("text_encoder_2", text))
+    weights = {part: w for part, w in scales if part in parts}
     pipe.set_adapters([name], adapter_weights=[weights])
 
 
 def encode_prompts(pipe, prompts: list[str], negative_prompt: str) -> dict:
-    """Each prompt's (positive, negative) embeddings, with the text encoder's adapters as they are set."""
+    """Each prompt's (positive, negative) embeddings, with the text encoders' adapters as they are set.
+
+    SDXL's also hold the pooled ones: (positive, negative, pooled positive, pooled negative).
+    """
     import torch
 
+    negatives = [negative_prompt] * len(prompts)
     with torch.no_grad():
-        positive, negative = pipe.encode_prompt(
-            prompts, pipe.device, 1, True, negative_prompt=[negative_prompt] * len(prompts)
-        )
-    return {prompt: (positive[i], negative[i]) for i, prompt in enumerate(prompts)}
+        if family_of(pipe) == SDXL:
+            parts = pipe.encode_prompt(
+                prompts, device=pipe.device, num_images_per_prompt=1, negative_prompt=negatives
+            )
+        else:
+            parts = pipe.encode_prompt(prompts, pipe.device, 1, True, negative_prompt=negatives)
+    return {prompt: tuple(part[i] for part in parts) for i, prompt in enumerate(prompts)}
 
 
 def render_pictures(
@@ -318,6 +330,12 @@ def render_pictures(
     latents = torch.stack([initial_noise(c, shape) for c in cells]).to(pipe.device, pipe.unet.dtype)
     positive = torch.stack([pair[0] for pair in embeds])
     negative = torch.stack([pair[1] for pair in embeds])
+    pooled = {}  # SDXL's pooled embeddings
+    if len(embeds[0]) == 4:
+        pooled = {
+            "pooled_prompt_embeds": torch.stack([pair[2] for pair in embeds]),
+            "negative_pooled_prompt_embeds": torch.stack([pair[3] for pair in embeds]),
+        }
     # One generator per picture, for schedulers that add noise while sampling (euler_a).
     generators = [torch.Generator("cpu").manual_seed(c.seed + 7919 * c.index) for c in cells]
     steps = {c.steps or options.num_inference_steps for c in cells}
@@ -333,6 +351,7 @@ def render_pictures(
             height=options.resolution,
             width=options.resolution,
             generator=generators,
+            **pooled,
         ).images
 
 

@@ -168,6 +168,8 @@ class Hyperparameters:
     Attributes:
         learning_rate: UNet LoRA learning rate.
         text_encoder_lr: Text-encoder LoRA learning rate; 0 keeps the text encoder frozen (no LoRA on it).
+        text_encoder_2_lr: SDXL's second text encoder's LoRA learning rate; None: ``text_encoder_lr``; 0 keeps
+            it frozen. SD 1.x / 2.x models have no second text encoder and ignore it.
         lr_scheduler: One of ``SCHEDULERS`` (from ``diffusers.optimization.get_scheduler``).
         lr_warmup_steps: Warm-up steps of the schedule.
         lr_num_cycles: Restarts of ``cosine_with_restarts``.
@@ -221,6 +223,7 @@ class Hyperparameters:
 
     learning_rate: float = 1e-4
     text_encoder_lr: float = 1e-5
+    text_encoder_2_lr: float | None = None
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
     lr_num_cycles: int = 1
@@ -299,6 +302,16 @@ class TrainSettings(Hyperparameters):
     def trains_text_encoder(self) -> bool:
         """Whether the text encoder gets a LoRA (``text_encoder_lr > 0``)."""
         return self.text_encoder_lr > 0
+
+    @property
+    def text_encoder_2_rate(self) -> float:
+        """SDXL's second text encoder's learning rate: ``text_encoder_2_lr``, else ``text_encoder_lr``."""
+        return self.text_encoder_lr if self.text_encoder_2_lr is None else self.text_encoder_2_lr
+
+    @property
+    def trains_text_encoder_2(self) -> bool:
+        """Whether SDXL's second text encoder gets a LoRA (its learning rate above 0)."""
+        return self.text_encoder_2_rate > 0
 
     @property
     def uses_ema(self) -> bool:
@@ -422,7 +435,7 @@ class TrainSettings(Hyperparameters):
                 "unet_target_modules",
                 "must name at least one UNet module (e.g. to_q, to_k, to_v, to_out.0).",
             )
-        if self.trains_text_encoder and not self.text_target_modules:
+        if (self.trains_text_encoder or self.trains_text_encoder_2) and not self.text_target_modules:
             yield "text_target_modules", "must name at least one module when text_encoder_lr > 0."
         yield from self._adapter_problems()
         if self.mixed_precision not in MIXED_PRECISION:
@@ -491,6 +504,9 @@ class TrainSettings(Hyperparameters):
             yield "learning_rate", "must be > 0 and < 1 (typical LoRA values: 1e-5 to 1e-3)."
         if not finite(self.text_encoder_lr) or not 0 <= self.text_encoder_lr < 1:
             yield "text_encoder_lr", "must be >= 0 and < 1 (0 keeps the text encoder frozen)."
+        rate = self.text_encoder_2_lr
+        if rate is not None and (not finite(rate) or not 0 <= rate < 1):
+            yield "text_encoder_2_lr", "must be >= 0 and < 1 (0 keeps SDXL's second text encoder frozen)."
 
     def _optimizer_problems(self):
         if self.optimizer not in OPTIMIZERS:

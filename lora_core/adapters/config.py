@@ -46,6 +46,10 @@ class AdapterWeights:
         training_metadata: Every training hyperparameter, stored as JSON under ``lora_sweeps_training``.
         text_encoder: The text encoder's adapter weights, or None when it was not trained.
         text_encoder_config: Its peft config, or None.
+        text_encoder_2: SDXL's second text encoder's adapter weights, or None.
+        text_encoder_2_config: Its peft config, or None.
+        family: ``sd`` (SD 1.x / 2.x) or ``sdxl`` (``lora_core.family``): names the text encoders' modules
+            in the kohya export (``lora_te_`` or ``lora_te1_`` and ``lora_te2_``).
     """
 
     unet: dict
@@ -53,12 +57,17 @@ class AdapterWeights:
     training_metadata: dict
     text_encoder: dict | None = None
     text_encoder_config: dict | None = None
+    text_encoder_2: dict | None = None
+    text_encoder_2_config: dict | None = None
+    family: str = "sd"
 
     def components(self) -> Iterator[tuple[str, dict, dict]]:
-        """``(component, weights, config)`` of each model with an adapter: the UNet, then the text encoder."""
+        """``(component, weights, config)`` of each model with an adapter: the UNet, then the text encoders."""
         yield "unet", self.unet, self.unet_config
         if self.text_encoder:
             yield "text_encoder", self.text_encoder, self.text_encoder_config
+        if self.text_encoder_2:
+            yield "text_encoder_2", self.text_encoder_2, self.text_encoder_2_config
 
 
 def adapter_config(

@@ -23,7 +23,7 @@ from lora_core.adapters.kohya import save_kohya_lora
 from lora_core.atomic import atomic_path
 
 _PEFT_CONFIG_KEY = "{}_peft_config"  # metadata key of a model's peft config in PEFT_FILE
-_COMPONENTS = ("unet", "text_encoder")
+_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
 def peft_state_dict(model, adapter_name: str) -> dict:
@@ -47,16 +47,23 @@ def adapter_weights(pipe, adapter_name: str, configs: tuple, training_metadata: 
     Args:
         pipe: The pipeline holding the adapter.
         adapter_name: The adapter.
-        configs: The peft configs of the UNet's and the text encoder's adapter (None: no text-encoder adapter).
+        configs: The peft configs of the UNet's and the text encoder's adapter (None: no text-encoder adapter),
+            and of SDXL's second text encoder's when there is a third.
         training_metadata: Stored in the files.
     """
-    unet_config, text_config = configs
+    from lora_core.family import SDXL, family_of
+
+    unet_config, text_config = configs[:2]
+    text_2_config = configs[2] if len(configs) > 2 else None
     return AdapterWeights(
         unet=peft_state_dict(pipe.unet, adapter_name),
         unet_config=unet_config.to_dict(),
         training_metadata=training_metadata,
         text_encoder=peft_state_dict(pipe.text_encoder, adapter_name) if text_config else None,
         text_encoder_config=text_config.to_dict() if text_config else None,
+        text_encoder_2=peft_state_dict(pipe.text_encoder_2, adapter_name) if text_2_config else None,
+        text_encoder_2_config=text_2_config.to_dict() if text_2_config else None,
+        family=SDXL if family_of(pipe) == SDXL else "sd",
     )
 
 
@@ -88,17 +95,25 @@ def save_diffusers_lora(folder: str | os.PathLike, weights: AdapterWeights) -> P
     Returns:
         The written file.
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    text = weights.text_encoder
+    text, text_2 = weights.text_encoder, weights.text_encoder_2
+    parts = {
+        "unet_lora_layers": weights.unet,
+        "text_encoder_lora_layers": _transformers_naming(text) if text else None,
+        "unet_lora_adapter_metadata": _jsonable(weights.unet_config),
+        "text_encoder_lora_adapter_metadata": _jsonable(weights.text_encoder_config) if text else None,
+    }
+    if weights.family == "sdxl":
+        parts |= {
+            "text_encoder_2_lora_layers": _transformers_naming(text_2) if text_2 else None,
+            "text_encoder_2_lora_adapter_metadata": _jsonable(weights.text_encoder_2_config)
+            if text_2
+            else None,
+        }
+    pipeline = StableDiffusionXLPipeline if weights.family == "sdxl" else StableDiffusionPipeline
     with tempfile.TemporaryDirectory() as tmp:
-        StableDiffusionPipeline.save_lora_weights(
-            tmp,
-            unet_lora_layers=weights.unet,
-            text_encoder_lora_layers=_transformers_naming(text) if text else None,
-            unet_lora_adapter_metadata=_jsonable(weights.unet_config),
-            text_encoder_lora_adapter_metadata=_jsonable(weights.text_encoder_config) if text else None,
-        )
+        pipeline.save_lora_weights(tmp, **parts)
         return _rewrite_with_metadata(
             Path(tmp) / LORA_FILE, Path(folder) / LORA_FILE, weights.training_metadata
         )
@@ -163,7 +178,9 @@ def load_peft_adapter(pipe, path: str | os.PathLike, adapter_name: str) -> None:
         config = metadata.get(_PEFT_CONFIG_KEY.format(component))
         if config is None:
             continue
-        model = getattr(pipe, component)
+        model = getattr(pipe, component, None)
+        if model is None:
+            raise ValueError(f"{path}: holds a {component} adapter, and this pipeline has no {component}")
         model.add_adapter(PeftConfig.from_peft_type(**json.loads(config)), adapter_name=adapter_name)
         prefix = f"{component}."
         weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

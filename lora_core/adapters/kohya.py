@@ -17,7 +17,7 @@ from lora_core.atomic import atomic_path
 def save_kohya_lora(path: str | os.PathLike, weights: AdapterWeights) -> Path:
     """Write an adapter of any kind in kohya / LyCORIS naming for A1111 and ComfyUI.
 
-    Modules are ``lora_unet_*`` / ``lora_te_*``; each has its float ``alpha`` (the scale is alpha / rank) and
+    Modules are ``lora_unet_*`` / ``lora_te_*`` (SDXL: ``lora_te1_*`` and ``lora_te2_*``); each has its float ``alpha`` (the scale is alpha / rank) and
     its kind's tensors: ``lora_down.weight`` / ``lora_up.weight`` (LoRA, LoCon), plus ``dora_scale`` (DoRA,
     one magnitude per output channel, shaped ``(out, 1[, 1, 1])`` as LyCORIS' ``wd_on_out``), ``hada_w1_a``,
     ``hada_w1_b``, ``hada_w2_a``, ``hada_w2_b`` (LoHa) or ``lokr_w1`` with ``lokr_w2`` or ``lokr_w2_a`` /
@@ -36,11 +36,12 @@ def save_kohya_lora(path: str | os.PathLike, weights: AdapterWeights) -> Path:
     from safetensors.torch import save_file
 
     tensors = {}
+    prefixes = _KOHYA_PREFIX | (_KOHYA_SDXL_PREFIX if weights.family == "sdxl" else {})
     for component, values, config in weights.components():
-        prefix = _KOHYA_PREFIX[component]
+        prefix = prefixes[component]
         for module, parts in _group_by_module(values).items():
             name = module
-            if prefix == "lora_te" and not module.startswith("text_model."):
+            if prefix.startswith("lora_te") and not module.startswith("text_model."):
                 # transformers 5 dropped the ``text_model`` wrapper; A1111 and kohya still name it.
                 name = f"text_model.{module}"
             name = f"{prefix}_{name.replace('.', '_')}"
@@ -57,6 +58,8 @@ def save_kohya_lora(path: str | os.PathLike, weights: AdapterWeights) -> Path:
 
 # Kohya's module-name prefix of each model.
 _KOHYA_PREFIX = {"unet": "lora_unet", "text_encoder": "lora_te"}
+# SDXL's two text encoders (kohya's sd-scripts, A1111 and ComfyUI read these).
+_KOHYA_SDXL_PREFIX = {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
 # peft's tensor names (after the module name) -> kohya / LyCORIS names.
 _KOHYA_NAMES = {
     "lora_A.weight": "lora_down.weight",

@@ -118,11 +118,19 @@ def fit_to_resolution(img: Image.Image, resolution: int, center_crop: bool = Tru
         center_crop: Crop the centre; when False the whole picture is resized to a square.
 
     Returns:
-        A ``resolution`` × ``resolution`` RGB image.
+        A ``resolution`` × ``resolution`` RGB image; its ``info`` holds ``original_size`` (h, w) and
+        ``crop_top_left`` (SDXL's size and crop conditioning: ``lora_core.family.crop_conditioning``).
     """
+    from lora_core.family import crop_conditioning
+
     if not center_crop:
-        return img.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    return ImageOps.fit(img, (resolution, resolution), Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+        out = img.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    else:
+        out = ImageOps.fit(img, (resolution, resolution), Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+    out.info["original_size"], out.info["crop_top_left"] = crop_conditioning(
+        img.size, resolution, center_crop
+    )
+    return out
 
 
 def load_subject_images(

@@ -60,7 +60,11 @@ class PackRenderer:
         self._loaded = False
 
     def __enter__(self) -> PackRenderer:
+        from lora_core.family import SDXL, family_of
+
         pipe = self.pipe
+        if family_of(pipe) == SDXL:
+            raise NotPackable("SDXL grids render one configuration at a time (packs are SD 1.x / 2.x so far)")
         self._loaded = True
         try:
             with quiet_adapter_loading():

@@ -7,48 +7,56 @@ from lora_core.training.device import to_device
 
 
 class PromptTable:
-    """Every prompt the training uses, tokenized once and, while the text encoder is frozen, encoded once.
+    """Every prompt the training uses, tokenized once and, while the text encoders are frozen, encoded once.
 
     The table is keyed by the caption text itself: a picture's row is its caption's, so a changed caption
-    can only ever meet its own embedding.
+    can only ever meet its own embedding. SDXL's two text encoders are encoded together
+    (``lora_core.family.encode``), with the pooled embedding its UNet also takes.
 
     Args:
-        pipe: The pipeline (tokenizer and text encoder).
+        pipe: The pipeline (tokenizers and text encoders).
         device: The training device.
         prompts: The prompts, in row order (duplicates are dropped).
         captions: One caption per subject picture (each among ``prompts``).
-        encode: Encode the prompts now (the text encoder is frozen); else on every use.
+        encode: Encode the prompts now (the text encoders are frozen); else on every use.
     """
 
     def __init__(self, pipe, device, prompts: list[str], captions: list[str], encode: bool):
         import torch
 
-        self.text_encoder, self.device = pipe.text_encoder, device
+        from lora_core.family import text_encoders, tokenize
+
+        self.encoders = [model for _, model in text_encoders(pipe)]
+        self.text_encoder, self.device = self.encoders[0], device
         prompts = list(dict.fromkeys(prompts))
         self.rows = {prompt: row for row, prompt in enumerate(prompts)}
         self.picture_rows = [self.rows[c] for c in captions]
-        tok = pipe.tokenizer
-        self.ids = tok(
-            prompts,
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        self.embeds = None
+        self.token_ids = tokenize(pipe, prompts, device)
+        self.ids = self.token_ids[0]
+        self.embeds = self.pooled = None
         if encode:
             with torch.no_grad():
-                self.embeds = self.text_encoder(self.ids)[0]
+                self.embeds, self.pooled = self._encode(None)
 
     def embeddings(self, rows: list[int]):
-        """The embeddings of the prompts at ``rows`` (through the text encoder when it trains)."""
+        """The embeddings of the prompts at ``rows`` (through the text encoders when they train)."""
+        return self.conditioning(rows)[0]
+
+    def conditioning(self, rows: list[int]):
+        """``(embeddings, pooled)`` of the prompts at ``rows``; pooled is None but for SDXL."""
         import torch
 
         # A list index would be copied to the device with a synchronising copy: pass a device tensor.
         index = to_device(torch.tensor(rows, dtype=torch.long), self.device)
         if self.embeds is not None:
-            return self.embeds[index]
-        return self.text_encoder(self.ids[index])[0]
+            return self.embeds[index], None if self.pooled is None else self.pooled[index]
+        return self._encode(index)
+
+    def _encode(self, index):
+        from lora_core.family import encode
+
+        ids = self.token_ids if index is None else [part[index] for part in self.token_ids]
+        return encode(self.encoders, ids)
 
 
 class LatentCache:
@@ -139,6 +147,14 @@ class MicroBatches:
     def __init__(self, settings, prompts: PromptTable, latents: LatentCache, n_instance: int, n_class: int):
         self.settings, self.prompts, self.latents = settings, prompts, latents
         self.n_instance, self.n_class = n_instance, n_class
+
+    def pictures(self, micro_step: int) -> list[int]:
+        """The rows of the latent cache micro-batch ``micro_step`` draws (subject, then class pictures)."""
+        s = self.settings
+        rows = picture_indices(micro_step, s.train_batch_size, self.n_instance, s.seed)
+        if self.n_class:
+            rows += class_picture_rows(micro_step, s.train_batch_size, self.n_instance, self.n_class)
+        return rows
 
     def draw(self, micro_step: int, generator):
         """``(latents, prompt rows)`` of micro-batch ``micro_step``."""

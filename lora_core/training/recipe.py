@@ -18,6 +18,7 @@ from lora_core.adapters import (
     write_adapter_files,
 )
 from lora_core.errors import UserInputError
+from lora_core.family import SD, SDXL, family_of, text_encoders, time_ids
 from lora_core.optimizers import check_optimizer, make_optimizer, make_schedule, set_optimizer_mode
 from lora_core.settings import TrainSettings
 from lora_core.training.checkpoint import (
@@ -142,20 +143,22 @@ class LoraTrainer:
         from diffusers.training_utils import cast_training_params
 
         s, pipe = self.settings, self.pipe
-        for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+        encoders = text_encoders(pipe)
+        for model in (pipe.unet, pipe.vae, *(model for _, model in encoders)):
             model.requires_grad_(False)
-        self.configs = unet_config, text_config = adapter_configs(s)
-        add_adapter(pipe.unet, unet_config, "train.unet_target_modules")
+        self.configs = adapter_configs(s, family_of(pipe))
+        add_adapter(pipe.unet, self.configs[0], "train.unet_target_modules")
         self.models = [pipe.unet]
-        if text_config is not None:
-            add_adapter(pipe.text_encoder, text_config, "train.text_target_modules")
-            self.models.append(pipe.text_encoder)
+        for (_, encoder), config in zip(encoders, self.configs[1:], strict=False):
+            if config is not None:
+                add_adapter(encoder, config, "train.text_target_modules")
+                self.models.append(encoder)
+                if s.gradient_checkpointing:
+                    encoder.gradient_checkpointing_enable()
         if pipe.unet.dtype != torch.float32:
             cast_training_params(self.models, dtype=torch.float32)  # trainable LoRA weights stay fp32
         if s.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
-            if s.trains_text_encoder:
-                pipe.text_encoder.gradient_checkpointing_enable()
         for model in self.models:
             model.train()
 
@@ -169,8 +172,10 @@ class LoraTrainer:
             *([s.class_prompt] if self.class_images else []),
             *([""] if s.caption_dropout else []),
         ]
-        self.prompts = PromptTable(self.pipe, self.device, prompts, self.captions, not s.trains_text_encoder)
+        frozen = all(config is None for config in self.configs[1:])
+        self.prompts = PromptTable(self.pipe, self.device, prompts, self.captions, frozen)
         self.latents = LatentCache(self.pipe.vae, self.device, pictures, s.random_flip)
+        self.time_ids = picture_time_ids(self.pipe, pictures, s.resolution, self.device)
         n_class = len(self.class_images or [])
         self.batches = MicroBatches(s, self.prompts, self.latents, self.n_instance, n_class)
         self.validation = None
@@ -181,7 +186,7 @@ class LoraTrainer:
             )
 
     def _setup_optimizer(self):
-        groups = parameter_groups(self.pipe.unet, self.pipe.text_encoder, self.settings)
+        groups = parameter_groups(self.pipe, self.settings)
         self.trainable_params = [p for group in groups for p in group["params"]]
         return make_optimizer(groups, self.settings, self.device.type)
 
@@ -266,8 +271,13 @@ class LoraTrainer:
         )
         noisy = scheduler.add_noise(latents, noise, timesteps)
         with self.accelerator.autocast():
-            embeds = self.prompts.embeddings(prompt_rows)
-            pred = self.pipe.unet(noisy.to(self.unet_dtype), timesteps, embeds.to(self.unet_dtype)).sample
+            embeds, pooled = self.prompts.conditioning(prompt_rows)
+            added = added_conditioning(
+                pooled, self.time_ids, self.batches.pictures(micro_step), self.unet_dtype
+            )
+            pred = self.pipe.unet(
+                noisy.to(self.unet_dtype), timesteps, embeds.to(self.unet_dtype), added_cond_kwargs=added
+            ).sample
         target = denoising_target(scheduler, latents, noise, timesteps)
         prior_weight = s.prior_loss_weight if self.class_images else None
         return denoising_loss_of(pred, target, timesteps, self.snr_weights, prior_weight)
@@ -280,7 +290,7 @@ class LoraTrainer:
             for model in self.models:
                 model.eval()  # dropout off: it would draw from the global generator the training uses
             try:
-                return self.validation.loss(self.pipe.unet, self.unet_dtype, self.prompts)
+                return self.validation.loss(self.pipe.unet, self.unet_dtype, self.prompts, self.time_ids)
             finally:
                 for model in self.models:
                     model.train()
@@ -393,8 +403,11 @@ def write_trained_adapters(folder: Path, kind: str, kohya: bool, read, meta: dic
             write_adapter_files(into, read(meta | {"weights": name}), kind, kohya)
 
 
-def adapter_configs(s: TrainSettings) -> tuple:
-    """The peft configs of the UNet's adapter and of the text encoder's (None while it is frozen)."""
+def adapter_configs(s: TrainSettings, family: str = SD) -> tuple:
+    """The peft configs of the UNet's adapter and of the text encoder's (None while it is frozen).
+
+    SDXL (``family``) has a third: its second text encoder's (``train.text_encoder_2_lr``), the same targets.
+    """
     unet = adapter_config(
         s.adapter_kind,
         s.rank,
@@ -405,27 +418,61 @@ def adapter_configs(s: TrainSettings) -> tuple:
         s.conv_rank,
         s.conv_alpha,
     )
-    if not s.trains_text_encoder:
-        return unet, None
-    return unet, adapter_config(s.adapter_kind, s.rank, s.lora_alpha, s.dropout, list(s.text_target_modules))
+    text = adapter_config(s.adapter_kind, s.rank, s.lora_alpha, s.dropout, list(s.text_target_modules))
+    configs = (unet, text if s.trains_text_encoder else None)
+    if family == SDXL:
+        configs += (text if s.trains_text_encoder_2 else None,)
+    return configs
 
 
-def parameter_groups(unet, text_encoder, s: TrainSettings) -> list[dict]:
-    """The optimizer's parameter groups: the UNet's trainable weights, then the text encoder's when it trains."""
-    groups = [{"params": _trainable(unet), "lr": s.learning_rate}]
+def parameter_groups(pipe, s: TrainSettings) -> list[dict]:
+    """The optimizer's parameter groups: the UNet's trainable weights, then each text encoder's that trains."""
+    groups = [{"params": _trainable(pipe.unet), "lr": s.learning_rate}]
     if s.trains_text_encoder:
-        groups.append({"params": _trainable(text_encoder), "lr": s.text_encoder_lr})
+        groups.append({"params": _trainable(pipe.text_encoder), "lr": s.text_encoder_lr})
+    if family_of(pipe) == SDXL and s.trains_text_encoder_2:
+        groups.append({"params": _trainable(pipe.text_encoder_2), "lr": s.text_encoder_2_rate})
     return groups
+
+
+def picture_time_ids(pipe, pictures: list, resolution: int, device):
+    """SDXL's size and crop conditioning of each training picture (None for SD 1.x / 2.x).
+
+    A subject picture's comes from its file (``lora_core.data.subject.fit_to_resolution`` keeps it); a
+    generated class picture was drawn at ``resolution`` uncropped.
+    """
+    import torch
+
+    if family_of(pipe) != SDXL:
+        return None
+    rows = [
+        time_ids(
+            p.info.get("original_size", (resolution, resolution)),
+            p.info.get("crop_top_left", (0, 0)),
+            resolution,
+        )
+        for p in pictures
+    ]
+    return torch.tensor(rows, dtype=torch.float32, device=device)
+
+
+def added_conditioning(pooled, table, rows: list[int], dtype) -> dict | None:
+    """SDXL's UNet's added conditioning of a batch: pooled text embeddings and its pictures' time ids."""
+    if table is None:
+        return None
+    return {"text_embeds": pooled.to(dtype), "time_ids": table[rows].to(dtype)}
 
 
 def restore_pipeline(pipe, gradient_checkpointing: bool) -> None:
     """Take the training adapter out of ``pipe`` and leave its models frozen, in eval mode."""
-    if any(ADAPTER_NAME in (getattr(m, "peft_config", None) or {}) for m in (pipe.unet, pipe.text_encoder)):
+    encoders = [model for _, model in text_encoders(pipe)]
+    if any(ADAPTER_NAME in (getattr(m, "peft_config", None) or {}) for m in (pipe.unet, *encoders)):
         pipe.unload_lora_weights()  # removes the LoRA layers themselves, not just the adapter
     if gradient_checkpointing:
         pipe.unet.disable_gradient_checkpointing()
-        pipe.text_encoder.gradient_checkpointing_disable()
-    for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+        for encoder in encoders:
+            encoder.gradient_checkpointing_disable()
+    for model in (pipe.unet, pipe.vae, *encoders):
         model.requires_grad_(False)
         model.eval()
 

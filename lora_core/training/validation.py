@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from lora_core.family import time_ids
 from lora_core.training.objective import denoising_target
 
 
@@ -44,14 +45,30 @@ class ValidationSet:
         self.noise = torch.randn(self.latents.shape, generator=gen).to(device)
         self.prompts = [0] * len(rows) if images else [picture_rows[r] for r in rows]
         self.scheduler = scheduler
+        self.sources = rows  # each triple's picture: a held-out one, else a subject picture
+        # SDXL's size and crop conditioning of the held-out pictures (the subject's are the training's)
+        self.held_out = None
+        if images:
+            size = settings.resolution
+            self.held_out = torch.tensor(
+                [
+                    time_ids(
+                        p.info.get("original_size", (size, size)), p.info.get("crop_top_left", (0, 0)), size
+                    )
+                    for p in images
+                ],
+                dtype=torch.float32,
+            )
 
-    def loss(self, unet, unet_dtype, prompts) -> float:
+    def loss(self, unet, unet_dtype, prompts, time_ids=None) -> float:
         """Denoising loss of ``unet`` (as it is: the caller holds the weights and modes) on the triples.
 
         Args:
             unet: The UNet.
             unet_dtype: Its dtype.
             prompts: The training's ``PromptTable``.
+            time_ids: SDXL's time ids of the training pictures (``recipe.picture_time_ids``); a validation
+                triple takes its picture's (held-out pictures: the first training picture's). None: SD.
 
         Returns:
             The mean squared error of the predicted noise (or velocity), without loss weighting.
@@ -64,8 +81,15 @@ class ValidationSet:
         target = denoising_target(self.scheduler, latents, noise, timesteps)
         total = 0.0
         for rows in torch.arange(latents.shape[0]).split(8):
-            embeds = prompts.embeddings([self.prompts[r] for r in rows.tolist()]).to(unet_dtype)
-            pred = unet(noisy[rows].to(unet_dtype), timesteps[rows], embeds).sample
+            embeds, pooled = prompts.conditioning([self.prompts[r] for r in rows.tolist()])
+            added = None
+            if time_ids is not None:
+                table = time_ids if self.held_out is None else self.held_out.to(time_ids.device)
+                sources = [self.sources[r] for r in rows.tolist()]
+                added = {"text_embeds": pooled.to(unet_dtype), "time_ids": table[sources].to(unet_dtype)}
+            pred = unet(
+                noisy[rows].to(unet_dtype), timesteps[rows], embeds.to(unet_dtype), added_cond_kwargs=added
+            ).sample
             total = total + F.mse_loss(pred.float(), target[rows].float(), reduction="sum")
         return (total / target.numel()).item()
 

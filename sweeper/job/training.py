@@ -15,12 +15,15 @@ from lora_core.adapters import find_weights_file
 from lora_core.cache import default_cache_dir
 from lora_core.data.captions import captions_digest
 from lora_core.errors import UserInputError
+from lora_core.family import FAMILY_WORDS, SD
 from lora_core.models import dtype_name, model_identity
 from lora_core.training import find_checkpoint, incompatibility, list_checkpoints, train_lora
+from lora_core.training.checkpoint import read_checkpoint_identity
 from lora_core.training.loss_log import read_rows
 from sweeper.disk.layout import SweepFolder
 from sweeper.job.context import JobContext
 from sweeper.job.preemption import HeldSignals
+from sweeper.planning.packs import spec_family
 from sweeper.tracking.tracker import StepLogger
 
 log = logging.getLogger(__name__)
@@ -108,6 +111,7 @@ class JobTraining:
             UserInputError: The run folder's LoRA was trained with other settings or inputs.
         """
         job = self.job
+        self._check_family()
         if find_weights_file(job.lora_dir) is None:
             return
         reason = incompatibility(job.lora_dir, job.spec.settings, self.identity, finished=True)
@@ -116,6 +120,20 @@ class JobTraining:
                 f"{job.run_dir}: holds a LoRA {reason}. "
                 "Nothing was changed; choose another sweep.name or move that folder away."
             )
+
+    def _check_family(self) -> None:
+        """Refuse a run folder whose LoRA or checkpoints were trained on a model of another family."""
+        job = self.job
+        mine = self.identity.get("family", SD)
+        folders = [job.lora_dir, *list_checkpoints(job.lora_dir).values()]
+        for folder in folders:
+            saved = read_checkpoint_identity(folder)
+            if saved and saved.get("family", SD) != mine:
+                raise UserInputError(
+                    f"{job.run_dir}: holds {FAMILY_WORDS[saved.get('family', SD)]} training ({folder.name}/), "
+                    f"and model.path={job.spec.model.path} is {FAMILY_WORDS[mine]}: a LoRA of one cannot "
+                    "continue on the other. Nothing was changed; choose another sweep.name or move that folder away."
+                )
 
     @functools.cached_property
     def identity(self) -> dict:
@@ -129,6 +147,8 @@ class JobTraining:
         }
         if job.spec.settings.caption_mode != "instance_prompt":  # captions are read from files: hash them
             identity["captions"] = captions_digest(job.spec.read_captions(job.instance_dir))
+        if (family := spec_family(job.spec)) != SD:  # SD 1.x / 2.x identities say nothing (as before SDXL)
+            identity["family"] = family
         return identity
 
     def _class_images(self, pipe) -> list | None:

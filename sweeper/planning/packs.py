@@ -14,6 +14,8 @@ import math
 from dataclasses import fields
 
 from lora_core.errors import UserInputError
+from lora_core.family import SDXL
+from lora_core.models import model_family
 from lora_core.packs import PACKABLE_FIELDS, pack_capacity, pack_refusal
 from lora_core.settings import TrainSettings
 from sweeper.config.spec import JobSpec
@@ -45,10 +47,19 @@ def pack_size_setting(value) -> int | None:
     return size
 
 
+def spec_family(spec: JobSpec) -> str:
+    """The job's model family (``lora_core.family``) without loading or building it."""
+    from sweeper.config.embedded_models import embedded_family
+
+    return embedded_family(spec.model.path) or model_family(spec.model)
+
+
 def lone_reason(spec: JobSpec) -> str | None:
     """Why this configuration cannot train in any pack, in one line; None when it can."""
     if spec.stop_at is not None:
         return None
+    if spec_family(spec) == SDXL:
+        return "an SDXL model: packs train SD 1.x / 2.x so far; this configuration runs alone"
     return pack_refusal([spec.settings])
 
 
@@ -125,14 +136,14 @@ def pack_capacity_of(spec: JobSpec) -> int:
     """``auto``'s largest pack for this configuration's model, resolution and batch."""
     from pathlib import Path
 
-    from sweeper.config.embedded_models import TINY, WORLD
+    from sweeper.config.embedded_models import TINY_SPECS, WORLD
 
     if spec.model.path == WORLD:
         from lora_core.embedded.world_weights import verified_world_dir
 
         folder = verified_world_dir()[0] / "sd"
     else:
-        folder = Path(spec.model.path).expanduser() if spec.model.path != TINY else None
+        folder = Path(spec.model.path).expanduser() if spec.model.path not in TINY_SPECS else None
     return pack_capacity(spec.settings, folder, spec.model.device)
 
 
