@@ -33,12 +33,22 @@ def test_every_preset_composes_and_validates(preset):
     assert job.cells, "every preset renders a grid"
 
 
+@pytest.mark.parametrize(
+    ("model", "path", "resolution"),
+    [
+        ("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", 512),
+        ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 1024),
+        ("sd21", "stabilityai/stable-diffusion-2-1", 768),
+    ],
+)
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_runs_on_another_model_and_subject(preset, tmp_path):
-    cfg = _compose(f"experiment={preset}", "model=sd15", f"data.instance_dir={tmp_path}", "data.token=sks")
+def test_every_preset_runs_on_another_model_and_subject(preset, model, path, resolution, tmp_path):
+    cfg = _compose(
+        f"experiment={preset}", f"model={model}", f"data.instance_dir={tmp_path}", "data.token=sks"
+    )
     job = build_job(cfg)
-    assert job.model.path == "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    assert job.settings.resolution == 512 and job.instance_dir == tmp_path
+    assert job.model.path == path
+    assert job.settings.resolution == resolution and job.instance_dir == tmp_path
     assert not any("ktn" in c.prompt for c in job.cells)
 
 

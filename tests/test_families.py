@@ -61,96 +61,121 @@ def _trained_modules(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
 
 
-def test_sdxl_trains_both_text_encoders_at_their_own_rates_with_each_pictures_size_and_crop(
-    xl, wide_subject, settings, tmp_path
-):
-    """Each text encoder gets its LoRA and learning rate (``train.text_encoder_2_lr``); the UNet is told each
-    picture's original size and crop as diffusers' SDXL script computes them."""
-    s = settings(text_encoder_lr=1e-3, text_encoder_2_lr=2e-3, max_train_steps=6, train_batch_size=2)
+def _rebuild(tensors: dict, name: str, weight: torch.Tensor) -> torch.Tensor:
+    down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
+    alpha = tensors[f"{name}.alpha"]
+    return weight + ((up.flatten(1) @ down.flatten(1)) * alpha / down.shape[0]).reshape(weight.shape)
+
+
+def _kohya_rebuilds(pipe, exported: dict) -> set[str]:
+    """Check that every kohya module rebuilds its live adapted weight; returns the modules checked."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from lora_core.training.recipe import ADAPTER_NAME
+
+    checked, untrained = set(), set()
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    for component, prefix in prefixes.items():
+        for module_name, module in getattr(pipe, component).named_modules():
+            if not isinstance(module, BaseTunerLayer):
+                continue
+            base = module.get_base_layer().weight.detach().clone()
+            module.merge(adapter_names=[ADAPTER_NAME])  # peft's own adapted weight
+            adapted = module.get_base_layer().weight.detach().clone()
+            module.unmerge()
+            wrapped = component == "unet" or module_name.startswith("text_model.")
+            name = prefix + (module_name if wrapped else f"text_model.{module_name}").replace(".", "_")
+            torch.testing.assert_close(
+                _rebuild(exported, name, base), adapted, atol=2e-6, rtol=1e-5, msg=name
+            )
+            if torch.equal(adapted, base):
+                untrained.add(name)
+            checked.add(name)
+    # SDXL takes the first text encoder's penultimate hidden state: its last layer gets no gradient (as in
+    # diffusers' script); every other module trained, so the check could fail
+    last = pipe.text_encoder.config.num_hidden_layers - 1
+    assert untrained == {n for n in checked if n.startswith(f"lora_te1_text_model_encoder_layers_{last}_")}
+    return checked
+
+
+@pytest.fixture(scope="module")
+def xl_lora(xl, wide_subject, tmp_path_factory):
+    """One SDXL LoRA trained on both text encoders at their own rates, alpha 8 on rank 4, checked live.
+
+    Returns what the tests look at: its folder, the live adapter's picture, the learning rates of the
+    optimizer's groups, the time ids the UNet got, which models' adapters moved and the kohya modules rebuilt.
+    """
+    from lora_core.settings import TrainSettings
+
+    folder = tmp_path_factory.mktemp("xl_lora")
+    s = TrainSettings(
+        instance_prompt="a photo of ktn cat",
+        resolution=SIZE,
+        learning_rate=1e-3,
+        text_encoder_lr=1e-3,
+        text_encoder_2_lr=2e-3,
+        rank=4,
+        alpha=8.0,  # alpha != rank: the scale 2 must survive the files
+        max_train_steps=6,
+        train_batch_size=2,
+        seed=3,
+        progress_bar=False,
+    )
     seen = []
 
     def spy(module, args, kwargs):
         seen.extend(tuple(int(v) for v in row) for row in kwargs["added_cond_kwargs"]["time_ids"].tolist())
 
-    trainer = LoraTrainer(xl, wide_subject, s, tmp_path)
+    trainer = LoraTrainer(xl, wide_subject, s, folder)
     hook = xl.unet.register_forward_pre_hook(spy, with_kwargs=True)
     try:
         trainer.setup()
-        assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-3, 1e-3, 2e-3]
-        before = [_trained_modules(m) for m in (xl.unet, xl.text_encoder, xl.text_encoder_2)]
+        rates = [g["lr"] for g in trainer.optimizer.param_groups]
+        models = (xl.unet, xl.text_encoder, xl.text_encoder_2)
+        before = [_trained_modules(m) for m in models]
         trainer.train()
-        after = [_trained_modules(m) for m in (xl.unet, xl.text_encoder, xl.text_encoder_2)]
-        trainer.save_final()
-    finally:
-        hook.remove()
-        trainer.cleanup()
-    for old, new in zip(before, after, strict=True):
-        assert old and any(not torch.equal(old[k], new[k]) for k in old)  # every model's adapter trained
-    # 160 x 128 resized to a height of SIZE (40 x 32 at 32 px), its centre cropped at 4 px from the left
-    left = round((160 * SIZE / 128 - SIZE) / 2)
-    assert left > 0 and set(seen) == {(128, 160, 0, left, SIZE, SIZE), (128, 128, 0, 0, SIZE, SIZE)}
-    keys = load_file(str(tmp_path / LORA_FILE)).keys()
-    assert {k.split(".")[0] for k in keys} == {"unet", "text_encoder", "text_encoder_2"}
-    kohya = load_file(str(tmp_path / KOHYA_FILE)).keys()
-    assert {k.split("_")[0] + "_" + k.split("_")[1] for k in kohya} == {"lora_unet", "lora_te1", "lora_te2"}
-    assert not any(name.startswith("lora_te_") for name in kohya)
-    assert not any("lora_" in n for n, _ in xl.text_encoder_2.named_parameters())  # cleanup took it out
-
-
-def _rebuild(tensors: dict, name: str, weight: torch.Tensor) -> torch.Tensor:
-    down, up, alpha = (
-        tensors[f"{name}.lora_down.weight"],
-        tensors[f"{name}.lora_up.weight"],
-        tensors[f"{name}.alpha"],
-    )
-    return weight + ((up.flatten(1) @ down.flatten(1)) * alpha / down.shape[0]).reshape(weight.shape)
-
-
-def test_the_sdxl_files_load_back_to_the_same_pictures_and_kohya_rebuilds_every_weight(
-    xl, wide_subject, settings, tmp_path
-):
-    """``StableDiffusionXLPipeline.load_lora_weights`` reads the diffusers file and the kohya file back to the
-    pictures of the live adapter; every kohya module (``lora_unet_``, ``lora_te1_``, ``lora_te2_``, true alpha)
-    rebuilds its live adapted weight."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    from lora_core.training.recipe import ADAPTER_NAME
-
-    s = settings(text_encoder_lr=1e-3, alpha=8.0, max_train_steps=4)  # alpha != rank: scale 2 must survive
-    trainer = LoraTrainer(xl, wide_subject, s, tmp_path)
-    checked = set()
-    try:
-        trainer.setup()
-        trainer.train()
+        hook.remove()  # the training's forwards only
+        moved = [
+            any(not torch.equal(a[k], b[k]) for k in a)
+            for a, b in zip(before, map(_trained_modules, models), strict=True)
+        ]
         for model in trainer.models:
             model.eval()
         live = _draw(xl)
         trainer.save_final()
-        exported = load_file(str(tmp_path / KOHYA_FILE))
-        prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
-        for component, prefix in prefixes.items():
-            for module_name, module in getattr(xl, component).named_modules():
-                if not isinstance(module, BaseTunerLayer):
-                    continue
-                base = module.get_base_layer().weight.detach().clone()
-                module.merge(adapter_names=[ADAPTER_NAME])
-                adapted = module.get_base_layer().weight.detach().clone()
-                module.unmerge()
-                path = (
-                    module_name
-                    if component == "unet" or module_name.startswith("text_model.")
-                    else (f"text_model.{module_name}")
-                )
-                name = prefix + path.replace(".", "_")
-                torch.testing.assert_close(
-                    _rebuild(exported, name, base), adapted, atol=2e-6, rtol=1e-5, msg=name
-                )
-                checked.add(name)
+        rebuilt = _kohya_rebuilds(xl, load_file(str(folder / KOHYA_FILE)))
     finally:
+        hook.remove()
         trainer.cleanup()
-    assert {k.split(".")[0] for k in exported} == checked
+    return {"folder": folder, "live": live, "rates": rates, "seen": seen, "moved": moved, "rebuilt": rebuilt}
+
+
+def test_sdxl_trains_both_text_encoders_at_their_own_rates_with_each_pictures_size_and_crop(xl, xl_lora):
+    """Each text encoder gets its LoRA and learning rate (``train.text_encoder_2_lr``); the UNet is told each
+    picture's original size and crop as diffusers' SDXL script computes them."""
+    assert xl_lora["rates"] == [1e-3, 1e-3, 2e-3]  # UNet, text encoder, second text encoder
+    assert xl_lora["moved"] == [True, True, True]  # every model's adapter trained
+    # 160 x 128 resized to a height of SIZE (40 x 32 at 32 px), its centre cropped at 4 px from the left
+    left = round((160 * SIZE / 128 - SIZE) / 2)
+    assert left > 0 and set(xl_lora["seen"]) == {
+        (128, 160, 0, left, SIZE, SIZE),
+        (128, 128, 0, 0, SIZE, SIZE),
+    }
+    keys = load_file(str(xl_lora["folder"] / LORA_FILE)).keys()
+    assert {k.split(".")[0] for k in keys} == {"unet", "text_encoder", "text_encoder_2"}
+    assert not any("lora_" in n for n, _ in xl.text_encoder_2.named_parameters())  # cleanup took it out
+
+
+def test_the_sdxl_files_load_back_to_the_same_pictures_and_kohya_rebuilds_every_weight(xl, xl_lora):
+    """``StableDiffusionXLPipeline.load_lora_weights`` reads the diffusers file and the kohya file back to the
+    pictures of the live adapter; every kohya module (``lora_unet_``, ``lora_te1_``, ``lora_te2_``, true alpha)
+    rebuilt its live adapted weight."""
+    folder, live = xl_lora["folder"], xl_lora["live"]
+    exported = load_file(str(folder / KOHYA_FILE))
+    assert {k.split(".")[0] for k in exported} == xl_lora["rebuilt"]  # nothing exported that no module holds
+    assert {name.split("_")[1] for name in xl_lora["rebuilt"]} == {"unet", "te1", "te2"}
     for file in (LORA_FILE, KOHYA_FILE):
-        xl.load_lora_weights(str(tmp_path), weight_name=file, adapter_name="r")
+        xl.load_lora_weights(str(folder), weight_name=file, adapter_name="r")
         try:
             reloaded = _draw(xl)
         finally:
@@ -159,11 +184,11 @@ def test_the_sdxl_files_load_back_to_the_same_pictures_and_kohya_rebuilds_every_
     assert np.abs(_draw(xl) - live).max() > 0.01  # the base model draws otherwise: the check could fail
 
 
-def test_the_grid_renderer_draws_sdxl_cells_as_the_plain_per_cell_loop(xl, wide_subject, settings, tmp_path):
+def test_the_grid_renderer_draws_sdxl_cells_as_the_plain_per_cell_loop(xl, xl_lora):
     """Batched, fused and with shared prompt embeddings, each cell is the picture of its own pipeline call."""
     from lora_core.render import GridRenderer, RenderCell, RenderOptions, initial_noise
 
-    train_lora(xl, wide_subject, settings(text_encoder_lr=1e-3, max_train_steps=3), tmp_path)
+    tmp_path = xl_lora["folder"]
     cells = [RenderCell("a photo of ktn cat", u, t, 4.0, seed=5) for u in (0.0, 1.0) for t in (0.0, 1.0)]
     options = RenderOptions(num_inference_steps=3, resolution=SIZE)
     with GridRenderer(xl, tmp_path, options) as renderer:
@@ -237,3 +262,76 @@ def test_sd2_trains_on_the_velocity_its_scheduler_names_and_samples_with_it(
     assert sd2.scheduler.config.prediction_type == "v_prediction"
     for name in ("euler_a", "ddim", "dpmpp_2m"):  # a grid's other samplers keep the model's prediction type
         assert sampler_of(sd2.scheduler, name).config.prediction_type == "v_prediction"
+
+
+def test_an_sdxl_training_killed_at_a_checkpoint_resumes_to_the_uninterrupted_weights(
+    xl, wide_subject, settings, tmp_path
+):
+    from conftest import assert_same_weights, train_killed_then_resumed
+
+    common = dict(max_train_steps=4, text_encoder_lr=1e-3, text_encoder_2_lr=5e-4, validation_every=2)
+    full = train_lora(xl, wide_subject, settings(**common), tmp_path / "full")
+    part = settings(**common, checkpoint_steps=(2,))
+    resumed = train_killed_then_resumed(xl, wide_subject, part, tmp_path / "resumed")
+    assert resumed.resumed_from_step == 2
+    assert_same_weights(full.lora_path, resumed.lora_path)
+    assert {k.split(".")[0] for k in load_file(str(resumed.lora_path))} == {
+        "unet",
+        "text_encoder",
+        "text_encoder_2",
+    }
+
+
+@pytest.mark.parametrize(
+    ("model", "saved", "words"), [("tiny_sdxl", "sd", "an SD 1.x / 2.x"), ("tiny", "sdxl", "an SDXL")]
+)
+def test_a_lora_folder_of_the_other_family_is_refused_before_anything_trains(
+    model, saved, words, tmp_path, cache_dir
+):
+    """An SD 1.x LoRA's run folder rerun under an SDXL model (or the reverse) stops with one line."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from lora_core.errors import UserInputError
+    from sweeper.app import CONF_DIR  # registers the schema
+    from sweeper.config.spec import build_job
+    from sweeper.disk.layout import RunFolder
+    from sweeper.job.context import JobContext
+    from sweeper.job.training import JobTraining
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={model}", f"sweep.root={tmp_path}"])
+    folder = RunFolder(tmp_path / "run")
+    folder.lora_dir.mkdir(parents=True)
+    identity = {"base_model": "the other", **({"family": saved} if saved != "sd" else {})}
+    (folder.lora_dir / "train_identity.json").write_text(json.dumps(identity))
+    training = JobTraining(JobContext(build_job(cfg), cfg, folder))
+    with pytest.raises(UserInputError, match=f"holds {words} training") as refused:
+        training.check_folder_matches()
+    assert "\n" not in str(refused.value) and "Nothing was changed" in str(refused.value)
+
+
+@pytest.mark.slow  # a sweep of two configurations on the tiny SDXL model, end to end
+def test_the_quickstart_runs_on_the_tiny_sdxl_model_end_to_end(tmp_path, cache_dir):
+    """``experiment=quickstart model=tiny_sdxl debug=fast``: the usual run folders, sheets, report and MLflow runs."""
+    from sweep_cli import FAST, mlflow_runs, run_records, sweep
+
+    result = sweep(tmp_path, "experiment=quickstart", "model=tiny_sdxl", *FAST, "train.learning_rate=1e-3")
+    assert result.returncode == 0, result.output
+    assert "runs alone: an SDXL model" in result.output
+    sweep_dir = tmp_path / "quickstart"
+    records = run_records(sweep_dir)
+    assert set(records) == {"1e-3;1e-5", "1e-3;1e-4"}
+    for name, record in records.items():
+        run = sweep_dir / name
+        assert record["status"] == "done" and record["base_model"].startswith("tiny-sdxl-")
+        assert len(list(run.glob("*.png"))) == len(record["cells"]) == 12
+        assert {p.name for p in (run / "sheets").glob("*.png")} == {"ph_g4.png", "be_g4.png"}
+        keys = load_file(str(run / "lora" / LORA_FILE)).keys()
+        assert {k.split(".")[0] for k in keys} == {"unet", "text_encoder", "text_encoder_2"}
+    assert {p.name for p in (sweep_dir / "sheets").glob("*.png")} == {"ph.png", "be.png"}
+    assert "| `1e-3;1e-4` |" in (sweep_dir / "report.md").read_text()
+    children = [r for r in mlflow_runs(tmp_path, "quickstart") if r.data.tags.get("sweep_role") == "job"]
+    assert sorted(r.info.run_name for r in children) == sorted(records)
+    assert all(r.info.status == "FINISHED" and "dino" in r.data.metrics for r in children)
