@@ -345,3 +345,20 @@ def test_pictures_are_encoded_when_a_step_first_draws_them(pipe, subject_images,
         assert not torch.equal(every[0, row], every[1, row])  # the flipped picture is its own latent
     finally:
         trainer.cleanup()
+
+
+def test_a_rung_reached_by_another_runs_checkpoint_is_saved_in_its_own_folder(
+    pipe, subject_images, settings, tmp_path
+):
+    """A rung at step 4 that continues from a longer run's checkpoint at 4 (step-axis reuse) trains nothing,
+    and its own ``checkpoints/step-000004`` holds those weights (the rung's grid renders from there)."""
+    from lora_core.training import checkpoint_dir
+
+    longer = settings(max_train_steps=8, checkpoint_steps=(4,))
+    train_lora(pipe, subject_images, longer, tmp_path / "longer")
+    source = checkpoint_dir(tmp_path / "longer", 4)
+    rung = train_lora(
+        pipe, subject_images, settings(max_train_steps=6), tmp_path / "rung", resume_from=source, until=4
+    )
+    assert rung == checkpoint_dir(tmp_path / "rung", 4) and rung.is_dir()
+    assert_same_weights(source / LORA_FILE, rung / LORA_FILE)

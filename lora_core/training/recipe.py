@@ -562,6 +562,10 @@ def train_lora(
             trainer.log.path.unlink(missing_ok=True)
         trainer.train(until)
         if until is not None and until < settings.max_train_steps:
+            if not checkpoint_dir(output_dir, until).is_dir():
+                # resumed at ``until`` from another run's checkpoint (step-axis reuse): nothing was trained,
+                # and the rung's checkpoint belongs in this training folder too
+                trainer.save_checkpoint(until)
             return checkpoint_dir(output_dir, until)
         return trainer.save_final()
     finally:
