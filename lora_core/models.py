@@ -8,6 +8,7 @@ adapters left attached, no fused weights); the trainer and the renderer do. The 
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,7 @@ def dtype_name(source: ModelSource) -> str:
     return str(resolve_dtype(source.dtype, resolve_device(source.device)))
 
 
+@functools.lru_cache(maxsize=64)  # the planner asks once per job; a hub lookup is paid once
 def model_family(source: ModelSource) -> str:
     """``sdxl`` or ``sd`` (1.x / 2.x) without loading the weights (``lora_core.family``).
 

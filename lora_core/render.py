@@ -65,6 +65,7 @@ class RenderCell:
         count: Pictures drawn from this seed (as ``num_images_per_prompt`` would).
         sampler: A key of ``SCHEDULERS``; None: the grid's ``RenderOptions.scheduler``.
         steps: Sampling steps; None: the grid's ``RenderOptions.num_inference_steps``.
+        text_2_scale: SDXL's second text encoder's LoRA scale; None: ``text_scale``.
     """
 
     prompt: str
@@ -76,6 +77,12 @@ class RenderCell:
     count: int = 1
     sampler: str | None = None
     steps: int | None = None
+    text_2_scale: float | None = None
+
+    @property
+    def text_scales(self) -> tuple[float, float]:
+        """The scales of the text encoders' LoRAs: the first's, and SDXL's second's."""
+        return self.text_scale, self.text_scale if self.text_2_scale is None else self.text_2_scale
 
 
 @dataclass(frozen=True)
@@ -210,21 +217,21 @@ class GridRenderer:
 
     # ---- prompt embeddings -------------------------------------------------------------------------------
     def _prompt_embeddings(self, cells: list[RenderCell]) -> dict:
-        """(prompt, text scale) -> (positive, negative) embeddings, each encoded once."""
+        """(prompt, text scales) -> (positive, negative) embeddings, each encoded once."""
         out = {}
-        for text_scale in sorted({c.text_scale for c in cells}):
-            prompts = sorted({c.prompt for c in cells if c.text_scale == text_scale})
-            self._set_text_scale(text_scale)
+        for scales in sorted({c.text_scales for c in cells}):
+            prompts = sorted({c.prompt for c in cells if c.text_scales == scales})
+            self._set_text_scale(*scales)
             for prompt, pair in encode_prompts(self.pipe, prompts, self.options.negative_prompt).items():
-                out[(prompt, text_scale)] = pair
+                out[(prompt, scales)] = pair
         return out
 
-    def _set_scales(self, unet: float, text: float) -> None:
-        set_adapter_scales(self.pipe, ADAPTER_NAME, unet, text)
+    def _set_scales(self, unet: float, text: float, text_2: float | None = None) -> None:
+        set_adapter_scales(self.pipe, ADAPTER_NAME, unet, text, text_2)
 
-    def _set_text_scale(self, text_scale: float) -> None:
+    def _set_text_scale(self, text_scale: float, text_2_scale: float | None = None) -> None:
         if self.lora is not None:
-            self._set_scales(1.0, text_scale)
+            self._set_scales(1.0, text_scale, text_2_scale)
 
     # ---- UNet scale --------------------------------------------------------------------------------------
     def _set_unet_scale(self, unet_scale: float) -> None:
@@ -252,7 +259,7 @@ class GridRenderer:
 
     # ---- batches -----------------------------------------------------------------------------------------
     def _render_batch(self, batch: list[RenderCell], guidance: float, embeds: dict) -> list:
-        pairs = [embeds[(c.prompt, c.text_scale)] for c in batch]
+        pairs = [embeds[(c.prompt, c.text_scales)] for c in batch]
         return render_pictures(self.pipe, self.options, batch, pairs, guidance)
 
 
@@ -290,13 +297,13 @@ def batch_size(options: RenderOptions, device) -> int:
     return 8 if device.type == "cuda" else 16
 
 
-def set_adapter_scales(pipe, name: str, unet: float, text: float) -> None:
+def set_adapter_scales(pipe, name: str, unet: float, text: float, text_2: float | None = None) -> None:
     """``set_adapters`` with a weight for each component the adapter has (a UNet-only one has no text part).
 
-    SDXL's two text encoders both take ``text``.
+    SDXL's second text encoder takes ``text_2``, or ``text`` when None.
     """
     parts = {part for part, names in pipe.get_list_adapters().items() if name in names}
-    scales = (("unet", unet), ("text_encoder", text), ("text_encoder_2", text))
+    scales = (("unet", unet), ("text_encoder", text), ("text_encoder_2", text if text_2 is None else text_2))
     weights = {part: w for part, w in scales if part in parts}
     pipe.set_adapters([name], adapter_weights=[weights])
 

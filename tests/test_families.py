@@ -190,17 +190,15 @@ def test_the_grid_renderer_draws_sdxl_cells_as_the_plain_per_cell_loop(xl, xl_lo
 
     tmp_path = xl_lora["folder"]
     cells = [RenderCell("a photo of ktn cat", u, t, 4.0, seed=5) for u in (0.0, 1.0) for t in (0.0, 1.0)]
+    cells += [RenderCell("a photo of ktn cat", 1.0, 1.0, 4.0, seed=5, text_2_scale=0.0)]  # the encoders apart
     options = RenderOptions(num_inference_steps=3, resolution=SIZE)
     with GridRenderer(xl, tmp_path, options) as renderer:
         grid = {c: np.asarray(image, dtype=np.float32) for c, image in renderer.render(cells)}
     xl.load_lora_weights(str(tmp_path), adapter_name="p")
     try:
         for cell in cells:
-            weights = {
-                "unet": cell.unet_scale,
-                "text_encoder": cell.text_scale,
-                "text_encoder_2": cell.text_scale,
-            }
+            text, text_2 = cell.text_scales
+            weights = {"unet": cell.unet_scale, "text_encoder": text, "text_encoder_2": text_2}
             xl.set_adapters(["p"], adapter_weights=[weights])
             shape = (xl.unet.config.in_channels, SIZE // xl.vae_scale_factor, SIZE // xl.vae_scale_factor)
             plain = xl(
@@ -216,8 +214,9 @@ def test_the_grid_renderer_draws_sdxl_cells_as_the_plain_per_cell_loop(xl, xl_lo
             assert np.abs(np.asarray(plain, dtype=np.float32) - grid[cell]).max() <= 1, cell  # of 255
     finally:
         xl.unload_lora_weights()
-    scales = {(c.unet_scale, c.text_scale): grid[c] for c in cells}
-    assert np.abs(scales[1.0, 1.0] - scales[0.0, 0.0]).max() > 5  # the LoRA changes the picture
+    scales = {(c.unet_scale, *c.text_scales): grid[c] for c in cells}
+    assert np.abs(scales[1.0, 1.0, 1.0] - scales[0.0, 0.0, 0.0]).max() > 5  # the LoRA changes the picture
+    assert np.abs(scales[1.0, 1.0, 1.0] - scales[1.0, 1.0, 0.0]).max() > 1  # and so does the second encoder's
 
 
 def test_the_v_prediction_target_is_the_velocity():
@@ -335,3 +334,26 @@ def test_the_quickstart_runs_on_the_tiny_sdxl_model_end_to_end(tmp_path, cache_d
     children = [r for r in mlflow_runs(tmp_path, "quickstart") if r.data.tags.get("sweep_role") == "job"]
     assert sorted(r.info.run_name for r in children) == sorted(records)
     assert all(r.info.status == "FINISHED" and "dino" in r.data.metrics for r in children)
+
+
+def test_the_second_text_encoders_scales_are_an_axis_of_sdxl_grids_only():
+    """``render.text_2_scales`` crosses the grid (``;t2=<scale>`` in the names when several) and is refused
+    in one line for a model with one text encoder."""
+    from hydra import compose, initialize_config_dir
+
+    from lora_core.errors import UserInputError
+    from sweeper.app import CONF_DIR
+    from sweeper.config.spec import build_job
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        xl_cfg = compose("config", overrides=["model=tiny_sdxl", "render.text_2_scales=[0,1]"])
+        sd_cfg = compose("config", overrides=["model=tiny", "render.text_2_scales=[0,1]"])
+    cells = build_job(xl_cfg).cells
+    assert {c.text_2_scale for c in cells} == {0.0, 1.0}
+    assert {c.stem.rsplit(";", 1)[-1] for c in cells} == {"t2=0", "t2=1"}
+    assert cells[0].label_keys == "unet;text;guidance;text_2"
+    with pytest.raises(
+        UserInputError, match=r"render\.text_2_scales=\[0\.0, 1\.0\]: model\.path=tiny has one text encoder"
+    ) as refused:
+        build_job(sd_cfg)
+    assert "\n" not in str(refused.value)

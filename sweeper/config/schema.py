@@ -80,6 +80,9 @@ class RenderConfig:
     prompts: Any = field(default_factory=lambda: [{"ph": "a photo of {token} {class}"}])
     unet_scales: list[float] = field(default_factory=lambda: [1.0])
     text_scales: list[float] = field(default_factory=lambda: [1.0])
+    # SDXL: its second text encoder's scales, an axis of their own (``;t2=0.5`` in a name when several);
+    # None: each cell's text scale drives both text encoders.
+    text_2_scales: list[float] | None = None
     guidance_scales: list[float] = field(default_factory=lambda: [7.5])
     # The same seeds for every cell: cells differ only by the swept values.
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -101,8 +104,8 @@ class RenderConfig:
     fuse: bool = RenderOptions.fuse  # fuse the UNet LoRA at each scale (faster; same pictures)
     image_name: str = "{pr}_{unet};{text};{guidance}"
     sheet_thumb: int = 256
-    # A run's sheet per prompt: which two axes are its rows and columns (unet, text, guidance, sampler,
-    # steps); one sheet per value of the others that have several.
+    # A run's sheet per prompt: which two axes are its rows and columns (unet, text, text_2, guidance,
+    # sampler, steps); one sheet per value of the others that have several.
     sheet_rows: str = "unet"
     sheet_cols: str = "text"
     enabled: bool = True

@@ -150,6 +150,8 @@ def build_job(cfg: DictConfig) -> JobSpec:
     render = RenderOptions(**shared | {"resolution": cfg.render.resolution or resolution})
     render.validate()
     cells = grid_cells(cfg.render, cfg.data.token, cfg.data.class_name) if cfg.render.enabled else []
+    if cfg.render.text_2_scales is not None:
+        _check_second_text_encoder(model, cfg.render.text_2_scales)
     steps, stop_at = _checkpoint_axis(cfg, settings.max_train_steps)
     settings.add_checkpoint_steps([*steps, *([stop_at] if stop_at else [])])
     return JobSpec(
@@ -169,6 +171,19 @@ def build_job(cfg: DictConfig) -> JobSpec:
         weights=cfg.render.weights,
         tiny_seed=cfg.model.tiny_seed,
     )
+
+
+def _check_second_text_encoder(model: ModelSource, scales) -> None:
+    """``render.text_2_scales`` needs a model with a second text encoder (SDXL)."""
+    from lora_core.family import SDXL
+    from lora_core.models import model_family
+    from sweeper.config.embedded_models import embedded_family
+
+    if (embedded_family(model.path) or model_family(model)) != SDXL:
+        raise UserInputError(
+            f"render.text_2_scales={list(scales)}: model.path={model.path} has one text encoder (SD 1.x / 2.x); "
+            "the second text encoder's scales are for SDXL models. Leave render.text_2_scales unset."
+        )
 
 
 _said: set[str] = set()

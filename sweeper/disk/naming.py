@@ -158,8 +158,21 @@ def train_short_keys(keys: Iterable[str]) -> list[str]:
     return [short_key(k) for k in keys if k.startswith(TRAIN_PREFIX)]
 
 
+TEXT_2_PREFIX = "t2="  # the second text encoder's scale in a name: ``t2=0.5``
+
+
+def text_2_label(scale: float) -> str:
+    """SDXL's second text encoder's scale as a cell's name and label show it: ``t2=0.5``."""
+    return f"{TEXT_2_PREFIX}{format_number(scale)}"
+
+
 def axis_name(value: str) -> str:
-    """Which axis a value of a cell's label after ``unet;text;guidance`` belongs to: ``steps`` or ``sampler``."""
+    """Which axis a value of a cell's label after ``unet;text;guidance`` belongs to.
+
+    ``steps`` (a number), ``text_2`` (``t2=0.5``: SDXL's second text encoder's scale) or ``sampler``.
+    """
+    if value.startswith(TEXT_2_PREFIX):
+        return "text_2"
     return "steps" if value.isdigit() else "sampler"
 
 
@@ -185,6 +198,7 @@ _GRID_PARTS = {
     "resolution": lambda v: f"{v}px",
     "negative_prompt": lambda v: f"neg-{hashlib.sha1(v.encode()).hexdigest()[:6]}" if v else "noneg",
     "weights": lambda v: str(v),
+    "text_2_scales": lambda v: "-".join(text_2_label(s) for s in v).replace("=", ""),
 }
 _GRID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 

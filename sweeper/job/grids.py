@@ -305,6 +305,9 @@ class JobGrids:
             values = list(dict.fromkeys(v for v in values if v is not None))
             if len(values) > 1:  # an axis of the grid (its pictures' names say which value)
                 wanted[key] = values
+        text_2 = list(dict.fromkeys(c.text_2_scale for c in job.spec.cells if c.text_2_scale is not None))
+        if text_2:  # SDXL's second text encoder's own scales: one value draws otherwise too
+            wanted["text_2_scales"] = text_2
         return wanted
 
     def _find_home(self) -> RunFolder:

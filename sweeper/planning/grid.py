@@ -10,7 +10,14 @@ from itertools import product
 from lora_core.data.captions import fill_prompt
 from lora_core.errors import UserInputError
 from lora_core.render import RenderCell
-from sweeper.disk.naming import cell_label, check_short_name, image_stem, label_keys, short_names
+from sweeper.disk.naming import (
+    cell_label,
+    check_short_name,
+    image_stem,
+    label_keys,
+    short_names,
+    text_2_label,
+)
 
 # Sensible ranges; outside them a value is far more likely a typo than an experiment.
 SCALE_RANGE = (-1.0, 3.0)
@@ -34,7 +41,9 @@ class GridCell:
             several values).
         sampler: Its sampler (a key of ``lora_core.render.SCHEDULERS``); None: the job's ``render.scheduler``.
         steps: Its sampling steps; None: the job's ``render.num_inference_steps``.
-        axes: The values of its grid's axes that have several (sampler, sampling steps), as in its name.
+        axes: The values of its grid's axes that have several (sampler, sampling steps, second text
+            encoder's scale as ``t2=0.5``), as in its name.
+        text_2_scale: SDXL's second text encoder's LoRA scale; None: ``text_scale`` (``render.text_2_scales``).
     """
 
     prompt_name: str
@@ -49,6 +58,7 @@ class GridCell:
     sampler: str | None = None
     steps: int | None = None
     axes: tuple[str, ...] = ()
+    text_2_scale: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "axes", tuple(self.axes))  # a list when read back from run.json
@@ -83,6 +93,7 @@ class GridCell:
             self.count,
             self.sampler,
             self.steps,
+            self.text_2_scale,
         )
 
 
@@ -172,6 +183,7 @@ def _explicit_cells(cells, prompts: dict[str, str]) -> list[tuple[str, float, fl
 SHEET_AXES = {
     "unet": lambda c: c.unet_scale,
     "text": lambda c: c.text_scale,
+    "text_2": lambda c: c.text_2_scale,  # None: the text scale drives both text encoders
     "guidance": lambda c: c.guidance,
     "sampler": lambda c: c.sampler or "",
     "steps": lambda c: c.steps or 0,
@@ -222,12 +234,16 @@ def grid_cells(render, token: str, class_name: str) -> list[GridCell]:
         text = _check_range("render.text_scales", render.text_scales, *SCALE_RANGE)
         guidance = _check_range("render.guidance_scales", render.guidance_scales, *GUIDANCE_RANGE)
         combos = [(p, u, t, g) for p in prompts for u, t, g in product(unet, text, guidance)]
+    text_2 = [None]
+    if render.get("text_2_scales") is not None:
+        text_2 = _check_range("render.text_2_scales", render.text_2_scales, *SCALE_RANGE)
     count = render.images_per_cell
     cells, seen = [], {}
-    for (name, u, t, g), sampler, n_steps, seed, index in product(
-        combos, samplers, steps, seeds, range(count)
+    for (name, u, t, g), t2, sampler, n_steps, seed, index in product(
+        combos, text_2, samplers, steps, seeds, range(count)
     ):
         axes = ([sampler] if len(samplers) > 1 else []) + ([str(n_steps)] if len(steps) > 1 else [])
+        axes += [text_2_label(t2)] if len(text_2) > 1 else []
         stem = image_stem(
             render.image_name,
             name,
@@ -238,7 +254,9 @@ def grid_cells(render, token: str, class_name: str) -> list[GridCell]:
             index if count > 1 else None,
             axes,
         )
-        cell = GridCell(name, prompts[name], u, t, g, seed, index, count, stem, sampler, n_steps, tuple(axes))
+        cell = GridCell(
+            name, prompts[name], u, t, g, seed, index, count, stem, sampler, n_steps, tuple(axes), t2
+        )
         if stem in seen:
             if seen[stem] == cell:
                 continue  # the same cell listed twice: render it once
@@ -252,7 +270,17 @@ def grid_cells(render, token: str, class_name: str) -> list[GridCell]:
 
 
 def _what_differs(a: GridCell, b: GridCell) -> str:
-    keys = ("prompt", "unet_scale", "text_scale", "guidance", "sampler", "steps", "seed", "index")
+    keys = (
+        "prompt",
+        "unet_scale",
+        "text_scale",
+        "text_2_scale",
+        "guidance",
+        "sampler",
+        "steps",
+        "seed",
+        "index",
+    )
     return ", ".join(
         f"{k} {getattr(a, k)!r} and {getattr(b, k)!r}" for k in keys if getattr(a, k) != getattr(b, k)
     )

@@ -50,6 +50,7 @@ def page_data(sweep_dir: Path, runs: list[RunResult]) -> dict:
                         "prompt": cell.prompt,
                         "unet": cell.unet_scale,
                         "text": cell.text_scale,
+                        "text_2": "" if cell.text_2_scale is None else cell.text_2_scale,
                         "guidance": cell.guidance,
                         "sampler": cell.sampler or "",
                         "steps": cell.steps or 0,

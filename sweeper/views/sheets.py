@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sweeper.disk.layout import EMA_GRID_DIR, GRID_PREFIX, RunFolder, SweepFolder
-from sweeper.disk.naming import axis_name, format_number
+from sweeper.disk.naming import axis_name, format_number, text_2_label
 from sweeper.disk.results import grid_results, load_results
 from sweeper.planning.grid import SHEET_AXES, GridCell, first_images
 from sweeper.views.drawing import axes_sheet, save_sheet, sweep_sheet
@@ -68,6 +68,8 @@ def _axis_values(axis: str, cells: list[GridCell]) -> list:
 def _axis_word(axis: str, value) -> str:
     """A value of an axis in words, for a title: ``sampler euler_a``, ``30 steps``, ``guidance 4``."""
     text = format_number(value) if isinstance(value, int | float) else str(value)
+    if axis == "text_2":
+        return f"second text encoder {text}"
     return f"{text} steps" if axis == "steps" else f"{axis} {text}"
 
 
@@ -75,6 +77,8 @@ def _axis_short(axis: str, value) -> str:
     """A value of an axis in a sheet's file name: ``u0.5``, ``t1``, ``g4``, ``euler_a``, ``30``."""
     if axis in ("sampler", "steps"):
         return str(value)
+    if axis == "text_2":
+        return text_2_label(value)
     return f"{axis[0]}{format_number(value)}"
 
 
@@ -92,7 +96,8 @@ def grid_title(folder: RunFolder) -> str:
 
 def _axes_words(cell: GridCell) -> list[str]:
     """The cell's values of its grid's other axes, in words for a title (``sampler euler_a``, ``30 steps``)."""
-    return [f"{value} steps" if axis_name(value) == "steps" else f"sampler {value}" for value in cell.axes]
+    words = {"steps": "{} steps", "sampler": "sampler {}", "text_2": "second text encoder {}"}
+    return [words[axis_name(v)].format(v.removeprefix("t2=")) for v in cell.axes]
 
 
 def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
