@@ -54,6 +54,7 @@ class Size:
     sweep_steps: int
     packs: tuple[int, ...] = (1, 4, 8, 16)
     grid_cells: int = 48  # the grid section's cells (bench.render's 48-cell grid, or its first prompt's)
+    sdxl_resolution: int = 1024  # the SDXL section's (SDXL's own resolution; the tiny SDXL model's 64 px)
 
 
 REAL = Size(
@@ -77,6 +78,7 @@ TINY = Size(
     sweep_steps=4,
     packs=(1, 2),
     grid_cells=16,
+    sdxl_resolution=64,
 )
 
 
@@ -265,6 +267,89 @@ def reference_section(
             f"{row['reference_s_per_step']:.4f} s/step ({len(run.step_ends)} steps clocked)",
             flush=True,
         )
+    return rows
+
+
+def sdxl_section(
+    size: Size, device: str, work: Path, subject_dir: Path, script: Path | None, python: str
+) -> list[dict]:
+    """SDXL at batch 1, gradient checkpointing off and on: s/step and peak memory, and diffusers' reference.
+
+    The SDXL-shaped random model (2.6 B-parameter UNet; ``--tiny``: the tiny SDXL model) at
+    ``size.sdxl_resolution``, fp16 base weights on CUDA (``model.dtype=auto``), the UNet's LoRA only.
+    ``script`` is diffusers' ``examples/dreambooth/train_dreambooth_lora_sdxl.py`` (carried), run with the
+    same flags as the SD 1.x reference.
+    """
+    from bench.child import ChildFailed, run_child
+    from bench.step_clock import StepClock
+    from bench.train import reference_args
+    from lora_core.cache import default_cache_dir
+    from lora_core.data.subject import load_subject_images
+    from lora_core.embedded.tiny_model import TinySDXLSpec, ensure_tiny_model, sdxl_shaped_spec
+    from lora_core.models import ModelSource, clear_pipeline_cache, load_pipeline
+    from lora_core.training import train_lora
+
+    tiny = size.sdxl_resolution < 512
+    started = time.perf_counter()
+    model_dir = ensure_tiny_model(TinySDXLSpec() if tiny else sdxl_shaped_spec(), default_cache_dir())
+    print(f"  SDXL-shaped model ready in {time.perf_counter() - started:.0f} s: {model_dir}", flush=True)
+    clear_pipeline_cache()  # the SD 1.x model's memory back before SDXL's
+    pipe = load_pipeline(ModelSource(path=str(model_dir), device=device))
+    images = load_subject_images(subject_dir, size.sdxl_resolution)
+    rows = []
+    for checkpointing in (False, True):
+        settings = _settings(
+            size,
+            resolution=size.sdxl_resolution,
+            train_batch_size=1,
+            gradient_checkpointing=checkpointing,
+            max_train_steps=size.warmup + size.steps + 1,
+        )
+        clock = StepClock()
+        _reset_peak()
+        train_lora(pipe, images, settings, work / f"sdxl-gc{int(checkpointing)}")
+        row = {
+            "resolution": size.sdxl_resolution,
+            "gradient_checkpointing": checkpointing,
+            "ours_s_per_step": _median_step(clock.step_ends, size.warmup),
+            "ours_peak_mb": _peak_mb(),
+        }
+        if script is not None:
+            run_dir = work / f"sdxl-reference-gc{int(checkpointing)}"
+            flags = [
+                f.replace("{run_dir}", str(run_dir)) for f in reference_args(settings, model_dir, subject_dir)
+            ]
+            flags[flags.index("--mixed_precision") + 1] = "fp16" if device == "cuda" else "no"
+            flags += ["--gradient_checkpointing"] if checkpointing else []
+            row["flags"] = flags
+            try:
+                run = run_child(
+                    [
+                        python,
+                        "-m",
+                        "bench.step_clock",
+                        "--out",
+                        str(run_dir / "clock.json"),
+                        "--",
+                        str(script),
+                        *flags,
+                    ],
+                    run_dir,
+                    run_dir / "clock.json",
+                )
+                row["reference_s_per_step"] = run.seconds_per_step(size.warmup)
+                row["ours_over_reference"] = row["ours_s_per_step"] / row["reference_s_per_step"]
+            except ChildFailed as error:
+                print(f"  SDXL reference failed: {error}", flush=True)
+                row["reference_error"] = str(error)
+        rows.append(row)
+        ref = f", reference {row['reference_s_per_step']:.4f}" if "reference_s_per_step" in row else ""
+        print(
+            f"  SDXL {size.sdxl_resolution} px, checkpointing {'on ' if checkpointing else 'off'}: "
+            f"ours {row['ours_s_per_step']:.4f} s/step{ref}, peak {_fmt_mb(row['ours_peak_mb'])}",
+            flush=True,
+        )
+    clear_pipeline_cache()
     return rows
 
 
@@ -549,6 +634,14 @@ def table(summary: dict) -> str:
             )
             + "."
         )
+    for row in summary.get("sdxl", []):
+        ref = row.get("reference_s_per_step")
+        versus = f", reference {ref:.4f} s/step ({row['ours_over_reference']:.2f}x)" if ref else ""
+        lines.append(
+            f"SDXL {row['resolution']} px, batch 1, gradient checkpointing "
+            f"{'on' if row['gradient_checkpointing'] else 'off'}: ours {row['ours_s_per_step']:.4f} s/step, "
+            f"peak {_fmt_mb(row['ours_peak_mb'])}{versus}."
+        )
     sync = summary.get("sync") or {}
     if sync.get("ours", {}).get("syncs_per_step") is not None:
         lines.append(
@@ -578,7 +671,10 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=Path(os.environ.get("OUT") or REPO / "bench" / "results" / "gpu")
     )
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["train", "reference", "resume", "grid", "sweep", "sync"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["train", "reference", "resume", "grid", "sweep", "sync", "pack", "sdxl"],
     )
     parser.add_argument(
         "--reference",
@@ -590,6 +686,12 @@ def main(argv: list[str] | None = None) -> int:
         "--reference-python",
         default=sys.executable,
         help="the Python that runs it (needs torchvision; default: this one)",
+    )
+    parser.add_argument(
+        "--reference-sdxl",
+        type=Path,
+        default=None,
+        help="diffusers' examples/dreambooth/train_dreambooth_lora_sdxl.py, timed beside the SDXL section",
     )
     args = parser.parse_args(argv)
     from lora_core.cache import default_cache_dir
@@ -628,6 +730,9 @@ def main(argv: list[str] | None = None) -> int:
             "sweep": lambda: sweep_section(None if args.tiny else model_dir, size, work, device),
             "sync": lambda: sync_section(pipe, model_dir, images, size, device, work),
             "pack": lambda: pack_section(model_dir, images, size, device, work),
+            "sdxl": lambda: sdxl_section(
+                size, device, work, subject_dir, args.reference_sdxl, args.reference_python
+            ),
         }
         for name, run in sections.items():
             if name not in args.skip and (name != "reference" or args.reference is not None):

@@ -29,7 +29,8 @@ def test_the_device_check_runs_every_section_on_the_tiny_model(tmp_path):
     script = tmp_path / "reference.py"
     script.write_text(FAKE_REFERENCE)
     out = tmp_path / "out"
-    result = run_cli("bench", "gpu", "--tiny", "--out", str(out), "--reference", str(script), timeout=900)
+    args = ["--tiny", "--out", str(out), "--reference", str(script), "--reference-sdxl", str(script)]
+    result = run_cli("bench", "gpu", *args, timeout=900)
     assert result.returncode == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert {(r["batch"], r["gradient_checkpointing"]) for r in summary["train"]} == {
@@ -64,3 +65,13 @@ def test_the_device_check_runs_every_section_on_the_tiny_model(tmp_path):
     assert all(r["s_per_config_step"] > 0 and r["ratio"] > 0 for r in summary["pack"]["packs"])
     assert summary["pack"]["dtype"] == "torch.float32"  # the CPU's; the GPU's base is fp16 (auto)
     assert "Packs (float32 base" in table
+    # SDXL (the tiny SDXL model here), gradient checkpointing off and on, the SDXL reference beside it
+    assert [r["gradient_checkpointing"] for r in summary["sdxl"]] == [False, True]
+    assert all(r["ours_s_per_step"] > 0 and r["reference_s_per_step"] > 0 for r in summary["sdxl"])
+    assert all(
+        str(r["flags"][r["flags"].index("--pretrained_model_name_or_path") + 1])
+        .split("/")[-1]
+        .startswith("tiny-sdxl-")
+        for r in summary["sdxl"]
+    )
+    assert table.count("SDXL 64 px, batch 1") == 2
