@@ -261,7 +261,7 @@ def test_a_run_sheet_can_have_any_two_axes_as_rows_and_columns(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "cols", "message"),
     [
-        ("seed", "text", "render.sheet_rows=seed: use one of unet, text, guidance, sampler, steps"),
+        ("seed", "text", "render.sheet_rows=seed: use one of unet, text, text_2, guidance, sampler, steps"),
         ("unet", "unet", "render.sheet_cols=unet: the same axis as render.sheet_rows"),
     ],
 )

@@ -110,7 +110,7 @@ def test_ckpt_checkpoint_loads_like_safetensors(pipe, tmp_path):
 
 def test_checkpoint_that_does_not_fit_its_config_is_named(sd_layout_pipe, single_file, tmp_path):
     other = save_ldm_checkpoint(sd_layout_pipe, tmp_path / "other.safetensors")
-    with pytest.raises(UserInputError, match=r"not a Stable Diffusion 1\.x model") as err:
+    with pytest.raises(UserInputError, match=r"not a Stable Diffusion \(1\.x, 2\.x or SDXL\) model") as err:
         load_pipeline(replace(single_file, path=str(other)))
     assert str(other) in str(err.value)
 
