@@ -316,7 +316,10 @@ def test_the_quickstart_runs_on_the_tiny_sdxl_model_end_to_end(tmp_path, cache_d
     """``experiment=quickstart model=tiny_sdxl debug=fast``: the usual run folders, sheets, report and MLflow runs."""
     from sweep_cli import FAST, mlflow_runs, run_records, sweep
 
-    result = sweep(tmp_path, "experiment=quickstart", "model=tiny_sdxl", *FAST, "train.learning_rate=1e-3")
+    grid = ["render.unet_scales=[1]", "render.text_scales=[0,1]"]
+    result = sweep(
+        tmp_path, "experiment=quickstart", "model=tiny_sdxl", *FAST, "train.learning_rate=1e-3", *grid
+    )
     assert result.returncode == 0, result.output
     assert "runs alone: an SDXL model" in result.output
     sweep_dir = tmp_path / "quickstart"
@@ -325,7 +328,7 @@ def test_the_quickstart_runs_on_the_tiny_sdxl_model_end_to_end(tmp_path, cache_d
     for name, record in records.items():
         run = sweep_dir / name
         assert record["status"] == "done" and record["base_model"].startswith("tiny-sdxl-")
-        assert len(list(run.glob("*.png"))) == len(record["cells"]) == 12
+        assert len(list(run.glob("*.png"))) == len(record["cells"]) == 4  # 2 prompts x 2 text scales
         assert {p.name for p in (run / "sheets").glob("*.png")} == {"ph_g4.png", "be_g4.png"}
         keys = load_file(str(run / "lora" / LORA_FILE)).keys()
         assert {k.split(".")[0] for k in keys} == {"unet", "text_encoder", "text_encoder_2"}

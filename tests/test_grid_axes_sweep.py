@@ -83,8 +83,8 @@ def test_a_rerun_with_another_sampler_trains_nothing_and_draws_a_second_labelled
     import mlflow
 
     args = ["experiment=quickstart", *FAST, "train.learning_rate=1e-3", "train.text_encoder_lr=1e-4"]
-    args += ["render.unet_scales=[0,1]", "render.text_scales=[1]"]
-    assert (first := sweep(tmp_path, *args)).returncode == 0, first.output
+    args += ["render.unet_scales=[1]", "render.text_scales=[1]"]
+    assert (first := sweep(tmp_path, *args, "tracking.enabled=false")).returncode == 0, first.output
     sweep_dir = tmp_path / "quickstart"
     run = RunFolder(sweep_dir / "1e-3;1e-4")
     kept = [*run.pictures(), *(p for p in run.lora_dir.rglob("*") if p.is_file())]
