@@ -120,6 +120,19 @@ def test_the_printed_link_opens_the_jobs_their_curves_and_pictures(
         "the sweep's summary gives the link"
     )
 
+    # the server's REST API (what the UI and any client read) serves the jobs with their params
+    search = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search",
+        data=json.dumps({"experiment_ids": [experiment_id], "max_results": 50}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    served = {r["info"]["run_name"]: r for r in json.load(urllib.request.urlopen(search, timeout=10))["runs"]}
+    assert set(names) <= set(served)
+    for job in jobs:
+        params = {p["key"]: p["value"] for p in served[job.info.run_name]["data"]["params"]}
+        assert params["train.learning_rate"] == job.data.params["train.learning_rate"]
+
     browser.set_window_size(2600, 1400)  # the runs table renders only the columns in view
     browser.get(link)
     body = _wait_for_text(browser, [*names, "train.learning_rate", "objective"])

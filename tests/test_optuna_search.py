@@ -275,3 +275,25 @@ def test_the_report_lists_every_trial_with_its_reports_and_state(searched_twice)
         if t.state == TrialState.PRUNED:
             row = next(r for r in rows if r.startswith(f"| {t.number} |"))
             assert row.rstrip(" |").endswith("pruned") and f"{t.intermediate_values[3]:.4f}" in row
+
+
+@pytest.mark.slow
+def test_the_search_writes_its_best_trial_and_each_job_its_objective(searched_twice):
+    """Hydra's ``optimization_results.yaml`` holds the study's best trial; every finished job's run.json and
+    MLflow run hold its objective."""
+    import yaml
+
+    root, _, _ = searched_twice
+    study = optuna.load_study(study_name="optuna_search", storage=f"sqlite:///{root / 'optuna.db'}")
+    found = sorted((root / "optuna_search" / "_hydra").glob("multirun-*/optimization_results.yaml"))
+    best = yaml.safe_load(found[-1].read_text())  # the second command's: the whole study
+    assert best["best_value"] == pytest.approx(study.best_value)
+    assert best["best_params"] == study.best_params
+    done = {n: r for n, r in run_records(root / "optuna_search").items() if r["status"] == "done"}
+    assert done and all(isinstance(r["result"]["objective"], float) for r in done.values())
+    jobs = {
+        r.info.run_name: r
+        for r in mlflow_runs(root, "optuna_search")
+        if r.data.tags.get("sweep_role") == "job"
+    }
+    assert all("objective" in jobs[name].data.metrics for name in done)

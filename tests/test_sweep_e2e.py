@@ -1,7 +1,6 @@
 """End to end, as a user runs it: ``python -m sweeper -m experiment=quickstart ...`` in a subprocess."""
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -179,54 +178,6 @@ def test_rerunning_the_sweep_skips_everything_finished(quickstart, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in files} == stamps, "nothing finished is rewritten"
     children = [r for r in mlflow_runs(root, "quickstart") if r.data.tags.get("sweep_role") == "job"]
     assert len(children) == 4, "no duplicate MLflow runs"
-
-
-def test_the_mlflow_ui_serves_the_runs_over_http(quickstart, tmp_path):
-    import socket
-    import urllib.request
-
-    root, _ = quickstart
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    store = f"sqlite:///{root.resolve() / 'mlflow.db'}"
-    server = subprocess.Popen(
-        [mlflow, "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow ui did not start"
-                time.sleep(0.5)
-        request = urllib.request.Request(
-            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=quickstart", method="GET"
-        )
-        experiment = json.load(urllib.request.urlopen(request, timeout=10))["experiment"]
-        body = json.dumps({"experiment_ids": [experiment["experiment_id"]], "max_results": 50}).encode()
-        search = urllib.request.Request(
-            f"{base}/api/2.0/mlflow/runs/search",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        runs = json.load(urllib.request.urlopen(search, timeout=10))["runs"]
-        names = {r["info"]["run_name"] for r in runs}
-        assert names >= RUNS
-        child = next(r for r in runs if r["info"]["run_name"] == "2e-3;1e-4")
-        params = {p["key"]: p["value"] for p in child["data"]["params"]}
-        assert float(params["train.learning_rate"]) == 2e-3
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_step_axis_reuse_equals_separate_training(tmp_path, cache_dir):
@@ -461,39 +412,6 @@ def test_missing_evaluation_models_skip_evaluation_with_one_line(tmp_path, cache
     assert len(skipped) == 1 and "eval.dino_model=someone/not-downloaded" in skipped[0]
     run = tmp_path / "quickstart" / "1e-3;1e-4"
     assert len(list(run.glob("*.png"))) == 12 and not (run / "scores.csv").exists()
-
-
-def test_a_metric_driven_search_runs_two_optuna_trials(tmp_path, cache_dir):
-    import yaml
-
-    result = sweep(
-        tmp_path,
-        "experiment=optuna_search",
-        "eval=tiny",
-        "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.report_steps=[2]",
-        "hydra.sweeper.pruner.name=none",
-        "train.max_train_steps=choice(4,6)",
-        "render.num_inference_steps=3",
-        "render.sheet_thumb=64",
-    )
-    assert result.returncode == 0, result.output
-    records = run_records(tmp_path / "optuna_search")
-    assert 1 <= len(records) <= 2 and all(r["status"] == "done" for r in records.values())
-    objectives = [r["result"]["objective"] for r in records.values()]
-    assert all(isinstance(v, float) for v in objectives)
-    (found,) = (tmp_path / "optuna_search" / "_hydra").glob("multirun-*/optimization_results.yaml")
-    best = yaml.safe_load(found.read_text())
-    assert best["best_value"] == pytest.approx(max(objectives))
-    assert set(best["best_params"]) == {
-        "train.learning_rate",
-        "train.text_encoder_lr",
-        "train.max_train_steps",
-        "train.rank",
-    }
-    children = [r for r in mlflow_runs(tmp_path, "optuna_search") if r.data.tags.get("sweep_role") == "job"]
-    assert {r.info.run_name for r in children} == set(records)
-    assert all("objective" in r.data.metrics for r in children)
 
 
 def test_a_rerun_with_more_cells_renders_and_logs_only_the_new_ones(tmp_path, cache_dir):
