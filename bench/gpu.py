@@ -316,8 +316,11 @@ def sdxl_section(
         }
         if script is not None:
             run_dir = work / f"sdxl-reference-gc{int(checkpointing)}"
+            # the SDXL script has no --pre_compute_text_embeddings: it encodes a frozen text encoder's once itself
             flags = [
-                f.replace("{run_dir}", str(run_dir)) for f in reference_args(settings, model_dir, subject_dir)
+                f.replace("{run_dir}", str(run_dir))
+                for f in reference_args(settings, model_dir, subject_dir)
+                if f != "--pre_compute_text_embeddings"
             ]
             flags[flags.index("--mixed_precision") + 1] = "fp16" if device == "cuda" else "no"
             flags += ["--gradient_checkpointing"] if checkpointing else []
