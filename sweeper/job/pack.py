@@ -100,9 +100,10 @@ def run_pack(jobs: list[Job]) -> dict[str, float | None]:
     """
     for job in jobs:
         job.prepare()
-    names = [job.context.run_dir.name for job in jobs]
-    log.info("Training %d configurations together: %s", len(jobs), ", ".join(names))
     until = jobs[0].context.spec.stop_at
+    todo = [job.context.run_dir.name for job in jobs if not job.training.is_trained(until)]
+    if len(todo) > 1:  # a rerun whose LoRAs are trained says so per job (train_together), not this
+        log.info("Training %d configurations together: %s", len(todo), ", ".join(todo))
     loggers: list = [None] * len(jobs)
     logged = [True] * len(jobs)
     if until is None:
@@ -131,4 +132,4 @@ def run_pack(jobs: list[Job]) -> dict[str, float | None]:
         raise PackTrainingFailed(
             "; ".join(f"{jobs[i].context.run_dir.name}: {reason}" for i, reason in failures.items())
         )
-    return {name: job.result.objective for name, job in zip(names, jobs, strict=True)}
+    return {job.context.run_dir.name: job.result.objective for job in jobs}
