@@ -311,34 +311,6 @@ def test_a_lora_folder_of_the_other_family_is_refused_before_anything_trains(
     assert "\n" not in str(refused.value) and "Nothing was changed" in str(refused.value)
 
 
-@pytest.mark.slow  # a sweep of two configurations on the tiny SDXL model, end to end
-def test_the_quickstart_runs_on_the_tiny_sdxl_model_end_to_end(tmp_path, cache_dir):
-    """``experiment=quickstart model=tiny_sdxl debug=fast``: the usual run folders, sheets, report and MLflow runs."""
-    from sweep_cli import FAST, mlflow_runs, run_records, sweep
-
-    grid = ["render.unet_scales=[1]", "render.text_scales=[0,1]"]
-    result = sweep(
-        tmp_path, "experiment=quickstart", "model=tiny_sdxl", *FAST, "train.learning_rate=1e-3", *grid
-    )
-    assert result.returncode == 0, result.output
-    assert "runs alone: an SDXL model" in result.output
-    sweep_dir = tmp_path / "quickstart"
-    records = run_records(sweep_dir)
-    assert set(records) == {"1e-3;1e-5", "1e-3;1e-4"}
-    for name, record in records.items():
-        run = sweep_dir / name
-        assert record["status"] == "done" and record["base_model"].startswith("tiny-sdxl-")
-        assert len(list(run.glob("*.png"))) == len(record["cells"]) == 4  # 2 prompts x 2 text scales
-        assert {p.name for p in (run / "sheets").glob("*.png")} == {"ph_g4.png", "be_g4.png"}
-        keys = load_file(str(run / "lora" / LORA_FILE)).keys()
-        assert {k.split(".")[0] for k in keys} == {"unet", "text_encoder", "text_encoder_2"}
-    assert {p.name for p in (sweep_dir / "sheets").glob("*.png")} == {"ph.png", "be.png"}
-    assert "| `1e-3;1e-4` |" in (sweep_dir / "report.md").read_text()
-    children = [r for r in mlflow_runs(tmp_path, "quickstart") if r.data.tags.get("sweep_role") == "job"]
-    assert sorted(r.info.run_name for r in children) == sorted(records)
-    assert all(r.info.status == "FINISHED" and "dino" in r.data.metrics for r in children)
-
-
 def test_the_second_text_encoders_scales_are_an_axis_of_sdxl_grids_only():
     """``render.text_2_scales`` crosses the grid (``;t2=<scale>`` in the names when several) and is refused
     in one line for a model with one text encoder."""
@@ -360,3 +332,55 @@ def test_the_second_text_encoders_scales_are_an_axis_of_sdxl_grids_only():
     ) as refused:
         build_job(sd_cfg)
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.slow  # a halving search of two configurations on the tiny SDXL model, end to end
+def test_a_halving_search_runs_on_the_tiny_sdxl_model_end_to_end(tmp_path, cache_dir):
+    """``experiment=quickstart model=tiny_sdxl debug=fast`` searched by halving: every configuration scored
+    at the first rung (from its checkpoint), the better one finished with the usual run folder, sheets,
+    report and MLflow run."""
+    import json
+
+    from sweep_cli import FAST, mlflow_runs, run_records, sweep
+
+    halving = [
+        "hparams_search=halving",
+        "hydra.sweeper.eta=2",
+        "hydra.sweeper.rungs=2",
+        "train.max_train_steps=8",
+    ]
+    grid = ["render.unet_scales=[1]", "render.text_scales=[0,1]"]
+    result = sweep(
+        tmp_path,
+        "experiment=quickstart",
+        "model=tiny_sdxl",
+        *FAST,
+        *halving,
+        "train.learning_rate=1e-3",
+        *grid,
+    )
+    assert result.returncode == 0, result.output
+    assert "runs alone: an SDXL model" in result.output
+    sweep_dir = tmp_path / "quickstart"
+    bracket = json.loads((sweep_dir / "bracket.json").read_text())
+    first = bracket["scores"][0]
+    assert set(first) == {"1e-3;1e-5", "1e-3;1e-4"} and bracket["promoted"][0] == [max(first, key=first.get)]
+    (best,) = bracket["promoted"][0]
+    for name in first:
+        assert list((sweep_dir / name / "step-000004").glob("*.png")), "the rung's preview grid"
+        assert (sweep_dir / name / "lora" / LORA_FILE).is_file() == (name == best)
+    record, run = run_records(sweep_dir)[best], sweep_dir / best
+    assert record["status"] == "done" and record["base_model"].startswith("tiny-sdxl-")
+    assert len(list(run.glob("*.png"))) == len(record["cells"]) == 4  # 2 prompts x 2 text scales
+    assert {p.name for p in (run / "sheets").glob("*.png")} >= {"ph_g4.png", "be_g4.png"}
+    keys = load_file(str(run / "lora" / LORA_FILE)).keys()
+    assert {k.split(".")[0] for k in keys} == {"unet", "text_encoder", "text_encoder_2"}
+    assert f"| `{best}` |" in (sweep_dir / "report.md").read_text()
+    jobs = {
+        r.info.run_name: r
+        for r in mlflow_runs(tmp_path, "quickstart")
+        if r.data.tags.get("sweep_role") == "job"
+    }
+    assert (
+        set(jobs) == set(first) and jobs[best].info.status == "FINISHED" and "dino" in jobs[best].data.metrics
+    )
