@@ -44,8 +44,12 @@ class FlatStacks:
 
     def parts(self, buffer) -> list:
         """``buffer`` (``(K, N)``: the data, the gradient or a moment) cut into the stacks' shapes."""
-        k = buffer.shape[0]
-        return [buffer[:, o : o + n].view(k, *shape) for o, n, shape in self.offsets]
+        return [self.part(buffer, i) for i in range(len(self.offsets))]
+
+    def part(self, buffer, i: int):
+        """Stack ``i``'s part of ``buffer``, in its shape (a view)."""
+        o, n, shape = self.offsets[i]
+        return buffer[:, o : o + n].view(buffer.shape[0], *shape)
 
 
 class PackAdamW:
@@ -69,6 +73,10 @@ class PackAdamW:
         self.beta2_t = self._factor(self.beta2)
         self.one_minus_beta2 = self._factor([1 - b for b in self.beta2])
         self.steps = [0] * self.k  # each configuration's own step count (its bias correction; resume)
+        # each stacked tensor's group and index, so a checkpoint finds its moments in one look-up
+        self._where = {
+            id(stack): (g, i) for g, group in enumerate(groups) for i, stack in enumerate(group.stacks)
+        }
 
     def _factor(self, values: list[float]):
         import torch
@@ -107,11 +115,11 @@ class PackAdamW:
 
     def moments_of(self, stack) -> tuple:
         """The ``(exp_avg, exp_avg_sq)`` of one stacked tensor, in its shape (views of the buffers)."""
-        for group, (exp_avg, exp_avg_sq) in zip(self.groups, self.state, strict=True):
-            for i, mine in enumerate(group.stacks):
-                if mine is stack:
-                    return group.parts(exp_avg)[i], group.parts(exp_avg_sq)[i]
-        raise KeyError("not a stack of this pack")
+        if id(stack) not in self._where:
+            raise KeyError("not a stack of this pack")
+        g, i = self._where[id(stack)]
+        exp_avg, exp_avg_sq = self.state[g]
+        return self.groups[g].part(exp_avg, i), self.groups[g].part(exp_avg_sq, i)
 
     def save_into(self, k: int, optimizer, params: list, slices: list) -> None:
         """Put configuration ``k``'s part of the moments into its own ``torch.optim.AdamW``'s state.
