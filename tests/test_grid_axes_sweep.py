@@ -89,11 +89,13 @@ def test_a_rerun_with_another_sampler_trains_nothing_and_draws_a_second_labelled
     run = RunFolder(sweep_dir / "1e-3;1e-4")
     kept = [*run.pictures(), *(p for p in run.lora_dir.rglob("*") if p.is_file())]
     before = {p: p.read_bytes() for p in kept}
+    objective = run.read_record()["result"]["objective"]
     again = sweep(tmp_path, *args, "render.scheduler=euler_a")
     assert again.returncode == 0, again.output
     assert "1e-3;1e-4: LoRA already trained, skipping training." in again.output
     assert "this one (render.scheduler=euler_a) goes to grid-euler_a/" in again.output
     assert {p: p.read_bytes() for p in kept} == before  # nothing trained again, nothing drawn over
+    assert run.read_record()["result"]["objective"] == objective  # the configuration's: its first grid's
     grid = run.other_grid("grid-euler_a")
     assert grid.grid_label() == "render.scheduler=euler_a"
     assert [p.name for p in grid.pictures()] == [p.name for p in run.pictures()]

@@ -206,13 +206,24 @@ class JobGrids:
         return objective
 
     def evaluate(self, result) -> None:
-        """Score every picture not yet in ``scores.csv`` (DINO, CLIP-I, CLIP-T) and set the objective."""
+        """Score every picture not yet in ``scores.csv`` (DINO, CLIP-I, CLIP-T) and set the objective.
+
+        The objective is the run folder's own grid's: a second grid (another sampler, ...) is scored in its
+        folder and leaves the configuration's objective, what searches and the sweep's best read, as it was.
+        """
         job = self.job
         if job.cfg.eval.enabled and job.spec.cells:
             started = time.perf_counter()
             result.objective = self._score_grids(
                 [folder for folder, _ in self._grids(self.home, job.lora_dir)]
             )
+            if self.home != job.folder:
+                from sweeper.job.evaluation import evaluate_run
+
+                first = [GridCell(**c) for c in job.folder.cells()]  # all scored: nothing loads
+                result.objective = evaluate_run(
+                    job.folder.path, first, job.instance_dir, job.cfg, job.spec.model.device
+                )
             result.timings["eval_seconds"] = time.perf_counter() - started
 
     def draw_sheets(self) -> list[Path]:
