@@ -22,7 +22,7 @@ from lora_core.embedded.tiny_eval import (
 from lora_core.embedded.tiny_model import TinyModelSpec, TinySD2Spec, TinySDXLSpec, ensure_tiny_model
 from lora_core.embedded.world_weights import verified_world_dir, world_part
 from lora_core.family import SD, SDXL
-from lora_core.models import ModelSource
+from lora_core.models import ModelSource, model_family
 
 TINY = "tiny"
 TINY_SDXL = "tiny-sdxl"
@@ -48,6 +48,15 @@ def embedded_family(path: str) -> str | None:
     if path in TINY_SPECS:
         return SDXL if TINY_SPECS[path] is TinySDXLSpec else SD
     return None
+
+
+def configured_family(asked: ModelSource) -> str:
+    """The family of the model as configured (``model.*``), without loading or building it.
+
+    The project's own models by name (``embedded_family``), any other by its files
+    (``lora_core.models.model_family``).
+    """
+    return embedded_family(asked.path) or model_family(asked)
 
 
 def base_model(

@@ -176,10 +176,9 @@ def build_job(cfg: DictConfig) -> JobSpec:
 def _check_second_text_encoder(model: ModelSource, scales) -> None:
     """``render.text_2_scales`` needs a model with a second text encoder (SDXL)."""
     from lora_core.family import SDXL
-    from lora_core.models import model_family
-    from sweeper.config.embedded_models import embedded_family
+    from sweeper.config.embedded_models import configured_family
 
-    if (embedded_family(model.path) or model_family(model)) != SDXL:
+    if configured_family(model) != SDXL:
         raise UserInputError(
             f"render.text_2_scales={list(scales)}: model.path={model.path} has one text encoder (SD 1.x / 2.x); "
             "the second text encoder's scales are for SDXL models. Leave render.text_2_scales unset."

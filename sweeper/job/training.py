@@ -20,10 +20,10 @@ from lora_core.models import dtype_name, model_identity
 from lora_core.training import find_checkpoint, incompatibility, list_checkpoints, train_lora
 from lora_core.training.checkpoint import read_checkpoint_identity
 from lora_core.training.loss_log import read_rows
+from sweeper.config.embedded_models import configured_family
 from sweeper.disk.layout import SweepFolder
 from sweeper.job.context import JobContext
 from sweeper.job.preemption import HeldSignals
-from sweeper.planning.packs import spec_family
 from sweeper.tracking.tracker import StepLogger
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,9 @@ class JobTraining:
         }
         if job.spec.settings.caption_mode != "instance_prompt":  # captions are read from files: hash them
             identity["captions"] = captions_digest(job.spec.read_captions(job.instance_dir))
-        if (family := spec_family(job.spec)) != SD:  # SD 1.x / 2.x identities say nothing (as before SDXL)
+        if (
+            family := configured_family(job.spec.model)
+        ) != SD:  # SD 1.x / 2.x identities say nothing (as before SDXL)
             identity["family"] = family
         return identity
 

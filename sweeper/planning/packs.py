@@ -15,9 +15,9 @@ from dataclasses import fields
 
 from lora_core.errors import UserInputError
 from lora_core.family import SDXL
-from lora_core.models import model_family
 from lora_core.packs import PACKABLE_FIELDS, pack_capacity, pack_refusal
 from lora_core.settings import TrainSettings
+from sweeper.config.embedded_models import configured_family
 from sweeper.config.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -47,18 +47,11 @@ def pack_size_setting(value) -> int | None:
     return size
 
 
-def spec_family(spec: JobSpec) -> str:
-    """The job's model family (``lora_core.family``) without loading or building it."""
-    from sweeper.config.embedded_models import embedded_family
-
-    return embedded_family(spec.model.path) or model_family(spec.model)
-
-
 def lone_reason(spec: JobSpec) -> str | None:
     """Why this configuration cannot train in any pack, in one line; None when it can."""
     if spec.stop_at is not None:
         return None
-    if spec_family(spec) == SDXL:
+    if configured_family(spec.model) == SDXL:
         return "an SDXL model: packs train SD 1.x / 2.x so far; this configuration runs alone"
     return pack_refusal([spec.settings])
 
