@@ -62,9 +62,27 @@ def encode(encoders: list, ids: list):
     return torch.cat(hidden, dim=-1), pooled
 
 
-def time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], target: int) -> list[int]:
-    """SDXL's six size and crop conditioning numbers: original (h, w), crop (top, left), target (h, w)."""
-    return [*original_size, *crop_top_left, target, target]
+def picture_time_ids(pictures: list, resolution: int):
+    """SDXL's six size and crop conditioning numbers of each picture: original (h, w), crop (top, left), target.
+
+    A picture's own come from its ``info`` (``lora_core.data.subject.fit_to_resolution`` keeps them); one
+    without (a generated class picture) was drawn at ``resolution``, uncropped.
+
+    Returns:
+        A float32 CPU tensor, one row of six per picture.
+    """
+    import torch
+
+    rows = [
+        [
+            *p.info.get("original_size", (resolution, resolution)),
+            *p.info.get("crop_top_left", (0, 0)),
+            resolution,
+            resolution,
+        ]
+        for p in pictures
+    ]
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 def crop_conditioning(size: tuple[int, int], resolution: int, center_crop: bool) -> tuple[tuple, tuple]:

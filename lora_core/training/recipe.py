@@ -18,7 +18,7 @@ from lora_core.adapters import (
     write_adapter_files,
 )
 from lora_core.errors import UserInputError
-from lora_core.family import SD, SDXL, family_of, text_encoders, time_ids
+from lora_core.family import SD, SDXL, family_of, picture_time_ids, text_encoders
 from lora_core.optimizers import check_optimizer, make_optimizer, make_schedule, set_optimizer_mode
 from lora_core.settings import TrainSettings
 from lora_core.training.checkpoint import (
@@ -175,7 +175,9 @@ class LoraTrainer:
         frozen = all(config is None for config in self.configs[1:])
         self.prompts = PromptTable(self.pipe, self.device, prompts, self.captions, frozen)
         self.latents = LatentCache(self.pipe.vae, self.device, pictures, s.random_flip)
-        self.time_ids = picture_time_ids(self.pipe, pictures, s.resolution, self.device)
+        # SDXL's size and crop conditioning of each training picture (none for SD 1.x / 2.x)
+        sdxl = family_of(self.pipe) == SDXL
+        self.time_ids = picture_time_ids(pictures, s.resolution).to(self.device) if sdxl else None
         n_class = len(self.class_images or [])
         self.batches = MicroBatches(s, self.prompts, self.latents, self.n_instance, n_class)
         self.validation = None
@@ -433,27 +435,6 @@ def parameter_groups(pipe, s: TrainSettings) -> list[dict]:
     if family_of(pipe) == SDXL and s.trains_text_encoder_2:
         groups.append({"params": _trainable(pipe.text_encoder_2), "lr": s.text_encoder_2_rate})
     return groups
-
-
-def picture_time_ids(pipe, pictures: list, resolution: int, device):
-    """SDXL's size and crop conditioning of each training picture (None for SD 1.x / 2.x).
-
-    A subject picture's comes from its file (``lora_core.data.subject.fit_to_resolution`` keeps it); a
-    generated class picture was drawn at ``resolution`` uncropped.
-    """
-    import torch
-
-    if family_of(pipe) != SDXL:
-        return None
-    rows = [
-        time_ids(
-            p.info.get("original_size", (resolution, resolution)),
-            p.info.get("crop_top_left", (0, 0)),
-            resolution,
-        )
-        for p in pictures
-    ]
-    return torch.tensor(rows, dtype=torch.float32, device=device)
 
 
 def added_conditioning(pooled, table, rows: list[int], dtype) -> dict | None:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from lora_core.family import time_ids
+from lora_core.family import picture_time_ids
 from lora_core.training.objective import denoising_target
 
 
@@ -47,18 +47,7 @@ class ValidationSet:
         self.scheduler = scheduler
         self.sources = rows  # each triple's picture: a held-out one, else a subject picture
         # SDXL's size and crop conditioning of the held-out pictures (the subject's are the training's)
-        self.held_out = None
-        if images:
-            size = settings.resolution
-            self.held_out = torch.tensor(
-                [
-                    time_ids(
-                        p.info.get("original_size", (size, size)), p.info.get("crop_top_left", (0, 0)), size
-                    )
-                    for p in images
-                ],
-                dtype=torch.float32,
-            )
+        self.held_out = picture_time_ids(images, settings.resolution) if images else None
 
     def loss(self, unet, unet_dtype, prompts, time_ids=None) -> float:
         """Denoising loss of ``unet`` (as it is: the caller holds the weights and modes) on the triples.
