@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sweeper.disk.layout import EMA_GRID_DIR, GRID_PREFIX, RunFolder, SweepFolder
-from sweeper.disk.naming import axis_name, format_number, text_2_label
+from sweeper.disk.naming import TEXT_2_PREFIX, axis_name, format_number, text_2_label
 from sweeper.disk.results import grid_results, load_results
 from sweeper.planning.grid import SHEET_AXES, GridCell, first_images
 from sweeper.views.drawing import axes_sheet, save_sheet, sweep_sheet
@@ -96,8 +96,7 @@ def grid_title(folder: RunFolder) -> str:
 
 def _axes_words(cell: GridCell) -> list[str]:
     """The cell's values of its grid's other axes, in words for a title (``sampler euler_a``, ``30 steps``)."""
-    words = {"steps": "{} steps", "sampler": "sampler {}", "text_2": "second text encoder {}"}
-    return [words[axis_name(v)].format(v.removeprefix("t2=")) for v in cell.axes]
+    return [_axis_word(axis_name(v), v.removeprefix(TEXT_2_PREFIX)) for v in cell.axes]
 
 
 def draw_sweep_sheets(sweep_dir: Path, thumb: int) -> list[Path]:
