@@ -240,3 +240,37 @@ def browser():
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     yield driver
     driver.quit()
+
+
+# ---- the kohya / LyCORIS export, rebuilt with the formulas A1111, ComfyUI and LyCORIS apply --------------
+def kohya_rebuild(tensors: dict, name: str, weight):
+    """The weight a LyCORIS-style reader makes of one module of the export (written out here, not peft's)."""
+    import torch
+
+    t = {k[len(name) + 1 :]: v.double() for k, v in tensors.items() if k.startswith(name + ".")}
+    alpha, w = t["alpha"].item(), weight.double()
+    if "hada_w1_a" in t:
+        rank = t["hada_w1_b"].shape[0]
+        delta = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) * alpha / rank
+        return w + delta.reshape(w.shape)
+    if "lokr_w1" in t:
+        if "lokr_w2" in t:  # no low-rank factor: scale 1
+            w2, scale = t["lokr_w2"], 1.0
+        else:
+            w2, scale = t["lokr_w2_a"] @ t["lokr_w2_b"], alpha / t["lokr_w2_b"].shape[0]
+        w1 = t["lokr_w1"] if w2.dim() == 2 else t["lokr_w1"][:, :, None, None]
+        return w + (torch.kron(w1, w2) * scale).reshape(w.shape)
+    down, up = t["lora_down.weight"], t["lora_up.weight"]
+    merged = w + ((up.flatten(1) @ down.flatten(1)) * alpha / down.shape[0]).reshape(w.shape)
+    if "dora_scale" in t:  # magnitude per output channel (LyCORIS wd_on_out)
+        norm = merged.flatten(1).norm(dim=1).reshape(-1, *[1] * (w.dim() - 1))
+        merged = t["dora_scale"] * merged / norm
+    return merged
+
+
+def kohya_name(prefix: str, module: str) -> str:
+    """A peft module's kohya name: ``lora_unet_...``, or a text encoder's (``lora_te_``, ``lora_te1_``,
+    ``lora_te2_``) under ``text_model`` as A1111 and kohya name it."""
+    if prefix.startswith("lora_te") and not module.startswith("text_model."):
+        module = f"text_model.{module}"
+    return prefix + module.replace(".", "_")

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import SIZE, render, train_both_adapters
+from conftest import SIZE, kohya_name, kohya_rebuild, render, train_both_adapters
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
@@ -85,37 +85,7 @@ def test_grid_renderer_fuses_lycoris_kinds_like_it_renders_them_unfused(
     assert np.abs(pictures[True][1.0] - pictures[True][0.0]).mean() > 0.1  # the UNet scale matters
 
 
-# ---- the kohya / LyCORIS export, rebuilt with the formulas A1111, ComfyUI and LyCORIS apply --------------
-def _rebuild(tensors: dict, name: str, weight: torch.Tensor) -> torch.Tensor:
-    """The weight a LyCORIS-style reader makes of one module of the export (written out here, not peft's)."""
-    t = {k[len(name) + 1 :]: v.double() for k, v in tensors.items() if k.startswith(name + ".")}
-    alpha, w = t["alpha"].item(), weight.double()
-    if "hada_w1_a" in t:
-        rank = t["hada_w1_b"].shape[0]
-        delta = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) * alpha / rank
-        return w + delta.reshape(w.shape)
-    if "lokr_w1" in t:
-        if "lokr_w2" in t:  # no low-rank factor: scale 1
-            w2, scale = t["lokr_w2"], 1.0
-        else:
-            w2, scale = t["lokr_w2_a"] @ t["lokr_w2_b"], alpha / t["lokr_w2_b"].shape[0]
-        w1 = t["lokr_w1"] if w2.dim() == 2 else t["lokr_w1"][:, :, None, None]
-        return w + (torch.kron(w1, w2) * scale).reshape(w.shape)
-    down, up = t["lora_down.weight"], t["lora_up.weight"]
-    merged = w + ((up.flatten(1) @ down.flatten(1)) * alpha / down.shape[0]).reshape(w.shape)
-    if "dora_scale" in t:  # magnitude per output channel (LyCORIS wd_on_out)
-        norm = merged.flatten(1).norm(dim=1).reshape(-1, *[1] * (w.dim() - 1))
-        merged = t["dora_scale"] * merged / norm
-    return merged
-
-
-def _kohya_name(model_name: str, module: str) -> str:
-    if model_name == "text_encoder":
-        module = module if module.startswith("text_model.") else f"text_model.{module}"
-        return "lora_te_" + module.replace(".", "_")
-    return "lora_unet_" + module.replace(".", "_")
-
-
+# ---- the kohya / LyCORIS export, rebuilt with the formulas A1111, ComfyUI and LyCORIS apply (conftest) --
 @pytest.mark.parametrize("kind", KINDS)
 def test_kohya_export_rebuilds_every_adapted_weight(kind, pipe, subject_images, settings, tmp_path):
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -134,8 +104,8 @@ def test_kohya_export_rebuilds_every_adapted_weight(kind, pipe, subject_images, 
                 module.merge(adapter_names=[ADAPTER_NAME])  # peft's own adapted weight
                 adapted = module.get_base_layer().weight.detach().clone()
                 module.unmerge()
-                name = _kohya_name(model_name, module_name)
-                rebuilt = _rebuild(exported, name, base)
+                name = kohya_name({"unet": "lora_unet_", "text_encoder": "lora_te_"}[model_name], module_name)
+                rebuilt = kohya_rebuild(exported, name, base)
                 torch.testing.assert_close(rebuilt.float(), adapted, atol=2e-6, rtol=1e-5, msg=name)
                 assert not torch.equal(adapted, base), name  # a trained module: the check could fail
                 checked.add(name)

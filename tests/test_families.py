@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import SIZE
+from conftest import SIZE, kohya_name, kohya_rebuild
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -61,12 +61,6 @@ def _trained_modules(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
 
 
-def _rebuild(tensors: dict, name: str, weight: torch.Tensor) -> torch.Tensor:
-    down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
-    alpha = tensors[f"{name}.alpha"]
-    return weight + ((up.flatten(1) @ down.flatten(1)) * alpha / down.shape[0]).reshape(weight.shape)
-
-
 def _kohya_rebuilds(pipe, exported: dict) -> set[str]:
     """Check that every kohya module rebuilds its live adapted weight; returns the modules checked."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -83,11 +77,9 @@ def _kohya_rebuilds(pipe, exported: dict) -> set[str]:
             module.merge(adapter_names=[ADAPTER_NAME])  # peft's own adapted weight
             adapted = module.get_base_layer().weight.detach().clone()
             module.unmerge()
-            wrapped = component == "unet" or module_name.startswith("text_model.")
-            name = prefix + (module_name if wrapped else f"text_model.{module_name}").replace(".", "_")
-            torch.testing.assert_close(
-                _rebuild(exported, name, base), adapted, atol=2e-6, rtol=1e-5, msg=name
-            )
+            name = kohya_name(prefix, module_name)
+            rebuilt = kohya_rebuild(exported, name, base).float()
+            torch.testing.assert_close(rebuilt, adapted, atol=2e-6, rtol=1e-5, msg=name)
             if torch.equal(adapted, base):
                 untrained.add(name)
             checked.add(name)
