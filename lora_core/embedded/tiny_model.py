@@ -205,45 +205,20 @@ def sdxl_shaped_spec(seed: int = 0) -> TinySDXLSpec:
 
 
 @dataclass(frozen=True)
-class TinySD2Spec:
-    """Sizes of the tiny SD-2.x-shaped pipeline: the SD 1.x one with SD 2's differences.
+class TinySD2Spec(TinyModelSpec):
+    """Sizes of the tiny SD-2.x-shaped pipeline: the SD 1.x one (``TinyModelSpec``) with SD 2's differences.
 
     Linear projections in the UNet's transformers, attention heads per block, an OpenCLIP-style text encoder
     (``gelu`` instead of ``quick_gelu``, a tokenizer that pads with ``!``), and a v-prediction scheduler.
 
-    Attributes:
-        seed: Seed of the random weights; the same seed gives the same weights, bit for bit.
-        unet_channels: UNet block widths (one down/up block per entry).
-        layers_per_block: ResNet layers per UNet block.
+    Attributes (besides ``TinyModelSpec``'s):
         attention_head_dim: UNet attention per block, as SD 2's config gives it; diffusers reads it as the
             number of heads (SD 2: 5, 10, 20, 20 heads of 64).
-        cross_attention_dim: Width of the text embeddings the UNet attends to (= text hidden size).
-        text_layers: Text encoder layers.
-        text_heads: Text encoder attention heads.
-        text_intermediate: Text encoder MLP width.
-        vae_channels: VAE block widths; the VAE downsamples by 2 ** (len - 1).
-        vae_layers_per_block: ResNet layers per VAE block.
-        resolution: Default image size in pixels.
-        sd_layout: Use Stable Diffusion's block order (cross-attention in every block but the deepest)
-            instead of diffusers' tiny-test order (cross-attention in every block but the first).
         upcast_attention: Compute attention scores in float32 (SD 2.1's UNet asks for it; a no-op in float32).
-        vocab_size: Text-embedding rows; None for exactly the byte-level vocabulary (514).
     """
 
-    seed: int = 0
-    unet_channels: tuple[int, ...] = (32, 64)
-    layers_per_block: int = 2
     attention_head_dim: tuple[int, ...] = (2, 4)
-    cross_attention_dim: int = 32
-    text_layers: int = 5
-    text_heads: int = 4
-    text_intermediate: int = 37
-    vae_channels: tuple[int, ...] = (32, 64)
-    vae_layers_per_block: int = 1
-    resolution: int = 64
-    sd_layout: bool = False
     upcast_attention: bool = True
-    vocab_size: int | None = None
 
     family: ClassVar[str] = "sd2"
 
