@@ -25,7 +25,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 from pathlib import Path
 
@@ -195,13 +195,20 @@ class GridRenderer:
     def render(self, cells: Iterable[RenderCell]) -> Iterator[tuple[RenderCell, object]]:
         """Render cells, grouped for speed; yields (cell, PIL image) as each batch finishes.
 
+        Cells that draw the same picture (their scales differ only for a model part the adapter does not
+        adapt, e.g. the text-encoder scale of a LoRA that left the text encoder frozen) are rendered once.
+
         Args:
             cells: The cells (any order).
 
         Yields:
             Each cell with its picture.
         """
-        cells = list(cells)
+        parts = adapter_parts(self.pipe, ADAPTER_NAME) if self.lora is not None else set()
+        drawn_by: dict[RenderCell, list[RenderCell]] = {}  # cells that draw the same picture, rendered once
+        for cell in cells:
+            drawn_by.setdefault(same_picture(cell, parts), []).append(cell)
+        cells = list(drawn_by)
         embeds = self._prompt_embeddings(cells)  # shared by every sampler and step count
         options = self.options
         for (sampler, _), by_sampling in groupby(sorted(cells, key=sampling_key), key=sampling_key):
@@ -213,7 +220,8 @@ class GridRenderer:
                 size = batch_size(options, self.pipe.device)
                 for start in range(0, len(group), size):
                     batch = group[start : start + size]
-                    yield from zip(batch, self._render_batch(batch, guidance, embeds), strict=True)
+                    for drawn, image in zip(batch, self._render_batch(batch, guidance, embeds), strict=True):
+                        yield from ((cell, image) for cell in drawn_by[drawn])
 
     # ---- prompt embeddings -------------------------------------------------------------------------------
     def _prompt_embeddings(self, cells: list[RenderCell]) -> dict:
@@ -302,10 +310,29 @@ def set_adapter_scales(pipe, name: str, unet: float, text: float, text_2: float 
 
     SDXL's second text encoder takes ``text_2``, or ``text`` when None.
     """
-    parts = {part for part, names in pipe.get_list_adapters().items() if name in names}
+    parts = adapter_parts(pipe, name)
     scales = (("unet", unet), ("text_encoder", text), ("text_encoder_2", text if text_2 is None else text_2))
     weights = {part: w for part, w in scales if part in parts}
     pipe.set_adapters([name], adapter_weights=[weights])
+
+
+def adapter_parts(pipe, name: str) -> set[str]:
+    """The pipeline's parts (``unet``, ``text_encoder``, ``text_encoder_2``) that adapter ``name`` adapts."""
+    return {part for part, names in pipe.get_list_adapters().items() if name in names}
+
+
+def same_picture(cell: RenderCell, parts: set[str]) -> RenderCell:
+    """The cell that draws ``cell``'s picture with an adapter of ``parts`` (the model parts it adapts).
+
+    A part's scale is 0 where the adapter has nothing in that part to scale: it changes nothing there.
+    """
+    text, text_2 = cell.text_scales
+    return replace(
+        cell,
+        unet_scale=cell.unet_scale if "unet" in parts else 0.0,
+        text_scale=text if "text_encoder" in parts else 0.0,
+        text_2_scale=text_2 if "text_encoder_2" in parts else 0.0,
+    )
 
 
 def encode_prompts(pipe, prompts: list[str], negative_prompt: str) -> dict:

@@ -375,13 +375,29 @@ def test_checkpoints_of_a_pack_and_of_a_lone_run_continue_in_either(pipe, subjec
 
 
 @pytest.mark.slow  # three trainings, their grids rendered alone and together
-def test_a_packs_grids_render_together_as_each_alone(pipe, subject_images, settings, tmp_path):
+def test_a_packs_grids_render_together_as_each_alone(pipe, subject_images, settings, tmp_path, monkeypatch):
     """Cells of several LoRAs in one denoising call, each with its own adapter and scales: within 1/255
-    (measured: at most 1 of 255, on the largest pixel)."""
+    (measured: at most 1 of 255, on the largest pixel). A picture that several cells draw is drawn once."""
     from itertools import product
 
+    import lora_core.packs.render
+    import lora_core.render
     from lora_core.packs.render import PackRenderer
     from lora_core.render import GridRenderer, RenderCell, RenderOptions
+
+    drawn = []  # pictures the pipeline drew, per renderer call
+
+    def counted(module):
+        real = module.render_pictures
+
+        def render_pictures(pipe, options, cells, *args):
+            drawn[-1] += len(cells)
+            return real(pipe, options, cells, *args)
+
+        monkeypatch.setattr(module, "render_pictures", render_pictures)
+
+    counted(lora_core.render)
+    counted(lora_core.packs.render)
 
     configs = [
         settings(learning_rate=3e-2, max_train_steps=4),
@@ -400,16 +416,29 @@ def test_a_packs_grids_render_together_as_each_alone(pipe, subject_images, setti
     before = render(pipe)
     alone = {}
     for k, lora in enumerate(loras):
+        drawn.append(0)
         with GridRenderer(pipe, lora, options) as renderer:
             alone |= {
                 (k, cell): np.asarray(image, dtype=np.float32) for cell, image in renderer.render(cells)
             }
+    drawn.append(0)
     with PackRenderer(pipe, loras, options) as renderer:
         together = {
             (k, cell): np.asarray(image, dtype=np.float32)
             for k, cell, image in renderer.render([(k, c) for k in range(3) for c in cells])
         }
     assert together.keys() == alone.keys()
+    # the first LoRA left the text encoder frozen: its text scale changes nothing, its 24 cells draw 12
+    # pictures; together, the 4 cells at UNet and text scale 0 (2 prompts x 2 guidances) draw the base model's
+    # picture once for all three: 4 + 8 of the first (UNet 0.5, 1) + 2 x 20 of the others (all but the base's)
+    assert drawn == [12, 24, 24, 52]
+    for u, prompt, g in product([0, 0.5, 1], ["a photo of ktn cat"], [1, 4]):
+        for pictures in (alone, together):
+            same = [pictures[(0, RenderCell(prompt, u, t, g, seed=11))] for t in (0, 1)]
+            np.testing.assert_array_equal(*same)
+    base = [together[(k, RenderCell("a photo of ktn cat", 0, 0, 4, seed=11))] for k in range(3)]
+    np.testing.assert_array_equal(base[0], base[1])
+    np.testing.assert_array_equal(base[0], base[2])
     assert max(np.abs(together[key] - alone[key]).max() for key in alone) <= 1  # of 255
     # the two adapters draw differently, so each picture had its own
     assert max(np.abs(alone[(0, c)] - alone[(1, c)]).max() for c in cells if c.unet_scale) > 10

@@ -19,11 +19,13 @@ from lora_core.packs.layers import RowRouting, replace_layer, restore_layers, ro
 from lora_core.render import (
     RenderCell,
     RenderOptions,
+    adapter_parts,
     batch_size,
     encode_prompts,
     load_adapter,
     quiet_adapter_loading,
     render_pictures,
+    same_picture,
     sampler_of,
     sampling_key,
     set_adapter_scales,
@@ -85,8 +87,20 @@ class PackRenderer:
 
     # ---- public ------------------------------------------------------------------------------------------
     def render(self, cells: Iterable[tuple[int, RenderCell]]) -> Iterator[tuple[int, RenderCell, object]]:
-        """Render (configuration index, cell) pairs; yields (index, cell, PIL image) as each batch finishes."""
-        cells = list(cells)
+        """Render (configuration index, cell) pairs; yields (index, cell, PIL image) as each batch finishes.
+
+        A picture is rendered once for all the pairs that draw it: a configuration's cells whose scales differ
+        only where its adapter has nothing to scale (``render.same_picture``), and every configuration's cells
+        at UNet and text-encoder scale 0, which draw the base model's picture.
+        """
+        parts = [adapter_parts(self.pipe, name) for name in self.names]
+        drawn_by: dict[tuple, list[tuple[int, RenderCell]]] = {}
+        for k, cell in cells:
+            same = same_picture(cell, parts[k])
+            base = same.unet_scale == 0 and same.text_scales == (0, 0)  # no adapter adds anything
+            drawn_by.setdefault((None if base else k, same), []).append((k, cell))
+        members = {(pairs[0][0], same): pairs for (_, same), pairs in drawn_by.items()}
+        cells = list(members)
         embeds = self._prompt_embeddings(cells)
         self._unload()  # the text encoders' adapters are done; the UNet's become packed layers
         self._install_layers()
@@ -98,7 +112,8 @@ class PackRenderer:
             for start in range(0, len(group), size):
                 batch = group[start : start + size]
                 images = self._render_batch(batch, guidance, embeds)
-                yield from ((k, cell, image) for (k, cell), image in zip(batch, images, strict=True))
+                for drawn, image in zip(batch, images, strict=True):
+                    yield from ((k, cell, image) for k, cell in members[drawn])
 
     # ---- prompt embeddings -------------------------------------------------------------------------------
     def _prompt_embeddings(self, cells: list[tuple[int, RenderCell]]) -> dict:
