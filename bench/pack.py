@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     """Print seconds per configuration-step at each pack size and the ratio to one configuration alone."""
     parser = argparse.ArgumentParser(prog="python -m bench pack")
     parser.add_argument("--model", default="world", help="world (the shipped model) or tiny (offline)")
-    parser.add_argument("--sizes", default="1,2,4,8")
+    parser.add_argument("--sizes", default="1,2,4,8,16")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="10 steps, 1 round, sizes 1,4; short sweeps")

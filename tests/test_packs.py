@@ -142,6 +142,34 @@ def test_locon_configurations_pack_like_alone(pipe, subject_images, settings, tm
 
 
 @pytest.mark.slow  # several configurations trained twice: in a pack and alone
+def test_dora_configurations_pack_like_alone(pipe, subject_images, settings, tmp_path):
+    """DoRA: each configuration's magnitudes in a third stack, its row norms of ``W + s B A`` its own; adapter
+    dropout takes peft's other path (the base layer on the dropped input)."""
+    dora = dict(adapter_kind="dora")
+    configs = [
+        dict(dora, validation_every=3),
+        dict(dora, rank=8, alpha=4.0, learning_rate=3e-3, seed=5, text_encoder_lr=1e-3),
+        dict(dora, dropout=0.2, seed=6, text_encoder_lr=1e-3, adam_weight_decay=0.1),
+    ]
+    pairs = _differences(pipe, subject_images, settings, tmp_path, configs)
+    _assert_each_as_alone(pairs, configs)
+    packed = load_file(str(pairs[1][0].lora_path))
+    magnitudes = [k for k in packed if "lora_magnitude_vector" in k]
+    assert magnitudes and any(k.startswith("text_encoder.") for k in magnitudes)
+    # the magnitudes trained (they start as the base weight's row norms, which the pack does not keep)
+    start = {n: m.weight.norm(dim=1) for n, m in pipe.unet.named_modules() if isinstance(m, torch.nn.Linear)}
+    moved = [
+        (packed[k] - start[name]).abs().max()
+        for k in magnitudes
+        if k.startswith("unet.")
+        and (name := k.removeprefix("unet.").rsplit(".lora_magnitude_vector", 1)[0]) in start
+    ]
+    assert moved and max(moved) > 1e-4
+    pictures = [_render_with(pipe, r.output_dir) for r in pairs[1]]
+    assert np.abs(pictures[0] - pictures[1]).max() <= 2 / 255
+
+
+@pytest.mark.slow  # several configurations trained twice: in a pack and alone
 def test_prior_preservation_weights_and_adafactor_pack_like_alone(pipe, subject_images, settings, tmp_path):
     prior = dict(with_prior_preservation=True, class_prompt="a photo of a cat", num_class_images=2)
     configs = [
@@ -250,7 +278,7 @@ def test_a_pack_leaves_the_shared_pipeline_as_it_found_it(pipe, subject_images, 
     ("change", "reason"),
     [
         (dict(adapter_kind="loha"), "lora.kind=loha"),
-        (dict(adapter_kind="dora"), "lora.kind=dora"),
+        (dict(adapter_kind="dora"), "lora.kind differs"),
         (dict(conv_target_modules=("conv1",)), "lora.conv_target_modules differs"),
         (dict(resolution=2 * SIZE), "train.resolution differs"),
         (dict(train_batch_size=2), "train.train_batch_size differs"),

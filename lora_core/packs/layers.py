@@ -99,6 +99,10 @@ class PackRouting:
                 parts[i] = parts[i] * mask
         return torch.cat(parts)
 
+    def dropped(self) -> list[bool]:
+        """Per active configuration, in slice order: whether its slice goes through its own dropout."""
+        return [k in self.dropout for k in self.active]
+
     @contextlib.contextmanager
     def dropout_as_global(self, k: int):
         """Hold configuration ``k``'s dropout generator as the global one (what a checkpoint saves and loads)."""
@@ -122,9 +126,14 @@ def packed_linear_class():
     """The ``PackedLinear`` module class (defined once, on first use: importing this module needs no torch)."""
     import torch
     from torch import nn
+    from torch.nn import functional
 
     class PackedLinear(nn.Module):
         """A frozen linear layer plus one low-rank adapter per configuration, each on its batch slice.
+
+        With ``magnitude`` the adapters are DoRA's, computed as peft's ``DoraLinearLayer`` does alone: each
+        output row of ``W + s B A`` rescaled to its learned magnitude, the row norms held constant in the
+        backward pass (the DoRA paper's section 4.3).
 
         Args:
             base: The frozen layer.
@@ -133,24 +142,52 @@ def packed_linear_class():
                 padded; zeros for a configuration that does not adapt this model).
             lora_b: Every configuration's ``B``, ``(K, out, R)``.
             scales: Each configuration's alpha / rank.
+            magnitude: DoRA: every configuration's magnitudes, ``(K, out)``; None for LoRA.
         """
 
-        def __init__(self, base: nn.Linear, routing: PackRouting, lora_a, lora_b, scales: list[float]):
+        def __init__(
+            self, base: nn.Linear, routing: PackRouting, lora_a, lora_b, scales: list[float], magnitude=None
+        ):
             super().__init__()
             self.base, self.routing = base, routing
             self.lora_A, self.lora_B = lora_a, lora_b  # (K, R, in), (K, out, R); trained by the pack
+            self.magnitude = magnitude  # (K, out) or None; trained by the pack
             self.scales = torch.tensor(scales, dtype=lora_a.dtype, device=lora_a.device).view(-1, 1, 1)
 
         def forward(self, x):
             y = self.base(x)  # the frozen layer takes the undropped input
-            inputs = self.routing.adapter_inputs(x, self.training, self.lora_A, self.lora_B, self.scales)
+            stacks = (self.lora_A, self.lora_B, self.scales)
+            if self.magnitude is not None:
+                stacks += (self.magnitude,)
+            inputs = self.routing.adapter_inputs(x, self.training, *stacks)
             if inputs is None:
                 return y
+            if self.magnitude is not None:
+                return y + self._dora(y, *inputs).reshape(y.shape).to(y.dtype)
             a, b, scales, x = inputs
             slices = x.reshape(a.shape[0], -1, x.shape[-1]).to(a.dtype)  # (K, rows of a slice, in)
             # the scale goes on A, the smallest tensor, rather than on the (K, rows, out) product
             delta = torch.bmm(torch.bmm(slices, (a * scales).transpose(1, 2)), b.transpose(1, 2))
             return y + delta.reshape(y.shape).to(y.dtype)
+
+        def _dora(self, y, a, b, scales, magnitude, x):
+            """DoRA's addition to the base output, ``(K, rows of a slice, out)``, ``x`` through each dropout."""
+            k, weight, bias = a.shape[0], self.base.weight, self.base.bias
+            with torch.no_grad():  # ||W + s B A|| of each output row, a constant for the backward pass
+                lora_weight = torch.bmm(b, a).to(x.dtype)  # (K, out, in)
+                norm = torch.linalg.norm(weight.to(x.dtype) + scales.to(x.dtype) * lora_weight, dim=2)
+            scale = (magnitude / norm).unsqueeze(1)  # (K, 1, out)
+            slices = x.reshape(k, -1, x.shape[-1])
+            lora = torch.bmm(torch.bmm(slices.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2))
+            # the base output without its bias: the frozen layer's own, or (alone with dropout, as peft
+            # does) the layer on the dropped input
+            base = (y if bias is None else y - bias).reshape(k, -1, y.shape[-1])
+            dropped = self.routing.dropped() if self.training else []
+            if any(dropped):
+                on_dropped = functional.linear(slices, weight)
+                where = torch.tensor(dropped, device=y.device).view(-1, 1, 1)
+                base = torch.where(where, on_dropped, base)
+            return (scale - 1) * base + scale * lora * scales
 
     return PackedLinear
 

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-AUTO_MAX = 8  # the largest pack the bench measures; on 2 CPU cores 8 trains at 0.32x a configuration
+AUTO_MAX = 16  # the largest pack the bench measures (bench pack --sizes 1,2,4,8,16)
 # Bytes of activations per sample, per latent pixel, per unit of UNet width (sum of block widths x layers
 # per block), fp32: measured on the world model at 64 px on the CPU (bench pack's memory part: the peak
 # resident memory grows by 10.0 MiB per configuration, 183 bytes per pixel and width), rounded up.

@@ -35,18 +35,20 @@ def initial_adapter(pipe, settings) -> tuple[dict, dict, object]:
 
 
 def lora_weights(model) -> dict:
-    """``{layer name: (A, B, alpha / rank)}`` of the training adapter peft attached to ``model``."""
+    """``{layer name: (A, B, alpha / rank[, magnitude])}`` of the training adapter peft attached to ``model``.
+
+    DoRA's layers have a fourth entry: the magnitude of each output row, ``(out,)``.
+    """
     from peft.tuners.lora import LoraLayer
 
-    return {
-        name: (
-            m.lora_A[ADAPTER_NAME].weight.detach().clone(),
-            m.lora_B[ADAPTER_NAME].weight.detach().clone(),
-            float(m.scaling[ADAPTER_NAME]),
-        )
-        for name, m in model.named_modules()
-        if isinstance(m, LoraLayer) and ADAPTER_NAME in m.lora_A
-    }
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, LoraLayer) and ADAPTER_NAME in m.lora_A:
+            a, b = (part[ADAPTER_NAME].weight.detach().clone() for part in (m.lora_A, m.lora_B))
+            out[name] = (a, b, float(m.scaling[ADAPTER_NAME]))
+            if ADAPTER_NAME in m.lora_magnitude_vector:
+                out[name] += (m.lora_magnitude_vector[ADAPTER_NAME].weight.detach().clone(),)
+    return out
 
 
 def pack_model(
@@ -55,7 +57,9 @@ def pack_model(
     """Replace each adapted layer of ``model`` by a ``PackedLinear`` (``PackedConv2d``: LoCon) over stacks.
 
     The stacks are views into one flat buffer (``FlatStacks``: one optimizer step for all of them). Ranks
-    below the pack's largest are padded with zeros, which stay zero (their gradient is zero).
+    below the pack's largest are padded with zeros, which stay zero (their gradient is zero). DoRA's layers
+    have a third stack, the magnitudes ``(K, out)``; a configuration that does not adapt the model has the
+    base weight's own row norms there, so that its (never routed) row is the base layer too.
 
     Args:
         model: The UNet or the text encoder.
@@ -65,9 +69,9 @@ def pack_model(
         replaced: Gains what ``restore_layers`` puts back.
 
     Returns:
-        The model's stacks (``A`` then ``B`` of each layer; None when no configuration adapts it), and each
-        configuration's own part of them: (checkpoint name, stack, index), what it trains alone: its rank's
-        rows of ``A`` and columns of ``B``.
+        The model's stacks (``A``, ``B`` and DoRA's magnitudes of each layer; None when no configuration
+        adapts it), and each configuration's own part of them: (checkpoint name, stack, index), what it
+        trains alone: its rank's rows of ``A`` and columns of ``B``, and its magnitudes.
     """
     import torch
 
@@ -75,28 +79,40 @@ def pack_model(
     names = next((list(w) for w in weights if w), [])
     if not names:
         return None, slices
+    dora = len(next(w for w in weights if w)[names[0]]) == 4
     shapes = []
     for name in names:
         a, b = next((w[name][0], w[name][1]) for w in weights if w)
         rank = max(w[name][0].shape[0] for w in weights if w)
-        shapes += [(rank, *a.shape[1:]), (b.shape[0], rank, *b.shape[2:])]
+        shapes += [(rank, *a.shape[1:]), (b.shape[0], rank, *b.shape[2:]), *([(b.shape[0],)] if dora else [])]
     flat = FlatStacks(len(weights), shapes, model.get_submodule(names[0]).weight.device)
+    per_layer = 3 if dora else 2
     for i, name in enumerate(names):
         base = model.get_submodule(name)
-        a, b = flat.stacks[2 * i], flat.stacks[2 * i + 1]
+        a, b, *magnitude = flat.stacks[per_layer * i : per_layer * (i + 1)]
         scales = []
         for k, w in enumerate(weights):
             scales.append(w[name][2] if w else 0.0)
             if not w:
+                if dora:
+                    with torch.no_grad():
+                        magnitude[0].data[k] = torch.linalg.norm(base.weight.float(), dim=1)
                 continue
             r = w[name][0].shape[0]  # its rank in this layer (LoCon's convolutions have their own)
+            parts = [("lora_A", a, (k, slice(0, r))), ("lora_B", b, (k, slice(None), slice(0, r)))]
             with torch.no_grad():
                 a.data[k, :r], b.data[k, :, :r] = w[name][0], w[name][1]
-            for part, stack, where in (("A", a, (k, slice(0, r))), ("B", b, (k, slice(None), slice(0, r)))):
-                key = f"{index}.{name}.lora_{part}.{ADAPTER_NAME}.weight"  # LoraTrainer's names
+                if dora:
+                    magnitude[0].data[k] = w[name][3]
+                    parts.append(("lora_magnitude_vector", magnitude[0], (k,)))
+            for part, stack, where in parts:
+                key = f"{index}.{name}.{part}.{ADAPTER_NAME}.weight"  # LoraTrainer's names
                 slices[k].append((key, stack, where))
-        packed = packed_conv_class() if isinstance(base, torch.nn.Conv2d) else packed_linear_class()
-        replaced.append(replace_layer(model, name, packed(base, routing, a, b, scales)))
+        if isinstance(base, torch.nn.Conv2d):
+            layer = packed_conv_class()(base, routing, a, b, scales)
+        else:
+            layer = packed_linear_class()(base, routing, a, b, scales, *magnitude)
+        replaced.append(replace_layer(model, name, layer))
     return flat, slices
 
 
@@ -106,14 +122,15 @@ def adapter_weights(settings, layer_names: tuple, params: list, meta: dict):
     Args:
         settings: Its ``TrainSettings``.
         layer_names: The UNet's and the text encoder's adapted layers, in the pack's order.
-        params: Its own parameters (``A`` then ``B`` of each layer: the UNet's, then the text encoder's).
+        params: Its own parameters (``A``, ``B`` and DoRA's magnitudes of each layer: the UNet's, then the text
+            encoder's).
         meta: The files' metadata.
     """
     from lora_core.adapters import AdapterWeights
 
     unet_config, text_config = adapter_configs(settings)
     unet_names, text_names = layer_names
-    n_unet = 2 * len(unet_names)
+    n_unet = params_per_layer(settings) * len(unet_names)
     return AdapterWeights(
         unet=peft_named(unet_names, params[:n_unet]),
         unet_config=unet_config.to_dict(),
@@ -123,10 +140,21 @@ def adapter_weights(settings, layer_names: tuple, params: list, meta: dict):
     )
 
 
+def params_per_layer(settings) -> int:
+    """A configuration's trainable tensors per adapted layer: ``A`` and ``B``, and DoRA's magnitudes."""
+    return 3 if settings.adapter_kind == "dora" else 2
+
+
 def peft_named(names: list[str], params: list) -> dict:
-    """Peft-named tensors (``<layer>.lora_A.weight``) of one configuration's ``A``, ``B`` per layer."""
+    """Peft-named tensors (``<layer>.lora_A.weight``) of one configuration's ``A``, ``B`` (, magnitude) per layer."""
     out = {}
-    for name, a, b in zip(names, params[0::2], params[1::2], strict=True):
+    if not names:
+        return out
+    per_layer = len(params) // len(names)
+    for i, name in enumerate(names):
+        a, b, *magnitude = params[per_layer * i : per_layer * (i + 1)]
         out[f"{name}.lora_A.weight"] = a.detach().clone()
         out[f"{name}.lora_B.weight"] = b.detach().contiguous().clone()
+        if magnitude:
+            out[f"{name}.lora_magnitude_vector"] = magnitude[0].detach().clone()  # peft's name for it
     return out

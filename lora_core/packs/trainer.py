@@ -28,7 +28,7 @@ from lora_core.optimizers import make_optimizer, make_schedule, set_optimizer_mo
 from lora_core.packs.layers import PackRouting, dropout_generators, restore_layers
 from lora_core.packs.optim import PackAdamW, step_alone, step_together
 from lora_core.packs.prompts import PackPrompts
-from lora_core.packs.stacks import adapter_weights, initial_adapter, pack_model
+from lora_core.packs.stacks import adapter_weights, initial_adapter, pack_model, params_per_layer
 from lora_core.settings import BOOKKEEPING_FIELDS, FIELD_SOURCES, TrainSettings
 from lora_core.training.checkpoint import Checkpointer, checkpoint_due
 from lora_core.training.device import mixed_precision, peak_memory
@@ -84,8 +84,12 @@ def pack_refusal(settings: list[TrainSettings]) -> str | None:
     """
     first = settings[0]
     for s in settings:
-        if s.adapter_kind != "lora":
-            return f"lora.kind={s.adapter_kind}: packs train LoRA and LoCon; this configuration runs alone"
+        if s.adapter_kind not in ("lora", "dora"):
+            return (
+                f"lora.kind={s.adapter_kind}: packs train LoRA, LoCon and DoRA; this configuration runs alone"
+            )
+        if s.adapter_kind == "dora" and s.conv_target_modules:
+            return "lora.kind=dora on convolutions: packs train DoRA on linear layers; this configuration runs alone"
         if s.gradient_checkpointing:
             return "train.gradient_checkpointing: packs run without it; this configuration runs alone"
         for f in fields(TrainSettings):
@@ -212,7 +216,7 @@ class PackTrainer:
 
         self.optimizers, self.schedules, self.emas, self.checkpointers, self.accelerators = [], [], [], [], []
         for k, s in enumerate(self.settings):
-            n_unet = 2 * len(self.layer_names[0])
+            n_unet = params_per_layer(s) * len(self.layer_names[0])
             groups = [{"params": self.params[k][:n_unet], "lr": s.learning_rate}]
             if s.trains_text_encoder:
                 groups.append({"params": self.params[k][n_unet:], "lr": s.text_encoder_lr})

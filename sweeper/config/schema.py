@@ -166,7 +166,7 @@ class SweepConfig:
     # hydra/sweeper=halving, which sets it. null: train to train.max_train_steps.
     stop_at_step: int | None = None
     # The most configurations trained together in one process, one forward and backward a step for all
-    # (docs/packs.md): a positive integer (1: each alone) or auto (as many as fit in memory, up to 8).
+    # (docs/packs.md): a positive integer (1: each alone) or auto (as many as fit in memory, up to 16).
     pack: Any = "auto"
     # Set by the sweep for a job that trains a pack: its configurations' run folders (never set it by hand).
     pack_members: list[str] | None = None
