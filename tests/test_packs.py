@@ -169,6 +169,24 @@ def test_dora_configurations_pack_like_alone(pipe, subject_images, settings, tmp
     assert np.abs(pictures[0] - pictures[1]).max() <= 2 / 255
 
 
+def test_a_pack_with_gradient_checkpointing_trains_each_configuration_as_alone(
+    pipe, subject_images, settings, tmp_path
+):
+    """The UNet and the text encoder recompute their activations in the backward pass, in the pack as alone."""
+    checkpointed = dict(gradient_checkpointing=True)
+    configs = [checkpointed, dict(checkpointed, learning_rate=3e-3, seed=5, text_encoder_lr=1e-3, rank=8)]
+    models = (pipe.unet, pipe.text_encoder)
+    seen = set()  # whether each model recomputes its activations, at the steps of the pack and alone
+
+    def on_step(*_):
+        seen.add((pipe.unet.is_gradient_checkpointing, pipe.text_encoder.is_activation_checkpointing))
+
+    pairs = _differences(pipe, subject_images, settings, tmp_path, configs, on_step=on_step)
+    _assert_each_as_alone(pairs, configs)
+    assert {unet for unet, _ in seen} == {True} and (True, True) in seen  # the text encoder where it trains
+    assert not pipe.unet.is_gradient_checkpointing and not models[1].is_activation_checkpointing
+
+
 @pytest.mark.slow  # several configurations trained twice: in a pack and alone
 def test_prior_preservation_weights_and_adafactor_pack_like_alone(pipe, subject_images, settings, tmp_path):
     prior = dict(with_prior_preservation=True, class_prompt="a photo of a cat", num_class_images=2)
@@ -283,6 +301,7 @@ def test_a_pack_leaves_the_shared_pipeline_as_it_found_it(pipe, subject_images, 
         (dict(resolution=2 * SIZE), "train.resolution differs"),
         (dict(train_batch_size=2), "train.train_batch_size differs"),
         (dict(rank=8, optimizer="adafactor"), "adafactor with different ranks"),
+        (dict(gradient_checkpointing=True, dropout=0.1), "train.gradient_checkpointing with lora.dropout"),
     ],
 )
 def test_what_cannot_share_a_pack_is_named(change, reason):

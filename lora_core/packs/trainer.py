@@ -7,7 +7,7 @@ configurations that train it) runs once for the whole pack, through ``PackedLine
 with fewer steps writes its final files when it reaches them and leaves the batch.
 
 Each configuration checkpoints and resumes on its own, in ``LoraTrainer``'s format. The pack trainer is for
-LoRA and LoCon (``pack_refusal`` says what else runs alone), on a float32, float16 or bfloat16 base model as
+LoRA, LoCon and DoRA (``pack_refusal`` says what else runs alone), on a float32, float16 or bfloat16 base model as
 ``LoraTrainer``: the adapters train in float32 under the accelerator's autocast. Under fp16 each configuration
 has its own gradient scaler: an overflow in its gradients skips its own step alone.
 """
@@ -90,8 +90,11 @@ def pack_refusal(settings: list[TrainSettings]) -> str | None:
             )
         if s.adapter_kind == "dora" and s.conv_target_modules:
             return "lora.kind=dora on convolutions: packs train DoRA on linear layers; this configuration runs alone"
-        if s.gradient_checkpointing:
-            return "train.gradient_checkpointing: packs run without it; this configuration runs alone"
+        if s.gradient_checkpointing and s.dropout:
+            return (
+                "train.gradient_checkpointing with lora.dropout: a pack's dropout masks come from each "
+                "configuration's own generator, which the recomputed forward would draw again; it runs alone"
+            )
         for f in fields(TrainSettings):
             if f.name not in PACKABLE_FIELDS and getattr(s, f.name) != getattr(first, f.name):
                 key = FIELD_SOURCES.get(f.name, f"train.{f.name}")
@@ -195,6 +198,10 @@ class PackTrainer:
             [torch.nn.Parameter(stack.data[where]) for _, stack, where in self.slices[k]]
             for k in range(len(self.settings))
         ]
+        if self.settings[0].gradient_checkpointing:  # shared by the pack; as LoraTrainer sets it up
+            pipe.unet.enable_gradient_checkpointing()
+            if any(s.trains_text_encoder for s in self.settings):
+                pipe.text_encoder.activation_checkpointing_enable()
         self._setup_training_state()
         self._setup_inputs()
         for k, checkpoint in enumerate(resume_from or []):
@@ -485,6 +492,9 @@ class PackTrainer:
         from accelerate.state import AcceleratorState, GradientState
 
         restore_layers(getattr(self, "_replaced", []))
+        if self.settings[0].gradient_checkpointing:
+            self.pipe.unet.disable_gradient_checkpointing()
+            self.pipe.text_encoder.activation_checkpointing_disable()
         for model in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
             model.requires_grad_(False)
             model.eval()

@@ -154,7 +154,7 @@ class LoraTrainer:
                 add_adapter(encoder, config, "train.text_target_modules")
                 self.models.append(encoder)
                 if s.gradient_checkpointing:
-                    encoder.gradient_checkpointing_enable()
+                    encoder.activation_checkpointing_enable()
         if pipe.unet.dtype != torch.float32:
             cast_training_params(self.models, dtype=torch.float32)  # trainable LoRA weights stay fp32
         if s.gradient_checkpointing:
@@ -452,7 +452,7 @@ def restore_pipeline(pipe, gradient_checkpointing: bool) -> None:
     if gradient_checkpointing:
         pipe.unet.disable_gradient_checkpointing()
         for encoder in encoders:
-            encoder.gradient_checkpointing_disable()
+            encoder.activation_checkpointing_disable()
     for model in (pipe.unet, pipe.vae, *encoders):
         model.requires_grad_(False)
         model.eval()
