@@ -211,6 +211,62 @@ def test_the_grid_renderer_draws_sdxl_cells_as_the_plain_per_cell_loop(xl, xl_lo
     assert np.abs(scales[1.0, 1.0, 1.0] - scales[1.0, 1.0, 0.0]).max() > 1  # and so does the second encoder's
 
 
+@pytest.mark.slow  # three SDXL configurations trained in a pack and alone, their grids rendered both ways
+def test_sdxl_configurations_pack_and_render_together_as_each_alone(xl, wide_subject, tmp_path):
+    """An SDXL pack: each configuration trains the text encoders it trains alone (the one it leaves frozen
+    runs its base layers for it), with each picture's own time ids and pooled embedding; its grid renders
+    with the others' in shared batches, both text encoders' scales its own."""
+    from itertools import product
+
+    from test_packs import assert_trained_alike
+
+    from lora_core.packs import train_pack
+    from lora_core.packs.render import PackRenderer
+    from lora_core.render import GridRenderer, RenderCell, RenderOptions
+    from lora_core.settings import TrainSettings
+
+    common = dict(
+        instance_prompt="a photo of ktn cat", resolution=SIZE, max_train_steps=5, progress_bar=False, seed=3
+    )
+    configs = [
+        dict(learning_rate=1e-3, text_encoder_lr=1e-3, text_encoder_2_lr=0.0),  # the first text encoder only
+        dict(learning_rate=3e-3, text_encoder_lr=0.0, text_encoder_2_lr=2e-3, rank=8, seed=5, dropout=0.1),
+        dict(learning_rate=3e-3, text_encoder_lr=0.0, validation_every=2, train_batch_size=1),
+    ]
+    settings = [TrainSettings(**common | c) for c in configs]
+    packed = train_pack(xl, wide_subject, settings, [tmp_path / f"pack-{i}" for i in range(3)])
+    alone = [train_lora(xl, wide_subject, s, tmp_path / f"alone-{i}") for i, s in enumerate(settings)]
+    for config, p, a in zip(configs, packed, alone, strict=True):
+        rates = [config["learning_rate"], config["text_encoder_lr"], config.get("text_encoder_2_lr", 0.0)]
+        assert_trained_alike(p.lora_path, a.lora_path, max(rates))
+        np.testing.assert_allclose(p.loss_history, a.loss_history, rtol=1e-4)
+        np.testing.assert_allclose(list(p.val_losses.values()), list(a.val_losses.values()), rtol=1e-4)
+    parts = [{k.split(".")[0] for k in load_file(str(p.lora_path))} for p in packed]
+    assert parts == [{"unet", "text_encoder"}, {"unet", "text_encoder_2"}, {"unet"}]
+    assert packed[2].val_losses  # the validation loss, with the time ids of its held-out pictures
+
+    options = RenderOptions(num_inference_steps=3, resolution=SIZE)
+    cells = [
+        RenderCell("a photo of ktn cat", u, t, 4, seed=11, text_2_scale=t2)
+        for u, t, t2 in product([0, 1], [0, 1], [None, 0.5])
+    ]
+    loras = [p.output_dir for p in packed]
+    drawn_alone = {}
+    for k, lora in enumerate(loras):
+        with GridRenderer(xl, lora, options) as renderer:
+            drawn_alone |= {(k, c): np.asarray(im, dtype=np.float32) for c, im in renderer.render(cells)}
+    with PackRenderer(xl, loras, options) as renderer:
+        together = {
+            (k, c): np.asarray(im, dtype=np.float32)
+            for k, c, im in renderer.render([(k, c) for k in range(3) for c in cells])
+        }
+    assert together.keys() == drawn_alone.keys()
+    assert max(np.abs(together[key] - drawn_alone[key]).max() for key in together) <= 1  # of 255
+    # the second text encoder's scale is its own: it draws otherwise for the configuration that trained it
+    t2 = [RenderCell("a photo of ktn cat", 1, 1, 4, seed=11, text_2_scale=v) for v in (None, 0.5)]
+    assert np.abs(together[(1, t2[0])] - together[(1, t2[1])]).max() > 0
+
+
 def test_the_v_prediction_target_is_the_velocity():
     """Under ``prediction_type=v_prediction`` the UNet learns v = sqrt(abar) noise - sqrt(1 - abar) x0."""
     from diffusers import DDPMScheduler
@@ -352,7 +408,7 @@ def test_a_halving_search_runs_on_the_tiny_sdxl_model_end_to_end(tmp_path, cache
         *grid,
     )
     assert result.returncode == 0, result.output
-    assert "runs alone: an SDXL model" in result.output
+    assert "pack 0: 2 configurations trained together" in result.output
     sweep_dir = tmp_path / "quickstart"
     bracket = json.loads((sweep_dir / "bracket.json").read_text())
     first = bracket["scores"][0]

@@ -176,13 +176,20 @@ def clip_pack_gradients(grads: list, max_norms: list[float]) -> None:
 
 
 def step_together(
-    adamw: PackAdamW, flats: list[FlatStacks], settings: list, optimizers: list, schedules: list, active
+    adamw: PackAdamW,
+    flats: list[FlatStacks],
+    groups: list[list[int | None]],
+    settings: list,
+    optimizers: list,
+    schedules: list,
+    active,
 ):
     """Clip and step every active configuration at once (``PackAdamW``), each at its schedule's rate.
 
     Args:
         adamw: The pack's optimizer.
         flats: The models' ``FlatStacks`` (their gradients filled by the backward).
+        groups: Per flat, each configuration's optimizer group of that model (None: it does not adapt it).
         settings: Each configuration's ``TrainSettings`` (its clipping norm).
         optimizers: Each configuration's own optimizer: its rates (and its checkpoint's state).
         schedules: Each configuration's schedule, stepped for its next rates.
@@ -195,8 +202,8 @@ def step_together(
 
     clip_pack_gradients([flat.grad for flat in flats], [s.max_grad_norm for s in settings])
     now = [step_sizes(optimizer) for optimizer in optimizers]
-    # group g's rate of each configuration (0 for the text encoder of one that keeps it frozen)
-    adamw.step([[r[g] if g < len(r) else 0.0 for r in now] for g in range(len(flats))], active)
+    # each model's rate of each configuration (0 for a text encoder that one keeps frozen)
+    adamw.step([[0.0 if g is None else r[g] for g, r in zip(of, now, strict=True)] for of in groups], active)
     with warnings.catch_warnings():  # torch's warning that the (unused) optimizer of k did not step
         warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
         for k in active:

@@ -62,11 +62,7 @@ class PackRenderer:
         self._loaded = False
 
     def __enter__(self) -> PackRenderer:
-        from lora_core.family import SDXL, family_of
-
         pipe = self.pipe
-        if family_of(pipe) == SDXL:
-            raise NotPackable("SDXL grids render one configuration at a time (packs are SD 1.x / 2.x so far)")
         self._loaded = True
         try:
             with quiet_adapter_loading():
@@ -117,15 +113,15 @@ class PackRenderer:
 
     # ---- prompt embeddings -------------------------------------------------------------------------------
     def _prompt_embeddings(self, cells: list[tuple[int, RenderCell]]) -> dict:
-        """(configuration, prompt, text scale) -> (positive, negative), each with its own adapter, as alone."""
+        """(configuration, prompt, text scales) -> its embeddings, each with its own adapter, as alone."""
         out = {}
         for k in sorted({k for k, _ in cells}):
             mine = [c for j, c in cells if j == k]
-            for text_scale in sorted({c.text_scale for c in mine}):
-                prompts = sorted({c.prompt for c in mine if c.text_scale == text_scale})
-                set_adapter_scales(self.pipe, self.names[k], 1.0, text_scale)
+            for scales in sorted({c.text_scales for c in mine}):
+                prompts = sorted({c.prompt for c in mine if c.text_scales == scales})
+                set_adapter_scales(self.pipe, self.names[k], 1.0, *scales)
                 for prompt, pair in encode_prompts(self.pipe, prompts, self.options.negative_prompt).items():
-                    out[(k, prompt, text_scale)] = pair
+                    out[(k, prompt, scales)] = pair
         return out
 
     # ---- layers ------------------------------------------------------------------------------------------
@@ -143,7 +139,7 @@ class PackRenderer:
 
     # ---- batches -----------------------------------------------------------------------------------------
     def _render_batch(self, batch: list[tuple[int, RenderCell]], guidance: float, embeds: dict) -> list:
-        pairs = [embeds[(k, c.prompt, c.text_scale)] for k, c in batch]
+        pairs = [embeds[(k, c.prompt, c.text_scales)] for k, c in batch]
         self.routing.set([k for k, _ in batch], [c.unet_scale for _, c in batch])
         try:
             return render_pictures(self.pipe, self.options, [c for _, c in batch], pairs, guidance)

@@ -8,30 +8,37 @@ layer; ``peft_named`` gives one configuration's part back under peft's names, fo
 
 from __future__ import annotations
 
+from lora_core.family import SDXL, family_of, text_encoders
 from lora_core.packs.layers import PackRouting, packed_conv_class, packed_linear_class, replace_layer
 from lora_core.packs.optim import FlatStacks
 from lora_core.training.recipe import ADAPTER_NAME, adapter_configs, add_adapter, restore_pipeline
 
 
-def initial_adapter(pipe, settings) -> tuple[dict, dict, object]:
+def initial_adapter(pipe, settings) -> tuple[list[dict], object]:
     """One configuration's initial LoRA, by layer name, as peft initialises it alone under its seed.
 
     Returns:
-        The UNet's and the text encoder's ``{layer: (A, B, alpha / rank)}`` (empty while it is frozen), and
-        the global generator's state after the initialisation (where its adapter dropout starts alone).
+        Per model (the UNet, then each text encoder: ``lora_core.family.text_encoders``), its
+        ``{layer: (A, B, alpha / rank[, magnitude])}`` (empty while it is frozen); and the global generator's
+        state after the initialisation (where its adapter dropout starts alone).
     """
     import torch
     from accelerate.utils import set_seed
 
+    encoders = [model for _, model in text_encoders(pipe)]
     set_seed(settings.seed)  # the LoRA init draws from the global generator, as in LoraTrainer.setup
-    unet_config, text_config = adapter_configs(settings)
-    add_adapter(pipe.unet, unet_config, "train.unet_target_modules")
-    if text_config is not None:
-        add_adapter(pipe.text_encoder, text_config, "train.text_target_modules")
-    weights = (lora_weights(pipe.unet), lora_weights(pipe.text_encoder) if text_config else {})
+    configs = adapter_configs(settings, family_of(pipe))
+    add_adapter(pipe.unet, configs[0], "train.unet_target_modules")
+    for encoder, config in zip(encoders, configs[1:], strict=True):
+        if config is not None:
+            add_adapter(encoder, config, "train.text_target_modules")
+    weights = [lora_weights(pipe.unet)]
+    weights += [
+        lora_weights(encoder) if config else {} for encoder, config in zip(encoders, configs[1:], strict=True)
+    ]
     state = torch.get_rng_state()
     restore_pipeline(pipe, gradient_checkpointing=False)
-    return *weights, state
+    return weights, state
 
 
 def lora_weights(model) -> dict:
@@ -52,7 +59,7 @@ def lora_weights(model) -> dict:
 
 
 def pack_model(
-    model, index: int, weights: list[dict], routing: PackRouting, replaced: list
+    model, indices: list[int | None], weights: list[dict], routing: PackRouting, replaced: list
 ) -> tuple[FlatStacks | None, list[list]]:
     """Replace each adapted layer of ``model`` by a ``PackedLinear`` (``PackedConv2d``: LoCon) over stacks.
 
@@ -62,8 +69,9 @@ def pack_model(
     base weight's own row norms there, so that its (never routed) row is the base layer too.
 
     Args:
-        model: The UNet or the text encoder.
-        index: Its index in a checkpoint's names (``LoraTrainer``'s: 0 the UNet, 1 the text encoder).
+        model: The UNet or a text encoder.
+        indices: Per configuration, the model's index in its checkpoint's names (``LoraTrainer``'s: 0 the
+            UNet, then 1, 2 for the text encoders it trains, in order); None where it does not adapt it.
         weights: Each configuration's ``{layer: (A, B, alpha / rank)}`` of this model (empty: not adapted).
         routing: The model's routing.
         replaced: Gains what ``restore_layers`` puts back.
@@ -106,7 +114,7 @@ def pack_model(
                     magnitude[0].data[k] = w[name][3]
                     parts.append(("lora_magnitude_vector", magnitude[0], (k,)))
             for part, stack, where in parts:
-                key = f"{index}.{name}.{part}.{ADAPTER_NAME}.weight"  # LoraTrainer's names
+                key = f"{indices[k]}.{name}.{part}.{ADAPTER_NAME}.weight"  # LoraTrainer's names
                 slices[k].append((key, stack, where))
         if isinstance(base, torch.nn.Conv2d):
             layer = packed_conv_class()(base, routing, a, b, scales)
@@ -116,27 +124,39 @@ def pack_model(
     return flat, slices
 
 
-def adapter_weights(settings, layer_names: tuple, params: list, meta: dict):
+def adapter_weights(settings, family: str, layer_names: list, params: list, meta: dict):
     """One configuration's ``AdapterWeights`` as the writers take it: its rank's rows and columns, peft names.
 
     Args:
         settings: Its ``TrainSettings``.
-        layer_names: The UNet's and the text encoder's adapted layers, in the pack's order.
-        params: Its own parameters (``A``, ``B`` and DoRA's magnitudes of each layer: the UNet's, then the text
-            encoder's).
+        family: The base model's (``lora_core.family``): SDXL's has a second text encoder.
+        layer_names: Each model's adapted layers (the UNet's, then each text encoder's), in the pack's order.
+        params: Its own parameters (``A``, ``B`` and DoRA's magnitudes of each layer: the UNet's, then each
+            text encoder's that it trains).
         meta: The files' metadata.
     """
     from lora_core.adapters import AdapterWeights
 
-    unet_config, text_config = adapter_configs(settings)
-    unet_names, text_names = layer_names
-    n_unet = params_per_layer(settings) * len(unet_names)
+    configs = adapter_configs(settings, family)
+    named, start = [], 0
+    for names, config in zip(layer_names, configs, strict=False):
+        if config is None:
+            named.append(None)
+            continue
+        end = start + params_per_layer(settings) * len(names)
+        named.append(peft_named(names, params[start:end]))
+        start = end
+    named += [None] * (3 - len(named))
+    configs = (*configs, *[None] * (3 - len(configs)))
     return AdapterWeights(
-        unet=peft_named(unet_names, params[:n_unet]),
-        unet_config=unet_config.to_dict(),
+        unet=named[0],
+        unet_config=configs[0].to_dict(),
         training_metadata=meta,
-        text_encoder=peft_named(text_names, params[n_unet:]) if text_config else None,
-        text_encoder_config=text_config.to_dict() if text_config else None,
+        text_encoder=named[1],
+        text_encoder_config=configs[1].to_dict() if configs[1] else None,
+        text_encoder_2=named[2],
+        text_encoder_2_config=configs[2].to_dict() if configs[2] else None,
+        family=SDXL if family == SDXL else "sd",
     )
 
 

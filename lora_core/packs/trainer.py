@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
+from lora_core.family import SDXL, family_of, picture_time_ids, text_encoders
 from lora_core.optimizers import make_optimizer, make_schedule, set_optimizer_mode
 from lora_core.packs.layers import PackRouting, dropout_generators, restore_layers
 from lora_core.packs.optim import PackAdamW, step_alone, step_together
@@ -36,6 +37,7 @@ from lora_core.training.inputs import LatentCache, MicroBatches
 from lora_core.training.loss_log import LossLog
 from lora_core.training.objective import SnrWeights, denoising_target, draw_noise, pack_losses
 from lora_core.training.recipe import (
+    added_conditioning,
     step_sizes,
     training_metadata,
     write_trained_adapters,
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 PACKABLE_FIELDS = BOOKKEEPING_FIELDS | {
     "learning_rate",
     "text_encoder_lr",
+    "text_encoder_2_lr",
     "lr_scheduler",
     "lr_warmup_steps",
     "lr_num_cycles",
@@ -171,27 +174,37 @@ class PackTrainer:
 
         pipe, device = self.pipe, self.pipe.unet.device
         self.device, self.unet_dtype = device, pipe.unet.dtype
+        self.family = family_of(pipe)
         self.precision = mixed_precision(self.unet_dtype, self.settings[0].mixed_precision, device.type)
-        for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+        self.models = [pipe.unet, *(model for _, model in text_encoders(pipe))]  # LoraTrainer's order
+        for model in (*self.models, pipe.vae):
             model.requires_grad_(False)
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.snr = [
             SnrWeights(self.noise_scheduler, s.snr_gamma) if s.snr_gamma else None for s in self.settings
         ]
         initial = [initial_adapter(pipe, s) for s in self.settings]
-        dropout = dropout_generators([s.dropout for s in self.settings], [state for *_, state in initial])
-        self.unet_routing, self.text_routing, self._replaced = PackRouting(), PackRouting(), []
-        self.unet_routing.dropout = self.text_routing.dropout = dropout
-        # the adapted layers' names, in the order peft made them (every configuration adapts the same ones)
-        self.layer_names = (list(initial[0][0]), next((list(w[1]) for w in initial if w[1]), []))
+        dropout = dropout_generators([s.dropout for s in self.settings], [state for _, state in initial])
+        # per configuration, which models it adapts (the UNet, then each text encoder it trains)
+        self.adapts = [[bool(w) for w in weights] for weights, _ in initial]
+        self.routings = [PackRouting() for _ in self.models]
+        for m, routing in enumerate(self.routings):  # dropout masks only where a configuration has adapters
+            routing.dropout = {k: d for k, d in dropout.items() if self.adapts[k][m]}
+        self.unet_routing, self.text_routings = self.routings[0], self.routings[1:]
+        self._replaced = []
+        # each model's adapted layers, in the order peft made them (every configuration adapts the same ones)
+        self.layer_names = [
+            next((list(weights[m]) for weights, _ in initial if weights[m]), [])
+            for m in range(len(self.models))
+        ]
         self.slices = [[] for _ in self.settings]
-        self.flats = []  # the UNet's stacks, then the text encoder's
-        for index, (model, routing) in enumerate(
-            [(pipe.unet, self.unet_routing), (pipe.text_encoder, self.text_routing)]
-        ):
-            flat, slices = pack_model(model, index, [w[index] for w in initial], routing, self._replaced)
+        self.flats, self.flat_models = [], []  # the stacks of each model some configuration adapts
+        for m, (model, routing) in enumerate(zip(self.models, self.routings, strict=True)):
+            indices = [sum(adapts[:m]) if adapts[m] else None for adapts in self.adapts]  # checkpoint names
+            flat, slices = pack_model(model, indices, [w[m] for w, _ in initial], routing, self._replaced)
             if flat is not None:
                 self.flats.append(flat)
+                self.flat_models.append(m)
             for mine, more in zip(self.slices, slices, strict=True):
                 mine += more
         self.params = [
@@ -200,8 +213,9 @@ class PackTrainer:
         ]
         if self.settings[0].gradient_checkpointing:  # shared by the pack; as LoraTrainer sets it up
             pipe.unet.enable_gradient_checkpointing()
-            if any(s.trains_text_encoder for s in self.settings):
-                pipe.text_encoder.activation_checkpointing_enable()
+            for m, encoder in enumerate(self.models[1:], start=1):
+                if any(adapts[m] for adapts in self.adapts):
+                    encoder.activation_checkpointing_enable()
         self._setup_training_state()
         self._setup_inputs()
         for k, checkpoint in enumerate(resume_from or []):
@@ -214,7 +228,7 @@ class PackTrainer:
         self.start_steps = list(self.steps)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        for model in (pipe.unet, pipe.text_encoder):
+        for model in self.models:
             model.train()
 
     def _setup_training_state(self) -> None:
@@ -222,11 +236,14 @@ class PackTrainer:
         from accelerate import Accelerator
 
         self.optimizers, self.schedules, self.emas, self.checkpointers, self.accelerators = [], [], [], [], []
+        rates = lambda s: [s.learning_rate, s.text_encoder_lr, s.text_encoder_2_rate]  # noqa: E731
         for k, s in enumerate(self.settings):
-            n_unet = params_per_layer(s) * len(self.layer_names[0])
-            groups = [{"params": self.params[k][:n_unet], "lr": s.learning_rate}]
-            if s.trains_text_encoder:
-                groups.append({"params": self.params[k][n_unet:], "lr": s.text_encoder_lr})
+            groups, start = [], 0  # LoraTrainer's: the UNet's, then each text encoder's that it trains
+            for m, names in enumerate(self.layer_names):
+                if self.adapts[k][m]:
+                    end = start + params_per_layer(s) * len(names)
+                    groups.append({"params": self.params[k][start:end], "lr": rates(s)[m]})
+                    start = end
             accelerator = Accelerator(mixed_precision=self.precision, cpu=self.device.type == "cpu")
             optimizer = make_optimizer(groups, s, self.device.type)
             optimizer, schedule = accelerator.prepare(optimizer, make_schedule(optimizer, s))
@@ -252,6 +269,10 @@ class PackTrainer:
         """Each configuration's optimizer steps done."""
         return [c.progress.step for c in self.checkpointers]
 
+    def group_of(self, k: int, m: int) -> int | None:
+        """Configuration ``k``'s optimizer group of model ``m``'s parameters; None where it does not adapt it."""
+        return sum(self.adapts[k][:m]) if self.adapts[k][m] else None
+
     def _setup_inputs(self) -> None:
         s = self.settings[0]
         prompts = [
@@ -261,12 +282,15 @@ class PackTrainer:
             "",  # a dropped caption (configurations with caption dropout)
         ]
         n_instance, n_class = len(self.images), len(self.class_images or [])
-        trains_text = [c.trains_text_encoder for c in self.settings]
+        trains_text = [any(adapts[1:]) for adapts in self.adapts]
         self.prompts = PackPrompts(
-            self.pipe, self.device, prompts, self.captions, trains_text, self.text_routing
+            self.pipe, self.device, prompts, self.captions, trains_text, self.text_routings
         )
         pictures = list(self.images) + list(self.class_images or [])
         self.latents = LatentCache(self.pipe.vae, self.device, pictures, s.random_flip)
+        # SDXL's size and crop conditioning of each training picture (none for SD 1.x / 2.x)
+        sdxl = self.family == SDXL
+        self.time_ids = picture_time_ids(pictures, s.resolution).to(self.device) if sdxl else None
         table = self.prompts.rows
         self.batches = [MicroBatches(c, table, self.latents, n_instance, n_class) for c in self.settings]
         self.validations = [
@@ -372,7 +396,7 @@ class PackTrainer:
 
         self.unet_routing.active = [k]
         table = self.prompts.table_of(k)
-        models = (self.pipe.unet, self.pipe.text_encoder)
+        models = self.models
         with (
             torch.no_grad(),
             evaluation_weights(self.params[k], self.optimizers[k]),
@@ -381,7 +405,7 @@ class PackTrainer:
             for model in models:
                 model.eval()
             try:
-                return self.validations[k].loss(self.pipe.unet, self.unet_dtype, table)
+                return self.validations[k].loss(self.pipe.unet, self.unet_dtype, table, self.time_ids)
             finally:
                 for model in models:
                     model.train()
@@ -412,7 +436,10 @@ class PackTrainer:
                 total.backward()
             totals = totals + losses.detach()
         if self.pack_adamw is not None:
-            step_together(self.pack_adamw, self.flats, self.settings, self.optimizers, self.schedules, active)
+            groups = [[self.group_of(k, m) for k in range(len(self.settings))] for m in self.flat_models]
+            step_together(
+                self.pack_adamw, self.flats, groups, self.settings, self.optimizers, self.schedules, active
+            )
         else:
             for k in active:
                 parts = (self.optimizers, self.schedules, self.emas, self.params, self.slices)
@@ -437,9 +464,17 @@ class PackTrainer:
         noisy = scheduler.add_noise(latents, noise, timesteps)
         self.unet_routing.active = list(active)
         with self.accelerators[0].autocast():  # every configuration's accelerator has the same precision
-            embeds = self.prompts.embeddings(active, [rows for _, rows, _, _ in parts])
+            embeds, pooled = self.prompts.conditioning(active, [rows for _, rows, _, _ in parts])
             dtype = self.unet_dtype
-            pred = self.pipe.unet(noisy.to(dtype), timesteps, embeds.to(dtype)).sample
+            pictures = [
+                row
+                for k, step in zip(active, micro_steps, strict=True)
+                for row in self.batches[k].pictures(step)
+            ]
+            added = added_conditioning(pooled, self.time_ids, pictures, dtype)
+            pred = self.pipe.unet(
+                noisy.to(dtype), timesteps, embeds.to(dtype), added_cond_kwargs=added
+            ).sample
         target = denoising_target(scheduler, latents, noise, timesteps)
         prior = [self.settings[k].prior_loss_weight for k in active] if self.class_images else None
         return pack_losses(pred, target, timesteps, len(active), [self.snr[k] for k in active], prior)
@@ -451,7 +486,9 @@ class PackTrainer:
             folder,
             self.settings[k].adapter_kind,
             kohya,
-            functools.partial(adapter_weights, self.settings[k], self.layer_names, self.params[k]),
+            functools.partial(
+                adapter_weights, self.settings[k], self.family, self.layer_names, self.params[k]
+            ),
             training_metadata(self.settings[k], self.metadata[k], self.steps[k]),
             contextlib.nullcontext,
             functools.partial(ema_weights, self.params[k], ema) if ema is not None else None,
@@ -492,10 +529,12 @@ class PackTrainer:
         from accelerate.state import AcceleratorState, GradientState
 
         restore_layers(getattr(self, "_replaced", []))
+        encoders = [model for _, model in text_encoders(self.pipe)]
         if self.settings[0].gradient_checkpointing:
             self.pipe.unet.disable_gradient_checkpointing()
-            self.pipe.text_encoder.activation_checkpointing_disable()
-        for model in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
+            for encoder in encoders:
+                encoder.activation_checkpointing_disable()
+        for model in (self.pipe.unet, self.pipe.vae, *encoders):
             model.requires_grad_(False)
             model.eval()
         AcceleratorState._reset_state()  # as LoraTrainer.cleanup: the next job may train otherwise

@@ -14,10 +14,8 @@ import math
 from dataclasses import fields
 
 from lora_core.errors import UserInputError
-from lora_core.family import SDXL
 from lora_core.packs import PACKABLE_FIELDS, pack_capacity, pack_refusal
 from lora_core.settings import TrainSettings
-from sweeper.config.embedded_models import configured_family
 from sweeper.config.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -51,8 +49,6 @@ def lone_reason(spec: JobSpec) -> str | None:
     """Why this configuration cannot train in any pack, in one line; None when it can."""
     if spec.stop_at is not None:
         return None
-    if configured_family(spec.model) == SDXL:
-        return "an SDXL model: packs train SD 1.x / 2.x so far; this configuration runs alone"
     return pack_refusal([spec.settings])
 
 
