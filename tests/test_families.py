@@ -243,6 +243,18 @@ def test_sdxl_configurations_pack_and_render_together_as_each_alone(xl, wide_sub
         np.testing.assert_allclose(list(p.val_losses.values()), list(a.val_losses.values()), rtol=1e-4)
     parts = [{k.split(".")[0] for k in load_file(str(p.lora_path))} for p in packed]
     assert parts == [{"unet", "text_encoder"}, {"unet", "text_encoder_2"}, {"unet"}]
+    # a pack's checkpoint names each configuration's tensors as its lone run does: the second one's are
+    # the UNet's and (index 1) the second text encoder's, and a lone run continues from them
+    stopped = train_pack(xl, wide_subject, settings[:2], [tmp_path / f"stop-{i}" for i in range(2)], until=3)
+    assert stopped == [None, None]
+    continued = train_lora(
+        xl,
+        wide_subject,
+        settings[1],
+        tmp_path / "stop-1",
+        resume_from=tmp_path / "stop-1/checkpoints/step-000003",
+    )
+    assert_trained_alike(continued.lora_path, alone[1].lora_path, 3e-3)
     assert packed[2].val_losses  # the validation loss, with the time ids of its held-out pictures
 
     options = RenderOptions(num_inference_steps=3, resolution=SIZE)
