@@ -492,6 +492,43 @@ def test_a_packs_grids_render_together_as_each_alone(pipe, subject_images, setti
     np.testing.assert_array_equal(render(pipe), before)  # the pipeline is left as found
 
 
+@pytest.mark.slow  # two packs trained, their grids rendered alone and together
+@pytest.mark.parametrize(
+    "kind",
+    [
+        dict(conv_target_modules=("conv1", "conv2"), conv_rank=4),  # LoCon: RowPackedConv2d
+        dict(adapter_kind="dora"),  # DoRA: each picture's row norms at its own UNet scale
+    ],
+    ids=["locon", "dora"],
+)
+def test_locon_and_dora_grids_render_together_as_each_alone(pipe, subject_images, settings, tmp_path, kind):
+    """Within 1/255 of each alone (which fuses the adapter into the weights at each UNet scale)."""
+    from itertools import product
+
+    from lora_core.packs.render import PackRenderer
+    from lora_core.render import GridRenderer, RenderCell, RenderOptions
+
+    configs = [settings(learning_rate=3e-2, **kind), settings(rank=8, learning_rate=2e-2, seed=5, **kind)]
+    loras = [r.output_dir for r in train_pack(pipe, subject_images, configs, [tmp_path / k for k in "ab"])]
+    options = RenderOptions(num_inference_steps=3, resolution=SIZE)
+    cells = [RenderCell("a photo of ktn cat", u, 0, g, seed=11) for u, g in product([0, 0.5, 1], [1, 4])]
+    alone = {}
+    for k, lora in enumerate(loras):
+        with GridRenderer(pipe, lora, options) as renderer:
+            alone |= {(k, c): np.asarray(image, dtype=np.float32) for c, image in renderer.render(cells)}
+    with PackRenderer(pipe, loras, options) as renderer:
+        together = {
+            (k, c): np.asarray(image, dtype=np.float32)
+            for k, c, image in renderer.render([(k, c) for k in range(2) for c in cells])
+        }
+    assert together.keys() == alone.keys()
+    assert max(np.abs(together[key] - alone[key]).max() for key in alone) <= 1  # of 255
+    assert max(np.abs(alone[(0, c)] - alone[(1, c)]).max() for c in cells if c.unet_scale) > 10
+    # DoRA's scale 0 still rescales the rows to its magnitudes: not the base model's picture
+    zero = [RenderCell("a photo of ktn cat", 0, 0, 4, seed=11)] * 2
+    assert (np.abs(together[(0, zero[0])] - together[(1, zero[1])]).max() > 0) == ("adapter_kind" in kind)
+
+
 def test_the_packed_convolution_applies_each_adapter_to_its_own_slice_only():
     from lora_core.packs.layers import PackRouting, packed_conv_class
 

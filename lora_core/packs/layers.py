@@ -230,18 +230,23 @@ def row_linear_class():
     class RowPackedLinear(nn.Module):
         """A frozen linear layer plus one adapter per configuration, chosen per picture (rendering a pack).
 
+        With ``magnitude`` the adapters are DoRA's: each picture's rows of ``W + u s B A`` (``u`` its UNet
+        scale) rescaled to its configuration's magnitudes, as peft's ``DoraLinearLayer`` computes at a scale.
+
         Args:
             base: The frozen layer.
             routing: The model's shared ``RowRouting``.
             lora_a: Every configuration's ``A``, ``(K, R, in)`` (zero padded to the largest rank).
             lora_b: Every configuration's ``B``, ``(K, out, R)``.
             scaling: Each configuration's alpha / rank in this layer, ``(K,)``.
+            magnitude: DoRA: every configuration's magnitudes, ``(K, out)``; None for LoRA.
         """
 
-        def __init__(self, base: nn.Linear, routing: RowRouting, lora_a, lora_b, scaling):
+        def __init__(self, base: nn.Linear, routing: RowRouting, lora_a, lora_b, scaling, magnitude=None):
             super().__init__()
             self.base, self.routing = base, routing
-            self.lora_A, self.lora_B, self.scaling = lora_a, lora_b, scaling
+            self.lora_A, self.lora_B, self.scaling, self.magnitude = lora_a, lora_b, scaling, magnitude
+            self._dora_scales: tuple | None = None  # (rows tensor, its pictures' magnitude / row norm)
 
         def forward(self, x):
             y = self.base(x)
@@ -251,10 +256,79 @@ def row_linear_class():
             rows, scales = self.routing.tensors(a.device, a.dtype, x.shape[0])
             factor = (scales * self.scaling[rows]).view(-1, 1, 1)
             samples = x.reshape(x.shape[0], -1, x.shape[-1]).to(a.dtype)  # (pictures, tokens, in)
-            delta = torch.bmm(torch.bmm(samples, (a[rows] * factor).transpose(1, 2)), b[rows].transpose(1, 2))
+            if self.magnitude is None:
+                delta = torch.bmm(
+                    torch.bmm(samples, (a[rows] * factor).transpose(1, 2)), b[rows].transpose(1, 2)
+                )
+                return y + delta.reshape(y.shape).to(y.dtype)
+            lora = torch.bmm(torch.bmm(samples, a[rows].transpose(1, 2)), b[rows].transpose(1, 2))
+            dora = self._dora_scale(rows, factor.view(-1))  # (pictures, 1, out)
+            base = y if self.base.bias is None else y - self.base.bias
+            base = base.reshape(lora.shape).to(a.dtype)
+            delta = (dora - 1) * base + dora * lora * factor
             return y + delta.reshape(y.shape).to(y.dtype)
 
+        def _dora_scale(self, rows, factor):
+            """Each picture's magnitude over its row norms of ``W + u s B A`` (once per batch's routing)."""
+            if self._dora_scales is not None and self._dora_scales[0] is rows:
+                return self._dora_scales[1]
+            weight = self.base.weight.to(self.lora_A.dtype)
+            norms = {}
+            for k, f in dict.fromkeys(zip(rows.tolist(), factor.tolist(), strict=True)):
+                lora_weight = self.lora_B[k] @ self.lora_A[k]
+                norms[(k, f)] = torch.linalg.norm(weight + f * lora_weight, dim=1)
+            norm = torch.stack([norms[key] for key in zip(rows.tolist(), factor.tolist(), strict=True)])
+            scale = (self.magnitude[rows] / norm).unsqueeze(1)
+            self._dora_scales = (rows, scale)
+            return scale
+
     return RowPackedLinear
+
+
+@functools.cache
+def row_conv_class():
+    """The ``RowPackedConv2d`` module class: LoCon's convolutions, each picture with its own adapter."""
+    from torch import nn
+    from torch.nn import functional
+
+    class RowPackedConv2d(nn.Module):
+        """A frozen convolution plus one LoCon adapter per configuration, chosen per picture (rendering a pack).
+
+        The pictures become channel groups: ``A`` and ``B`` run as grouped convolutions, each picture's group
+        with its configuration's weights at its scale.
+
+        Args:
+            base: The frozen convolution (groups 1, dilation 1).
+            routing: The model's shared ``RowRouting``.
+            lora_a: Every configuration's ``A``, ``(K, R, in, kh, kw)`` (zero padded to the largest rank).
+            lora_b: Every configuration's ``B``, ``(K, out, R, 1, 1)``.
+            scaling: Each configuration's alpha / rank in this layer, ``(K,)``.
+        """
+
+        def __init__(self, base: nn.Conv2d, routing: RowRouting, lora_a, lora_b, scaling):
+            super().__init__()
+            if base.groups != 1 or tuple(base.dilation) != (1, 1):
+                raise ValueError("packed convolutions need groups=1 and dilation=1")
+            self.base, self.routing = base, routing
+            self.lora_A, self.lora_B, self.scaling = lora_a, lora_b, scaling
+
+        def forward(self, x):
+            y = self.base(x)
+            if self.routing.rows is None:
+                return y
+            a, b = self.lora_A, self.lora_B
+            rows, scales = self.routing.tensors(a.device, a.dtype, x.shape[0])
+            factor = (scales * self.scaling[rows]).view(-1, 1, 1, 1, 1)
+            pictures = x.shape[0]
+            grouped = x.reshape(1, -1, *x.shape[2:]).to(a.dtype)  # (1, pictures x in, h, w)
+            weights = (a[rows] * factor).reshape(-1, *a.shape[2:])  # (pictures x R, in, kh, kw)
+            hidden = functional.conv2d(
+                grouped, weights, stride=self.base.stride, padding=self.base.padding, groups=pictures
+            )
+            out = functional.conv2d(hidden, b[rows].reshape(-1, *b.shape[2:]), groups=pictures)
+            return y + out.reshape(y.shape).to(y.dtype)
+
+    return RowPackedConv2d
 
 
 @functools.cache

@@ -6,7 +6,7 @@ batch goes through the frozen UNet with its own configuration's adapter at its o
 (``RowPackedLinear``), and its prompt embeddings are encoded with its own configuration's text-encoder
 adapter at its own text scale, exactly as alone. Cells of one call share the guidance scale (the pipeline
 takes one); the starting noise of each picture comes from its own seed (``render.initial_noise``), so a
-picture does not depend on its batch. Plain LoRA on linear layers only (``pack_render_refusal``).
+picture does not depend on its batch. LoRA, DoRA (on linear layers) and LoCon; LoHa and LoKr render alone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Iterator
 from itertools import groupby
 
-from lora_core.packs.layers import RowRouting, replace_layer, restore_layers, row_linear_class
+from lora_core.packs.layers import RowRouting, replace_layer, restore_layers, row_conv_class, row_linear_class
 from lora_core.render import (
     RenderCell,
     RenderOptions,
@@ -48,8 +48,8 @@ class PackRenderer:
         options: Shared render settings.
 
     Raises:
-        NotPackable: On entering, when an adapter is not plain LoRA on linear layers (DoRA, LoCon, LoHa,
-            LoKr); the pipeline is left as found.
+        NotPackable: On entering, when an adapter is LoHa or LoKr, or DoRA on convolutions; the pipeline is
+            left as found.
     """
 
     def __init__(self, pipe, loras: list[str | os.PathLike], options: RenderOptions):
@@ -69,6 +69,7 @@ class PackRenderer:
                 for lora, name in zip(self.loras, self.names, strict=True):
                     load_adapter(pipe, lora, name)
             self._stacks = _unet_stacks(pipe.unet, self.names)
+            self._dora = _dora_adapters(pipe, self.names)
         except BaseException:
             self._unload()
             raise
@@ -87,13 +88,14 @@ class PackRenderer:
 
         A picture is rendered once for all the pairs that draw it: a configuration's cells whose scales differ
         only where its adapter has nothing to scale (``render.same_picture``), and every configuration's cells
-        at UNet and text-encoder scale 0, which draw the base model's picture.
+        at UNet and text-encoder scale 0, which draw the base model's picture (LoRA and LoCon; not DoRA).
         """
         parts = [adapter_parts(self.pipe, name) for name in self.names]
         drawn_by: dict[tuple, list[tuple[int, RenderCell]]] = {}
         for k, cell in cells:
             same = same_picture(cell, parts[k])
-            base = same.unet_scale == 0 and same.text_scales == (0, 0)  # no adapter adds anything
+            # at scale 0 a LoRA adds nothing (DoRA still rescales its rows)
+            base = same.unet_scale == 0 and same.text_scales == (0, 0) and not self._dora[k]
             drawn_by.setdefault((None if base else k, same), []).append((k, cell))
         members = {(pairs[0][0], same): pairs for (_, same), pairs in drawn_by.items()}
         cells = list(members)
@@ -126,10 +128,13 @@ class PackRenderer:
 
     # ---- layers ------------------------------------------------------------------------------------------
     def _install_layers(self) -> None:
-        row_linear = row_linear_class()
         unet = self.pipe.unet
-        for name, (a, b, scaling) in self._stacks.items():
-            layer = row_linear(unet.get_submodule(name), self.routing, a, b, scaling)
+        for name, (a, b, scaling, magnitude) in self._stacks.items():
+            base = unet.get_submodule(name)
+            if a.dim() == 5:  # LoCon's convolution
+                layer = row_conv_class()(base, self.routing, a, b, scaling)
+            else:
+                layer = row_linear_class()(base, self.routing, a, b, scaling, magnitude)
             self._replaced.append(replace_layer(unet, name, layer))
 
     def _unload(self) -> None:
@@ -148,10 +153,14 @@ class PackRenderer:
 
 
 def _unet_stacks(unet, names: list[str]) -> dict:
-    """Per adapted linear layer of the UNet: ``A`` ``(K, R, in)``, ``B`` ``(K, out, R)``, scaling ``(K,)``.
+    """Per adapted layer of the UNet, the configurations' adapters stacked (zero padded to the largest rank).
+
+    Returns:
+        Layer name -> (``A`` ``(K, R, in[, kh, kw])``, ``B`` ``(K, out, R[, 1, 1])``, scaling ``(K,)``, DoRA's
+        magnitudes ``(K, out)`` or None): linear layers' LoRA and DoRA, and LoCon's convolutions.
 
     Raises:
-        NotPackable: An adapter is not plain LoRA on linear layers.
+        NotPackable: An adapter is LoHa or LoKr, or DoRA on a convolution.
     """
     import torch
     from peft.tuners.lora import LoraLayer
@@ -161,24 +170,45 @@ def _unet_stacks(unet, names: list[str]) -> dict:
     for layer_name, module in unet.named_modules():
         if not isinstance(module, BaseTunerLayer):
             continue
-        mine = [n for n in names if n in getattr(module, "lora_A", {})]
+        mine = [n for n in names if n in getattr(module, "scaling", {})]
         if not mine:
             continue
         base = module.get_base_layer()
-        if not isinstance(module, LoraLayer) or not isinstance(base, torch.nn.Linear):
-            raise NotPackable(f"{layer_name}: {type(base).__name__} layers render alone (LoCon, LoHa, LoKr)")
-        if any(module.use_dora.get(n) for n in mine):
-            raise NotPackable(f"{layer_name}: DoRA renders alone")
+        if not isinstance(module, LoraLayer) or not isinstance(base, torch.nn.Linear | torch.nn.Conv2d):
+            raise NotPackable(f"{layer_name}: {type(module).__name__} adapters render alone (LoHa, LoKr)")
+        dora = [n for n in mine if n in module.lora_magnitude_vector]
+        if dora and isinstance(base, torch.nn.Conv2d):
+            raise NotPackable(f"{layer_name}: DoRA on convolutions renders alone")
         rank = max(module.lora_A[n].weight.shape[0] for n in mine)
         device, dtype = base.weight.device, base.weight.dtype
-        a = torch.zeros(len(names), rank, base.in_features, device=device, dtype=dtype)
-        b = torch.zeros(len(names), base.out_features, rank, device=device, dtype=dtype)
+        a_shape, b_shape = module.lora_A[mine[0]].weight.shape, module.lora_B[mine[0]].weight.shape
+        a = torch.zeros(len(names), rank, *a_shape[1:], device=device, dtype=dtype)
+        b = torch.zeros(len(names), b_shape[0], rank, *b_shape[2:], device=device, dtype=dtype)
         scaling = torch.zeros(len(names), device=device, dtype=dtype)
+        magnitude = torch.zeros(len(names), b_shape[0], device=device, dtype=dtype) if dora else None
         for k, name in enumerate(names):
             if name in mine:
                 r = module.lora_A[name].weight.shape[0]
                 a[k, :r] = module.lora_A[name].weight.detach()
                 b[k, :, :r] = module.lora_B[name].weight.detach()
                 scaling[k] = module.scaling[name]
-        stacks[layer_name] = (a, b, scaling)
+            if magnitude is not None:  # a configuration without DoRA here: the base row norms (factor 1)
+                magnitude[k] = (
+                    module.lora_magnitude_vector[name].weight.detach()
+                    if name in dora
+                    else torch.linalg.norm(base.weight.detach(), dim=1)
+                )
+        stacks[layer_name] = (a, b, scaling, magnitude)
     return stacks
+
+
+def _dora_adapters(pipe, names: list[str]) -> list[bool]:
+    """Per adapter, whether it is DoRA anywhere in the pipeline (its scale 0 is not the base model)."""
+    from lora_core.family import text_encoders
+
+    models = [pipe.unet, *(model for _, model in text_encoders(pipe))]
+    held = set()
+    for model in models:
+        for module in model.modules():
+            held |= set(getattr(module, "lora_magnitude_vector", None) or {})
+    return [name in held for name in names]

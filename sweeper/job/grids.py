@@ -97,7 +97,7 @@ def render_together(grids: list[JobGrids], pipe, results: list, step: int | None
 
     The jobs of a pack share the base model and the render settings: each picture is rendered with its own
     job's adapter and scales, several jobs' cells to one denoising call. Adapters that cannot render
-    together (DoRA, LoCon, LoHa, LoKr) leave their pictures to each job's own ``render``.
+    together (LoHa, LoKr, DoRA on convolutions) leave their pictures to each job's own ``render``.
 
     Args:
         grids: The jobs' grids.
