@@ -78,6 +78,29 @@ def _assert_each_as_alone(pairs, configs) -> None:
         assert meta == read_training_metadata(alone.lora_path)  # the same settings in the same file
 
 
+def _assert_grids_render_together_as_alone(pipe, loras: list) -> dict:
+    """The LoRAs' grids (UNet scale 0, 0.5, 1) rendered together within 1/255 of each alone (which fuses its
+    adapter into the weights at each UNet scale); returns the pictures rendered together."""
+    from lora_core.packs.render import PackRenderer
+    from lora_core.render import GridRenderer, RenderCell, RenderOptions
+
+    options = RenderOptions(num_inference_steps=3, resolution=SIZE)
+    cells = [RenderCell("a photo of ktn cat", u, 0, 4, seed=11) for u in (0, 0.5, 1)]
+    alone = {}
+    for k, lora in enumerate(loras):
+        with GridRenderer(pipe, lora, options) as renderer:
+            alone |= {(k, c): np.asarray(image, dtype=np.float32) for c, image in renderer.render(cells)}
+    with PackRenderer(pipe, loras, options) as renderer:
+        together = {
+            (k, c): np.asarray(image, dtype=np.float32)
+            for k, c, image in renderer.render([(k, c) for k in range(len(loras)) for c in cells])
+        }
+    assert together.keys() == alone.keys()
+    assert max(np.abs(together[key] - alone[key]).max() for key in alone) <= 1  # of 255
+    assert max(np.abs(alone[(0, c)] - alone[(1, c)]).max() for c in cells if c.unet_scale) > 2  # they differ
+    return {(k, c.unet_scale): picture for (k, c), picture in together.items()}
+
+
 @pytest.mark.slow  # several configurations trained twice: in a pack and alone
 def test_an_adamw_pack_steps_every_configuration_at_once_as_each_alone(
     pipe, subject_images, settings, tmp_path
@@ -139,6 +162,9 @@ def test_locon_configurations_pack_like_alone(pipe, subject_images, settings, tm
     pairs = _differences(pipe, subject_images, settings, tmp_path, configs)
     _assert_each_as_alone(pairs, configs)
     assert any(".conv1.lora_A" in key for key in load_file(str(pairs[0][0].lora_path)))
+    # their grids render together: each picture's convolution adapters as a channel group (measured: 0/255)
+    together = _assert_grids_render_together_as_alone(pipe, [packed.output_dir for packed, _ in pairs])
+    np.testing.assert_array_equal(together[(0, 0)], together[(1, 0)])  # scale 0: the base model's, once
 
 
 @pytest.mark.slow  # several configurations trained twice: in a pack and alone
@@ -167,6 +193,10 @@ def test_dora_configurations_pack_like_alone(pipe, subject_images, settings, tmp
     assert moved and max(moved) > 1e-4
     pictures = [_render_with(pipe, r.output_dir) for r in pairs[1]]
     assert np.abs(pictures[0] - pictures[1]).max() <= 2 / 255
+    # their grids render together, each picture with its row norms at its UNet scale (measured: 1/255); at
+    # scale 0 DoRA still rescales the rows to its magnitudes: not the base model's picture
+    together = _assert_grids_render_together_as_alone(pipe, [packed.output_dir for packed, _ in pairs])
+    assert np.abs(together[(0, 0)] - together[(1, 0)]).max() > 0
 
 
 def test_a_pack_with_gradient_checkpointing_trains_each_configuration_as_alone(
@@ -490,43 +520,6 @@ def test_a_packs_grids_render_together_as_each_alone(pipe, subject_images, setti
     # the two adapters draw differently, so each picture had its own
     assert max(np.abs(alone[(0, c)] - alone[(1, c)]).max() for c in cells if c.unet_scale) > 10
     np.testing.assert_array_equal(render(pipe), before)  # the pipeline is left as found
-
-
-@pytest.mark.slow  # two packs trained, their grids rendered alone and together
-@pytest.mark.parametrize(
-    "kind",
-    [
-        dict(conv_target_modules=("conv1", "conv2"), conv_rank=4),  # LoCon: RowPackedConv2d
-        dict(adapter_kind="dora"),  # DoRA: each picture's row norms at its own UNet scale
-    ],
-    ids=["locon", "dora"],
-)
-def test_locon_and_dora_grids_render_together_as_each_alone(pipe, subject_images, settings, tmp_path, kind):
-    """Within 1/255 of each alone (which fuses the adapter into the weights at each UNet scale)."""
-    from itertools import product
-
-    from lora_core.packs.render import PackRenderer
-    from lora_core.render import GridRenderer, RenderCell, RenderOptions
-
-    configs = [settings(learning_rate=3e-2, **kind), settings(rank=8, learning_rate=2e-2, seed=5, **kind)]
-    loras = [r.output_dir for r in train_pack(pipe, subject_images, configs, [tmp_path / k for k in "ab"])]
-    options = RenderOptions(num_inference_steps=3, resolution=SIZE)
-    cells = [RenderCell("a photo of ktn cat", u, 0, g, seed=11) for u, g in product([0, 0.5, 1], [1, 4])]
-    alone = {}
-    for k, lora in enumerate(loras):
-        with GridRenderer(pipe, lora, options) as renderer:
-            alone |= {(k, c): np.asarray(image, dtype=np.float32) for c, image in renderer.render(cells)}
-    with PackRenderer(pipe, loras, options) as renderer:
-        together = {
-            (k, c): np.asarray(image, dtype=np.float32)
-            for k, c, image in renderer.render([(k, c) for k in range(2) for c in cells])
-        }
-    assert together.keys() == alone.keys()
-    assert max(np.abs(together[key] - alone[key]).max() for key in alone) <= 1  # of 255
-    assert max(np.abs(alone[(0, c)] - alone[(1, c)]).max() for c in cells if c.unet_scale) > 10
-    # DoRA's scale 0 still rescales the rows to its magnitudes: not the base model's picture
-    zero = [RenderCell("a photo of ktn cat", 0, 0, 4, seed=11)] * 2
-    assert (np.abs(together[(0, zero[0])] - together[(1, zero[1])]).max() > 0) == ("adapter_kind" in kind)
 
 
 def test_the_packed_convolution_applies_each_adapter_to_its_own_slice_only():
