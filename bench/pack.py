@@ -13,13 +13,15 @@ Three parts (``--parts``, all by default):
   end to end, packed (``sweep.pack=auto``) against ``sweep.pack=1``, in alternating order; wall times and
   their ratio, and whether the report ranks the configurations alike.
 
-``python -m bench pack [--model world|tiny] [--sizes 1,2,4,8] [--steps 30] [--rounds 3] [--parts ...]``
+``python -m bench pack [--model world|tiny] [--sizes 1,2,4,8,16] [--steps 30] [--rounds 3] [--parts ...]
+[--sweep-rounds N]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -110,8 +112,12 @@ def memory_part(model: str, sizes: list[int]) -> None:
         )
 
 
-def sweeps_part(root: Path, quick: bool) -> None:
-    """The quickstart and the halving search, packed against ``sweep.pack=1``, end to end."""
+def sweeps_part(root: Path, quick: bool, rounds: int = 1) -> None:
+    """The quickstart and the halving search, packed against ``sweep.pack=1``, end to end.
+
+    Each round runs both, in an order reversed every other round; the ratio of each round is packed over
+    ``sweep.pack=1`` of that round, and the median of the rounds is printed with their range.
+    """
     from bench.halving import run_sweep
 
     experiments = {
@@ -127,16 +133,24 @@ def sweeps_part(root: Path, quick: bool) -> None:
                 "hydra.sweeper.steps=[20]",
             ],
         }
-    print(f"\nwhole sweeps, packed (sweep.pack=auto) against sweep.pack=1 (outputs in {root})")
-    print(f"{'sweep':>15} {'pack=1 s':>9} {'auto s':>8} {'ratio':>6} {'same ranking':>13}")
+    print(
+        f"\nwhole sweeps, packed (sweep.pack=auto) against sweep.pack=1, {rounds} round(s) (outputs in {root})"
+    )
+    print(f"{'sweep':>15} {'pack=1 s':>9} {'auto s':>8} {'ratio':>6} {'range':>13} {'same ranking':>13}")
     for name, overrides in experiments.items():
-        times = {}
-        for pack in ["1", "auto"] if name == "quickstart" else ["auto", "1"]:
-            label = f"{name}-pack-{pack}"
-            times[pack] = run_sweep(root, label, [*overrides, f"sweep.pack={pack}"])
-        same = _ranking(root / f"{name}-pack-1") == _ranking(root / f"{name}-pack-auto")
+        times: dict[str, list[float]] = {"1": [], "auto": []}
+        same = True
+        for r in range(rounds):
+            order = ["1", "auto"] if (r + (name != "quickstart")) % 2 == 0 else ["auto", "1"]
+            for pack in order:
+                label = f"{name}-pack-{pack}"
+                shutil.rmtree(root / label, ignore_errors=True)  # each round trains and renders everything
+                times[pack].append(run_sweep(root, label, [*overrides, f"sweep.pack={pack}"]))
+            same = same and _ranking(root / f"{name}-pack-1") == _ranking(root / f"{name}-pack-auto")
+        ratios = [a / b for a, b in zip(times["auto"], times["1"], strict=True)]
         print(
-            f"{name:>15} {times['1']:9.1f} {times['auto']:8.1f} {times['auto'] / times['1']:6.3f} {same!s:>13}"
+            f"{name:>15} {statistics.median(times['1']):9.1f} {statistics.median(times['auto']):8.1f} "
+            f"{statistics.median(ratios):6.3f} {min(ratios):6.3f}-{max(ratios):.3f} {same!s:>13}"
         )
 
 
@@ -160,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10 steps, 1 round, sizes 1,4; short sweeps")
     parser.add_argument("--parts", default="training,memory,sweeps", help="any of training, memory, sweeps")
     parser.add_argument("--root", type=Path, default=Path("outputs") / "bench-pack")
+    parser.add_argument("--sweep-rounds", type=int, default=1, help="rounds of the whole-sweeps part")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.rounds, args.sizes = 10, 1, "1,4"
@@ -170,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in parts:
         memory_part(args.model, sizes)
     if "sweeps" in parts:
-        sweeps_part(args.root.resolve(), args.quick)
+        sweeps_part(args.root.resolve(), args.quick, args.sweep_rounds)
     return 0
 
 

@@ -33,12 +33,7 @@ def test_the_device_check_runs_every_section_on_the_tiny_model(tmp_path):
     result = run_cli("bench", "gpu", *args, timeout=900)
     assert result.returncode == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert {(r["batch"], r["gradient_checkpointing"]) for r in summary["train"]} == {
-        (1, False),
-        (1, True),
-        (2, False),
-        (2, True),
-    }
+    assert {(r["batch"], r["gradient_checkpointing"]) for r in summary["train"]} == {(2, False), (2, True)}
     assert all(r["ours_s_per_step"] > 0 and r["floor_s_per_step"] > 0 for r in summary["train"])
     assert (
         summary["resume"]["same_keys"] and summary["resume"]["max_abs_diff"] == 0.0
@@ -49,7 +44,7 @@ def test_the_device_check_runs_every_section_on_the_tiny_model(tmp_path):
     profile = (out / "profile.txt").read_text()
     assert "== ours" in profile and "== floor" in profile and "aten::" in profile
     # the reference: timed per setting with that setting's flags, its s/step beside ours
-    assert len(summary["reference"]) == 4 and all(r["reference_s_per_step"] > 0 for r in summary["reference"])
+    assert len(summary["reference"]) == 2 and all(r["reference_s_per_step"] > 0 for r in summary["reference"])
     for row in summary["reference"]:
         flags = row["flags"]
         assert ("--gradient_checkpointing" in flags) == row["gradient_checkpointing"]
@@ -58,7 +53,7 @@ def test_the_device_check_runs_every_section_on_the_tiny_model(tmp_path):
     for row in summary["train"]:
         assert row["ours_over_reference"] == row["ours_s_per_step"] / row["reference_s_per_step"]
     table = (out / "table.md").read_text()
-    assert table.count("\n| ") == 5 and "Device: CPU" in table  # header + 4 training rows
+    assert table.count("\n| ") == 3 and "Device: CPU" in table  # header + 2 training rows
     assert "| ours / reference |" in table and "Resume" in table and "Sweep" in table
     # packs against one configuration alone, with each size's time per configuration-step
     assert [r["size"] for r in summary["pack"]["packs"]] == [1, 2]

@@ -59,6 +59,7 @@ class Recipe:
     vae_full_steps: int = 400
     vae_batch: int = 32
     vae_lr: float = 2e-3
+    vae_eval_pictures: int = 256  # fresh pictures for the latent scaling factor and the held-out PSNR
     width: int = 128  # text hidden size = cross-attention width = vision width
     text_layers: int = 4
     clip_steps: int = 4000
@@ -80,10 +81,11 @@ class Recipe:
     eval_inference_steps: int = 25
 
     def scaled(self, factor: float) -> Recipe:
-        """The same recipe with every step count (and the picture pool) multiplied by ``factor``."""
+        """The same recipe with every step count (and the picture pools) multiplied by ``factor``."""
         steps = {k: max(2, int(v * factor)) for k, v in asdict(self).items() if k.endswith("_steps")}
         pools = {k: max(self.unet_batch, int(getattr(self, k) * factor)) for k in ("unet_pool", "clip_pool")}
-        return replace(self, **steps, **pools, eval_every=steps["unet_steps"])
+        evaluated = max(16, int(self.vae_eval_pictures * factor))
+        return replace(self, **steps, **pools, eval_every=steps["unet_steps"], vae_eval_pictures=evaluated)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -210,11 +212,11 @@ def train_vae(recipe: Recipe, out: Path) -> dict:
         _progress("vae", step, total, loss.item(), started)
     vae.eval()
     with torch.no_grad():
-        x, _ = world_batch(random.Random(f"vae-eval-{recipe.seed}"), 256)
+        x, _ = world_batch(random.Random(f"vae-eval-{recipe.seed}"), recipe.vae_eval_pictures)
         vae.register_to_config(scaling_factor=float(1.0 / vae.encode(x).latent_dist.mode().std()))
     vae.save_pretrained(out)
     return {
-        "psnr_db": vae_psnr(vae, recipe.seed),
+        "psnr_db": vae_psnr(vae, recipe.seed, recipe.vae_eval_pictures),
         "scaling_factor": vae.config.scaling_factor,
         "steps": total,
     }
