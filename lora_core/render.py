@@ -4,6 +4,8 @@ What a user would write is one ``set_adapters`` and one pipeline call per cell. 
 pictures faster:
 
 - the adapter is loaded once;
+- cells that draw the same picture are rendered once: a scale of a model part the adapter does not adapt
+  changes nothing (a LoRA trained with the text encoder frozen draws its text-scale axis once);
 - prompt embeddings are encoded once per (prompt, text-encoder scale) — the text encoder's LoRA scale only
   changes the embeddings, so cells that differ in UNet scale or guidance share them;
 - cells with the same (UNet scale, guidance) go through the pipeline together, in batches;
