@@ -67,11 +67,18 @@ def test_the_plan_packs_what_can_share_and_says_why_the_rest_runs_alone(tmp_path
     )
     assert [len(p) for p in plan.packs] == [8]  # ranks differ inside a pack (padded); x 2 text-encoder rates
     plan = _plan(
-        tmp_path / "e", "experiment=quickstart", *FAST, "train.learning_rate=1e-4,2e-4", "lora.kind=lora,loha"
+        tmp_path / "e",
+        "experiment=quickstart",
+        *FAST,
+        "train.learning_rate=1e-4,2e-4",
+        "lora.kind=lora,loha,dora",
     )
-    assert sorted(len(p) for p in plan.packs) == [1, 1, 1, 1, 4]
+    assert sorted(len(p) for p in plan.packs) == [1, 1, 1, 1, 4, 4]  # LoRA's pack and DoRA's
     assert set(plan.alone) == {n for n in plan.jobs if "loha" in n}
     assert all("lora.kind=loha" in reason and "runs alone" in reason for reason in plan.alone.values())
+    # DoRA on a half-precision base model runs alone (its row norms round otherwise in a pack)
+    plan = _plan(tmp_path / "g", "experiment=quickstart", *FAST, "lora.kind=dora", "model.dtype=bfloat16")
+    assert len(plan.alone) == 4 and all("half-precision" in reason for reason in plan.alone.values())
     plan = _plan(
         tmp_path / "f",
         "experiment=quickstart",

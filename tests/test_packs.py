@@ -240,6 +240,12 @@ def test_a_bfloat16_pack_trains_each_configuration_as_alone(pipe, subject_images
     half = copy.deepcopy(pipe).to(torch.bfloat16)
     configs = [{}, dict(learning_rate=3e-3, seed=5, text_encoder_lr=1e-3, validation_every=3)]
     _assert_each_as_alone(_differences(half, subject_images, settings, tmp_path, configs), configs)
+    # DoRA on a half-precision base runs alone: its row norms round otherwise in a pack
+    dora = settings(adapter_kind="dora")
+    assert "half-precision" in pack_refusal([dora], half_precision=True)
+    assert pack_refusal([dora]) is None
+    with pytest.raises(ValueError, match="on a half-precision model"):
+        train_pack(half, subject_images, [dora, dora], [tmp_path / "d0", tmp_path / "d1"])
 
 
 def test_an_fp16_overflow_skips_only_that_configurations_step(

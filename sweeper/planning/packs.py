@@ -49,7 +49,17 @@ def lone_reason(spec: JobSpec) -> str | None:
     """Why this configuration cannot train in any pack, in one line; None when it can."""
     if spec.stop_at is not None:
         return None
-    return pack_refusal([spec.settings])
+    return pack_refusal([spec.settings], half_precision=_half_precision(spec.model))
+
+
+def _half_precision(model) -> bool:
+    """Whether the jobs load the base model in float16 or bfloat16 (``model.dtype``, ``auto`` resolved)."""
+    from lora_core.models import resolve_device, resolve_dtype
+
+    try:
+        return str(resolve_dtype(model.dtype, resolve_device(model.device))) != "torch.float32"
+    except UserInputError:
+        return False  # the plan's own checks name the value
 
 
 def _pack_key(spec: JobSpec) -> str:
