@@ -85,6 +85,11 @@ def picture_time_ids(pictures: list, resolution: int):
     return torch.tensor(rows, dtype=torch.float32)
 
 
+def training_time_ids(pipe, pictures: list, resolution: int, device):
+    """The time ids of a training's pictures (``picture_time_ids``) on ``device``; None for SD 1.x / 2.x."""
+    return picture_time_ids(pictures, resolution).to(device) if family_of(pipe) == SDXL else None
+
+
 def crop_conditioning(size: tuple[int, int], resolution: int, center_crop: bool) -> tuple[tuple, tuple]:
     """What a picture of ``size`` (w, h) resized and cropped to ``resolution`` tells SDXL about itself.
 

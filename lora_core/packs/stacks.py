@@ -8,6 +8,8 @@ layer; ``peft_named`` gives one configuration's part back under peft's names, fo
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from lora_core.family import SDXL, family_of, text_encoders
 from lora_core.packs.layers import PackRouting, packed_conv_class, packed_linear_class, replace_layer
 from lora_core.packs.optim import FlatStacks
@@ -122,6 +124,71 @@ def pack_model(
             layer = packed_linear_class()(base, routing, a, b, scales, *magnitude)
         replaced.append(replace_layer(model, name, layer))
     return flat, slices
+
+
+@dataclass
+class PackedModels:
+    """Every configuration's adapters packed into the pipeline's models (``pack_models``).
+
+    Attributes:
+        adapts: Per configuration, whether it adapts each model (the UNet, then each text encoder).
+        routings: Each model's routing.
+        layer_names: Each model's adapted layers, in the order peft made them (every configuration that
+            adapts a model adapts the same ones).
+        flats: The stacks of each model some configuration adapts; ``flat_models``: which model each is.
+        slices: Per configuration, its own part of the stacks: (checkpoint name, stack, index).
+    """
+
+    adapts: list[list[bool]]
+    routings: list[PackRouting]
+    layer_names: list[list[str]]
+    flats: list[FlatStacks] = field(default_factory=list)
+    flat_models: list[int] = field(default_factory=list)
+    slices: list[list] = field(default_factory=list)
+
+    def group_of(self, k: int, m: int) -> int | None:
+        """Configuration ``k``'s optimizer group of model ``m``'s parameters; None where it does not adapt it."""
+        return sum(self.adapts[k][:m]) if self.adapts[k][m] else None
+
+    def parameter_groups(self, k: int, settings, params: list) -> list[dict]:
+        """Configuration ``k``'s optimizer groups of its ``params``, as ``LoraTrainer``'s.
+
+        The UNet's parameters, then each text encoder's that it trains, each at its own rate.
+        """
+        rates = [settings.learning_rate, settings.text_encoder_lr, settings.text_encoder_2_rate]
+        groups, start = [], 0
+        for m, names in enumerate(self.layer_names):
+            if self.adapts[k][m]:
+                end = start + params_per_layer(settings) * len(names)
+                groups.append({"params": params[start:end], "lr": rates[m]})
+                start = end
+        return groups
+
+
+def pack_models(models: list, initial: list[list[dict]], dropout: dict, replaced: list) -> PackedModels:
+    """Pack every configuration's initial adapters into ``models`` (``pack_model`` for each).
+
+    Args:
+        models: The UNet, then each text encoder (``LoraTrainer``'s order).
+        initial: Per configuration, each model's weights (``initial_adapter``; empty where it is frozen).
+        dropout: ``dropout_generators``' dict; each model's routing takes the configurations adapting it.
+        replaced: Gains what ``restore_layers`` puts back.
+    """
+    adapts = [[bool(w) for w in weights] for weights in initial]
+    routings = [PackRouting() for _ in models]
+    for m, routing in enumerate(routings):  # dropout masks only where a configuration has adapters
+        routing.dropout = {k: d for k, d in dropout.items() if adapts[k][m]}
+    layer_names = [next((list(w[m]) for w in initial if w[m]), []) for m in range(len(models))]
+    packed = PackedModels(adapts, routings, layer_names, slices=[[] for _ in initial])
+    for m, (model, routing) in enumerate(zip(models, routings, strict=True)):
+        indices = [packed.group_of(k, m) for k in range(len(initial))]  # the model's index in its names
+        flat, slices = pack_model(model, indices, [w[m] for w in initial], routing, replaced)
+        if flat is not None:
+            packed.flats.append(flat)
+            packed.flat_models.append(m)
+        for mine, more in zip(packed.slices, slices, strict=True):
+            mine += more
+    return packed
 
 
 def adapter_weights(settings, family: str, layer_names: list, params: list, meta: dict):

@@ -24,20 +24,21 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from lora_core.family import SDXL, family_of, picture_time_ids, text_encoders
+from lora_core.family import family_of, text_encoders, training_time_ids
 from lora_core.optimizers import make_optimizer, make_schedule, set_optimizer_mode
-from lora_core.packs.layers import PackRouting, dropout_generators, restore_layers
+from lora_core.packs.layers import dropout_generators, restore_layers
 from lora_core.packs.optim import PackAdamW, step_alone, step_together
 from lora_core.packs.prompts import PackPrompts
-from lora_core.packs.stacks import adapter_weights, initial_adapter, pack_model, params_per_layer
+from lora_core.packs.stacks import adapter_weights, initial_adapter, pack_models
 from lora_core.settings import BOOKKEEPING_FIELDS, FIELD_SOURCES, TrainSettings
 from lora_core.training.checkpoint import Checkpointer, checkpoint_due
 from lora_core.training.device import mixed_precision, peak_memory
-from lora_core.training.inputs import LatentCache, MicroBatches
+from lora_core.training.inputs import LatentCache, MicroBatches, training_prompts
 from lora_core.training.loss_log import LossLog
 from lora_core.training.objective import SnrWeights, denoising_target, draw_noise, pack_losses
 from lora_core.training.recipe import (
     added_conditioning,
+    restore_pipeline,
     step_sizes,
     training_metadata,
     write_trained_adapters,
@@ -117,12 +118,6 @@ def pack_refusal(settings: list[TrainSettings], half_precision: bool = False) ->
     return None
 
 
-def _float32():
-    import torch
-
-    return torch.float32
-
-
 class PackTrainer:
     """Trains several configurations on one borrowed pipeline, one forward and backward a step.
 
@@ -158,7 +153,7 @@ class PackTrainer:
     ):
         for s in settings:
             s.validate()
-        reason = pack_refusal(settings, half_precision=pipe.unet.dtype != _float32())
+        reason = pack_refusal(settings, half_precision=pipe.unet.dtype.itemsize < 4)
         if reason is not None:
             raise ValueError(f"these configurations cannot share a pack: {reason}")
         if len(output_dirs) != len(settings):
@@ -198,36 +193,17 @@ class PackTrainer:
         ]
         initial = [initial_adapter(pipe, s) for s in self.settings]
         dropout = dropout_generators([s.dropout for s in self.settings], [state for _, state in initial])
-        # per configuration, which models it adapts (the UNet, then each text encoder it trains)
-        self.adapts = [[bool(w) for w in weights] for weights, _ in initial]
-        self.routings = [PackRouting() for _ in self.models]
-        for m, routing in enumerate(self.routings):  # dropout masks only where a configuration has adapters
-            routing.dropout = {k: d for k, d in dropout.items() if self.adapts[k][m]}
-        self.unet_routing, self.text_routings = self.routings[0], self.routings[1:]
         self._replaced = []
-        # each model's adapted layers, in the order peft made them (every configuration adapts the same ones)
-        self.layer_names = [
-            next((list(weights[m]) for weights, _ in initial if weights[m]), [])
-            for m in range(len(self.models))
-        ]
-        self.slices = [[] for _ in self.settings]
-        self.flats, self.flat_models = [], []  # the stacks of each model some configuration adapts
-        for m, (model, routing) in enumerate(zip(self.models, self.routings, strict=True)):
-            indices = [sum(adapts[:m]) if adapts[m] else None for adapts in self.adapts]  # checkpoint names
-            flat, slices = pack_model(model, indices, [w[m] for w, _ in initial], routing, self._replaced)
-            if flat is not None:
-                self.flats.append(flat)
-                self.flat_models.append(m)
-            for mine, more in zip(self.slices, slices, strict=True):
-                mine += more
+        self.packed = pack_models(self.models, [w for w, _ in initial], dropout, self._replaced)
+        self.unet_routing, self.text_routings = self.packed.routings[0], self.packed.routings[1:]
         self.params = [
-            [torch.nn.Parameter(stack.data[where]) for _, stack, where in self.slices[k]]
+            [torch.nn.Parameter(stack.data[where]) for _, stack, where in self.packed.slices[k]]
             for k in range(len(self.settings))
         ]
         if self.settings[0].gradient_checkpointing:  # shared by the pack; as LoraTrainer sets it up
             pipe.unet.enable_gradient_checkpointing()
             for m, encoder in enumerate(self.models[1:], start=1):
-                if any(adapts[m] for adapts in self.adapts):
+                if any(adapts[m] for adapts in self.packed.adapts):
                     encoder.activation_checkpointing_enable()
         self._setup_training_state()
         self._setup_inputs()
@@ -249,14 +225,8 @@ class PackTrainer:
         from accelerate import Accelerator
 
         self.optimizers, self.schedules, self.emas, self.checkpointers, self.accelerators = [], [], [], [], []
-        rates = lambda s: [s.learning_rate, s.text_encoder_lr, s.text_encoder_2_rate]  # noqa: E731
         for k, s in enumerate(self.settings):
-            groups, start = [], 0  # LoraTrainer's: the UNet's, then each text encoder's that it trains
-            for m, names in enumerate(self.layer_names):
-                if self.adapts[k][m]:
-                    end = start + params_per_layer(s) * len(names)
-                    groups.append({"params": self.params[k][start:end], "lr": rates(s)[m]})
-                    start = end
+            groups = self.packed.parameter_groups(k, s, self.params[k])
             accelerator = Accelerator(mixed_precision=self.precision, cpu=self.device.type == "cpu")
             optimizer = make_optimizer(groups, s, self.device.type)
             optimizer, schedule = accelerator.prepare(optimizer, make_schedule(optimizer, s))
@@ -270,7 +240,7 @@ class PackTrainer:
         # configuration its own optimizer (its own scaler skips its step on an overflow).
         batched = all(s.optimizer == "adamw" and not s.uses_ema for s in self.settings)
         batched = batched and not any(self.scalers)
-        self.pack_adamw = PackAdamW(self.flats, self.settings) if batched else None
+        self.pack_adamw = PackAdamW(self.packed.flats, self.settings) if batched else None
 
     @property
     def scalers(self) -> list:
@@ -282,28 +252,18 @@ class PackTrainer:
         """Each configuration's optimizer steps done."""
         return [c.progress.step for c in self.checkpointers]
 
-    def group_of(self, k: int, m: int) -> int | None:
-        """Configuration ``k``'s optimizer group of model ``m``'s parameters; None where it does not adapt it."""
-        return sum(self.adapts[k][:m]) if self.adapts[k][m] else None
-
     def _setup_inputs(self) -> None:
         s = self.settings[0]
-        prompts = [
-            s.instance_prompt,
-            *self.captions,
-            *([s.class_prompt] if self.class_images else []),
-            "",  # a dropped caption (configurations with caption dropout)
-        ]
+        # with "" whatever the first one's caption dropout: another configuration may drop captions
+        prompts = training_prompts(s, self.captions, bool(self.class_images), dropped=True)
         n_instance, n_class = len(self.images), len(self.class_images or [])
-        trains_text = [any(adapts[1:]) for adapts in self.adapts]
+        trains_text = [any(adapts[1:]) for adapts in self.packed.adapts]
         self.prompts = PackPrompts(
             self.pipe, self.device, prompts, self.captions, trains_text, self.text_routings
         )
         pictures = list(self.images) + list(self.class_images or [])
         self.latents = LatentCache(self.pipe.vae, self.device, pictures, s.random_flip)
-        # SDXL's size and crop conditioning of each training picture (none for SD 1.x / 2.x)
-        sdxl = self.family == SDXL
-        self.time_ids = picture_time_ids(pictures, s.resolution).to(self.device) if sdxl else None
+        self.time_ids = training_time_ids(self.pipe, pictures, s.resolution, self.device)  # SDXL's
         table = self.prompts.rows
         self.batches = [MicroBatches(c, table, self.latents, n_instance, n_class) for c in self.settings]
         self.validations = [
@@ -316,12 +276,14 @@ class PackTrainer:
     def _resume(self, k: int, checkpoint: Path) -> None:
         """Continue configuration ``k`` from a checkpoint: weights, optimizer, schedule, generator, EMA, log."""
         folder = self.checkpointers[k].resume_point(checkpoint)
-        trainable = {key: param for (key, _, _), param in zip(self.slices[k], self.params[k], strict=True)}
+        trainable = self._trainable(k)
         with self.unet_routing.dropout_as_global(k):  # the checkpoint's global generator is its dropout's
             self.logs[k].restore(self.checkpointers[k].load(folder, trainable))
         self.logs[k].rewrite()  # drops what came after the checkpoint
         if self.pack_adamw is not None:  # its moments move into the pack's buffers
-            self.pack_adamw.load_from(k, self.steps[k], self.optimizers[k], self.params[k], self.slices[k])
+            self.pack_adamw.load_from(
+                k, self.steps[k], self.optimizers[k], self.params[k], self.packed.slices[k]
+            )
 
     # ---- train -------------------------------------------------------------------------------------------
     def train(self, until: int | None = None) -> list[TrainResult | None]:
@@ -449,15 +411,16 @@ class PackTrainer:
                 total.backward()
             totals = totals + losses.detach()
         if self.pack_adamw is not None:
-            groups = [[self.group_of(k, m) for k in range(len(self.settings))] for m in self.flat_models]
+            packed = self.packed
+            groups = [[packed.group_of(k, m) for k in range(len(self.settings))] for m in packed.flat_models]
             step_together(
-                self.pack_adamw, self.flats, groups, self.settings, self.optimizers, self.schedules, active
+                self.pack_adamw, packed.flats, groups, self.settings, self.optimizers, self.schedules, active
             )
         else:
             for k in active:
-                parts = (self.optimizers, self.schedules, self.emas, self.params, self.slices)
+                parts = (self.optimizers, self.schedules, self.emas, self.params, self.packed.slices)
                 step_alone(self.settings[k], *(part[k] for part in parts))
-        for flat in self.flats:
+        for flat in self.packed.flats:
             flat.grad.zero_()  # the stacks' gradients stay views of it
         return totals.float().tolist()
 
@@ -479,12 +442,11 @@ class PackTrainer:
         with self.accelerators[0].autocast():  # every configuration's accelerator has the same precision
             embeds, pooled = self.prompts.conditioning(active, [rows for _, rows, _, _ in parts])
             dtype = self.unet_dtype
-            pictures = [
-                row
-                for k, step in zip(active, micro_steps, strict=True)
-                for row in self.batches[k].pictures(step)
-            ]
-            added = added_conditioning(pooled, self.time_ids, pictures, dtype)
+            added = None
+            if self.time_ids is not None:  # SDXL: each sample's picture's time ids
+                steps = zip(active, micro_steps, strict=True)
+                pictures = [row for k, step in steps for row in self.batches[k].pictures(step)]
+                added = added_conditioning(pooled, self.time_ids, pictures, dtype)
             pred = self.pipe.unet(
                 noisy.to(dtype), timesteps, embeds.to(dtype), added_cond_kwargs=added
             ).sample
@@ -500,7 +462,7 @@ class PackTrainer:
             self.settings[k].adapter_kind,
             kohya,
             functools.partial(
-                adapter_weights, self.settings[k], self.family, self.layer_names, self.params[k]
+                adapter_weights, self.settings[k], self.family, self.packed.layer_names, self.params[k]
             ),
             training_metadata(self.settings[k], self.metadata[k], self.steps[k]),
             contextlib.nullcontext,
@@ -510,13 +472,17 @@ class PackTrainer:
     def save_checkpoint(self, k: int) -> Path:
         """Write configuration ``k``'s checkpoint at its current step, in ``LoraTrainer``'s format."""
         if self.pack_adamw is not None:
-            self.pack_adamw.save_into(k, self.optimizers[k], self.params[k], self.slices[k])
-        trainable = {key: param for (key, _, _), param in zip(self.slices[k], self.params[k], strict=True)}
+            self.pack_adamw.save_into(k, self.optimizers[k], self.params[k], self.packed.slices[k])
+        trainable = self._trainable(k)
         write = functools.partial(self._write_adapters, k, kohya=False)
         with self.unet_routing.dropout_as_global(
             k
         ):  # a lone run's checkpoint keeps its dropout's generator there
             return self.checkpointers[k].save(self.steps[k], trainable, write, self.logs[k])
+
+    def _trainable(self, k: int) -> dict:
+        """Configuration ``k``'s parameters by their checkpoint names (``LoraTrainer``'s)."""
+        return {key: param for (key, _, _), param in zip(self.packed.slices[k], self.params[k], strict=True)}
 
     def save_final(self, k: int) -> TrainResult:
         """Write configuration ``k``'s final files, as ``LoraTrainer.save_final`` lays them out."""
@@ -542,14 +508,7 @@ class PackTrainer:
         from accelerate.state import AcceleratorState, GradientState
 
         restore_layers(getattr(self, "_replaced", []))
-        encoders = [model for _, model in text_encoders(self.pipe)]
-        if self.settings[0].gradient_checkpointing:
-            self.pipe.unet.disable_gradient_checkpointing()
-            for encoder in encoders:
-                encoder.activation_checkpointing_disable()
-        for model in (self.pipe.unet, self.pipe.vae, *encoders):
-            model.requires_grad_(False)
-            model.eval()
+        restore_pipeline(self.pipe, self.settings[0].gradient_checkpointing)  # frozen, eval mode, as alone
         AcceleratorState._reset_state()  # as LoraTrainer.cleanup: the next job may train otherwise
         GradientState._reset_state()
 

@@ -6,6 +6,20 @@ from lora_core.data.order import caption_dropped, class_picture_rows, picture_in
 from lora_core.training.device import to_device
 
 
+def training_prompts(settings, captions: list[str], with_class: bool, dropped: bool) -> list[str]:
+    """Every prompt a training uses, in row order.
+
+    The instance prompt, the captions, the class prompt (prior preservation), and ``""`` (a dropped caption)
+    when ``dropped``.
+    """
+    return [
+        settings.instance_prompt,
+        *captions,
+        *([settings.class_prompt] if with_class else []),
+        *([""] if dropped else []),
+    ]
+
+
 class PromptTable:
     """Every prompt the training uses, tokenized once and, while the text encoders are frozen, encoded once.
 

@@ -18,7 +18,7 @@ from lora_core.adapters import (
     write_adapter_files,
 )
 from lora_core.errors import UserInputError
-from lora_core.family import SD, SDXL, family_of, picture_time_ids, text_encoders
+from lora_core.family import SD, SDXL, family_of, text_encoders, training_time_ids
 from lora_core.optimizers import check_optimizer, make_optimizer, make_schedule, set_optimizer_mode
 from lora_core.settings import TrainSettings
 from lora_core.training.checkpoint import (
@@ -29,7 +29,7 @@ from lora_core.training.checkpoint import (
     trainable_tensors,
 )
 from lora_core.training.device import mixed_precision, peak_memory
-from lora_core.training.inputs import LatentCache, MicroBatches, PromptTable
+from lora_core.training.inputs import LatentCache, MicroBatches, PromptTable, training_prompts
 from lora_core.training.loss_log import LossLog
 from lora_core.training.objective import SnrWeights, denoising_loss_of, denoising_target, draw_noise
 from lora_core.training.results import StepClock, StepRecord, TrainingStopped, TrainResult, finish_folder
@@ -166,18 +166,11 @@ class LoraTrainer:
         """The prompt table and the latent cache (pictures are encoded when a step first draws them)."""
         s, pictures = self.settings, list(self.images) + list(self.class_images or [])
         self.n_instance = len(self.images)
-        prompts = [
-            s.instance_prompt,
-            *self.captions,
-            *([s.class_prompt] if self.class_images else []),
-            *([""] if s.caption_dropout else []),
-        ]
+        prompts = training_prompts(s, self.captions, bool(self.class_images), bool(s.caption_dropout))
         frozen = all(config is None for config in self.configs[1:])
         self.prompts = PromptTable(self.pipe, self.device, prompts, self.captions, frozen)
         self.latents = LatentCache(self.pipe.vae, self.device, pictures, s.random_flip)
-        # SDXL's size and crop conditioning of each training picture (none for SD 1.x / 2.x)
-        sdxl = family_of(self.pipe) == SDXL
-        self.time_ids = picture_time_ids(pictures, s.resolution).to(self.device) if sdxl else None
+        self.time_ids = training_time_ids(self.pipe, pictures, s.resolution, self.device)  # SDXL's
         n_class = len(self.class_images or [])
         self.batches = MicroBatches(s, self.prompts, self.latents, self.n_instance, n_class)
         self.validation = None

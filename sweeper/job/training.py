@@ -147,9 +147,8 @@ class JobTraining:
         }
         if job.spec.settings.caption_mode != "instance_prompt":  # captions are read from files: hash them
             identity["captions"] = captions_digest(job.spec.read_captions(job.instance_dir))
-        if (
-            family := configured_family(job.spec.model)
-        ) != SD:  # SD 1.x / 2.x identities say nothing (as before SDXL)
+        family = configured_family(job.spec.model)
+        if family != SD:  # SD 1.x / 2.x identities say nothing (as before SDXL)
             identity["family"] = family
         return identity
 

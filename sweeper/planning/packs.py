@@ -57,7 +57,7 @@ def _half_precision(model) -> bool:
     from lora_core.models import resolve_device, resolve_dtype
 
     try:
-        return str(resolve_dtype(model.dtype, resolve_device(model.device))) != "torch.float32"
+        return resolve_dtype(model.dtype, resolve_device(model.device)).itemsize < 4
     except UserInputError:
         return False  # the plan's own checks name the value
 
