@@ -221,6 +221,18 @@ class RowRouting:
         return self._tensors
 
 
+def picture_factors(routing: RowRouting, scaling, batch: int) -> tuple:
+    """(each picture's configuration, its UNet scale times its configuration's alpha / rank in a layer).
+
+    Args:
+        routing: The batch's ``RowRouting``.
+        scaling: The layer's alpha / rank of each configuration, ``(K,)``.
+        batch: Pictures in the batch (classifier-free guidance doubles it).
+    """
+    rows, scales = routing.tensors(scaling.device, scaling.dtype, batch)
+    return rows, scales * scaling[rows]
+
+
 @functools.cache
 def row_linear_class():
     """The ``RowPackedLinear`` module class: each picture of a batch with its own configuration's adapter."""
@@ -253,8 +265,8 @@ def row_linear_class():
             if self.routing.rows is None:
                 return y
             a, b = self.lora_A, self.lora_B
-            rows, scales = self.routing.tensors(a.device, a.dtype, x.shape[0])
-            factor = (scales * self.scaling[rows]).view(-1, 1, 1)
+            rows, factor = picture_factors(self.routing, self.scaling, x.shape[0])
+            factor = factor.view(-1, 1, 1)
             samples = x.reshape(x.shape[0], -1, x.shape[-1]).to(a.dtype)  # (pictures, tokens, in)
             if self.magnitude is None:
                 delta = torch.bmm(
@@ -273,11 +285,14 @@ def row_linear_class():
             if self._dora_scales is not None and self._dora_scales[0] is rows:
                 return self._dora_scales[1]
             weight = self.base.weight.to(self.lora_A.dtype)
+            keys = list(
+                zip(rows.tolist(), factor.tolist(), strict=True)
+            )  # (configuration, scale) per picture
             norms = {}
-            for k, f in dict.fromkeys(zip(rows.tolist(), factor.tolist(), strict=True)):
+            for k, f in dict.fromkeys(keys):
                 lora_weight = self.lora_B[k] @ self.lora_A[k]
                 norms[(k, f)] = torch.linalg.norm(weight + f * lora_weight, dim=1)
-            norm = torch.stack([norms[key] for key in zip(rows.tolist(), factor.tolist(), strict=True)])
+            norm = torch.stack([norms[key] for key in keys])
             scale = (self.magnitude[rows] / norm).unsqueeze(1)
             self._dora_scales = (rows, scale)
             return scale
@@ -317,8 +332,8 @@ def row_conv_class():
             if self.routing.rows is None:
                 return y
             a, b = self.lora_A, self.lora_B
-            rows, scales = self.routing.tensors(a.device, a.dtype, x.shape[0])
-            factor = (scales * self.scaling[rows]).view(-1, 1, 1, 1, 1)
+            rows, factor = picture_factors(self.routing, self.scaling, x.shape[0])
+            factor = factor.view(-1, 1, 1, 1, 1)
             pictures = x.shape[0]
             grouped = x.reshape(1, -1, *x.shape[2:]).to(a.dtype)  # (1, pictures x in, h, w)
             weights = (a[rows] * factor).reshape(-1, *a.shape[2:])  # (pictures x R, in, kh, kw)
