@@ -210,6 +210,27 @@ def render(pipe, prompt: str = "a photo of ktn cat", seed: int = 7, steps: int =
     ).images[0]
 
 
+def render_alone_and_together(pipe, loras: list, cells: list, options) -> tuple[dict, dict]:
+    """Each LoRA's ``cells`` rendered alone (``GridRenderer``) and all of them together (``PackRenderer``).
+
+    Returns:
+        Two dicts (alone, together) of (LoRA index, cell) -> the picture as a float32 array (0-255).
+    """
+    import numpy as np
+
+    from lora_core.packs.render import PackRenderer
+    from lora_core.render import GridRenderer
+
+    alone = {}
+    for k, lora in enumerate(loras):
+        with GridRenderer(pipe, lora, options) as renderer:
+            alone |= {(k, c): np.asarray(image, dtype=np.float32) for c, image in renderer.render(cells)}
+    with PackRenderer(pipe, loras, options) as renderer:
+        pairs = [(k, c) for k in range(len(loras)) for c in cells]
+        together = {(k, c): np.asarray(image, dtype=np.float32) for k, c, image in renderer.render(pairs)}
+    return alone, together
+
+
 @pytest.fixture
 def browser():
     """Debian's headless chromium driven by selenium (the compare page and the MLflow UI tests)."""

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import SIZE, kohya_name, kohya_rebuild
+from conftest import SIZE, kohya_name, kohya_rebuild, render_alone_and_together
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -221,8 +221,7 @@ def test_sdxl_configurations_pack_and_render_together_as_each_alone(xl, wide_sub
     from test_packs import assert_trained_alike
 
     from lora_core.packs import train_pack
-    from lora_core.packs.render import PackRenderer
-    from lora_core.render import GridRenderer, RenderCell, RenderOptions
+    from lora_core.render import RenderCell, RenderOptions
     from lora_core.settings import TrainSettings
 
     common = dict(
@@ -262,16 +261,7 @@ def test_sdxl_configurations_pack_and_render_together_as_each_alone(xl, wide_sub
         RenderCell("a photo of ktn cat", u, t, 4, seed=11, text_2_scale=t2)
         for u, t, t2 in product([0, 1], [0, 1], [None, 0.5])
     ]
-    loras = [p.output_dir for p in packed]
-    drawn_alone = {}
-    for k, lora in enumerate(loras):
-        with GridRenderer(xl, lora, options) as renderer:
-            drawn_alone |= {(k, c): np.asarray(im, dtype=np.float32) for c, im in renderer.render(cells)}
-    with PackRenderer(xl, loras, options) as renderer:
-        together = {
-            (k, c): np.asarray(im, dtype=np.float32)
-            for k, c, im in renderer.render([(k, c) for k in range(3) for c in cells])
-        }
+    drawn_alone, together = render_alone_and_together(xl, [p.output_dir for p in packed], cells, options)
     assert together.keys() == drawn_alone.keys()
     assert max(np.abs(together[key] - drawn_alone[key]).max() for key in together) <= 1  # of 255
     # the second text encoder's scale is its own: it draws otherwise for the configuration that trained it

@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import SIZE, render
+from conftest import SIZE, render, render_alone_and_together
 from safetensors.torch import load_file
 
 from lora_core.adapters import LORA_FILE, read_training_metadata
@@ -81,20 +81,11 @@ def _assert_each_as_alone(pairs, configs) -> None:
 def _assert_grids_render_together_as_alone(pipe, loras: list) -> dict:
     """The LoRAs' grids (UNet scale 0, 0.5, 1) rendered together within 1/255 of each alone (which fuses its
     adapter into the weights at each UNet scale); returns the pictures rendered together."""
-    from lora_core.packs.render import PackRenderer
-    from lora_core.render import GridRenderer, RenderCell, RenderOptions
+    from lora_core.render import RenderCell, RenderOptions
 
     options = RenderOptions(num_inference_steps=3, resolution=SIZE)
     cells = [RenderCell("a photo of ktn cat", u, 0, 4, seed=11) for u in (0, 0.5, 1)]
-    alone = {}
-    for k, lora in enumerate(loras):
-        with GridRenderer(pipe, lora, options) as renderer:
-            alone |= {(k, c): np.asarray(image, dtype=np.float32) for c, image in renderer.render(cells)}
-    with PackRenderer(pipe, loras, options) as renderer:
-        together = {
-            (k, c): np.asarray(image, dtype=np.float32)
-            for k, c, image in renderer.render([(k, c) for k in range(len(loras)) for c in cells])
-        }
+    alone, together = render_alone_and_together(pipe, loras, cells, options)
     assert together.keys() == alone.keys()
     assert max(np.abs(together[key] - alone[key]).max() for key in alone) <= 1  # of 255
     assert max(np.abs(alone[(0, c)] - alone[(1, c)]).max() for c in cells if c.unet_scale) > 2  # they differ
@@ -468,19 +459,24 @@ def test_a_packs_grids_render_together_as_each_alone(pipe, subject_images, setti
     from lora_core.packs.render import PackRenderer
     from lora_core.render import GridRenderer, RenderCell, RenderOptions
 
-    drawn = []  # pictures the pipeline drew, per renderer call
+    drawn = []  # pictures the pipeline drew, per renderer
 
-    def counted(module):
-        real = module.render_pictures
+    def counted(module, renderer):
+        real, enter = module.render_pictures, renderer.__enter__
 
         def render_pictures(pipe, options, cells, *args):
             drawn[-1] += len(cells)
             return real(pipe, options, cells, *args)
 
-        monkeypatch.setattr(module, "render_pictures", render_pictures)
+        def entered(self):
+            drawn.append(0)
+            return enter(self)
 
-    counted(lora_core.render)
-    counted(lora_core.packs.render)
+        monkeypatch.setattr(module, "render_pictures", render_pictures)
+        monkeypatch.setattr(renderer, "__enter__", entered)
+
+    counted(lora_core.render, GridRenderer)
+    counted(lora_core.packs.render, PackRenderer)
 
     configs = [
         settings(learning_rate=3e-2, max_train_steps=4),
@@ -497,19 +493,7 @@ def test_a_packs_grids_render_together_as_each_alone(pipe, subject_images, setti
         )
     ]
     before = render(pipe)
-    alone = {}
-    for k, lora in enumerate(loras):
-        drawn.append(0)
-        with GridRenderer(pipe, lora, options) as renderer:
-            alone |= {
-                (k, cell): np.asarray(image, dtype=np.float32) for cell, image in renderer.render(cells)
-            }
-    drawn.append(0)
-    with PackRenderer(pipe, loras, options) as renderer:
-        together = {
-            (k, cell): np.asarray(image, dtype=np.float32)
-            for k, cell, image in renderer.render([(k, c) for k in range(3) for c in cells])
-        }
+    alone, together = render_alone_and_together(pipe, loras, cells, options)
     assert together.keys() == alone.keys()
     # the first LoRA left the text encoder frozen: its text scale changes nothing, its 24 cells draw 12
     # pictures; together, the 4 cells at UNet and text scale 0 (2 prompts x 2 guidances) draw the base model's
